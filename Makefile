@@ -1,0 +1,35 @@
+# ringbridge entry points. `make run` and `make test` are the two the README promises.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: run test bench perf lint fmt build toolchain
+
+## Ensure a Rust toolchain (CI machines may have none installed by hand).
+toolchain:
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+	  echo "installing rustup toolchain"; \
+	  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
+
+build: toolchain
+	$(CARGO) build --release --bin ringbridge
+
+## Start a bridge on loopback, run a 3-party demo conference through its gRPC API, print results.
+run: build
+	RUST_LOG=$${RUST_LOG:-warn} ./target/release/ringbridge --media 127.0.0.1:0 --api 127.0.0.1:0 demo
+
+## Unit and end-to-end tests (both engines), then lints.
+test: toolchain
+	$(CARGO) test --workspace --all-targets -- --test-threads=2
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Criterion benches of the core's per-packet decision.
+bench: toolchain
+	$(CARGO) bench -p ringbridge-bench --bench core
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

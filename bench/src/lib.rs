@@ -1,0 +1,1 @@
+//! Load-test rig and baselines for ringbridge (see the benches for the criterion suites).

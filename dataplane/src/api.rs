@@ -1,0 +1,214 @@
+//! The `ringbridge.v1.Bridge` gRPC service, plus health and reflection, over a [`Publisher`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::bridge_server::{Bridge, BridgeServer};
+use tonic::{Request, Response, Status};
+
+use crate::core::{Counters, DropReason};
+use crate::publish::{PublishError, Publisher};
+use crate::state::{ErrorKind, StateError};
+
+/// An API failure: a refused request or a change that did not reach every worker.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was refused; nothing changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The change was recorded but a worker did not confirm it.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::State(s) => match s.kind() {
+                ErrorKind::Invalid => Status::invalid_argument(msg),
+                ErrorKind::NotFound => Status::not_found(msg),
+                ErrorKind::Exists => Status::already_exists(msg),
+            },
+            ApiError::Publish(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// The gRPC face of one bridge.
+pub struct BridgeService {
+    publisher: Arc<Publisher>,
+    media: SocketAddr,
+    engine: &'static str,
+    started: Instant,
+}
+
+impl BridgeService {
+    /// A service programming `publisher`; `media` is the address endpoints are told to send to.
+    pub fn new(publisher: Arc<Publisher>, media: SocketAddr, engine: &'static str) -> Self {
+        Self {
+            publisher,
+            media,
+            engine,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs a mutation off the async executor (it waits for worker acknowledgements).
+    async fn apply<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::state::BridgeState) -> Result<R, StateError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let p = self.publisher.clone();
+        tokio::task::spawn_blocking(move || p.apply(|s| f(s).map_err(ApiError::from)))
+            .await
+            .map_err(|e| Status::internal(format!("apply task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+fn counters(c: &Counters) -> pb::Counters {
+    let d = |r: DropReason| c.drops[r as usize];
+    pb::Counters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        rx_rtp: c.rx_rtp,
+        rx_rtcp: c.rx_rtcp,
+        dropped_packets: c.dropped(),
+        drops: Some(pb::DropCounters {
+            not_rtp: d(DropReason::NotRtp),
+            malformed: d(DropReason::Malformed),
+            unknown_source: d(DropReason::UnknownSource),
+            unknown_ssrc: d(DropReason::UnknownSsrc),
+            no_receivers: d(DropReason::NoReceivers),
+            send_failed: d(DropReason::SendFailed),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl Bridge for BridgeService {
+    async fn create_conference(
+        &self,
+        req: Request<pb::CreateConferenceRequest>,
+    ) -> Result<Response<pb::CreateConferenceResponse>, Status> {
+        let id = req.into_inner().conference_id;
+        self.apply(move |s| s.create_conference(&id)).await?;
+        Ok(Response::new(pb::CreateConferenceResponse {}))
+    }
+
+    async fn delete_conference(
+        &self,
+        req: Request<pb::DeleteConferenceRequest>,
+    ) -> Result<Response<pb::DeleteConferenceResponse>, Status> {
+        let id = req.into_inner().conference_id;
+        let n = self.apply(move |s| s.delete_conference(&id)).await?;
+        Ok(Response::new(pb::DeleteConferenceResponse {
+            removed_endpoints: n as u32,
+        }))
+    }
+
+    async fn add_endpoint(
+        &self,
+        req: Request<pb::AddEndpointRequest>,
+    ) -> Result<Response<pb::AddEndpointResponse>, Status> {
+        let r = req.into_inner();
+        self.apply(move |s| {
+            s.add_endpoint(&r.conference_id, &r.endpoint_id, &r.ssrcs, &r.remote_addr)
+        })
+        .await?;
+        Ok(Response::new(pb::AddEndpointResponse {
+            media_addr: self.media.to_string(),
+        }))
+    }
+
+    async fn remove_endpoint(
+        &self,
+        req: Request<pb::RemoveEndpointRequest>,
+    ) -> Result<Response<pb::RemoveEndpointResponse>, Status> {
+        let r = req.into_inner();
+        self.apply(move |s| s.remove_endpoint(&r.conference_id, &r.endpoint_id))
+            .await?;
+        Ok(Response::new(pb::RemoveEndpointResponse {}))
+    }
+
+    async fn list_conferences(
+        &self,
+        _req: Request<pb::ListConferencesRequest>,
+    ) -> Result<Response<pb::ListConferencesResponse>, Status> {
+        let conferences = self.publisher.read(|s| {
+            s.list()
+                .map(|(c, eps)| pb::ConferenceInfo {
+                    conference_id: c.into(),
+                    endpoints: eps
+                        .map(|(e, st)| pb::EndpointInfo {
+                            endpoint_id: e.into(),
+                            ssrcs: st.ssrcs.clone(),
+                            remote_addr: st.addr.map(|a| a.to_string()).unwrap_or_default(),
+                            latched: st.latched,
+                        })
+                        .collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListConferencesResponse { conferences }))
+    }
+
+    async fn get_stats(
+        &self,
+        _req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let per_worker = self.publisher.worker_counters();
+        let mut total = Counters::default();
+        for c in &per_worker {
+            total += *c;
+        }
+        let (conferences, endpoints) = self
+            .publisher
+            .read(|s| (s.conferences() as u32, s.endpoints() as u32));
+        Ok(Response::new(pb::GetStatsResponse {
+            total: Some(counters(&total)),
+            workers: per_worker
+                .iter()
+                .enumerate()
+                .map(|(i, c)| pb::WorkerStats {
+                    worker: i as u32,
+                    counters: Some(counters(c)),
+                })
+                .collect(),
+            conferences,
+            endpoints,
+            engine: self.engine.into(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+/// Serves the Bridge service, `grpc.health.v1.Health` and reflection on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    service: BridgeService,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<BridgeServer<BridgeService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringbridge_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(BridgeServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Assembles a bridge: engine workers, the table publisher and the gRPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{BridgeService, serve};
+use crate::engine::{self, Choice};
+use crate::publish::{Channels, Publisher};
+
+/// How to run a bridge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP media address (port 0: pick one).
+    pub media: SocketAddr,
+    /// gRPC address (port 0: pick one).
+    pub api: SocketAddr,
+    /// Worker threads.
+    pub workers: usize,
+    /// Engine choice.
+    pub engine: Choice,
+    /// Address announced to endpoints; default the bound media address.
+    pub advertise: Option<SocketAddr>,
+}
+
+/// A started bridge whose API is not serving yet.
+pub struct Running {
+    /// Engine name.
+    pub engine: &'static str,
+    /// Bound media address.
+    pub media: SocketAddr,
+    /// Bound API address.
+    pub api: SocketAddr,
+    /// Number of workers.
+    pub workers: usize,
+    listener: tokio::net::TcpListener,
+    service: BridgeService,
+    publisher: Arc<Publisher>,
+}
+
+/// Binds the sockets and starts the workers.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let channels = Channels::new();
+    let started = engine::start(config.engine, config.media, config.workers, &channels)
+        .with_context(|| format!("starting the media engine on {}", config.media))?;
+    tracing::info!(
+        engine = started.kind.name(),
+        workers = started.links.len(),
+        media = %started.media,
+        "{}",
+        started.why
+    );
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .with_context(|| format!("binding the API on {}", config.api))?;
+    let api = listener.local_addr()?;
+    let mut advertise = config.advertise.unwrap_or(started.media);
+    if advertise.ip().is_unspecified() {
+        let lo = if advertise.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        tracing::warn!("media bound to an unspecified address; announcing {lo} (set --advertise)");
+        advertise.set_ip(lo);
+    }
+    let workers = started.links.len();
+    let publisher = Publisher::start(started.media, channels, started.links);
+    let service = BridgeService::new(publisher.clone(), advertise, started.kind.name());
+    Ok(Running {
+        engine: started.kind.name(),
+        media: started.media,
+        api,
+        workers,
+        listener,
+        service,
+        publisher,
+    })
+}
+
+impl Running {
+    /// Serves the API until `shutdown`, then stops the workers.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let r = serve(self.service, self.listener, shutdown).await;
+        self.publisher.shutdown();
+        r
+    }
+}

@@ -1,0 +1,459 @@
+//! The sans-IO forwarding core. It owns no socket and reads no clock: given a datagram and its
+//! source address it decides where copies go (a [`Verdict`]) or why it is dropped
+//! ([`DropReason`]), counts what it saw, and queues [`Event`]s for the control path (latched
+//! addresses). Engines feed it and carry out its verdicts.
+
+pub mod classify;
+pub mod rtcp;
+pub mod rtp;
+pub mod table;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+pub use classify::Class;
+pub use table::{EndpointUid, Peer, Table, TableBuilder};
+
+/// Why a packet was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not RTP/RTCP version 2.
+    NotRtp = 0,
+    /// RTP/RTCP whose header or lengths do not parse.
+    Malformed = 1,
+    /// From an address of no endpoint, and not carrying an SSRC waiting to be latched.
+    UnknownSource = 2,
+    /// RTP with an SSRC its endpoint did not declare, or feedback about an SSRC nobody sends.
+    UnknownSsrc = 3,
+    /// Nobody to forward to.
+    NoReceivers = 4,
+    /// The kernel refused a send (counted per copy by the engine).
+    SendFailed = 5,
+}
+
+impl DropReason {
+    /// Number of reasons, for counter arrays.
+    pub const COUNT: usize = 6;
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::NotRtp,
+        Self::Malformed,
+        Self::UnknownSource,
+        Self::UnknownSsrc,
+        Self::NoReceivers,
+        Self::SendFailed,
+    ];
+
+    /// Stable snake_case name, as used in stats and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotRtp => "not_rtp",
+            Self::Malformed => "malformed",
+            Self::UnknownSource => "unknown_source",
+            Self::UnknownSsrc => "unknown_ssrc",
+            Self::NoReceivers => "no_receivers",
+            Self::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// Packet and byte counters of one worker. Plain integers: only the owning worker writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Copies sent, one per destination.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Received packets that parsed as RTP.
+    pub rx_rtp: u64,
+    /// Received packets that parsed as RTCP.
+    pub rx_rtcp: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Counters {
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&mut self, why: DropReason) {
+        self.drops[why as usize] += 1;
+    }
+
+    /// Sum of all drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// Something the control path must learn about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// An endpoint without a configured address sent its first valid packet from `addr`.
+    Latched {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// The source address it now has.
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Select {
+    /// Every peer except the one at this index (`usize::MAX`: none excluded).
+    AllBut(usize),
+    /// Only these peer indices.
+    Only {
+        slots: [u32; rtcp::MAX_TARGETS],
+        n: u8,
+    },
+}
+
+/// The destinations of one packet, borrowed from the current table.
+#[derive(Debug, Clone, Copy)]
+pub struct Dests<'t> {
+    peers: &'t [Peer],
+    select: Select,
+}
+
+impl<'t> Dests<'t> {
+    /// Number of copies to send.
+    pub fn len(&self) -> usize {
+        match self.select {
+            Select::AllBut(skip) => self.peers.len() - usize::from(skip < self.peers.len()),
+            Select::Only { n, .. } => usize::from(n),
+        }
+    }
+
+    /// True when there is nobody to send to.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The destinations, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = &'t Peer> + '_ {
+        let (all, only): (Option<(usize, &'t [Peer])>, &[u32]) = match &self.select {
+            Select::AllBut(skip) => (Some((*skip, self.peers)), &[]),
+            Select::Only { slots, n } => (None, &slots[..usize::from(*n)]),
+        };
+        let peers = self.peers;
+        all.into_iter()
+            .flat_map(|(skip, p)| {
+                p.iter()
+                    .enumerate()
+                    .filter(move |(i, _)| *i != skip)
+                    .map(|(_, p)| p)
+            })
+            .chain(only.iter().map(move |&s| &peers[s as usize]))
+    }
+}
+
+/// What to do with a packet that is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'t> {
+    /// RTP or RTCP.
+    pub class: Class,
+    /// Where the copies go; never empty.
+    pub dests: Dests<'t>,
+}
+
+/// Per-worker forwarding state; see the module docs.
+#[derive(Debug)]
+pub struct Core {
+    table: Arc<Table>,
+    /// Addresses this worker latched that the current table does not know yet.
+    latched: FxHashMap<SocketAddr, (EndpointUid, u32)>,
+    events: VecDeque<Event>,
+    /// What this core has counted.
+    pub counters: Counters,
+}
+
+impl Core {
+    /// A core forwarding by `table`.
+    pub fn new(table: Arc<Table>) -> Self {
+        Self {
+            table,
+            latched: FxHashMap::default(),
+            events: VecDeque::with_capacity(16),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    /// Puts `table` in force and returns the previous one. Addresses latched here that the new
+    /// table has not yet taken in stay in force while their endpoint still waits for one.
+    pub fn set_table(&mut self, table: Arc<Table>) -> Arc<Table> {
+        self.latched.retain(|addr, (uid, idx)| {
+            if table.by_addr.contains_key(addr) {
+                return false;
+            }
+            match table.by_uid.get(uid) {
+                Some(&i) if table.endpoints[i as usize].slot.is_none() => {
+                    *idx = i;
+                    true
+                }
+                _ => false,
+            }
+        });
+        std::mem::replace(&mut self.table, table)
+    }
+
+    /// Next event for the control path.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Decides what happens to one datagram from `src`, and counts it.
+    #[inline]
+    pub fn handle(&mut self, pkt: &[u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += pkt.len() as u64;
+        let r = decide(
+            &self.table,
+            &mut self.latched,
+            &mut self.events,
+            &mut self.counters,
+            pkt,
+            src,
+        );
+        if let Err(why) = r {
+            self.counters.drop(why);
+        }
+        r
+    }
+}
+
+/// The decision itself, over split borrows of [`Core`].
+#[inline]
+fn decide<'t>(
+    table: &'t Table,
+    latched: &mut FxHashMap<SocketAddr, (EndpointUid, u32)>,
+    events: &mut VecDeque<Event>,
+    counters: &mut Counters,
+    pkt: &[u8],
+    src: SocketAddr,
+) -> Result<Verdict<'t>, DropReason> {
+    let class = classify::classify(pkt);
+    let (ssrc, summary) = match class {
+        Class::Other => return Err(DropReason::NotRtp),
+        Class::Rtp => (rtp::ssrc(pkt)?, None),
+        Class::Rtcp => {
+            let s = rtcp::summarize(pkt)?;
+            (s.sender_ssrc, Some(s))
+        }
+    };
+    let idx = match table.by_addr.get(&src) {
+        Some(&i) => i,
+        None => match latched.get(&src) {
+            Some(&(_, i)) => i,
+            None => {
+                let &i = table
+                    .latch_by_ssrc
+                    .get(&ssrc)
+                    .ok_or(DropReason::UnknownSource)?;
+                let uid = table.endpoints[i as usize].uid;
+                latched.insert(src, (uid, i));
+                events.push_back(Event::Latched { uid, addr: src });
+                i
+            }
+        },
+    };
+    let ep = &table.endpoints[idx as usize];
+    let conf = &table.conferences[ep.conf as usize];
+    let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
+    let select = match summary {
+        None => {
+            counters.rx_rtp += 1;
+            if !ep.ssrcs.contains(&ssrc) {
+                return Err(DropReason::UnknownSsrc);
+            }
+            Select::AllBut(skip)
+        }
+        Some(s) => {
+            counters.rx_rtcp += 1;
+            if s.feedback {
+                feedback_targets(table, idx, s.targets())?
+            } else {
+                Select::AllBut(skip)
+            }
+        }
+    };
+    let dests = Dests {
+        peers: &conf.peers,
+        select,
+    };
+    if dests.is_empty() {
+        return Err(DropReason::NoReceivers);
+    }
+    Ok(Verdict { class, dests })
+}
+
+/// Peers that send the media SSRCs feedback is about (never the feedback's own sender).
+fn feedback_targets(table: &Table, sender: u32, targets: &[u32]) -> Result<Select, DropReason> {
+    let conf = &table.conferences[table.endpoints[sender as usize].conf as usize];
+    let mut slots = [0u32; rtcp::MAX_TARGETS];
+    let mut n = 0u8;
+    let mut owned = false;
+    for ssrc in targets {
+        let Some(&owner) = conf.ssrc_owner.get(ssrc) else {
+            continue;
+        };
+        owned = true;
+        if owner == sender {
+            continue;
+        }
+        if let Some(slot) = table.endpoints[owner as usize].slot
+            && !slots[..usize::from(n)].contains(&slot)
+        {
+            slots[usize::from(n)] = slot;
+            n += 1;
+        }
+    }
+    if !owned {
+        return Err(DropReason::UnknownSsrc);
+    }
+    Ok(Select::Only { slots, n })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{fir, nack, pli, remb, rtp, sender_report};
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Conference 0: endpoints at ports 1, 2, 3 sending SSRCs 10/11, 20, 30; endpoint 4
+    /// (SSRC 40) waits to latch. Conference 1: ports 5 and 6 with SSRCs 50, 60.
+    fn core() -> Core {
+        let mut b = TableBuilder::new();
+        let c0 = b.conference();
+        b.endpoint(c0, 1, &[10, 11], Some(a(1)));
+        b.endpoint(c0, 2, &[20], Some(a(2)));
+        b.endpoint(c0, 3, &[30], Some(a(3)));
+        b.endpoint(c0, 4, &[40], None);
+        let c1 = b.conference();
+        b.endpoint(c1, 5, &[50], Some(a(5)));
+        b.endpoint(c1, 6, &[60], Some(a(6)));
+        Core::new(Arc::new(b.build(1)))
+    }
+
+    fn dests(core: &mut Core, pkt: &[u8], src: SocketAddr) -> Result<Vec<u16>, DropReason> {
+        core.handle(pkt, src)
+            .map(|v| v.dests.iter().map(|p| p.addr.port()).collect())
+    }
+
+    #[test]
+    fn rtp_goes_to_every_other_endpoint_of_its_conference_only() {
+        let mut c = core();
+        assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![2, 3]));
+        assert_eq!(dests(&mut c, &rtp(11, 1, 0, b"x"), a(1)), Ok(vec![2, 3]));
+        assert_eq!(dests(&mut c, &rtp(20, 1, 0, b"x"), a(2)), Ok(vec![1, 3]));
+        assert_eq!(dests(&mut c, &rtp(50, 1, 0, b"x"), a(5)), Ok(vec![6]));
+        assert_eq!(c.counters.rx_rtp, 4);
+        assert_eq!(c.counters.dropped(), 0);
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let mut c = core();
+        let cases: [(&[u8], SocketAddr, DropReason); 5] = [
+            (&[0xde, 0xad, 0xbe, 0xef], a(1), DropReason::NotRtp),
+            (&rtp(10, 1, 0, b"")[..9], a(1), DropReason::Malformed),
+            (&rtp(10, 1, 0, b"x"), a(9), DropReason::UnknownSource),
+            (&rtp(20, 1, 0, b"x"), a(1), DropReason::UnknownSsrc),
+            (&pli(10, 999), a(1), DropReason::UnknownSsrc),
+        ];
+        for (pkt, src, why) in cases {
+            let before = c.counters.drops[why as usize];
+            assert_eq!(dests(&mut c, pkt, src), Err(why), "{why:?}");
+            assert_eq!(c.counters.drops[why as usize], before + 1, "{why:?}");
+        }
+        // Alone in a conference: nobody to forward to.
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        b.endpoint(conf, 1, &[50], Some(a(5)));
+        c.set_table(Arc::new(b.build(2)));
+        assert_eq!(dests(&mut c, &sender_report(50), a(5)), Err(DropReason::NoReceivers));
+        assert_eq!(c.counters.dropped(), 6);
+        assert_eq!(c.counters.rx_packets, 6);
+    }
+
+    #[test]
+    fn sender_reports_fan_out_and_feedback_goes_to_the_media_sender() {
+        let mut c = core();
+        assert_eq!(dests(&mut c, &sender_report(20), a(2)), Ok(vec![1, 3]));
+        assert_eq!(dests(&mut c, &pli(20, 11), a(2)), Ok(vec![1]));
+        assert_eq!(dests(&mut c, &nack(30, 20, 7), a(3)), Ok(vec![2]));
+        assert_eq!(dests(&mut c, &fir(10, &[20, 30]), a(1)), Ok(vec![2, 3]));
+        assert_eq!(dests(&mut c, &remb(10, &[30]), a(1)), Ok(vec![3]));
+        let mut compound = sender_report(30);
+        compound.extend(pli(30, 10));
+        assert_eq!(dests(&mut c, &compound, a(3)), Ok(vec![1]));
+        // Feedback about one's own SSRC, or another conference's, goes nowhere.
+        assert_eq!(
+            dests(&mut c, &pli(10, 11), a(1)),
+            Err(DropReason::NoReceivers)
+        );
+        assert_eq!(
+            dests(&mut c, &pli(10, 50), a(1)),
+            Err(DropReason::UnknownSsrc)
+        );
+    }
+
+    #[test]
+    fn latching_by_declared_ssrc() {
+        let mut c = core();
+        let src = a(4000);
+        assert_eq!(
+            dests(&mut c, &rtp(41, 1, 0, b"x"), src),
+            Err(DropReason::UnknownSource)
+        );
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(dests(&mut c, &rtp(40, 1, 0, b"x"), src), Ok(vec![1, 2, 3]));
+        assert_eq!(c.poll_event(), Some(Event::Latched { uid: 4, addr: src }));
+        // Further packets from the latched address forward without a new event.
+        assert_eq!(dests(&mut c, &rtp(40, 2, 0, b"x"), src), Ok(vec![1, 2, 3]));
+        assert_eq!(c.poll_event(), None);
+        // Once the control path publishes the address, others reach the endpoint.
+        let mut b = TableBuilder::new();
+        let c0 = b.conference();
+        b.endpoint(c0, 1, &[10, 11], Some(a(1)));
+        b.endpoint(c0, 4, &[40], Some(src));
+        c.set_table(Arc::new(b.build(2)));
+        assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![4000]));
+        assert_eq!(dests(&mut c, &rtp(40, 3, 0, b"x"), src), Ok(vec![1]));
+        assert!(c.latched.is_empty());
+    }
+
+    #[test]
+    fn latched_address_survives_a_table_without_it_until_the_endpoint_is_gone() {
+        let mut c = core();
+        let src = a(4000);
+        dests(&mut c, &rtp(40, 1, 0, b"x"), src).unwrap();
+        // An unrelated change published before the latch was recorded.
+        let mut b = TableBuilder::new();
+        let c0 = b.conference();
+        b.endpoint(c0, 1, &[10], Some(a(1)));
+        b.endpoint(c0, 4, &[40], None);
+        c.set_table(Arc::new(b.build(2)));
+        assert_eq!(dests(&mut c, &rtp(40, 2, 0, b"x"), src), Ok(vec![1]));
+        // The endpoint is removed: its address is unknown again.
+        c.set_table(Arc::new(TableBuilder::new().build(3)));
+        assert_eq!(
+            dests(&mut c, &rtp(40, 3, 0, b"x"), src),
+            Err(DropReason::UnknownSource)
+        );
+    }
+}

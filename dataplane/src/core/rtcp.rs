@@ -1,0 +1,158 @@
+//! RTCP compound-packet walk (RFC 3550 section 6, RFC 4585, RFC 5104): validates every packet's
+//! header and length and finds whom feedback is about, without allocating.
+
+use super::DropReason;
+
+/// Packet type of transport-layer feedback (RFC 4585): generic NACK and others.
+pub const RTPFB: u8 = 205;
+/// Packet type of payload-specific feedback (RFC 4585): PLI, SLI, FIR, REMB and others.
+pub const PSFB: u8 = 206;
+/// PSFB format of a Full Intra Request (RFC 5104), whose media SSRCs are in the FCI entries.
+const FMT_FIR: u8 = 4;
+/// PSFB format of application-layer feedback; REMB lists its media SSRCs in the FCI.
+const FMT_AFB: u8 = 15;
+
+/// Most media SSRCs one compound packet's feedback may address; later ones are ignored.
+pub const MAX_TARGETS: usize = 4;
+
+/// What the forwarding decision needs from an RTCP compound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// SSRC of the sender of the first packet of the compound.
+    pub sender_ssrc: u32,
+    /// True when the compound holds at least one RTPFB or PSFB packet.
+    pub feedback: bool,
+    targets: [u32; MAX_TARGETS],
+    n_targets: u8,
+}
+
+impl Summary {
+    /// Distinct media SSRCs addressed by the compound's feedback, in order of appearance.
+    pub fn targets(&self) -> &[u32] {
+        &self.targets[..self.n_targets as usize]
+    }
+
+    fn add_target(&mut self, ssrc: u32) {
+        if ssrc == 0 || self.targets().contains(&ssrc) {
+            return;
+        }
+        if (self.n_targets as usize) < MAX_TARGETS {
+            self.targets[self.n_targets as usize] = ssrc;
+            self.n_targets += 1;
+        }
+    }
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Walks a compound RTCP packet. Every sub-packet must be version 2 and fit its length field
+/// exactly; the first must carry a sender SSRC.
+pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
+    if pkt.len() < 8 {
+        return Err(DropReason::Malformed);
+    }
+    let mut s = Summary {
+        sender_ssrc: be32(pkt, 4),
+        feedback: false,
+        targets: [0; MAX_TARGETS],
+        n_targets: 0,
+    };
+    let mut rest = pkt;
+    while !rest.is_empty() {
+        if rest.len() < 4 || rest[0] >> 6 != 2 {
+            return Err(DropReason::Malformed);
+        }
+        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        if len > rest.len() {
+            return Err(DropReason::Malformed);
+        }
+        let (one, tail) = rest.split_at(len);
+        let fmt = one[0] & 0x1f;
+        match one[1] {
+            RTPFB | PSFB => {
+                // Common feedback header: sender SSRC, media SSRC.
+                if one.len() < 12 {
+                    return Err(DropReason::Malformed);
+                }
+                s.feedback = true;
+                let fci = &one[12..];
+                match (one[1], fmt) {
+                    (PSFB, FMT_FIR) => {
+                        for entry in fci.chunks_exact(8) {
+                            s.add_target(be32(entry, 0));
+                        }
+                    }
+                    (PSFB, FMT_AFB) if fci.len() >= 8 && &fci[..4] == b"REMB" => {
+                        let n = usize::from(fci[4]);
+                        for ssrc in fci[8..].chunks_exact(4).take(n) {
+                            s.add_target(be32(ssrc, 0));
+                        }
+                    }
+                    _ => s.add_target(be32(one, 8)),
+                }
+            }
+            _ => {}
+        }
+        rest = tail;
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{fir, nack, pli, remb, rtcp as packet, sender_report as sr};
+
+    #[test]
+    fn sender_report_is_not_feedback() {
+        let s = summarize(&sr(42)).unwrap();
+        assert_eq!(s.sender_ssrc, 42);
+        assert!(!s.feedback);
+        assert!(s.targets().is_empty());
+    }
+
+    #[test]
+    fn feedback_targets_media_ssrc() {
+        let s = summarize(&pli(1, 77)).unwrap();
+        assert!(s.feedback);
+        assert_eq!(s.targets(), &[77]);
+        let s = summarize(&nack(1, 78, 10)).unwrap();
+        assert_eq!(s.targets(), &[78]);
+    }
+
+    #[test]
+    fn fir_targets_fci_entries_and_compound_is_walked() {
+        let mut p = sr(1);
+        p.extend(fir(1, &[5, 6, 5]));
+        let s = summarize(&p).unwrap();
+        assert!(s.feedback);
+        assert_eq!(s.targets(), &[5, 6]);
+    }
+
+    #[test]
+    fn remb_targets_listed_ssrcs() {
+        let s = summarize(&remb(9, &[11, 12])).unwrap();
+        assert_eq!(s.targets(), &[11, 12]);
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        let p = sr(1);
+        assert_eq!(summarize(&p[..6]), Err(DropReason::Malformed));
+        assert_eq!(summarize(&p[..p.len() - 4]), Err(DropReason::Malformed));
+        let mut trailing = p.clone();
+        trailing.extend_from_slice(&[0x80, 200]);
+        assert_eq!(summarize(&trailing), Err(DropReason::Malformed));
+        let mut short_fb = packet(1, PSFB, &[0; 4]);
+        short_fb[3] = 1;
+        assert_eq!(summarize(&short_fb), Err(DropReason::Malformed));
+        let mut v1 = sr(1);
+        v1.extend(pli(1, 2));
+        let n = v1.len() - 12;
+        v1[n] = 0x41; // second packet claims version 1
+        assert_eq!(summarize(&v1), Err(DropReason::Malformed));
+    }
+}

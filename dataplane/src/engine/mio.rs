@@ -1,0 +1,122 @@
+//! The epoll engine: one thread per worker waits on its socket and a waker with mio, receives
+//! with `recvmmsg` in batches of [`BATCH`], and sends every copy of the batch with `sendmmsg`.
+//! Copies point at the receive buffers (no userspace copy), so a batch's sends are flushed
+//! before its buffers are reused.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::Socket;
+
+use super::mmsg::{RecvBatch, SendBatch, Sent};
+use super::worker::{drain_control, end_batch, pin};
+use crate::core::{Core, DropReason, Table};
+use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
+
+/// Datagrams per `recvmmsg`.
+pub const BATCH: usize = 64;
+/// Copies per `sendmmsg`.
+pub const SEND_BATCH: usize = 1024;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+struct MioWake(Waker);
+
+impl Wake for MioWake {
+    fn wake(&self) {
+        let _ = self.0.wake();
+    }
+}
+
+/// Starts worker `id` on `sock`.
+pub fn spawn(
+    id: usize,
+    sock: Socket,
+    core: Option<core_affinity::CoreId>,
+    channels: &Channels,
+) -> anyhow::Result<WorkerLink> {
+    sock.set_nonblocking(true)?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(MioWake(Waker::new(poll.registry(), WAKER)?));
+    let mut udp = mio::net::UdpSocket::from_std(sock.into());
+    poll.registry()
+        .register(&mut udp, SOCKET, Interest::READABLE)?;
+    let (port, tx, counters) = channels.factory.port(id);
+    let thread = std::thread::Builder::new()
+        .name(format!("mio-{id}"))
+        .spawn(move || {
+            pin(id, core);
+            if let Err(e) = run(&port, poll, &udp) {
+                tracing::error!(worker = id, "mio worker stopped: {e}");
+            }
+        })?;
+    Ok(WorkerLink::new(tx, waker, counters, thread))
+}
+
+fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Result<()> {
+    let fd = udp.as_raw_fd();
+    let mut core = Core::new(Arc::new(Table::default()));
+    let mut events = Events::with_capacity(8);
+    let mut rx = RecvBatch::new(BATCH);
+    let mut tx = SendBatch::new(SEND_BATCH);
+    loop {
+        if !drain_control(port, &mut core) {
+            return Ok(());
+        }
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        // Edge-triggered: read until the socket is empty, taking table changes between batches.
+        loop {
+            let n = match rx.recv(fd) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(worker = port.id, "recvmmsg: {e}");
+                    break;
+                }
+            };
+            let mut sent = Sent::default();
+            for i in 0..n {
+                let (pkt, src) = match rx.get(i) {
+                    Ok(p) => p,
+                    Err(len) => {
+                        core.counters.rx_packets += 1;
+                        core.counters.rx_bytes += len as u64;
+                        core.counters.drop(DropReason::Malformed);
+                        continue;
+                    }
+                };
+                let Ok(v) = core.handle(pkt, src) else {
+                    continue;
+                };
+                for peer in v.dests.iter() {
+                    if tx.is_full() {
+                        sent += tx.flush(fd);
+                    }
+                    // SAFETY: `pkt` lives in `rx`, which is not written again until the next
+                    // `rx.recv`, and every path to it flushes `tx` first.
+                    unsafe { tx.push(pkt, &peer.raw) };
+                }
+            }
+            sent += tx.flush(fd);
+            count(&mut core, sent);
+            end_batch(port, &mut core);
+            if !drain_control(port, &mut core) {
+                return Ok(());
+            }
+        }
+        end_batch(port, &mut core);
+    }
+}
+
+fn count(core: &mut Core, s: Sent) {
+    core.counters.tx_packets += s.packets;
+    core.counters.tx_bytes += s.bytes;
+    core.counters.drops[DropReason::SendFailed as usize] += s.failed;
+}

@@ -1,0 +1,142 @@
+//! I/O engines: each runs N worker threads that receive on their own `SO_REUSEPORT` socket, ask
+//! their [`Core`](crate::core::Core) for a verdict and send the copies.
+//!
+//! - [`uring`]: io_uring with multishot `recvmsg` into a provided buffer ring and one `sendmsg`
+//!   SQE per copy, all pointing at the received buffer.
+//! - [`mio`]: epoll with `recvmmsg`/`sendmmsg` batches; the fallback.
+
+pub mod mio;
+mod mmsg;
+pub mod sockaddr;
+pub mod uring;
+mod worker;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::publish::{Channels, WorkerLink};
+
+/// Buffer size for one datagram; larger datagrams are dropped as malformed.
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// The engine a bridge asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// io_uring; fail if it cannot be used.
+    Uring,
+    /// epoll with recvmmsg/sendmmsg.
+    Mio,
+    /// io_uring when usable, otherwise mio.
+    Auto,
+}
+
+impl FromStr for Choice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uring" => Ok(Self::Uring),
+            "mio" => Ok(Self::Mio),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!("engine must be uring, mio or auto, not {s:?}")),
+        }
+    }
+}
+
+/// The engine that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// io_uring.
+    Uring,
+    /// epoll (mio).
+    Mio,
+}
+
+impl Kind {
+    /// "uring" or "mio".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uring => "uring",
+            Self::Mio => "mio",
+        }
+    }
+}
+
+/// Running workers: which engine, why, and their links.
+pub struct Started {
+    /// The engine that runs.
+    pub kind: Kind,
+    /// Why this engine (for the log).
+    pub why: String,
+    /// The bound media address (the real port when asked for port 0).
+    pub media: SocketAddr,
+    /// One link per worker.
+    pub links: Vec<WorkerLink>,
+}
+
+/// Resolves `choice`, binds `workers` reuseport sockets on `media` and starts one worker each.
+pub fn start(
+    choice: Choice,
+    media: SocketAddr,
+    workers: usize,
+    channels: &Channels,
+) -> anyhow::Result<Started> {
+    let (kind, why) = match choice {
+        Choice::Mio => (Kind::Mio, "requested with --engine mio".to_string()),
+        Choice::Uring => {
+            uring::probe()
+                .map_err(|e| anyhow::anyhow!("--engine uring: io_uring unusable: {e}"))?;
+            (Kind::Uring, "requested with --engine uring".to_string())
+        }
+        Choice::Auto => match uring::probe() {
+            Ok(()) => (
+                Kind::Uring,
+                "auto: io_uring with provided buffer rings is available".to_string(),
+            ),
+            Err(e) => (
+                Kind::Mio,
+                format!("auto: io_uring unusable ({e}); falling back to epoll"),
+            ),
+        },
+    };
+    let workers = workers.max(1);
+    let mut sockets = Vec::with_capacity(workers);
+    let mut bound = media;
+    for _ in 0..workers {
+        let s = reuseport_socket(bound)?;
+        bound = s.local_addr()?.as_socket().expect("inet socket");
+        sockets.push(s);
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut links = Vec::with_capacity(workers);
+    for (id, sock) in sockets.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let link = match kind {
+            Kind::Uring => uring::spawn(id, sock, core, channels)?,
+            Kind::Mio => mio::spawn(id, sock, core, channels)?,
+        };
+        links.push(link);
+    }
+    Ok(Started {
+        kind,
+        why,
+        media: bound,
+        links,
+    })
+}
+
+/// A UDP socket with `SO_REUSEPORT` bound to `addr`, with large buffers. IPv6 sockets are
+/// v6-only so `[::]` and `0.0.0.0` can be bound side by side.
+pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.bind(&addr.into())?;
+    Ok(s)
+}

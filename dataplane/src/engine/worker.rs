@@ -1,0 +1,38 @@
+//! What every engine's worker does between batches: take in control messages, hand core events
+//! to the control path, publish counters, and pin itself.
+
+use crate::core::Core;
+use crate::publish::{ToWorker, WorkerPort};
+
+/// Applies pending tables (acknowledging each) and reports whether to keep running.
+pub(crate) fn drain_control(port: &WorkerPort, core: &mut Core) -> bool {
+    let mut running = true;
+    while let Ok(msg) = port.rx.try_recv() {
+        match msg {
+            ToWorker::Table(t) => {
+                let generation = t.generation();
+                drop(core.set_table(t));
+                port.ack(generation);
+            }
+            ToWorker::Shutdown => running = false,
+        }
+    }
+    running
+}
+
+/// End-of-batch bookkeeping: events out, counters published.
+pub(crate) fn end_batch(port: &WorkerPort, core: &mut Core) {
+    while let Some(ev) = core.poll_event() {
+        let _ = port.events.send(ev);
+    }
+    port.counters.publish(&core.counters);
+}
+
+/// Pins the calling thread to `core`, if given.
+pub(crate) fn pin(id: usize, core: Option<core_affinity::CoreId>) {
+    if let Some(c) = core
+        && !core_affinity::set_for_current(c)
+    {
+        tracing::warn!(worker = id, core = c.id, "could not pin worker");
+    }
+}

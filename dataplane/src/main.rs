@@ -1,0 +1,97 @@
+//! `ringbridge`: the data-plane binary. Serves the Bridge gRPC API and forwards RTP/RTCP.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ringbridge_dataplane::engine::Choice;
+use ringbridge_dataplane::{bridge, demo};
+use tracing_subscriber::EnvFilter;
+
+/// ringbridge: a thread-per-core RTP/RTCP forwarder (SFU data plane) programmed over gRPC.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    bridge: BridgeArgs,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct BridgeArgs {
+    /// UDP address every endpoint sends RTP and RTCP to (one port, RFC 5761 mux).
+    #[arg(long, default_value = "127.0.0.1:10000", global = true)]
+    media: SocketAddr,
+    /// TCP address of the gRPC API (Bridge, health, reflection).
+    #[arg(long, default_value = "127.0.0.1:50051", global = true)]
+    api: SocketAddr,
+    /// Worker threads, each pinned with its own socket and ring. Default: one per core.
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+    /// I/O engine: uring, mio (epoll) or auto (uring when usable).
+    #[arg(long, default_value = "auto", global = true)]
+    engine: Choice,
+    /// Address announced to endpoints as `media_addr` (default: the bound media address).
+    #[arg(long, global = true)]
+    advertise: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Starts a bridge, runs a short 3-party demo conference through its gRPC API over
+    /// loopback, prints what was forwarded and exits.
+    Demo {
+        /// Packets each participant sends.
+        #[arg(long, default_value_t = 200)]
+        packets: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let a = cli.bridge;
+    let config = bridge::Config {
+        media: a.media,
+        api: a.api,
+        workers: a
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        engine: a.engine,
+        advertise: a.advertise,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        match cli.cmd {
+            None => {
+                let running = bridge::start(config).await?;
+                println!(
+                    "ringbridge ready engine={} media={} api={} workers={}",
+                    running.engine, running.media, running.api, running.workers
+                );
+                running.serve(shutdown_signal()).await
+            }
+            Some(Cmd::Demo { packets }) => demo::run(config, packets).await,
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,250 @@
+//! Hands forwarding tables to the workers. The API changes [`BridgeState`] under a mutex (the
+//! control path only), builds a new [`Table`], sends it down every worker's channel, wakes the
+//! workers, and returns once each has acknowledged that generation: the change is then in force
+//! everywhere. Workers never lock; they drain their channel between batches.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::core::{Event, Table};
+use crate::state::BridgeState;
+use crate::stats::SharedCounters;
+
+/// How long an RPC waits for every worker to take a new table in before it reports failure.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wakes a worker blocked waiting for I/O.
+pub trait Wake: Send + Sync {
+    /// Makes the worker return to its loop soon and drain its channel.
+    fn wake(&self);
+}
+
+/// A message from the control path to a worker.
+#[derive(Debug)]
+pub enum ToWorker {
+    /// Put this table in force, then acknowledge its generation.
+    Table(Arc<Table>),
+    /// Finish in-flight sends and exit.
+    Shutdown,
+}
+
+/// The worker's end of its link to the control path.
+#[derive(Debug)]
+pub struct WorkerPort {
+    /// Worker index.
+    pub id: usize,
+    /// Tables and shutdown.
+    pub rx: Receiver<ToWorker>,
+    /// `(worker, generation)` once a table is in force.
+    pub acks: Sender<(usize, u64)>,
+    /// Events from the worker's core (latched addresses).
+    pub events: Sender<Event>,
+    /// Where the worker publishes its counters.
+    pub counters: Arc<SharedCounters>,
+}
+
+impl WorkerPort {
+    /// Acknowledges `generation`; a closed channel means the bridge is shutting down.
+    pub fn ack(&self, generation: u64) {
+        let _ = self.acks.send((self.id, generation));
+    }
+}
+
+/// The control path's end of a worker: its channel, waker, counters and thread.
+pub struct WorkerLink {
+    tx: Sender<ToWorker>,
+    waker: Arc<dyn Wake>,
+    /// The worker's published counters.
+    pub counters: Arc<SharedCounters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerLink {
+    /// Links a spawned worker thread.
+    pub fn new(
+        tx: Sender<ToWorker>,
+        waker: Arc<dyn Wake>,
+        counters: Arc<SharedCounters>,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            tx,
+            waker,
+            counters,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Channels a worker needs before it is spawned; see [`Publisher::port`].
+pub struct PortFactory {
+    acks: Sender<(usize, u64)>,
+    events: Sender<Event>,
+}
+
+impl PortFactory {
+    /// A port for worker `id`, and the sender the control path keeps.
+    pub fn port(&self, id: usize) -> (WorkerPort, Sender<ToWorker>, Arc<SharedCounters>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let counters = Arc::new(SharedCounters::default());
+        let port = WorkerPort {
+            id,
+            rx,
+            acks: self.acks.clone(),
+            events: self.events.clone(),
+            counters: counters.clone(),
+        };
+        (port, tx, counters)
+    }
+}
+
+/// Why a change could not be put in force.
+#[derive(Debug, thiserror::Error)]
+#[error("worker {worker} did not apply table generation {generation} within {APPLY_TIMEOUT:?}")]
+pub struct PublishError {
+    /// The slow or dead worker.
+    pub worker: usize,
+    /// The generation it did not acknowledge.
+    pub generation: u64,
+}
+
+/// Owns the bridge state and the links to all workers.
+pub struct Publisher {
+    state: Mutex<BridgeState>,
+    links: Vec<WorkerLink>,
+    acks: Receiver<(usize, u64)>,
+}
+
+/// Channels shared by all workers of one bridge, created before the workers.
+pub struct Channels {
+    /// Makes worker ports.
+    pub factory: PortFactory,
+    acks: Receiver<(usize, u64)>,
+    events: Receiver<Event>,
+}
+
+impl Channels {
+    /// Fresh channels.
+    pub fn new() -> Self {
+        let (ack_tx, acks) = crossbeam_channel::unbounded();
+        let (ev_tx, events) = crossbeam_channel::unbounded();
+        Self {
+            factory: PortFactory {
+                acks: ack_tx,
+                events: ev_tx,
+            },
+            acks,
+            events,
+        }
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher {
+    /// A publisher over running workers. Starts the thread that records latched addresses.
+    pub fn start(media: SocketAddr, channels: Channels, links: Vec<WorkerLink>) -> Arc<Self> {
+        let Channels { acks, events, .. } = channels;
+        let p = Arc::new(Self {
+            state: Mutex::new(BridgeState::new(media)),
+            links,
+            acks,
+        });
+        let weak = Arc::downgrade(&p);
+        std::thread::Builder::new()
+            .name("latch".into())
+            .spawn(move || {
+                while let Ok(first) = events.recv() {
+                    let Some(p) = weak.upgrade() else { return };
+                    let mut st = p.lock();
+                    let mut changed = false;
+                    for Event::Latched { uid, addr } in
+                        std::iter::once(first).chain(events.try_iter())
+                    {
+                        if st.latch(uid, addr) {
+                            tracing::info!(%addr, uid, "endpoint latched");
+                            changed = true;
+                        }
+                    }
+                    if changed && let Err(e) = p.publish(&mut st) {
+                        tracing::error!("latch: {e}");
+                    }
+                }
+            })
+            .expect("spawn latch thread");
+        p
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BridgeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the state.
+    pub fn read<R>(&self, f: impl FnOnce(&BridgeState) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Runs a mutation; if it succeeds, puts the new table in force on every worker before
+    /// returning. A mutation that fails changes nothing and publishes nothing.
+    pub fn apply<R, E: From<PublishError>>(
+        &self,
+        f: impl FnOnce(&mut BridgeState) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut st = self.lock();
+        let r = f(&mut st)?;
+        self.publish(&mut st)?;
+        Ok(r)
+    }
+
+    fn publish(&self, st: &mut BridgeState) -> Result<(), PublishError> {
+        let table = Arc::new(st.table());
+        let generation = table.generation();
+        for l in &self.links {
+            // A send fails only if the worker is gone; the ack wait below reports it.
+            let _ = l.tx.send(ToWorker::Table(table.clone()));
+            l.waker.wake();
+        }
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut done = vec![false; self.links.len()];
+        while let Some(worker) = done.iter().position(|d| !d) {
+            match self.acks.recv_deadline(deadline) {
+                Ok((w, g)) if g >= generation => done[w] = true,
+                Ok(_) => {}
+                Err(_) => return Err(PublishError { worker, generation }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each worker's last published counters.
+    pub fn worker_counters(&self) -> Vec<crate::core::Counters> {
+        self.links.iter().map(|l| l.counters.read()).collect()
+    }
+
+    /// Stops every worker and waits for them.
+    pub fn shutdown(&self) {
+        for l in &self.links {
+            let _ = l.tx.send(ToWorker::Shutdown);
+            l.waker.wake();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.shutdown();
+        for l in &mut self.links {
+            if let Some(t) = l.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}

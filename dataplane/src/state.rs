@@ -1,0 +1,431 @@
+//! The bridge's conferences and endpoints as the API sees them (string ids, configured and
+//! latched addresses). Every mutation validates fully before it changes anything, so a failed
+//! request leaves the state as it was. [`BridgeState::table`] indexes it for the packet path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::core::{EndpointUid, Table, TableBuilder};
+
+/// What kind of mistake a request made; the API maps it to a gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed (`INVALID_ARGUMENT`).
+    Invalid,
+    /// It names something that does not exist (`NOT_FOUND`).
+    NotFound,
+    /// It would create something that already exists (`ALREADY_EXISTS`).
+    Exists,
+}
+
+/// Why a request was refused. Messages name the field to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A required id is empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// An address does not parse or cannot be used.
+    #[error("{field}: {value:?} {why}")]
+    BadAddr {
+        /// The request field.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An endpoint that must latch declared no SSRC to latch on.
+    #[error(
+        "ssrcs: an endpoint without remote_addr needs at least one SSRC so the bridge can latch its address"
+    )]
+    NothingToLatch,
+    /// The conference id is taken.
+    #[error("conference_id: conference {0:?} already exists")]
+    ConferenceExists(String),
+    /// No such conference.
+    #[error("conference_id: conference {0:?} not found")]
+    ConferenceNotFound(String),
+    /// The endpoint id is taken in that conference.
+    #[error("endpoint_id: endpoint {endpoint:?} already exists in conference {conference:?}")]
+    EndpointExists {
+        /// Conference id.
+        conference: String,
+        /// Endpoint id.
+        endpoint: String,
+    },
+    /// No such endpoint in that conference.
+    #[error("endpoint_id: endpoint {endpoint:?} not found in conference {conference:?}")]
+    EndpointNotFound {
+        /// Conference id.
+        conference: String,
+        /// Endpoint id.
+        endpoint: String,
+    },
+    /// Another endpoint of the conference sends this SSRC.
+    #[error("ssrcs: SSRC {ssrc} is already sent by endpoint {owner:?} of this conference")]
+    SsrcTaken {
+        /// The SSRC.
+        ssrc: u32,
+        /// Endpoint that declared it.
+        owner: String,
+    },
+    /// An endpoint of another conference waits to latch on this SSRC, so latching would be ambiguous.
+    #[error(
+        "ssrcs: SSRC {ssrc} already waits to be latched in conference {conference:?}; give remote_addr or another SSRC"
+    )]
+    SsrcAmbiguous {
+        /// The SSRC.
+        ssrc: u32,
+        /// The other conference.
+        conference: String,
+    },
+    /// Another endpoint has this address.
+    #[error(
+        "remote_addr: {addr} already belongs to endpoint {endpoint:?} of conference {conference:?}"
+    )]
+    AddrTaken {
+        /// The address.
+        addr: SocketAddr,
+        /// Its conference.
+        conference: String,
+        /// Its endpoint.
+        endpoint: String,
+    },
+}
+
+impl StateError {
+    /// The class of error, for status codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Empty(_) | Self::BadAddr { .. } | Self::NothingToLatch => ErrorKind::Invalid,
+            Self::ConferenceNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
+            Self::ConferenceExists(_)
+            | Self::EndpointExists { .. }
+            | Self::SsrcTaken { .. }
+            | Self::SsrcAmbiguous { .. }
+            | Self::AddrTaken { .. } => ErrorKind::Exists,
+        }
+    }
+}
+
+/// One endpoint as the API knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    /// Bridge-wide identity, stable for the endpoint's lifetime.
+    pub uid: EndpointUid,
+    /// Declared SSRCs, in request order, without duplicates.
+    pub ssrcs: Vec<u32>,
+    /// Configured or latched address.
+    pub addr: Option<SocketAddr>,
+    /// Whether `addr` was latched.
+    pub latched: bool,
+}
+
+/// All conferences of the bridge, keyed by id.
+#[derive(Debug, Clone)]
+pub struct BridgeState {
+    media: SocketAddr,
+    conferences: BTreeMap<String, BTreeMap<String, EndpointState>>,
+    next_uid: EndpointUid,
+    generation: u64,
+}
+
+fn need(field: &'static str, v: &str) -> Result<(), StateError> {
+    if v.is_empty() {
+        Err(StateError::Empty(field))
+    } else {
+        Ok(())
+    }
+}
+
+impl BridgeState {
+    /// Empty state for a bridge whose media socket is bound to `media` (its family is the one
+    /// endpoints must use).
+    pub fn new(media: SocketAddr) -> Self {
+        Self {
+            media,
+            conferences: BTreeMap::new(),
+            next_uid: 1,
+            generation: 0,
+        }
+    }
+
+    /// Number of conferences.
+    pub fn conferences(&self) -> usize {
+        self.conferences.len()
+    }
+
+    /// Number of endpoints over all conferences.
+    pub fn endpoints(&self) -> usize {
+        self.conferences.values().map(BTreeMap::len).sum()
+    }
+
+    /// Conferences and their endpoints, sorted by id.
+    pub fn list(
+        &self,
+    ) -> impl Iterator<Item = (&str, impl Iterator<Item = (&str, &EndpointState)>)> {
+        self.conferences
+            .iter()
+            .map(|(c, eps)| (c.as_str(), eps.iter().map(|(e, s)| (e.as_str(), s))))
+    }
+
+    /// Creates an empty conference.
+    pub fn create_conference(&mut self, id: &str) -> Result<(), StateError> {
+        need("conference_id", id)?;
+        if self.conferences.contains_key(id) {
+            return Err(StateError::ConferenceExists(id.into()));
+        }
+        self.conferences.insert(id.into(), BTreeMap::new());
+        Ok(())
+    }
+
+    /// Deletes a conference; returns how many endpoints it had.
+    pub fn delete_conference(&mut self, id: &str) -> Result<usize, StateError> {
+        need("conference_id", id)?;
+        self.conferences
+            .remove(id)
+            .map(|eps| eps.len())
+            .ok_or_else(|| StateError::ConferenceNotFound(id.into()))
+    }
+
+    /// Parses an endpoint address: "ip:port", same family as the media socket, not unspecified,
+    /// port not 0. Empty means "latch".
+    pub fn parse_addr(
+        &self,
+        field: &'static str,
+        v: &str,
+    ) -> Result<Option<SocketAddr>, StateError> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let bad = |why| StateError::BadAddr {
+            field,
+            value: v.into(),
+            why,
+        };
+        let a: SocketAddr = v
+            .parse()
+            .map_err(|_| bad("is not an \"ip:port\" address (IPv6 as \"[::1]:5000\")"))?;
+        if a.is_ipv4() != self.media.is_ipv4() {
+            return Err(bad(if self.media.is_ipv4() {
+                "is IPv6 but this bridge's media socket is IPv4"
+            } else {
+                "is IPv4 but this bridge's media socket is IPv6"
+            }));
+        }
+        if a.ip().is_unspecified() || a.ip().is_multicast() {
+            return Err(bad(
+                "must be a unicast address, not unspecified or multicast",
+            ));
+        }
+        if a.port() == 0 {
+            return Err(bad("must have a non-zero port"));
+        }
+        Ok(Some(a))
+    }
+
+    fn owner_of_addr(&self, addr: SocketAddr) -> Option<(&str, &str)> {
+        self.conferences.iter().find_map(|(c, eps)| {
+            eps.iter()
+                .find(|(_, e)| e.addr == Some(addr))
+                .map(|(e, _)| (c.as_str(), e.as_str()))
+        })
+    }
+
+    /// Adds an endpoint; returns its uid.
+    pub fn add_endpoint(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        ssrcs: &[u32],
+        remote_addr: &str,
+    ) -> Result<EndpointUid, StateError> {
+        need("conference_id", conference)?;
+        need("endpoint_id", endpoint)?;
+        let addr = self.parse_addr("remote_addr", remote_addr)?;
+        let mut declared = Vec::with_capacity(ssrcs.len());
+        for &s in ssrcs {
+            if !declared.contains(&s) {
+                declared.push(s);
+            }
+        }
+        if addr.is_none() && declared.is_empty() {
+            return Err(StateError::NothingToLatch);
+        }
+        let eps = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        if eps.contains_key(endpoint) {
+            return Err(StateError::EndpointExists {
+                conference: conference.into(),
+                endpoint: endpoint.into(),
+            });
+        }
+        for (owner, e) in eps {
+            if let Some(&ssrc) = declared.iter().find(|s| e.ssrcs.contains(s)) {
+                return Err(StateError::SsrcTaken {
+                    ssrc,
+                    owner: owner.clone(),
+                });
+            }
+        }
+        if addr.is_none() {
+            for (c, eps) in &self.conferences {
+                let waiting = eps.values().filter(|e| e.addr.is_none());
+                for e in waiting {
+                    if let Some(&ssrc) = declared.iter().find(|s| e.ssrcs.contains(s)) {
+                        return Err(StateError::SsrcAmbiguous {
+                            ssrc,
+                            conference: c.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(a) = addr
+            && let Some((c, e)) = self.owner_of_addr(a)
+        {
+            return Err(StateError::AddrTaken {
+                addr: a,
+                conference: c.into(),
+                endpoint: e.into(),
+            });
+        }
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        let eps = self.conferences.get_mut(conference).expect("checked above");
+        eps.insert(
+            endpoint.into(),
+            EndpointState {
+                uid,
+                ssrcs: declared,
+                addr,
+                latched: false,
+            },
+        );
+        Ok(uid)
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, conference: &str, endpoint: &str) -> Result<(), StateError> {
+        need("conference_id", conference)?;
+        need("endpoint_id", endpoint)?;
+        let eps = self
+            .conferences
+            .get_mut(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        eps.remove(endpoint)
+            .map(|_| ())
+            .ok_or_else(|| StateError::EndpointNotFound {
+                conference: conference.into(),
+                endpoint: endpoint.into(),
+            })
+    }
+
+    /// Records that endpoint `uid` latched `addr`. Returns false (and changes nothing) when the
+    /// endpoint is gone, already has an address, or the address belongs to another endpoint.
+    pub fn latch(&mut self, uid: EndpointUid, addr: SocketAddr) -> bool {
+        if self.owner_of_addr(addr).is_some() {
+            return false;
+        }
+        for eps in self.conferences.values_mut() {
+            if let Some(e) = eps.values_mut().find(|e| e.uid == uid) {
+                if e.addr.is_some() {
+                    return false;
+                }
+                e.addr = Some(addr);
+                e.latched = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Builds the packet-path table for the current state, with the next generation number.
+    pub fn table(&mut self) -> Table {
+        self.generation += 1;
+        let mut b = TableBuilder::new();
+        for eps in self.conferences.values() {
+            let c = b.conference();
+            for e in eps.values() {
+                b.endpoint(c, e.uid, &e.ssrcs, e.addr);
+            }
+        }
+        b.build(self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> BridgeState {
+        let mut s = BridgeState::new("127.0.0.1:10000".parse().unwrap());
+        s.create_conference("c").unwrap();
+        s
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        let mut s = state();
+        let e = s.add_endpoint("c", "", &[1], "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(e.to_string().starts_with("endpoint_id"));
+        for bad in ["nope", "127.0.0.1", "[::1]:5", "0.0.0.0:5", "127.0.0.1:0"] {
+            let e = s.add_endpoint("c", "a", &[1], bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
+            assert!(e.to_string().starts_with("remote_addr"), "{e}");
+        }
+        assert_eq!(
+            s.add_endpoint("c", "a", &[], "").unwrap_err(),
+            StateError::NothingToLatch
+        );
+        assert_eq!(
+            s.add_endpoint("x", "a", &[1], "").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(s.endpoints(), 0);
+    }
+
+    #[test]
+    fn duplicates_are_refused_and_change_nothing() {
+        let mut s = state();
+        s.add_endpoint("c", "a", &[1, 2], "127.0.0.1:5000").unwrap();
+        let before = s.clone();
+        let dup = [
+            s.clone().add_endpoint("c", "a", &[9], "").unwrap_err(),
+            s.clone().add_endpoint("c", "b", &[2], "").unwrap_err(),
+            s.clone()
+                .add_endpoint("c", "b", &[3], "127.0.0.1:5000")
+                .unwrap_err(),
+            s.clone().create_conference("c").unwrap_err(),
+        ];
+        for e in dup {
+            assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+        }
+        assert_eq!(s.endpoints(), before.endpoints());
+        s.create_conference("d").unwrap();
+        s.add_endpoint("d", "x", &[7], "").unwrap();
+        let e = s.add_endpoint("c", "y", &[7], "").unwrap_err();
+        assert!(matches!(e, StateError::SsrcAmbiguous { .. }));
+    }
+
+    #[test]
+    fn latching_and_removal() {
+        let mut s = state();
+        let uid = s.add_endpoint("c", "a", &[1], "").unwrap();
+        let addr = "127.0.0.1:4000".parse().unwrap();
+        assert!(s.latch(uid, addr));
+        assert!(!s.latch(uid, "127.0.0.1:4001".parse().unwrap()));
+        {
+            let (_, mut eps) = s.list().next().unwrap();
+            let (_, e) = eps.next().unwrap();
+            assert_eq!((e.addr, e.latched), (Some(addr), true));
+        }
+        s.remove_endpoint("c", "a").unwrap();
+        assert!(!s.latch(uid, addr));
+        assert_eq!(s.delete_conference("c"), Ok(0));
+        assert_eq!(s.table().endpoints(), 0);
+    }
+}

@@ -1,0 +1,60 @@
+//! Counters a worker publishes for the API to read: the worker copies its plain [`Counters`] into
+//! these atomics once per batch (relaxed stores, single writer), so reading never blocks it.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::core::{Counters, DropReason};
+
+/// One worker's published counters.
+#[derive(Debug, Default)]
+pub struct SharedCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_rtp: AtomicU64,
+    rx_rtcp: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl SharedCounters {
+    /// Publishes `c` (called by the owning worker only).
+    pub fn publish(&self, c: &Counters) {
+        self.rx_packets.store(c.rx_packets, Relaxed);
+        self.rx_bytes.store(c.rx_bytes, Relaxed);
+        self.tx_packets.store(c.tx_packets, Relaxed);
+        self.tx_bytes.store(c.tx_bytes, Relaxed);
+        self.rx_rtp.store(c.rx_rtp, Relaxed);
+        self.rx_rtcp.store(c.rx_rtcp, Relaxed);
+        for (a, v) in self.drops.iter().zip(c.drops) {
+            a.store(v, Relaxed);
+        }
+    }
+
+    /// Reads the last published figures.
+    pub fn read(&self) -> Counters {
+        Counters {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            rx_rtp: self.rx_rtp.load(Relaxed),
+            rx_rtcp: self.rx_rtcp.load(Relaxed),
+            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Counters) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_rtp += o.rx_rtp;
+        self.rx_rtcp += o.rx_rtcp;
+        for (a, b) in self.drops.iter_mut().zip(o.drops) {
+            *a += b;
+        }
+    }
+}
