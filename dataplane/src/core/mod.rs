@@ -385,7 +385,10 @@ mod tests {
         let conf = b.conference();
         b.endpoint(conf, 1, &[50], Some(a(5)));
         c.set_table(Arc::new(b.build(2)));
-        assert_eq!(dests(&mut c, &sender_report(50), a(5)), Err(DropReason::NoReceivers));
+        assert_eq!(
+            dests(&mut c, &sender_report(50), a(5)),
+            Err(DropReason::NoReceivers)
+        );
         assert_eq!(c.counters.dropped(), 6);
         assert_eq!(c.counters.rx_packets, 6);
     }

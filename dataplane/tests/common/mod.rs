@@ -1,0 +1,269 @@
+//! Test harness: starts the real `ringbridge` binary on loopback, talks to it over gRPC and UDP.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringbridge_dataplane::testkit;
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::bridge_client::BridgeClient;
+use tonic::transport::Channel;
+
+/// Runs each named async test once per engine, as `uring::name` and `mio::name`.
+#[macro_export]
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("uring").await
+                }
+            )*
+        }
+        mod mio {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("mio").await
+                }
+            )*
+        }
+    };
+}
+
+/// A running bridge process; killed on drop.
+pub struct Bridge {
+    child: Child,
+    pub media: SocketAddr,
+    pub api: SocketAddr,
+    pub engine: String,
+    pub client: BridgeClient<Channel>,
+}
+
+impl Bridge {
+    /// Starts a bridge with `engine` and two workers on 127.0.0.1.
+    pub async fn start(engine: &str) -> Self {
+        Self::start_on(engine, "127.0.0.1").await
+    }
+
+    /// Starts a bridge whose media socket binds `ip` (e.g. "::1").
+    pub async fn start_on(engine: &str, ip: &str) -> Self {
+        let ip: IpAddr = ip.parse().unwrap();
+        let media = SocketAddr::new(ip, 0);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbridge"))
+            .args(["--engine", engine, "--workers", "2", "--api", "127.0.0.1:0"])
+            .arg("--media")
+            .arg(media.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ringbridge");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let field = |k: &str| -> String {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k}= in ready line {line:?}"))
+                .to_string()
+        };
+        let (media, api, got) = (field("media"), field("api"), field("engine"));
+        assert_eq!(got, engine, "bridge runs the engine the test asked for");
+        let api: SocketAddr = api.parse().unwrap();
+        let client = BridgeClient::connect(format!("http://{api}"))
+            .await
+            .unwrap();
+        Bridge {
+            child,
+            media: media.parse().unwrap(),
+            api,
+            engine: got,
+            client,
+        }
+    }
+
+    pub async fn conference(&mut self, id: &str) {
+        self.client
+            .create_conference(pb::CreateConferenceRequest {
+                conference_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Adds `p` to `conf` with its address (or latching when `latch`).
+    pub async fn add(&mut self, conf: &str, p: &Party, latch: bool) {
+        let r = self
+            .client
+            .add_endpoint(pb::AddEndpointRequest {
+                conference_id: conf.into(),
+                endpoint_id: p.name.clone(),
+                ssrcs: vec![p.ssrc],
+                remote_addr: if latch {
+                    String::new()
+                } else {
+                    p.addr().to_string()
+                },
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.media_addr, self.media.to_string());
+    }
+
+    pub async fn stats(&mut self) -> pb::GetStatsResponse {
+        self.client
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A participant: a UDP socket and the SSRC it sends.
+pub struct Party {
+    pub name: String,
+    pub ssrc: u32,
+    pub sock: UdpSocket,
+}
+
+impl Party {
+    pub fn new(name: &str, ssrc: u32) -> Self {
+        Self::on(name, ssrc, "127.0.0.1")
+    }
+
+    pub fn on(name: &str, ssrc: u32, ip: &str) -> Self {
+        let ip: IpAddr = ip.parse().unwrap();
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        socket2::SockRef::from(&sock)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
+        Party {
+            name: name.into(),
+            ssrc,
+            sock,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// The RTP packet this party sends as number `n`: unique bytes per party and number.
+    pub fn packet(&self, n: u16) -> Vec<u8> {
+        let mut payload = format!("{}:{n}:", self.name).into_bytes();
+        payload.extend((0..(n % 64) as u8 + 100).map(|b| b ^ self.ssrc as u8));
+        testkit::rtp(self.ssrc, n, u32::from(n) * 960, &payload)
+    }
+
+    pub fn send(&self, to: SocketAddr, pkt: &[u8]) {
+        self.sock.send_to(pkt, to).unwrap();
+    }
+}
+
+/// Receives on `sock` until `expected` datagrams arrived (or 10 s passed), then for another
+/// `linger` to catch duplicates and strays. Expecting 0 listens for `linger` only.
+pub fn collect(sock: &UdpSocket, expected: usize, linger: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut extra_until = (expected == 0).then(|| Instant::now() + linger);
+    loop {
+        let now = Instant::now();
+        let until = extra_until.unwrap_or(deadline);
+        if now >= until {
+            break;
+        }
+        sock.set_read_timeout(Some(until - now)).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(buf[..n].to_vec()),
+            Err(_) => break,
+        }
+        if got.len() >= expected && extra_until.is_none() {
+            extra_until = Some(Instant::now() + linger);
+        }
+    }
+    got
+}
+
+/// Every party sends `count` RTP packets (paced); returns what each received, sorted.
+pub fn exchange(
+    parties: &[&Party],
+    media: SocketAddr,
+    count: u16,
+    expected: &[usize],
+) -> Vec<Vec<Vec<u8>>> {
+    std::thread::scope(|s| {
+        let rx: Vec<_> = parties
+            .iter()
+            .zip(expected)
+            .map(|(p, &e)| s.spawn(move || collect(&p.sock, e, Duration::from_millis(200))))
+            .collect();
+        for n in 0..count {
+            for p in parties {
+                p.send(media, &p.packet(n));
+            }
+            if n % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        rx.into_iter()
+            .map(|h| {
+                let mut v = h.join().unwrap();
+                v.sort();
+                v
+            })
+            .collect()
+    })
+}
+
+/// What `parties[me]` must receive: every other party's packets, once each, sorted.
+pub fn expected_for(parties: &[&Party], me: usize, count: u16) -> Vec<Vec<u8>> {
+    let mut v: Vec<_> = parties
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .flat_map(|(_, p)| (0..count).map(|n| p.packet(n)))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts exact delivery, with a readable summary instead of a byte dump on failure.
+pub fn assert_exact(parties: &[&Party], got: &[Vec<Vec<u8>>], count: u16) {
+    for (i, p) in parties.iter().enumerate() {
+        let want = expected_for(parties, i, count);
+        if got[i] != want {
+            let by_ssrc = |v: &[Vec<u8>]| {
+                let mut m = BTreeMap::<u32, usize>::new();
+                for pkt in v {
+                    *m.entry(u32::from_be_bytes(pkt[8..12].try_into().unwrap()))
+                        .or_default() += 1;
+                }
+                m
+            };
+            panic!(
+                "{} (ssrc {}) got {} packets by ssrc {:?}, want {} by ssrc {:?}",
+                p.name,
+                p.ssrc,
+                got[i].len(),
+                by_ssrc(&got[i]),
+                want.len(),
+                by_ssrc(&want)
+            );
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! End-to-end forwarding over real UDP and gRPC on loopback, once per engine: fan-out in 3- and
+//! 10-party conferences, RTCP routing, latching, removal, isolation, IPv6.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Bridge, Party, assert_exact, collect, exchange};
+use ringbridge_dataplane::testkit;
+use ringbridge_proto::v1 as pb;
+
+const COUNT: u16 = 100;
+
+fn parties(prefix: &str, n: usize, ssrc_base: u32) -> Vec<Party> {
+    (0..n)
+        .map(|i| Party::new(&format!("{prefix}{i}"), ssrc_base + i as u32))
+        .collect()
+}
+
+async fn conference_of(bridge: &mut Bridge, conf: &str, ps: &[Party]) {
+    bridge.conference(conf).await;
+    for p in ps {
+        bridge.add(conf, p, false).await;
+    }
+}
+
+async fn three_party(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let ps = parties("p", 3, 100);
+    conference_of(&mut b, "c", &ps).await;
+    let refs: Vec<&Party> = ps.iter().collect();
+    let got = exchange(&refs, b.media, COUNT, &[2 * COUNT as usize; 3]);
+    assert_exact(&refs, &got, COUNT);
+    let st = b.stats().await;
+    let t = st.total.unwrap();
+    assert_eq!(t.rx_packets, 3 * u64::from(COUNT));
+    assert_eq!(t.tx_packets, 6 * u64::from(COUNT));
+    assert_eq!(t.dropped_packets, 0);
+    assert_eq!((st.conferences, st.endpoints), (1, 3));
+    assert_eq!(st.engine, engine);
+    assert_eq!(st.workers.len(), 2);
+}
+
+async fn ten_party(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let ps = parties("q", 10, 500);
+    conference_of(&mut b, "big", &ps).await;
+    let refs: Vec<&Party> = ps.iter().collect();
+    let n = 40;
+    let got = exchange(&refs, b.media, n, &[9 * n as usize; 10]);
+    assert_exact(&refs, &got, n);
+    let t = b.stats().await.total.unwrap();
+    assert_eq!(t.tx_packets, 90 * u64::from(n));
+}
+
+/// Sender reports go to all others; feedback only to the sender of the media SSRC.
+async fn rtcp_routing(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let ps = parties("r", 3, 700);
+    conference_of(&mut b, "c", &ps).await;
+    let quiet = Duration::from_millis(300);
+    let sr = testkit::sender_report(ps[0].ssrc);
+    ps[0].send(b.media, &sr);
+    for p in &ps[1..] {
+        assert_eq!(
+            collect(&p.sock, 1, quiet),
+            vec![sr.clone()],
+            "{} gets the SR",
+            p.name
+        );
+    }
+    let feedback = [
+        testkit::pli(ps[1].ssrc, ps[0].ssrc),
+        testkit::nack(ps[1].ssrc, ps[0].ssrc, 17),
+        testkit::fir(ps[1].ssrc, &[ps[0].ssrc]),
+    ];
+    for fb in &feedback {
+        ps[1].send(b.media, fb);
+    }
+    assert_eq!(collect(&ps[0].sock, 3, quiet), feedback.to_vec());
+    assert!(
+        collect(&ps[2].sock, 0, quiet).is_empty(),
+        "bystander gets no feedback"
+    );
+    assert!(
+        collect(&ps[1].sock, 0, quiet).is_empty(),
+        "sender gets nothing back"
+    );
+    let t = b.stats().await.total.unwrap();
+    assert_eq!((t.rx_rtcp, t.tx_packets), (4, 5));
+}
+
+async fn latching(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let ps = parties("l", 3, 900);
+    b.conference("c").await;
+    b.add("c", &ps[0], false).await;
+    b.add("c", &ps[1], false).await;
+    b.add("c", &ps[2], true).await;
+    // A stranger using an SSRC nobody declared latches nothing.
+    let stranger = Party::new("stranger", 12345);
+    stranger.send(b.media, &stranger.packet(0));
+    // The latching endpoint's first packet reaches the others at once.
+    let first = ps[2].packet(1000);
+    ps[2].send(b.media, &first);
+    for p in &ps[..2] {
+        assert_eq!(
+            collect(&p.sock, 1, Duration::from_millis(100)),
+            vec![first.clone()]
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let l = b
+            .client
+            .list_conferences(pb::ListConferencesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let e = &l.conferences[0]
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == "l2")
+            .unwrap();
+        if e.latched {
+            assert_eq!(e.remote_addr, ps[2].addr().to_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "latch not recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refs: Vec<&Party> = ps.iter().collect();
+    let got = exchange(&refs, b.media, COUNT, &[2 * COUNT as usize; 3]);
+    assert_exact(&refs, &got, COUNT);
+    // Once latched, the same SSRC from another address cannot take the endpoint over.
+    let hijack = Party::new("hijack", ps[2].ssrc);
+    hijack.send(b.media, &ps[2].packet(2000));
+    assert!(collect(&ps[0].sock, 0, Duration::from_millis(300)).is_empty());
+    assert!(collect(&hijack.sock, 0, Duration::from_millis(100)).is_empty());
+    let d = b.stats().await.total.unwrap().drops.unwrap();
+    assert_eq!(d.unknown_source, 2);
+}
+
+async fn removal(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let ps = parties("x", 3, 1100);
+    conference_of(&mut b, "c", &ps).await;
+    b.client
+        .remove_endpoint(pb::RemoveEndpointRequest {
+            conference_id: "c".into(),
+            endpoint_id: "x2".into(),
+        })
+        .await
+        .unwrap();
+    let refs: Vec<&Party> = ps.iter().collect();
+    let n = 50;
+    let got = exchange(&refs, b.media, n, &[n as usize, n as usize, 0]);
+    assert_exact(&refs[..2], &got[..2], n);
+    assert!(
+        got[2].is_empty(),
+        "removed endpoint received {} packets",
+        got[2].len()
+    );
+    let d = b.stats().await.total.unwrap().drops.unwrap();
+    assert_eq!(
+        d.unknown_source,
+        u64::from(n),
+        "removed endpoint's packets dropped"
+    );
+    let r = b
+        .client
+        .delete_conference(pb::DeleteConferenceRequest {
+            conference_id: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.removed_endpoints, 2);
+    let got = exchange(&refs[..2], b.media, 10, &[0, 0]);
+    assert!(
+        got.iter().all(Vec::is_empty),
+        "deleted conference forwards nothing"
+    );
+    let st = b.stats().await;
+    assert_eq!((st.conferences, st.endpoints), (0, 0));
+}
+
+async fn isolation(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let a = parties("a", 3, 2000);
+    let z = parties("z", 3, 3000);
+    conference_of(&mut b, "A", &a).await;
+    conference_of(&mut b, "Z", &z).await;
+    let all: Vec<&Party> = a.iter().chain(z.iter()).collect();
+    let got = exchange(&all, b.media, COUNT, &[2 * COUNT as usize; 6]);
+    assert_exact(&all[..3], &got[..3], COUNT);
+    assert_exact(&all[3..], &got[3..], COUNT);
+}
+
+async fn ipv6(engine: &str) {
+    let mut b = Bridge::start_on(engine, "::1").await;
+    assert!(b.media.is_ipv6());
+    let ps: Vec<Party> = (0..3)
+        .map(|i| Party::on(&format!("v{i}"), 4000 + i, "::1"))
+        .collect();
+    conference_of(&mut b, "v6", &ps).await;
+    let refs: Vec<&Party> = ps.iter().collect();
+    let got = exchange(&refs, b.media, 50, &[100; 3]);
+    assert_exact(&refs, &got, 50);
+    let e = b
+        .client
+        .add_endpoint(pb::AddEndpointRequest {
+            conference_id: "v6".into(),
+            endpoint_id: "v4".into(),
+            ssrcs: vec![1],
+            remote_addr: "127.0.0.1:5000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+per_engine!(
+    three_party,
+    ten_party,
+    rtcp_routing,
+    latching,
+    removal,
+    isolation,
+    ipv6
+);
