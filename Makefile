@@ -20,7 +20,7 @@ run: build
 
 ## Unit and end-to-end tests (both engines), then lints.
 test: toolchain
-	$(CARGO) test --workspace --all-targets -- --test-threads=2
+	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
