@@ -75,15 +75,15 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
     // carol speaks first so her address is latched before the others send to her.
     socks[2].send_to(&testkit::rtp(ssrc(2), 0, 0, b"hello"), target)?;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    for n in 1..packets {
-        for (i, s) in socks.iter().enumerate() {
+    for n in 0..packets {
+        for (i, s) in socks.iter().enumerate().filter(|&(i, _)| n > 0 || i != 2) {
             let payload = format!("{} #{n}", NAMES[i]);
             s.send_to(
                 &testkit::rtp(ssrc(i), n as u16, n * 960, payload.as_bytes()),
                 target,
             )?;
         }
-        if n % 50 == 0 {
+        if n % 50 == 49 {
             for (i, s) in socks.iter().enumerate() {
                 s.send_to(&testkit::sender_report(ssrc(i)), target)?;
             }
