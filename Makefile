@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test bench perf lint fmt build toolchain
+.PHONY: run test bench perf loadgen lint fmt build toolchain
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand).
 toolchain:
@@ -26,10 +26,20 @@ test: toolchain
 
 ## Criterion benches of the core's per-packet decision.
 bench: toolchain
-	$(CARGO) bench -p ringbridge-bench --bench core
+	$(CARGO) bench -p ringbridge-bench --bench core -- --warm-up-time 1 --measurement-time 3
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+
+## Side-by-side run: ringbridge uring/mio vs floor and naive forwarders -> perf/results/<date>-<host>.{md,json,svg}
+perf: toolchain
+	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
+	./target/release/ringbridge-perf --out perf/results
+
+## A quick loadgen run against a spawned bridge (override ARGS).
+loadgen: toolchain
+	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
+	./target/release/ringbridge-loadgen $${ARGS:---spawn uring --participants 5 --audio --video-kbps 1500 --duration 5}

@@ -1,14 +1,23 @@
 //! Packet builders for the demo, tests, benches and the load rig: the one place that writes RTP
 //! and RTCP, so every client of the bridge frames packets the same way.
 
-/// An RTP packet (version 2, no CSRCs or extension) with payload type 96.
+/// Length of the RTP header [`write_rtp_header`] writes.
+pub const RTP_HEADER_LEN: usize = 12;
+
+/// Writes an RTP header (version 2, no CSRCs or extension, payload type 96) into `buf[..12]`.
+pub fn write_rtp_header(buf: &mut [u8], ssrc: u32, seq: u16, timestamp: u32) {
+    buf[0] = 0x80;
+    buf[1] = 96;
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+}
+
+/// An RTP packet with the header of [`write_rtp_header`] and `payload`.
 pub fn rtp(ssrc: u32, seq: u16, timestamp: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + payload.len());
-    p.extend_from_slice(&[0x80, 96]);
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&timestamp.to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
+    let mut p = vec![0; RTP_HEADER_LEN + payload.len()];
+    write_rtp_header(&mut p, ssrc, seq, timestamp);
+    p[RTP_HEADER_LEN..].copy_from_slice(payload);
     p
 }
 

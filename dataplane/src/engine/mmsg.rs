@@ -1,4 +1,4 @@
-//! `recvmmsg`/`sendmmsg` batches for the epoll engine: fixed buffers set up once, so a batch
+//! `recvmmsg`/`sendmmsg` batches for the epoll engine (and the load rig and floor forwarder): fixed buffers set up once, so a batch
 //! costs one syscall and no allocation.
 
 use std::io;
@@ -13,7 +13,7 @@ use super::MAX_DATAGRAM;
 const NAME_LEN: usize = 128;
 
 /// A batch of receive buffers.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     bufs: Box<[[u8; MAX_DATAGRAM]]>,
     names: Box<[[u8; NAME_LEN]]>,
     iovs: Box<[libc::iovec]>,
@@ -26,7 +26,7 @@ unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
     /// `n` buffers of [`MAX_DATAGRAM`] bytes.
-    pub(crate) fn new(n: usize) -> Self {
+    pub fn new(n: usize) -> Self {
         let mut bufs = vec![[0u8; MAX_DATAGRAM]; n].into_boxed_slice();
         let mut names = vec![[0u8; NAME_LEN]; n].into_boxed_slice();
         let mut iovs: Box<[libc::iovec]> = bufs
@@ -58,7 +58,7 @@ impl RecvBatch {
     }
 
     /// Receives up to a batch without blocking; `Ok(0)` when nothing is pending.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for h in self.hdrs.iter_mut() {
             h.msg_hdr.msg_namelen = NAME_LEN as u32;
             h.msg_hdr.msg_flags = 0;
@@ -90,7 +90,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last receive: payload and source. `Err(len)` when it was truncated or
     /// its source is not an inet address.
-    pub(crate) fn get(&self, i: usize) -> Result<(&[u8], SocketAddr), usize> {
+    pub fn get(&self, i: usize) -> Result<(&[u8], SocketAddr), usize> {
         let h = &self.hdrs[i];
         let len = h.msg_len as usize;
         let name = &self.names[i][..(h.msg_hdr.msg_namelen as usize).min(NAME_LEN)];
@@ -112,7 +112,7 @@ impl std::ops::AddAssign for Sent {
 }
 
 /// A batch of sends, each pointing at a payload owned by someone else (zero copy).
-pub(crate) struct SendBatch {
+pub struct SendBatch {
     names: Box<[SockAddr]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
@@ -125,15 +125,18 @@ unsafe impl Send for SendBatch {}
 
 /// Outcome of a flush.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Sent {
+pub struct Sent {
+    /// Copies sent.
     pub packets: u64,
+    /// Bytes sent.
     pub bytes: u64,
+    /// Copies the kernel refused.
     pub failed: u64,
 }
 
 impl SendBatch {
     /// Room for `n` sends per syscall.
-    pub(crate) fn new(n: usize) -> Self {
+    pub fn new(n: usize) -> Self {
         let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
         Self {
             names: vec![unspecified; n].into_boxed_slice(),
@@ -152,7 +155,7 @@ impl SendBatch {
     }
 
     /// True when no more sends fit.
-    pub(crate) fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         self.len == self.hdrs.len()
     }
 
@@ -160,7 +163,7 @@ impl SendBatch {
     ///
     /// # Safety
     /// `payload` must stay alive and unchanged until the next [`flush`](Self::flush) returns.
-    pub(crate) unsafe fn push(&mut self, payload: &[u8], to: &SockAddr) {
+    pub unsafe fn push(&mut self, payload: &[u8], to: &SockAddr) {
         let i = self.len;
         self.names[i] = to.clone();
         self.iovs[i] = libc::iovec {
@@ -177,7 +180,7 @@ impl SendBatch {
 
     /// Sends everything queued. A message the kernel refuses is counted as failed and skipped;
     /// a full socket buffer is waited on briefly before its messages count as failed.
-    pub(crate) fn flush(&mut self, fd: RawFd) -> Sent {
+    pub fn flush(&mut self, fd: RawFd) -> Sent {
         let mut out = Sent::default();
         let mut at = 0;
         let mut waits = 0;

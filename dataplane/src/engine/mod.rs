@@ -6,7 +6,7 @@
 //! - [`mio`]: epoll with `recvmmsg`/`sendmmsg` batches; the fallback.
 
 pub mod mio;
-mod mmsg;
+pub mod mmsg;
 pub mod sockaddr;
 pub mod uring;
 mod worker;

@@ -1,0 +1,220 @@
+//! `ringbridge-loadgen`: programs conferences on a bridge (or starts a forwarder itself), sends
+//! paced RTP from real UDP sockets and reports loss, latency, rates and the forwarder's CPU per
+//! forwarded packet.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use ringbridge_bench::drive;
+use ringbridge_bench::report::Report;
+use ringbridge_bench::rig::{Live, Rig, RunOpts, Topology};
+use ringbridge_bench::target::{Kind, Target};
+use ringbridge_bench::traffic::{Load, MAX_PACKET, MIN_PACKET, Stream};
+
+/// Load-test rig for ringbridge. Either `--api` (a running bridge) or `--spawn` (a forwarder
+/// the rig starts on loopback and measures).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// gRPC address of a running bridge to program (e.g. 127.0.0.1:50051).
+    #[arg(long, conflicts_with = "spawn")]
+    api: Option<String>,
+    /// Start this forwarder on loopback: uring, mio (ringbridge engines), floor or naive.
+    #[arg(long)]
+    spawn: Option<Kind>,
+    /// Worker threads of a spawned ringbridge.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// PID of a bridge on this machine whose CPU time to measure (with --api).
+    #[arg(long)]
+    bridge_pid: Option<u32>,
+    /// Conferences to simulate.
+    #[arg(long, default_value_t = 1)]
+    conferences: usize,
+    /// Participants per conference.
+    #[arg(long, default_value_t = 3)]
+    participants: usize,
+    /// Each participant sends an audio stream: 50 pps of 160 bytes.
+    #[arg(long)]
+    audio: bool,
+    /// Each participant sends a video stream at this many kbit/s in 1200-byte packets.
+    #[arg(long)]
+    video_kbps: Option<f64>,
+    /// Fixed load instead: packets per second per participant...
+    #[arg(long, conflicts_with_all = ["audio", "video_kbps"])]
+    pps: Option<f64>,
+    /// ...of this many bytes (RTP header included).
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds sent before measuring (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Milliseconds to wait for packets in flight after the last send.
+    #[arg(long, default_value_t = 300)]
+    drain_ms: u64,
+    /// Ramp the load until loss exceeds 0.1% and report the highest clean rate.
+    #[arg(long)]
+    find_max: bool,
+    /// Seconds per --find-max step.
+    #[arg(long, default_value_t = 2.0)]
+    step_secs: f64,
+    /// Address the participants' sockets bind to (must be reachable from the bridge).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: IpAddr,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line and no table (JSON only).
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Cli {
+    fn load(&self) -> anyhow::Result<Load> {
+        let mut streams = Vec::new();
+        if let Some(pps) = self.pps {
+            if !(MIN_PACKET..=MAX_PACKET).contains(&self.size) {
+                bail!("--size must be {MIN_PACKET}..={MAX_PACKET} bytes");
+            }
+            streams.push(Stream {
+                pps,
+                size: self.size,
+            });
+        }
+        if self.audio {
+            streams.push(Load::audio());
+        }
+        if let Some(k) = self.video_kbps {
+            streams.push(Load::video(k));
+        }
+        if streams.is_empty() {
+            streams.push(Load::audio());
+        }
+        if streams.iter().any(|s| s.pps.is_nan() || s.pps <= 0.0) {
+            bail!("rates must be positive");
+        }
+        Ok(Load { streams })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.participants < 2 || cli.conferences == 0 {
+        bail!("need at least 1 conference of 2 participants");
+    }
+    let load = cli.load()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: finishing with a partial report");
+                stop.store(true, Relaxed);
+            }
+        });
+    }
+    let topo = Topology {
+        conferences: cli.conferences,
+        participants: cli.participants,
+        bind_ip: cli.bind_ip,
+    };
+    let mut rig =
+        Rig::new(topo.clone(), load.streams.len()).context("binding participant sockets")?;
+    let members = rig.members()?;
+    let target = rt.block_on(async {
+        match (&cli.api, cli.spawn) {
+            (Some(api), None) => Target::remote(api, &members, cli.bridge_pid).await,
+            (None, Some(kind)) => Target::spawn(kind, &members, cli.workers).await,
+            _ => bail!("give --api ADDR (a running bridge) or --spawn uring|mio|floor|naive"),
+        }
+    })?;
+    let opts = RunOpts {
+        duration: Duration::from_secs_f64(cli.duration),
+        warmup: Duration::from_secs_f64(cli.warmup),
+        drain: Duration::from_millis(cli.drain_ms),
+        stop: stop.clone(),
+    };
+    let live = Live::default();
+    let bar = (!cli.quiet).then(|| {
+        let total = ((cli.warmup + cli.duration) * 10.0) as u64;
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+                .expect("template"),
+        );
+        b
+    });
+    let result = std::thread::scope(|s| {
+        let ticker = bar.as_ref().map(|b| {
+            let live = &live;
+            let stop = &stop;
+            s.spawn(move || {
+                let mut last = 0;
+                while !b.is_finished() && !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let rx = live.received.load(Relaxed);
+                    b.inc(1);
+                    b.set_message(format!(
+                        "sent {} | received {} ({}/s)",
+                        live.sent.load(Relaxed),
+                        rx,
+                        (rx - last) * 10
+                    ));
+                    last = rx;
+                }
+            })
+        });
+        let r = rig.run(target.media, target.pid, &load, &opts, &live);
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        if let Some(t) = ticker {
+            let _ = t.join();
+        }
+        r
+    })?;
+    let mut report = Report::new(&target.label, &topo, &load, cli.warmup, &result);
+    if cli.find_max && !result.interrupted {
+        let fm = drive::find_max(
+            &mut rig,
+            &target,
+            &load,
+            Duration::from_secs_f64(cli.step_secs),
+            &opts,
+            |s| {
+                if !cli.quiet {
+                    eprintln!(
+                        "find-max: offered {:.0} pps -> forwarded {:.0}/s, loss {:.4}%, p99 {:.0} us",
+                        s.offered_pps,
+                        s.forwarded_pps,
+                        s.loss_ratio * 100.0,
+                        s.p99_us
+                    );
+                }
+            },
+        )?;
+        report.find_max = Some(fm);
+    }
+    if !cli.quiet {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    rt.block_on(target.close());
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! The rig: one UDP socket per participant, a paced sender thread and a receiver thread per run,
+//! and exact accounting of what each participant should and did receive.
+//!
+//! Senders pace with a 1 ms timer (sleeping, never spinning) and send each participant's due
+//! packets with one `sendmmsg`. The receiver waits on all sockets with epoll and drains them with
+//! `recvmmsg`. Every payload carries a [`Stamp`]; a packet counts once per (receiver, sender,
+//! stream, sequence), so loss, duplicates and reordering are exact.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use ringbridge_dataplane::engine::mmsg::{RecvBatch, SendBatch};
+use socket2::SockAddr;
+
+use crate::target::Member;
+use crate::traffic::{self, Load, MAX_PACKET, Stamp};
+
+/// Timer period of the senders.
+const TICK: Duration = Duration::from_millis(1);
+/// Most packets one participant sends per tick (more carries over: the rig is lagging).
+const MAX_BURST: usize = 256;
+
+/// Conferences and participants to simulate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Topology {
+    /// Number of conferences.
+    pub conferences: usize,
+    /// Participants per conference.
+    pub participants: usize,
+    /// Address the participants' sockets bind to.
+    pub bind_ip: IpAddr,
+}
+
+struct Participant {
+    sock: UdpSocket,
+    conf: usize,
+}
+
+/// How long a run lasts and when it stops.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Measured time.
+    pub duration: Duration,
+    /// Time before the measurement starts (sent, not counted).
+    pub warmup: Duration,
+    /// Time to wait for packets in flight after the last send.
+    pub drain: Duration,
+    /// Set to end the run early (Ctrl-C); the result is then partial.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Live figures for a progress display.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Packets received in the measured window so far.
+    pub received: AtomicU64,
+    /// Packets sent so far.
+    pub sent: AtomicU64,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// Packets sent, warm-up included.
+    pub sent_total: u64,
+    /// Packets sent in the measured window.
+    pub sent_packets: u64,
+    /// Copies the participants should have received from the window's packets.
+    pub expected_packets: u64,
+    /// Distinct copies received.
+    pub received_packets: u64,
+    /// Expected minus received.
+    pub lost_packets: u64,
+    /// Copies received more than once.
+    pub duplicate_packets: u64,
+    /// Copies that arrived after a later one of the same stream.
+    pub reordered_packets: u64,
+    /// Copies delivered to the wrong participant (another conference, or the sender itself).
+    pub misrouted_packets: u64,
+    /// Bytes of distinct copies received.
+    pub received_bytes: u64,
+    /// Length of the measured window.
+    pub window: Duration,
+    /// One-way latency of received copies, nanoseconds.
+    pub latency_ns: Histogram<u64>,
+    /// CPU time the target process spent during the window.
+    pub target_cpu_ns: Option<u64>,
+    /// Packets per second the rig meant to send, and what it managed.
+    pub offered_pps: f64,
+    /// Packets per second sent in the window.
+    pub achieved_pps: f64,
+    /// True when the run was cut short.
+    pub interrupted: bool,
+}
+
+impl RunResult {
+    /// Lost over expected.
+    pub fn loss_ratio(&self) -> f64 {
+        if self.expected_packets == 0 {
+            0.0
+        } else {
+            self.lost_packets as f64 / self.expected_packets as f64
+        }
+    }
+
+    /// Distinct copies received per second of window.
+    pub fn forwarded_pps(&self) -> f64 {
+        self.received_packets as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Participants' sockets and the run counter.
+pub struct Rig {
+    topo: Topology,
+    parts: Vec<Participant>,
+    streams: usize,
+    epoch: Instant,
+    runs: u32,
+}
+
+/// The SSRC of stream `k` of participant `g`.
+pub fn ssrc(g: usize, k: usize) -> u32 {
+    0x1000_0000 + (g as u32) * 16 + k as u32
+}
+
+/// Per (receiver, sender, stream): which sequence numbers arrived.
+#[derive(Default, Clone)]
+struct Track {
+    seen: Vec<u64>,
+    max: Option<u64>,
+    received: u64,
+    dup: u64,
+    reordered: u64,
+}
+
+impl Track {
+    fn record(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.seen.len() {
+            self.seen.resize((w + 1).next_power_of_two(), 0);
+        }
+        if self.seen[w] & (1 << b) != 0 {
+            self.dup += 1;
+            return false;
+        }
+        self.seen[w] |= 1 << b;
+        self.received += 1;
+        if self.max.is_some_and(|m| seq < m) {
+            self.reordered += 1;
+        }
+        self.max = Some(self.max.map_or(seq, |m| m.max(seq)));
+        true
+    }
+}
+
+impl Rig {
+    /// Binds one socket per participant; each sends `streams` streams.
+    pub fn new(topo: Topology, streams: usize) -> std::io::Result<Self> {
+        let mut parts = Vec::new();
+        for conf in 0..topo.conferences {
+            for _ in 0..topo.participants {
+                let sock = UdpSocket::bind((topo.bind_ip, 0))?;
+                let s2 = socket2::SockRef::from(&sock);
+                let _ = s2.set_recv_buffer_size(4 << 20);
+                let _ = s2.set_send_buffer_size(4 << 20);
+                sock.set_nonblocking(true)?;
+                parts.push(Participant { sock, conf });
+            }
+        }
+        Ok(Self {
+            topo,
+            parts,
+            streams,
+            epoch: Instant::now(),
+            runs: 0,
+        })
+    }
+
+    /// The conferences as a target must be programmed.
+    pub fn members(&self) -> anyhow::Result<Vec<Vec<Member>>> {
+        let mut confs = vec![Vec::new(); self.topo.conferences];
+        for (g, p) in self.parts.iter().enumerate() {
+            confs[p.conf].push(Member {
+                name: format!("p{g}"),
+                addr: p.sock.local_addr()?,
+                ssrcs: (0..self.streams).map(|k| ssrc(g, k)).collect(),
+            });
+        }
+        Ok(confs)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Runs `load` against `media` for `opts`, measuring the CPU of `pid` if given.
+    pub fn run(
+        &mut self,
+        media: SocketAddr,
+        pid: Option<u32>,
+        load: &Load,
+        opts: &RunOpts,
+        live: &Live,
+    ) -> anyhow::Result<RunResult> {
+        assert_eq!(
+            load.streams.len(),
+            self.streams,
+            "load must match the rig's streams"
+        );
+        self.runs += 1;
+        let run = self.runs;
+        let done = AtomicBool::new(false);
+        let this = &*self;
+        // One bound for sender and receiver: packets stamped at or after it are measured.
+        let warm_end_ns = self.now_ns() + opts.warmup.as_nanos() as u64;
+        std::thread::scope(|s| {
+            let rx = s.spawn(|| this.receive(run, warm_end_ns, &done, live));
+            let tx = this.send(run, media, pid, load, (warm_end_ns, opts), live);
+            std::thread::sleep(opts.drain);
+            done.store(true, Relaxed);
+            let rx = rx.join().expect("receiver thread")?;
+            Ok(this.result(tx, rx, load))
+        })
+    }
+
+    fn send(
+        &self,
+        run: u32,
+        media: SocketAddr,
+        pid: Option<u32>,
+        load: &Load,
+        (warm_end_ns, opts): (u64, &RunOpts),
+        live: &Live,
+    ) -> Sent {
+        let to = SockAddr::from(media);
+        let n = self.parts.len();
+        let k = load.streams.len();
+        let mut sent = vec![0u64; n * k];
+        let mut at_window = vec![0u64; n * k];
+        let mut bufs = vec![[0u8; MAX_PACKET]; MAX_BURST];
+        let mut batch = SendBatch::new(MAX_BURST);
+        let t0 = Instant::now();
+        let end_ns = warm_end_ns + opts.duration.as_nanos() as u64;
+        let mut cpu0 = None;
+        let mut window_start = None;
+        let window_end;
+        let mut interrupted = false;
+        let mut next = t0;
+        loop {
+            let now = Instant::now();
+            let now_ns = (now - self.epoch).as_nanos() as u64;
+            if opts.stop.load(Relaxed) {
+                interrupted = true;
+            }
+            if window_start.is_none() && (now_ns >= warm_end_ns || interrupted) {
+                window_start = Some(now);
+                at_window.copy_from_slice(&sent);
+                cpu0 = pid.and_then(crate::cpu::process_ns);
+            }
+            if now_ns >= end_ns || interrupted {
+                window_end = now;
+                break;
+            }
+            let el = (now - t0).as_secs_f64();
+            for (g, p) in self.parts.iter().enumerate() {
+                let mut used = 0;
+                for (j, st) in load.streams.iter().enumerate() {
+                    let i = g * k + j;
+                    let due = ((el * st.pps) as u64).saturating_sub(sent[i]);
+                    for _ in 0..due.min((MAX_BURST - used) as u64) {
+                        let stamp = Stamp {
+                            run,
+                            sender: g as u32,
+                            stream: j as u32,
+                            seq: sent[i],
+                            sent_ns: now_ns,
+                        };
+                        let len = traffic::write(&mut bufs[used], ssrc(g, j), &stamp, st.size);
+                        // SAFETY: `bufs[used]` is neither moved nor written again before the
+                        // flush below, which ends this participant's batch.
+                        unsafe { batch.push(&bufs[used][..len], &to) };
+                        used += 1;
+                        sent[i] += 1;
+                    }
+                }
+                if used > 0 {
+                    batch.flush(p.sock.as_raw_fd());
+                }
+            }
+            live.sent.store(sent.iter().sum(), Relaxed);
+            next += TICK;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+        let cpu1 = pid.and_then(crate::cpu::process_ns);
+        let start = window_start.unwrap_or(t0);
+        let end = window_end;
+        Sent {
+            window_sent: sent.iter().zip(&at_window).map(|(a, b)| a - b).collect(),
+            sent_total: sent.iter().sum(),
+            window: end.saturating_duration_since(start),
+            cpu: cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
+            interrupted,
+        }
+    }
+
+    fn receive(
+        &self,
+        run: u32,
+        warm_end_ns: u64,
+        done: &AtomicBool,
+        live: &Live,
+    ) -> anyhow::Result<Received> {
+        let mut poll = Poll::new()?;
+        let fds: Vec<_> = self.parts.iter().map(|p| p.sock.as_raw_fd()).collect();
+        for (g, fd) in fds.iter().enumerate() {
+            poll.registry()
+                .register(&mut SourceFd(fd), Token(g), Interest::READABLE)?;
+        }
+        let p = self.topo.participants;
+        let k = self.streams;
+        let mut tracks = vec![Track::default(); self.parts.len() * p * k];
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let mut misrouted = 0u64;
+        let mut bytes = 0u64;
+        let mut received = 0u64;
+        let mut batch = RecvBatch::new(64);
+        let mut events = Events::with_capacity(256);
+        let mut pending: Vec<Token> = Vec::new();
+        while !done.load(Relaxed) {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+            pending.extend(events.iter().map(|e| e.token()));
+            // Edge-triggered: drain every ready socket.
+            for Token(g) in pending.drain(..) {
+                loop {
+                    let n = batch.recv(fds[g])?;
+                    if n == 0 {
+                        break;
+                    }
+                    let now_ns = self.now_ns();
+                    for i in 0..n {
+                        let Ok((pkt, _)) = batch.get(i) else { continue };
+                        let Some(st) = traffic::read(pkt) else {
+                            continue;
+                        };
+                        if st.run != run || st.sent_ns < warm_end_ns {
+                            continue;
+                        }
+                        let sender = st.sender as usize;
+                        if sender == g
+                            || self.parts.get(sender).map(|s| s.conf) != Some(self.parts[g].conf)
+                        {
+                            misrouted += 1;
+                            continue;
+                        }
+                        let t = &mut tracks[(g * p + sender % p) * k + st.stream as usize];
+                        if t.record(st.seq) {
+                            received += 1;
+                            bytes += pkt.len() as u64;
+                            let _ = latency.record(now_ns.saturating_sub(st.sent_ns).max(1));
+                        }
+                    }
+                    live.received.store(received, Relaxed);
+                }
+            }
+        }
+        for fd in &fds {
+            let _ = poll.registry().deregister(&mut SourceFd(fd));
+        }
+        Ok(Received {
+            tracks,
+            latency,
+            misrouted,
+            bytes,
+        })
+    }
+
+    fn result(&self, tx: Sent, rx: Received, load: &Load) -> RunResult {
+        let p = self.topo.participants;
+        let k = self.streams;
+        let mut expected = 0u64;
+        let mut received = 0u64;
+        let mut dup = 0u64;
+        let mut reordered = 0u64;
+        for (g, part) in self.parts.iter().enumerate() {
+            for s_local in 0..p {
+                let sender = part.conf * p + s_local;
+                if sender == g {
+                    continue;
+                }
+                for j in 0..k {
+                    let want = tx.window_sent[sender * k + j];
+                    let t = &rx.tracks[(g * p + s_local) * k + j];
+                    expected += want;
+                    received += t.received;
+                    dup += t.dup;
+                    reordered += t.reordered;
+                }
+            }
+        }
+        let secs = tx.window.as_secs_f64().max(1e-9);
+        let sent_packets: u64 = tx.window_sent.iter().sum();
+        RunResult {
+            sent_total: tx.sent_total,
+            sent_packets,
+            expected_packets: expected,
+            received_packets: received,
+            lost_packets: expected.saturating_sub(received),
+            duplicate_packets: dup,
+            reordered_packets: reordered,
+            misrouted_packets: rx.misrouted,
+            received_bytes: rx.bytes,
+            window: tx.window,
+            latency_ns: rx.latency,
+            target_cpu_ns: tx.cpu,
+            offered_pps: load.pps_per_participant() * self.parts.len() as f64,
+            achieved_pps: sent_packets as f64 / secs,
+            interrupted: tx.interrupted,
+        }
+    }
+}
+
+struct Sent {
+    window_sent: Vec<u64>,
+    sent_total: u64,
+    window: Duration,
+    cpu: Option<u64>,
+    interrupted: bool,
+}
+
+struct Received {
+    tracks: Vec<Track>,
+    latency: Histogram<u64>,
+    misrouted: u64,
+    bytes: u64,
+}

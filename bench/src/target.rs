@@ -1,0 +1,269 @@
+//! What the rig's traffic flows through: a ringbridge it programs over gRPC (running elsewhere,
+//! or started here with either engine), or a baseline forwarder started here with the same
+//! conference setup.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::bridge_client::BridgeClient;
+use tonic::transport::Channel;
+
+use crate::groups::Groups;
+
+/// A forwarder the rig can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// ringbridge, io_uring engine.
+    Uring,
+    /// ringbridge, epoll engine.
+    Mio,
+    /// `floor-forwarder`: recvmmsg/sendmmsg, no table logic.
+    Floor,
+    /// `naive-forwarder`: recv_from, then send_to per destination.
+    Naive,
+}
+
+impl Kind {
+    /// All kinds, in report order.
+    pub const ALL: [Kind; 4] = [Kind::Uring, Kind::Mio, Kind::Floor, Kind::Naive];
+
+    /// Short name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Uring => "uring",
+            Kind::Mio => "mio",
+            Kind::Floor => "floor",
+            Kind::Naive => "naive",
+        }
+    }
+
+    /// Name in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Uring => "ringbridge uring",
+            Kind::Mio => "ringbridge mio",
+            Kind::Floor => "floor-forwarder",
+            Kind::Naive => "naive-forwarder",
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("expected uring, mio, floor or naive, not {s:?}"))
+    }
+}
+
+/// One participant as the target must know it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Endpoint id.
+    pub name: String,
+    /// The participant's socket address.
+    pub addr: SocketAddr,
+    /// SSRCs it sends.
+    pub ssrcs: Vec<u32>,
+}
+
+/// A programmed forwarder.
+pub struct Target {
+    /// What it is, for reports.
+    pub label: String,
+    /// Where participants send.
+    pub media: SocketAddr,
+    /// Process to measure CPU of, when on this machine.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    client: Option<BridgeClient<Channel>>,
+    conferences: Vec<String>,
+    setup: Option<PathBuf>,
+}
+
+/// Finds a binary of this workspace: `$RINGBRIDGE_BIN_DIR`, next to this executable, or one
+/// directory up (tests run from `target/*/deps`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("RINGBRIDGE_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    if let Some(d) = exe.parent() {
+        dirs.push(d.to_path_buf());
+        if let Some(up) = d.parent() {
+            dirs.push(up.to_path_buf());
+        }
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} not found in {dirs:?} (build the workspace first)"))
+}
+
+/// Starts `cmd`, waits for its ready line and returns it with the child.
+fn start(mut cmd: Command) -> anyhow::Result<(Child, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the ready line")?;
+    if line.is_empty() {
+        let _ = child.kill();
+        bail!("{cmd:?} exited before it was ready");
+    }
+    Ok((child, line))
+}
+
+fn field(line: &str, key: &str) -> anyhow::Result<String> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .map(str::to_string)
+        .with_context(|| format!("no {key}= in {line:?}"))
+}
+
+impl Target {
+    /// Starts `kind` on loopback (`workers` worker threads for ringbridge) and programs
+    /// `conferences` into it.
+    pub async fn spawn(
+        kind: Kind,
+        conferences: &[Vec<Member>],
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let ip = conferences
+            .first()
+            .and_then(|c| c.first())
+            .map_or("127.0.0.1".parse().unwrap(), |m| m.addr.ip());
+        let media = SocketAddr::new(ip, 0).to_string();
+        match kind {
+            Kind::Uring | Kind::Mio => {
+                let mut cmd = Command::new(binary("ringbridge")?);
+                cmd.args(["--engine", kind.name(), "--api", "127.0.0.1:0", "--media"])
+                    .arg(&media)
+                    .args(["--workers", &workers.to_string()]);
+                let (child, line) = start(cmd)?;
+                let api = field(&line, "api")?;
+                let pid = child.id();
+                let mut t = Self::remote(&api, conferences, Some(pid)).await?;
+                t.label = kind.label().into();
+                t.child = Some(child);
+                Ok(t)
+            }
+            Kind::Floor | Kind::Naive => {
+                let groups = Groups {
+                    groups: conferences
+                        .iter()
+                        .map(|c| c.iter().map(|m| m.addr).collect())
+                        .collect(),
+                };
+                let path = std::env::temp_dir().join(format!(
+                    "ringbridge-groups-{}-{}.json",
+                    std::process::id(),
+                    kind.name()
+                ));
+                std::fs::write(&path, serde_json::to_vec(&groups)?)?;
+                let name = format!("{}-forwarder", kind.name());
+                let mut cmd = Command::new(binary(&name)?);
+                cmd.arg("--listen").arg(&media).arg("--setup").arg(&path);
+                let (child, line) = start(cmd)?;
+                Ok(Self {
+                    label: kind.label().into(),
+                    media: field(&line, "media")?.parse()?,
+                    pid: Some(child.id()),
+                    child: Some(child),
+                    client: None,
+                    conferences: Vec::new(),
+                    setup: Some(path),
+                })
+            }
+        }
+    }
+
+    /// Programs `conferences` into the bridge whose API is at `api` ("host:port").
+    pub async fn remote(
+        api: &str,
+        conferences: &[Vec<Member>],
+        pid: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let mut client = BridgeClient::connect(format!("http://{api}"))
+            .await
+            .with_context(|| format!("connecting to the bridge API at {api}"))?;
+        let mut ids = Vec::new();
+        let mut media = None;
+        for (i, members) in conferences.iter().enumerate() {
+            let id = format!("loadgen-{}-{i}", std::process::id());
+            client
+                .create_conference(pb::CreateConferenceRequest {
+                    conference_id: id.clone(),
+                })
+                .await
+                .with_context(|| format!("CreateConference {id}"))?;
+            ids.push(id.clone());
+            for m in members {
+                let r = client
+                    .add_endpoint(pb::AddEndpointRequest {
+                        conference_id: id.clone(),
+                        endpoint_id: m.name.clone(),
+                        ssrcs: m.ssrcs.clone(),
+                        remote_addr: m.addr.to_string(),
+                    })
+                    .await
+                    .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;
+                media = Some(r.into_inner().media_addr.parse()?);
+            }
+        }
+        Ok(Self {
+            label: format!("ringbridge at {api}"),
+            media: media.context("no participants to program")?,
+            pid,
+            child: None,
+            client: Some(client),
+            conferences: ids,
+            setup: None,
+        })
+    }
+
+    /// The bridge's own counters, when it has an API.
+    pub async fn bridge_stats(&mut self) -> Option<pb::GetStatsResponse> {
+        let c = self.client.as_mut()?;
+        c.get_stats(pb::GetStatsRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Deletes the conferences the rig created and stops what it started.
+    pub async fn close(mut self) {
+        if let Some(c) = self.client.as_mut() {
+            for id in std::mem::take(&mut self.conferences) {
+                let _ = c
+                    .delete_conference(pb::DeleteConferenceRequest { conference_id: id })
+                    .await;
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(p) = self.setup.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The rig against real forwarders on loopback: a loss-free run reports exact counts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ringbridge_bench::report::Report;
+use ringbridge_bench::rig::{Live, Rig, RunOpts, RunResult, Topology};
+use ringbridge_bench::target::{Kind, Target};
+use ringbridge_bench::traffic::{Load, Stream};
+use ringbridge_dataplane::bridge::{self, Config};
+use ringbridge_dataplane::engine::Choice;
+
+fn topo() -> Topology {
+    Topology {
+        conferences: 2,
+        participants: 3,
+        bind_ip: IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+fn load() -> Load {
+    Load {
+        streams: vec![
+            Stream {
+                pps: 200.0,
+                size: 300,
+            },
+            Load::audio(),
+        ],
+    }
+}
+
+fn opts() -> RunOpts {
+    RunOpts {
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(300),
+        drain: Duration::from_millis(300),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+fn assert_exact(r: &RunResult) {
+    // 6 participants x 250 pps x 1 s, give or take a timer tick at each end.
+    assert!(
+        (1400..=1600).contains(&r.sent_packets),
+        "sent {}",
+        r.sent_packets
+    );
+    assert_eq!(r.expected_packets, 2 * r.sent_packets, "fan-out 2");
+    assert_eq!(r.received_packets, r.expected_packets);
+    assert_eq!(r.lost_packets, 0);
+    assert_eq!(r.duplicate_packets, 0);
+    assert_eq!(r.misrouted_packets, 0);
+    assert_eq!(r.latency_ns.len(), r.received_packets);
+    let rep = Report::new("t", &topo(), &load(), 0.3, r);
+    let json = serde_json::to_value(&rep).unwrap();
+    for key in [
+        "sent_packets",
+        "expected_packets",
+        "received_packets",
+        "lost_packets",
+        "duplicate_packets",
+        "forwarded_pps",
+        "bridge_cpu_ns_per_forwarded_packet",
+        "params",
+    ] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    for q in ["p50", "p99", "p999", "max"] {
+        assert!(json["latency_us"][q].as_f64().unwrap() > 0.0, "latency {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_through_ringbridge() {
+    let running = bridge::start(Config {
+        media: "127.0.0.1:0".parse().unwrap(),
+        api: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        engine: Choice::Auto,
+        advertise: None,
+    })
+    .await
+    .unwrap();
+    let api = running.api;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(running.serve(async {
+        let _ = stop_rx.await;
+    }));
+    let mut rig = Rig::new(topo(), 2).unwrap();
+    let members = rig.members().unwrap();
+    let target = Target::remote(&api.to_string(), &members, None)
+        .await
+        .unwrap();
+    let media = target.media;
+    let r =
+        tokio::task::block_in_place(|| rig.run(media, None, &load(), &opts(), &Live::default()))
+            .unwrap();
+    assert_exact(&r);
+    target.close().await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_and_cpu_through_a_spawned_baseline() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_floor-forwarder"));
+    // SAFETY: set before any other thread of this test reads the environment.
+    unsafe { std::env::set_var("RINGBRIDGE_BIN_DIR", bin.parent().unwrap()) };
+    let mut rig = Rig::new(topo(), 2).unwrap();
+    let members = rig.members().unwrap();
+    let target = Target::spawn(Kind::Floor, &members, 1).await.unwrap();
+    let r = tokio::task::block_in_place(|| {
+        rig.run(target.media, target.pid, &load(), &opts(), &Live::default())
+    })
+    .unwrap();
+    assert_exact(&r);
+    assert!(
+        r.target_cpu_ns.is_some_and(|c| c > 0),
+        "forwarder CPU measured"
+    );
+}
