@@ -31,7 +31,7 @@ fn core() -> Core {
         let conf = b.conference();
         for e in 0..10u32 {
             let i = c * 10 + e;
-            b.endpoint(conf, u64::from(i), &[i * 2, i * 2 + 1], Some(addr(i)));
+            b.endpoint(conf, u64::from(i), &[i * 2, i * 2 + 1], Some(addr(i)), None);
         }
     }
     Core::new(Arc::new(b.build(1)))
@@ -41,17 +41,17 @@ fn decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("core");
     g.throughput(Throughput::Elements(1));
     let mut core = core();
-    let pkt = rtp(5_000 * 2, 1200);
+    let mut pkt = rtp(5_000 * 2, 1200);
     let src = addr(5_000);
     g.bench_function("decide_rtp_fanout9_of_10k_endpoints", |b| {
         b.iter(|| {
-            let v = core.handle(black_box(&pkt), black_box(src)).unwrap();
+            let v = core.handle(black_box(&mut pkt), black_box(src)).unwrap();
             black_box(v.dests.len())
         })
     });
     g.bench_function("decide_and_walk_fanout9", |b| {
         b.iter(|| {
-            let v = core.handle(black_box(&pkt), black_box(src)).unwrap();
+            let v = core.handle(black_box(&mut pkt), black_box(src)).unwrap();
             let mut n = 0usize;
             for p in v.dests.iter() {
                 n += p.raw.len() as usize;
@@ -64,13 +64,14 @@ fn decision(c: &mut Criterion) {
     });
     // Lookup across the whole table: each iteration comes from another of the 10 000
     // endpoints, so the hash probes are not all cache-hot.
-    let sources: Vec<(Vec<u8>, SocketAddr)> = (0..10_000u32)
+    let mut sources: Vec<(Vec<u8>, SocketAddr)> = (0..10_000u32)
         .map(|i| (rtp(i * 2, 1200), addr(i)))
         .collect();
     let mut i = 0usize;
     g.bench_function("table_lookup_10k_endpoints", |b| {
         b.iter(|| {
-            let (p, a) = &sources[i % sources.len()];
+            let n = sources.len();
+            let (p, a) = &mut sources[i % n];
             i = i.wrapping_add(7919);
             black_box(core.handle(p, *a).unwrap().dests.len())
         })
@@ -78,14 +79,14 @@ fn decision(c: &mut Criterion) {
     let mut big = TableBuilder::new();
     let conf = big.conference();
     for e in 0..101u32 {
-        big.endpoint(conf, u64::from(e), &[e], Some(addr(e)));
+        big.endpoint(conf, u64::from(e), &[e], Some(addr(e)), None);
     }
     let mut big = Core::new(Arc::new(big.build(1)));
-    let pkt0 = rtp(0, 1200);
+    let mut pkt0 = rtp(0, 1200);
     let src0 = addr(0);
     g.bench_function("fanout_verdict_100_receivers", |b| {
         b.iter(|| {
-            let v = big.handle(black_box(&pkt0), black_box(src0)).unwrap();
+            let v = big.handle(black_box(&mut pkt0), black_box(src0)).unwrap();
             let mut n = 0usize;
             for p in v.dests.iter() {
                 n += p.raw.len() as usize;
@@ -93,9 +94,14 @@ fn decision(c: &mut Criterion) {
             black_box(n)
         })
     });
-    let garbage = vec![0x17u8; 100];
+    let mut garbage = vec![0x17u8; 100];
     g.bench_function("drop_garbage", |b| {
-        b.iter(|| black_box(core.handle(black_box(&garbage), black_box(src)).is_err()))
+        b.iter(|| {
+            black_box(
+                core.handle(black_box(&mut garbage), black_box(src))
+                    .is_err(),
+            )
+        })
     });
     g.finish();
 }

@@ -218,6 +218,7 @@ impl Target {
                         endpoint_id: m.name.clone(),
                         ssrcs: m.ssrcs.clone(),
                         remote_addr: m.addr.to_string(),
+                        srtp: None,
                     })
                     .await
                     .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::{Counters, DropReason};
 use crate::publish::{PublishError, Publisher};
-use crate::state::{ErrorKind, StateError};
+use crate::state::{ErrorKind, SrtpRequest, StateError};
 
 /// An API failure: a refused request or a change that did not reach every worker.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,8 @@ fn counters(c: &Counters) -> pb::Counters {
             unknown_ssrc: d(DropReason::UnknownSsrc),
             no_receivers: d(DropReason::NoReceivers),
             send_failed: d(DropReason::SendFailed),
+            srtp_auth_failed: d(DropReason::SrtpAuth),
+            srtp_replay: d(DropReason::SrtpReplay),
         }),
     }
 }
@@ -117,8 +119,19 @@ impl Bridge for BridgeService {
         req: Request<pb::AddEndpointRequest>,
     ) -> Result<Response<pb::AddEndpointResponse>, Status> {
         let r = req.into_inner();
+        let srtp = r.srtp.map(|p| SrtpRequest {
+            profile: p.profile,
+            endpoint_key: p.endpoint_key,
+            bridge_key: p.bridge_key,
+        });
         self.apply(move |s| {
-            s.add_endpoint(&r.conference_id, &r.endpoint_id, &r.ssrcs, &r.remote_addr)
+            s.add_endpoint(
+                &r.conference_id,
+                &r.endpoint_id,
+                &r.ssrcs,
+                &r.remote_addr,
+                srtp.as_ref(),
+            )
         })
         .await?;
         Ok(Response::new(pb::AddEndpointResponse {
@@ -150,6 +163,11 @@ impl Bridge for BridgeService {
                             ssrcs: st.ssrcs.clone(),
                             remote_addr: st.addr.map(|a| a.to_string()).unwrap_or_default(),
                             latched: st.latched,
+                            srtp_profile: st
+                                .srtp
+                                .as_ref()
+                                .map(|s| s.profile.name().to_string())
+                                .unwrap_or_default(),
                         })
                         .collect(),
                 })

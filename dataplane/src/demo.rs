@@ -48,6 +48,7 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
                 endpoint_id: (*name).into(),
                 ssrcs: vec![ssrc(i)],
                 remote_addr: remote_addr.clone(),
+                srtp: None,
             })
             .await?
             .into_inner();

@@ -4,6 +4,7 @@
 //! - [`state`]: the bridge's conferences and endpoints as the API sees them; builds tables.
 //! - [`publish`]: hands new tables to every worker and waits until all have them in force.
 //! - [`engine`]: the I/O drivers (`uring`, `mio`) that run the workers.
+//! - [`srtp`]: SRTP/SRTCP transforms (decrypt once per packet, encrypt per SRTP receiver).
 //! - [`api`]: the gRPC service; [`bridge`] assembles it all; [`demo`] is `make run`.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod core;
 pub mod demo;
 pub mod engine;
 pub mod publish;
+pub mod srtp;
 pub mod state;
 pub mod stats;
 pub mod testkit;

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::core::{EndpointUid, Table, TableBuilder};
+use crate::srtp::{Profile, Session};
 
 /// What kind of mistake a request made; the API maps it to a gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,14 @@ pub enum StateError {
         value: String,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// SRTP parameters that cannot be used.
+    #[error("{field}: {why}")]
+    BadSrtp {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
     },
     /// An endpoint that must latch declared no SSRC to latch on.
     #[error(
@@ -97,7 +107,9 @@ impl StateError {
     /// The class of error, for status codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Empty(_) | Self::BadAddr { .. } | Self::NothingToLatch => ErrorKind::Invalid,
+            Self::Empty(_) | Self::BadAddr { .. } | Self::BadSrtp { .. } | Self::NothingToLatch => {
+                ErrorKind::Invalid
+            }
             Self::ConferenceNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::ConferenceExists(_)
             | Self::EndpointExists { .. }
@@ -108,8 +120,71 @@ impl StateError {
     }
 }
 
+/// SRTP parameters as a request gives them.
+#[derive(Debug, Clone, Default)]
+pub struct SrtpRequest {
+    /// Profile name.
+    pub profile: String,
+    /// Master key + salt the endpoint sends with.
+    pub endpoint_key: Vec<u8>,
+    /// Master key + salt the bridge sends with (empty: `endpoint_key`).
+    pub bridge_key: Vec<u8>,
+}
+
+/// An endpoint's SRTP sessions, derived once when it is added.
+#[derive(Debug, Clone)]
+pub struct EndpointSrtp {
+    /// The profile.
+    pub profile: Profile,
+    /// Unprotects what the endpoint sends.
+    pub rx: Arc<Session>,
+    /// Protects what the bridge sends to it.
+    pub tx: Arc<Session>,
+}
+
+impl SrtpRequest {
+    /// Validates and derives the sessions.
+    pub fn derive(&self) -> Result<EndpointSrtp, StateError> {
+        let profile = Profile::from_name(&self.profile).ok_or_else(|| StateError::BadSrtp {
+            field: "srtp.profile",
+            why: format!(
+                "{:?} is not one of AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM, AEAD_AES_256_GCM",
+                self.profile
+            ),
+        })?;
+        let want = profile.key_len() + profile.salt_len();
+        let session = |field: &'static str, k: &[u8]| {
+            if k.len() != want {
+                return Err(StateError::BadSrtp {
+                    field,
+                    why: format!(
+                        "{} needs {want} bytes (master key {} + salt {}), got {}",
+                        profile.name(),
+                        profile.key_len(),
+                        profile.salt_len(),
+                        k.len()
+                    ),
+                });
+            }
+            let (key, salt) = k.split_at(profile.key_len());
+            Session::new(profile, key, salt)
+                .map(Arc::new)
+                .map_err(|why| StateError::BadSrtp { field, why })
+        };
+        let rx = session("srtp.endpoint_key", &self.endpoint_key)?;
+        let tx = if self.bridge_key.is_empty() {
+            // One key for both directions: a separate session object so both sides' state
+            // stays apart (the keys are the same).
+            session("srtp.endpoint_key", &self.endpoint_key)?
+        } else {
+            session("srtp.bridge_key", &self.bridge_key)?
+        };
+        Ok(EndpointSrtp { profile, rx, tx })
+    }
+}
+
 /// One endpoint as the API knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EndpointState {
     /// Bridge-wide identity, stable for the endpoint's lifetime.
     pub uid: EndpointUid,
@@ -119,6 +194,8 @@ pub struct EndpointState {
     pub addr: Option<SocketAddr>,
     /// Whether `addr` was latched.
     pub latched: bool,
+    /// SRTP sessions, when the endpoint uses SRTP.
+    pub srtp: Option<EndpointSrtp>,
 }
 
 /// All conferences of the bridge, keyed by id.
@@ -239,10 +316,12 @@ impl BridgeState {
         endpoint: &str,
         ssrcs: &[u32],
         remote_addr: &str,
+        srtp: Option<&SrtpRequest>,
     ) -> Result<EndpointUid, StateError> {
         need("conference_id", conference)?;
         need("endpoint_id", endpoint)?;
         let addr = self.parse_addr("remote_addr", remote_addr)?;
+        let srtp = srtp.map(SrtpRequest::derive).transpose()?;
         let mut declared = Vec::with_capacity(ssrcs.len());
         for &s in ssrcs {
             if !declared.contains(&s) {
@@ -302,6 +381,7 @@ impl BridgeState {
                 ssrcs: declared,
                 addr,
                 latched: false,
+                srtp,
             },
         );
         Ok(uid)
@@ -349,7 +429,8 @@ impl BridgeState {
         for eps in self.conferences.values() {
             let c = b.conference();
             for e in eps.values() {
-                b.endpoint(c, e.uid, &e.ssrcs, e.addr);
+                let srtp = e.srtp.as_ref().map(|s| (s.rx.clone(), s.tx.clone()));
+                b.endpoint(c, e.uid, &e.ssrcs, e.addr, srtp);
             }
         }
         b.build(self.generation)
@@ -369,20 +450,20 @@ mod tests {
     #[test]
     fn rejects_bad_input_naming_the_field() {
         let mut s = state();
-        let e = s.add_endpoint("c", "", &[1], "").unwrap_err();
+        let e = s.add_endpoint("c", "", &[1], "", None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         assert!(e.to_string().starts_with("endpoint_id"));
         for bad in ["nope", "127.0.0.1", "[::1]:5", "0.0.0.0:5", "127.0.0.1:0"] {
-            let e = s.add_endpoint("c", "a", &[1], bad).unwrap_err();
+            let e = s.add_endpoint("c", "a", &[1], bad, None).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
             assert!(e.to_string().starts_with("remote_addr"), "{e}");
         }
         assert_eq!(
-            s.add_endpoint("c", "a", &[], "").unwrap_err(),
+            s.add_endpoint("c", "a", &[], "", None).unwrap_err(),
             StateError::NothingToLatch
         );
         assert_eq!(
-            s.add_endpoint("x", "a", &[1], "").unwrap_err().kind(),
+            s.add_endpoint("x", "a", &[1], "", None).unwrap_err().kind(),
             ErrorKind::NotFound
         );
         assert_eq!(s.endpoints(), 0);
@@ -391,13 +472,18 @@ mod tests {
     #[test]
     fn duplicates_are_refused_and_change_nothing() {
         let mut s = state();
-        s.add_endpoint("c", "a", &[1, 2], "127.0.0.1:5000").unwrap();
+        s.add_endpoint("c", "a", &[1, 2], "127.0.0.1:5000", None)
+            .unwrap();
         let before = s.clone();
         let dup = [
-            s.clone().add_endpoint("c", "a", &[9], "").unwrap_err(),
-            s.clone().add_endpoint("c", "b", &[2], "").unwrap_err(),
             s.clone()
-                .add_endpoint("c", "b", &[3], "127.0.0.1:5000")
+                .add_endpoint("c", "a", &[9], "", None)
+                .unwrap_err(),
+            s.clone()
+                .add_endpoint("c", "b", &[2], "", None)
+                .unwrap_err(),
+            s.clone()
+                .add_endpoint("c", "b", &[3], "127.0.0.1:5000", None)
                 .unwrap_err(),
             s.clone().create_conference("c").unwrap_err(),
         ];
@@ -406,15 +492,15 @@ mod tests {
         }
         assert_eq!(s.endpoints(), before.endpoints());
         s.create_conference("d").unwrap();
-        s.add_endpoint("d", "x", &[7], "").unwrap();
-        let e = s.add_endpoint("c", "y", &[7], "").unwrap_err();
+        s.add_endpoint("d", "x", &[7], "", None).unwrap();
+        let e = s.add_endpoint("c", "y", &[7], "", None).unwrap_err();
         assert!(matches!(e, StateError::SsrcAmbiguous { .. }));
     }
 
     #[test]
     fn latching_and_removal() {
         let mut s = state();
-        let uid = s.add_endpoint("c", "a", &[1], "").unwrap();
+        let uid = s.add_endpoint("c", "a", &[1], "", None).unwrap();
         let addr = "127.0.0.1:4000".parse().unwrap();
         assert!(s.latch(uid, addr));
         assert!(!s.latch(uid, "127.0.0.1:4001".parse().unwrap()));

@@ -13,6 +13,7 @@ fn add(conf: &str, ep: &str, ssrcs: &[u32], addr: &str) -> pb::AddEndpointReques
         endpoint_id: ep.into(),
         ssrcs: ssrcs.to_vec(),
         remote_addr: addr.into(),
+        srtp: None,
     }
 }
 

@@ -214,6 +214,7 @@ async fn ipv6(engine: &str) {
             endpoint_id: "v4".into(),
             ssrcs: vec![1],
             remote_addr: "127.0.0.1:5000".into(),
+            srtp: None,
         })
         .await
         .unwrap_err();

@@ -1,7 +1,9 @@
 //! The sans-IO forwarding core. It owns no socket and reads no clock: given a datagram and its
 //! source address it decides where copies go (a [`Verdict`]) or why it is dropped
 //! ([`DropReason`]), counts what it saw, and queues [`Event`]s for the control path (latched
-//! addresses). Engines feed it and carry out its verdicts.
+//! addresses). SRTP senders are authenticated and decrypted in place here, once; engines
+//! protect each copy for SRTP receivers with [`Peer::srtp`]. Engines feed it and carry out its
+//! verdicts.
 
 pub mod classify;
 pub mod rtcp;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::srtp::{self, replay};
 pub use classify::Class;
 pub use table::{EndpointUid, Peer, Table, TableBuilder};
 
@@ -30,13 +33,17 @@ pub enum DropReason {
     UnknownSsrc = 3,
     /// Nobody to forward to.
     NoReceivers = 4,
-    /// The kernel refused a send (counted per copy by the engine).
+    /// The kernel refused a send, or a copy could not be protected (counted per copy).
     SendFailed = 5,
+    /// SRTP/SRTCP authentication failed.
+    SrtpAuth = 6,
+    /// SRTP/SRTCP replay.
+    SrtpReplay = 7,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -45,6 +52,8 @@ impl DropReason {
         Self::UnknownSsrc,
         Self::NoReceivers,
         Self::SendFailed,
+        Self::SrtpAuth,
+        Self::SrtpReplay,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -56,6 +65,8 @@ impl DropReason {
             Self::UnknownSsrc => "unknown_ssrc",
             Self::NoReceivers => "no_receivers",
             Self::SendFailed => "send_failed",
+            Self::SrtpAuth => "srtp_auth_failed",
+            Self::SrtpReplay => "srtp_replay",
         }
     }
 }
@@ -161,6 +172,35 @@ pub struct Verdict<'t> {
     pub class: Class,
     /// Where the copies go; never empty.
     pub dests: Dests<'t>,
+    /// Length of the plain packet at the start of the buffer (shorter than what arrived when
+    /// SRTP was removed).
+    pub len: usize,
+    /// For peers with [`Peer::srtp`]: the RTP packet index (48 bits) or the SRTCP index.
+    pub index: u64,
+}
+
+/// Per-stream SRTP state of the senders this worker handles (their packets all land here).
+#[derive(Debug, Default)]
+struct StreamState {
+    /// RTP: rollover and replay state (SRTP senders), or index tracking (plain senders whose
+    /// packets go to SRTP receivers).
+    rtp: FxHashMap<(EndpointUid, u32), replay::Stream>,
+    /// SRTCP replay windows of SRTP senders.
+    rtcp_in: FxHashMap<(EndpointUid, u32), replay::Window>,
+    /// SRTCP index counters for plain RTCP senders whose packets go to SRTP receivers.
+    rtcp_out: FxHashMap<(EndpointUid, u32), u32>,
+}
+
+fn srtp_drop(e: srtp::Error) -> DropReason {
+    match e {
+        srtp::Error::Replay => DropReason::SrtpReplay,
+        _ => DropReason::SrtpAuth,
+    }
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Per-worker forwarding state; see the module docs.
@@ -170,6 +210,7 @@ pub struct Core {
     /// Addresses this worker latched that the current table does not know yet.
     latched: FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: VecDeque<Event>,
+    streams: StreamState,
     /// What this core has counted.
     pub counters: Counters,
 }
@@ -181,6 +222,7 @@ impl Core {
             table,
             latched: FxHashMap::default(),
             events: VecDeque::with_capacity(16),
+            streams: StreamState::default(),
             counters: Counters::default(),
         }
     }
@@ -205,6 +247,11 @@ impl Core {
                 _ => false,
             }
         });
+        // Stream state of endpoints that are gone would otherwise accumulate.
+        let live = |uid: &EndpointUid| table.by_uid.contains_key(uid);
+        self.streams.rtp.retain(|(uid, _), _| live(uid));
+        self.streams.rtcp_in.retain(|(uid, _), _| live(uid));
+        self.streams.rtcp_out.retain(|(uid, _), _| live(uid));
         std::mem::replace(&mut self.table, table)
     }
 
@@ -213,15 +260,17 @@ impl Core {
         self.events.pop_front()
     }
 
-    /// Decides what happens to one datagram from `src`, and counts it.
+    /// Decides what happens to one datagram from `src`, and counts it. An SRTP sender's packet
+    /// is authenticated and decrypted in place: the plain packet is `pkt[..verdict.len]`.
     #[inline]
-    pub fn handle(&mut self, pkt: &[u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
+    pub fn handle(&mut self, pkt: &mut [u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += pkt.len() as u64;
         let r = decide(
             &self.table,
             &mut self.latched,
             &mut self.events,
+            &mut self.streams,
             &mut self.counters,
             pkt,
             src,
@@ -239,55 +288,96 @@ fn decide<'t>(
     table: &'t Table,
     latched: &mut FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: &mut VecDeque<Event>,
+    streams: &mut StreamState,
     counters: &mut Counters,
-    pkt: &[u8],
+    pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
     let class = classify::classify(pkt);
-    let (ssrc, summary) = match class {
+    // The SSRC is in the clear even under SRTP: RTP header, or the first RTCP packet's sender.
+    let ssrc = match class {
         Class::Other => return Err(DropReason::NotRtp),
-        Class::Rtp => (rtp::ssrc(pkt)?, None),
-        Class::Rtcp => {
-            let s = rtcp::summarize(pkt)?;
-            (s.sender_ssrc, Some(s))
-        }
+        Class::Rtp if srtp::rtp_header_len(pkt).is_some() => be32(pkt, 8),
+        Class::Rtcp if pkt.len() >= 8 => be32(pkt, 4),
+        _ => return Err(DropReason::Malformed),
     };
-    let idx = match table.by_addr.get(&src) {
-        Some(&i) => i,
-        None => match latched.get(&src) {
-            Some(&(_, i)) => i,
-            None => {
-                let &i = table
-                    .latch_by_ssrc
-                    .get(&ssrc)
-                    .ok_or(DropReason::UnknownSource)?;
-                let uid = table.endpoints[i as usize].uid;
-                latched.insert(src, (uid, i));
-                events.push_back(Event::Latched { uid, addr: src });
-                i
-            }
+    let known = table
+        .by_addr
+        .get(&src)
+        .or_else(|| latched.get(&src).map(|(_, i)| i));
+    let (idx, latch) = match known {
+        Some(&i) => (i, false),
+        None => match table.latch_by_ssrc.get(&ssrc) {
+            // Latched only once the packet has proven itself (parsed, authenticated).
+            Some(&i) => (i, true),
+            None => return Err(DropReason::UnknownSource),
         },
     };
     let ep = &table.endpoints[idx as usize];
     let conf = &table.conferences[ep.conf as usize];
+    let is_rtp = class == Class::Rtp;
+    if is_rtp {
+        counters.rx_rtp += 1;
+        if !ep.ssrcs.contains(&ssrc) {
+            return Err(DropReason::UnknownSsrc);
+        }
+    } else {
+        counters.rx_rtcp += 1;
+    }
+    let key = (ep.uid, ssrc);
+    let (len, index) = match (&ep.srtp_in, is_rtp) {
+        (Some(s), true) => {
+            let mut st = streams.rtp.get(&key).copied().unwrap_or_default();
+            let index = st.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+            st.check(index).map_err(srtp_drop)?;
+            let len = s.unprotect_rtp(pkt, index).map_err(srtp_drop)?;
+            st.accept(index);
+            streams.rtp.insert(key, st);
+            (len, index)
+        }
+        (Some(s), false) => {
+            let i = s.rtcp_index(pkt).map_err(srtp_drop)?;
+            let mut w = streams.rtcp_in.get(&key).copied().unwrap_or_default();
+            w.check(u64::from(i)).map_err(srtp_drop)?;
+            let (len, i) = s.unprotect_rtcp(pkt).map_err(srtp_drop)?;
+            w.accept(u64::from(i));
+            streams.rtcp_in.insert(key, w);
+            (len, u64::from(i))
+        }
+        // Plain senders: SRTP receivers need an index, tracked like a receiver would.
+        (None, true) if conf.srtp_out => {
+            let st = streams.rtp.entry(key).or_default();
+            let index = st.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+            st.accept(index);
+            (pkt.len(), index)
+        }
+        (None, false) if conf.srtp_out => {
+            let n = streams.rtcp_out.entry(key).or_insert(0);
+            *n = (*n + 1) & 0x7fff_ffff;
+            (pkt.len(), u64::from(*n))
+        }
+        (None, _) => (pkt.len(), 0),
+    };
+    let plain = &pkt[..len];
     let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
-    let select = match summary {
-        None => {
-            counters.rx_rtp += 1;
-            if !ep.ssrcs.contains(&ssrc) {
-                return Err(DropReason::UnknownSsrc);
-            }
+    let select = if is_rtp {
+        rtp::ssrc(plain)?;
+        Select::AllBut(skip)
+    } else {
+        let s = rtcp::summarize(plain)?;
+        if s.feedback {
+            feedback_targets(table, idx, s.targets())?
+        } else {
             Select::AllBut(skip)
         }
-        Some(s) => {
-            counters.rx_rtcp += 1;
-            if s.feedback {
-                feedback_targets(table, idx, s.targets())?
-            } else {
-                Select::AllBut(skip)
-            }
-        }
     };
+    if latch {
+        latched.insert(src, (ep.uid, idx));
+        events.push_back(Event::Latched {
+            uid: ep.uid,
+            addr: src,
+        });
+    }
     let dests = Dests {
         peers: &conf.peers,
         select,
@@ -295,7 +385,12 @@ fn decide<'t>(
     if dests.is_empty() {
         return Err(DropReason::NoReceivers);
     }
-    Ok(Verdict { class, dests })
+    Ok(Verdict {
+        class,
+        dests,
+        len,
+        index,
+    })
 }
 
 /// Peers that send the media SSRCs feedback is about (never the feedback's own sender).
@@ -339,18 +434,18 @@ mod tests {
     fn core() -> Core {
         let mut b = TableBuilder::new();
         let c0 = b.conference();
-        b.endpoint(c0, 1, &[10, 11], Some(a(1)));
-        b.endpoint(c0, 2, &[20], Some(a(2)));
-        b.endpoint(c0, 3, &[30], Some(a(3)));
-        b.endpoint(c0, 4, &[40], None);
+        b.endpoint(c0, 1, &[10, 11], Some(a(1)), None);
+        b.endpoint(c0, 2, &[20], Some(a(2)), None);
+        b.endpoint(c0, 3, &[30], Some(a(3)), None);
+        b.endpoint(c0, 4, &[40], None, None);
         let c1 = b.conference();
-        b.endpoint(c1, 5, &[50], Some(a(5)));
-        b.endpoint(c1, 6, &[60], Some(a(6)));
+        b.endpoint(c1, 5, &[50], Some(a(5)), None);
+        b.endpoint(c1, 6, &[60], Some(a(6)), None);
         Core::new(Arc::new(b.build(1)))
     }
 
     fn dests(core: &mut Core, pkt: &[u8], src: SocketAddr) -> Result<Vec<u16>, DropReason> {
-        core.handle(pkt, src)
+        core.handle(&mut pkt.to_vec(), src)
             .map(|v| v.dests.iter().map(|p| p.addr.port()).collect())
     }
 
@@ -383,7 +478,7 @@ mod tests {
         // Alone in a conference: nobody to forward to.
         let mut b = TableBuilder::new();
         let conf = b.conference();
-        b.endpoint(conf, 1, &[50], Some(a(5)));
+        b.endpoint(conf, 1, &[50], Some(a(5)), None);
         c.set_table(Arc::new(b.build(2)));
         assert_eq!(
             dests(&mut c, &sender_report(50), a(5)),
@@ -432,8 +527,8 @@ mod tests {
         // Once the control path publishes the address, others reach the endpoint.
         let mut b = TableBuilder::new();
         let c0 = b.conference();
-        b.endpoint(c0, 1, &[10, 11], Some(a(1)));
-        b.endpoint(c0, 4, &[40], Some(src));
+        b.endpoint(c0, 1, &[10, 11], Some(a(1)), None);
+        b.endpoint(c0, 4, &[40], Some(src), None);
         c.set_table(Arc::new(b.build(2)));
         assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![4000]));
         assert_eq!(dests(&mut c, &rtp(40, 3, 0, b"x"), src), Ok(vec![1]));
@@ -448,8 +543,8 @@ mod tests {
         // An unrelated change published before the latch was recorded.
         let mut b = TableBuilder::new();
         let c0 = b.conference();
-        b.endpoint(c0, 1, &[10], Some(a(1)));
-        b.endpoint(c0, 4, &[40], None);
+        b.endpoint(c0, 1, &[10], Some(a(1)), None);
+        b.endpoint(c0, 4, &[40], None, None);
         c.set_table(Arc::new(b.build(2)));
         assert_eq!(dests(&mut c, &rtp(40, 2, 0, b"x"), src), Ok(vec![1]));
         // The endpoint is removed: its address is unknown again.

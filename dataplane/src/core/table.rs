@@ -2,9 +2,12 @@
 //! path. The control path builds a new one per change; workers swap it in between batches.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
+
+use crate::srtp::Session;
 
 /// Bridge-wide identity of an endpoint, stable across table generations.
 pub type EndpointUid = u64;
@@ -16,13 +19,16 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// `addr` encoded for the kernel, so no conversion happens per packet.
     pub raw: SockAddr,
+    /// When set, every copy to this peer is protected with this session.
+    pub srtp: Option<Arc<Session>>,
 }
 
 impl Peer {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, srtp: Option<Arc<Session>>) -> Self {
         Self {
             addr,
             raw: SockAddr::from(addr),
+            srtp,
         }
     }
 }
@@ -35,6 +41,8 @@ pub(crate) struct Endpoint {
     pub ssrcs: Box<[u32]>,
     /// Index in its conference's `peers`, when the endpoint has an address.
     pub slot: Option<u32>,
+    /// Unprotects what the endpoint sends, when it uses SRTP.
+    pub srtp_in: Option<Arc<Session>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -42,6 +50,8 @@ pub(crate) struct Endpoint {
 pub(crate) struct Conference {
     pub peers: Vec<Peer>,
     pub ssrc_owner: FxHashMap<u32, u32>,
+    /// Some peer receives SRTP: plain senders' packet indices must be tracked.
+    pub srtp_out: bool,
 }
 
 /// An immutable forwarding table; see the module docs.
@@ -91,18 +101,22 @@ impl TableBuilder {
     }
 
     /// Adds an endpoint to `conf`. Without `addr` it waits to be latched by one of its `ssrcs`.
+    /// `srtp` holds its (inbound, outbound) sessions when it uses SRTP.
     pub fn endpoint(
         &mut self,
         conf: ConfIdx,
         uid: EndpointUid,
         ssrcs: &[u32],
         addr: Option<SocketAddr>,
+        srtp: Option<(Arc<Session>, Arc<Session>)>,
     ) {
         let t = &mut self.table;
         let idx = t.endpoints.len() as u32;
         let c = &mut t.conferences[conf.0 as usize];
+        let (srtp_in, srtp_out) = srtp.unzip();
+        c.srtp_out |= srtp_out.is_some();
         let slot = addr.map(|a| {
-            c.peers.push(Peer::new(a));
+            c.peers.push(Peer::new(a, srtp_out));
             t.by_addr.insert(a, idx);
             c.peers.len() as u32 - 1
         });
@@ -118,6 +132,7 @@ impl TableBuilder {
             conf: conf.0,
             ssrcs: ssrcs.into(),
             slot,
+            srtp_in,
         });
     }
 

@@ -12,6 +12,7 @@ use socket2::Socket;
 
 use super::mmsg::{RecvBatch, SendBatch, Sent};
 use super::worker::{drain_control, end_batch, pin};
+use super::{PROTECTED_SIZE, protect};
 use crate::core::{Core, DropReason, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
@@ -62,6 +63,8 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);
+    // Room for SRTP-protected copies: entry `j` belongs to the `j`-th queued send.
+    let mut protected = vec![[0u8; PROTECTED_SIZE]; SEND_BATCH].into_boxed_slice();
     loop {
         if !drain_control(port, &mut core) {
             return Ok(());
@@ -83,7 +86,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
             };
             let mut sent = Sent::default();
             for i in 0..n {
-                let (pkt, src) = match rx.get(i) {
+                let (pkt, src) = match rx.get_mut(i) {
                     Ok(p) => p,
                     Err(len) => {
                         core.counters.rx_packets += 1;
@@ -95,13 +98,28 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                 let Ok(v) = core.handle(pkt, src) else {
                     continue;
                 };
+                let plain = &pkt[..v.len];
                 for peer in v.dests.iter() {
                     if tx.is_full() {
                         sent += tx.flush(fd);
                     }
-                    // SAFETY: `pkt` lives in `rx`, which is not written again until the next
-                    // `rx.recv`, and every path to it flushes `tx` first.
-                    unsafe { tx.push(pkt, &peer.raw) };
+                    let out = match &peer.srtp {
+                        None => plain,
+                        Some(s) => {
+                            let buf = &mut protected[tx.len()];
+                            match protect(s, v.class, plain, v.index, buf) {
+                                Some(n) => &buf[..n],
+                                None => {
+                                    sent.failed += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    // SAFETY: `out` lives in `rx` (not written again until the next `rx.recv`)
+                    // or in `protected[tx.len()]` (not written again until this batch is
+                    // flushed); every path to either flushes `tx` first.
+                    unsafe { tx.push(out, &peer.raw) };
                 }
             }
             sent += tx.flush(fd);

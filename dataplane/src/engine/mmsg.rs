@@ -91,13 +91,22 @@ impl RecvBatch {
     /// Datagram `i` of the last receive: payload and source. `Err(len)` when it was truncated or
     /// its source is not an inet address.
     pub fn get(&self, i: usize) -> Result<(&[u8], SocketAddr), usize> {
+        let (len, src) = self.meta(i)?;
+        Ok((&self.bufs[i][..len], src))
+    }
+
+    /// Like [`get`](Self::get), with the payload writable (SRTP decrypts in place).
+    pub fn get_mut(&mut self, i: usize) -> Result<(&mut [u8], SocketAddr), usize> {
+        let (len, src) = self.meta(i)?;
+        Ok((&mut self.bufs[i][..len], src))
+    }
+
+    fn meta(&self, i: usize) -> Result<(usize, SocketAddr), usize> {
         let h = &self.hdrs[i];
         let len = h.msg_len as usize;
         let name = &self.names[i][..(h.msg_hdr.msg_namelen as usize).min(NAME_LEN)];
         match super::sockaddr::parse(name) {
-            Some(src) if h.msg_hdr.msg_flags & libc::MSG_TRUNC == 0 => {
-                Ok((&self.bufs[i][..len], src))
-            }
+            Some(src) if h.msg_hdr.msg_flags & libc::MSG_TRUNC == 0 => Ok((len, src)),
             _ => Err(len),
         }
     }
@@ -152,6 +161,16 @@ impl SendBatch {
             hdrs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
             len: 0,
         }
+    }
+
+    /// Sends queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// True when no more sends fit.

@@ -17,8 +17,8 @@ use io_uring::types::{BufRingEntry, Fd, RecvMsgOut};
 use io_uring::{IoUring, Submitter, cqueue, opcode, squeue};
 use socket2::{SockAddr, Socket};
 
-use super::MAX_DATAGRAM;
 use super::worker::{drain_control, end_batch, pin};
+use super::{MAX_DATAGRAM, PROTECTED_SIZE, protect};
 use crate::core::{Core, DropReason, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
@@ -30,6 +30,8 @@ const BUF_SIZE: usize = MAX_DATAGRAM + HEADROOM;
 const N_BUFS: u16 = 4096;
 /// In-flight sends per worker.
 const SEND_SLOTS: usize = 8192;
+/// `SendSlot::bid` of a send from the slot's own protected copy, not from a received buffer.
+const NO_BUF: u16 = u16::MAX;
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries.
@@ -227,9 +229,11 @@ struct SendSlot {
     bid: u16,
 }
 
-/// Fixed pool of send slots; boxed so the self-pointers stay valid.
+/// Fixed pool of send slots; boxed so the self-pointers stay valid. Each slot also owns room
+/// for one SRTP-protected copy (zero pages until first used).
 struct SendSlots {
     slots: Box<[SendSlot]>,
+    protected: Box<[u8]>,
     free: Vec<u32>,
 }
 
@@ -250,6 +254,7 @@ impl SendSlots {
             .collect();
         Self {
             slots,
+            protected: vec![0; n * PROTECTED_SIZE].into_boxed_slice(),
             free: (0..n as u32).rev().collect(),
         }
     }
@@ -267,22 +272,50 @@ impl SendSlots {
         bid: u16,
     ) -> Option<squeue::Entry> {
         let i = self.free.pop()?;
+        Some(self.fill(i, fd, (payload.as_ptr(), payload.len()), to, bid))
+    }
+
+    /// Fills a free slot with a copy that `write` produces in the slot's own buffer (an SRTP
+    /// protected copy). `None` when no slot is free or `write` fails.
+    fn take_protected(
+        &mut self,
+        fd: RawFd,
+        to: &SockAddr,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<squeue::Entry> {
+        let i = *self.free.last()?;
+        let at = i as usize * PROTECTED_SIZE;
+        let n = write(&mut self.protected[at..at + PROTECTED_SIZE])?;
+        self.free.pop();
+        // The slot's region of `protected` is not written again until this send completes and
+        // the slot is freed; the boxed slice never moves.
+        let out = self.protected[at..].as_ptr();
+        Some(self.fill(i, fd, (out, n), to, NO_BUF))
+    }
+
+    /// Points slot `i` at `len` bytes at `ptr` (kept alive by the caller until completion).
+    fn fill(
+        &mut self,
+        i: u32,
+        fd: RawFd,
+        (ptr, len): (*const u8, usize),
+        to: &SockAddr,
+        bid: u16,
+    ) -> squeue::Entry {
         let s = &mut self.slots[i as usize];
         s.name = to.clone();
         s.iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: payload.len(),
+            iov_base: ptr as *mut _,
+            iov_len: len,
         };
         s.hdr.msg_name = s.name.as_ptr() as *mut _;
         s.hdr.msg_namelen = s.name.len();
         s.hdr.msg_iov = &mut s.iov;
         s.hdr.msg_iovlen = 1;
         s.bid = bid;
-        Some(
-            opcode::SendMsg::new(Fd(fd), &s.hdr)
-                .build()
-                .user_data(TAG_SEND | u64::from(i)),
-        )
+        opcode::SendMsg::new(Fd(fd), &s.hdr)
+            .build()
+            .user_data(TAG_SEND | u64::from(i))
     }
 
     /// Frees slot `i`; returns the buffer it used.
@@ -495,24 +528,32 @@ impl Worker {
             self.bufs.push(bid);
             return Ok(());
         };
-        // SAFETY: the payload lives in the buffer ring's allocation (not borrowed from `self`)
-        // and stays untouched until `refs[bid]` drops to zero and the buffer is pushed back.
-        let payload: &[u8] = unsafe { std::slice::from_raw_parts(ptr, plen) };
+        // SAFETY: the payload lives in the buffer ring's allocation (not borrowed from `self`);
+        // the kernel is done with it, and we own it until `refs[bid]` drops to zero and the
+        // buffer is pushed back. SRTP decrypts it in place.
+        let payload: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(ptr.cast_mut(), plen) };
         let Ok(v) = core.handle(payload, src) else {
             self.bufs.push(bid);
             return Ok(());
         };
+        let plain = &payload[..v.len];
         let fd = self.sock.as_raw_fd();
         let mut queued = 0u16;
         for peer in v.dests.iter() {
             if self.slots.free.is_empty() {
                 self.wait_for_slot()?;
             }
-            match self.slots.take(fd, payload, &peer.raw, bid) {
-                Some(e) => {
-                    self.push(&e)?;
-                    queued += 1;
-                }
+            let entry = match &peer.srtp {
+                None => self
+                    .slots
+                    .take(fd, plain, &peer.raw, bid)
+                    .inspect(|_| queued += 1),
+                Some(s) => self.slots.take_protected(fd, &peer.raw, |out| {
+                    protect(s, v.class, plain, v.index, out)
+                }),
+            };
+            match entry {
+                Some(e) => self.push(&e)?,
                 None => self.tx.failed += 1,
             }
         }
@@ -564,6 +605,9 @@ fn complete_send(
             tx.bytes += n as u64;
         }
         _ => tx.failed += 1,
+    }
+    if bid == NO_BUF {
+        return;
     }
     let r = &mut refs[usize::from(bid)];
     *r -= 1;

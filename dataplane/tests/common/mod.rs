@@ -99,6 +99,17 @@ impl Bridge {
 
     /// Adds `p` to `conf` with its address (or latching when `latch`).
     pub async fn add(&mut self, conf: &str, p: &Party, latch: bool) {
+        self.add_with(conf, p, latch, None).await
+    }
+
+    /// Adds `p` to `conf`, with SRTP parameters when given.
+    pub async fn add_with(
+        &mut self,
+        conf: &str,
+        p: &Party,
+        latch: bool,
+        srtp: Option<pb::SrtpParams>,
+    ) {
         let r = self
             .client
             .add_endpoint(pb::AddEndpointRequest {
@@ -110,6 +121,7 @@ impl Bridge {
                 } else {
                     p.addr().to_string()
                 },
+                srtp,
             })
             .await
             .unwrap()

@@ -1,0 +1,128 @@
+//! SRTP and SRTCP (RFC 3711, RFC 7714) for the packet path, sans-IO.
+//!
+//! - [`Profile`]: the four protection profiles and their lengths.
+//! - [`Session`]: keys derived from one master key + salt (both RTP and RTCP), able to protect
+//!   and unprotect. Immutable: shared read-only between workers.
+//! - [`replay`]: rollover-counter estimation and the 128-packet replay window, the per-SSRC
+//!   mutable state that lives on the worker handling the sender.
+//!
+//! Ciphers come from aws-lc-rs (AES-CTR, HMAC-SHA1, AES-GCM); this module does the framing.
+
+mod kdf;
+pub mod replay;
+mod session;
+
+pub use session::Session;
+
+/// A protection profile (RFC 4568 crypto-suite names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// AES-128 counter mode, HMAC-SHA1 with an 80-bit tag.
+    AesCm128HmacSha1_80,
+    /// AES-128 counter mode, HMAC-SHA1 with a 32-bit RTP tag (80-bit for RTCP).
+    AesCm128HmacSha1_32,
+    /// AES-128-GCM AEAD, 128-bit tag (RFC 7714).
+    AeadAes128Gcm,
+    /// AES-256-GCM AEAD, 128-bit tag (RFC 7714).
+    AeadAes256Gcm,
+}
+
+impl Profile {
+    /// All profiles.
+    pub const ALL: [Profile; 4] = [
+        Self::AesCm128HmacSha1_80,
+        Self::AesCm128HmacSha1_32,
+        Self::AeadAes128Gcm,
+        Self::AeadAes256Gcm,
+    ];
+
+    /// The SDES crypto-suite name (also accepted: the DTLS-SRTP names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            Self::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            Self::AeadAes128Gcm => "AEAD_AES_128_GCM",
+            Self::AeadAes256Gcm => "AEAD_AES_256_GCM",
+        }
+    }
+
+    /// Parses a crypto-suite name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s).or(match s {
+            "SRTP_AES128_CM_SHA1_80" | "SRTP_AES128_CM_HMAC_SHA1_80" => {
+                Some(Self::AesCm128HmacSha1_80)
+            }
+            "SRTP_AES128_CM_SHA1_32" | "SRTP_AES128_CM_HMAC_SHA1_32" => {
+                Some(Self::AesCm128HmacSha1_32)
+            }
+            "SRTP_AEAD_AES_128_GCM" => Some(Self::AeadAes128Gcm),
+            "SRTP_AEAD_AES_256_GCM" => Some(Self::AeadAes256Gcm),
+            _ => None,
+        })
+    }
+
+    /// Master key length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            Self::AeadAes256Gcm => 32,
+            _ => 16,
+        }
+    }
+
+    /// Master salt length in bytes.
+    pub fn salt_len(self) -> usize {
+        if self.is_aead() { 12 } else { 14 }
+    }
+
+    /// True for the GCM profiles.
+    pub fn is_aead(self) -> bool {
+        matches!(self, Self::AeadAes128Gcm | Self::AeadAes256Gcm)
+    }
+
+    /// Bytes SRTP adds to an RTP packet.
+    pub fn rtp_overhead(self) -> usize {
+        match self {
+            Self::AesCm128HmacSha1_80 => 10,
+            Self::AesCm128HmacSha1_32 => 4,
+            _ => 16,
+        }
+    }
+
+    /// Bytes SRTCP adds to an RTCP packet (tag plus the 4-byte E flag and index).
+    pub fn rtcp_overhead(self) -> usize {
+        if self.is_aead() { 16 + 4 } else { 10 + 4 }
+    }
+}
+
+/// Why a packet failed SRTP processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Too short for its header and tag.
+    #[error("packet too short")]
+    Short,
+    /// The authentication tag did not verify.
+    #[error("authentication failed")]
+    Auth,
+    /// Already received, or too old for the replay window.
+    #[error("replayed packet")]
+    Replay,
+    /// Output buffer too small.
+    #[error("output buffer too small")]
+    NoRoom,
+}
+
+/// Length of the RTP header (fixed part, CSRCs and extension) of `pkt`, if it fits.
+pub fn rtp_header_len(pkt: &[u8]) -> Option<usize> {
+    if pkt.len() < 12 {
+        return None;
+    }
+    let mut n = 12 + 4 * usize::from(pkt[0] & 0x0f);
+    if pkt[0] & 0x10 != 0 {
+        let ext = pkt.get(n + 2..n + 4)?;
+        n += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+    }
+    (n <= pkt.len()).then_some(n)
+}
+
+#[cfg(test)]
+mod tests;
