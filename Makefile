@@ -18,9 +18,18 @@ build: toolchain
 run: build
 	RUST_LOG=$${RUST_LOG:-warn} ./target/release/ringbridge --media 127.0.0.1:0 --api 127.0.0.1:0 demo
 
-## Unit and end-to-end tests (both engines), then lints.
-test: toolchain
-	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
+## Python venv with pylibsrtp for the SRTP interop test (python3-venv via apt-get if missing).
+VENV := .venv
+$(VENV)/.ready:
+	@python3 -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 venv unavailable: installing python3-venv"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv python3-pip && python3 -m venv $(VENV); }
+	$(VENV)/bin/pip install -q --disable-pip-version-check pylibsrtp==1.0.0
+	@touch $@
+
+## Unit and end-to-end tests (both engines, libsrtp interop), then lints.
+test: toolchain $(VENV)/.ready
+	RINGBRIDGE_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
