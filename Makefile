@@ -35,7 +35,7 @@ test: toolchain $(VENV)/.ready
 
 ## Criterion benches of the core's per-packet decision.
 bench: toolchain
-	$(CARGO) bench -p ringbridge-bench --bench core -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p ringbridge-bench -- --warm-up-time 1 --measurement-time 3
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -16,6 +16,8 @@ use hdrhistogram::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use ringbridge_dataplane::engine::mmsg::{RecvBatch, SendBatch};
+use ringbridge_dataplane::srtp::{Profile, Session, replay};
+use ringbridge_proto::v1 as pb;
 use socket2::SockAddr;
 
 use crate::target::Member;
@@ -35,11 +37,48 @@ pub struct Topology {
     pub participants: usize,
     /// Address the participants' sockets bind to.
     pub bind_ip: IpAddr,
+    /// SRTP profile every participant uses (`--srtp`), or plain RTP.
+    #[serde(serialize_with = "profile_name")]
+    pub srtp: Option<Profile>,
+}
+
+fn profile_name<S: serde::Serializer>(p: &Option<Profile>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.map_or("none", Profile::name))
 }
 
 struct Participant {
     sock: UdpSocket,
     conf: usize,
+    srtp: Option<Srtp>,
+}
+
+/// A participant's SRTP keys and sessions (it protects with `tx`, unprotects with `rx`).
+struct Srtp {
+    params: pb::SrtpParams,
+    tx: Session,
+    rx: Session,
+}
+
+impl Srtp {
+    fn new(profile: Profile, g: usize) -> Self {
+        let n = profile.key_len() + profile.salt_len();
+        let key =
+            |seed: usize| -> Vec<u8> { (0..n).map(|j| (j * 29 + g * 7 + seed) as u8).collect() };
+        let (ek, bk) = (key(1), key(2));
+        let session = |k: &[u8]| {
+            let (a, b) = k.split_at(profile.key_len());
+            Session::new(profile, a, b).expect("valid lengths")
+        };
+        Srtp {
+            tx: session(&ek),
+            rx: session(&bk),
+            params: pb::SrtpParams {
+                profile: profile.name().into(),
+                endpoint_key: ek,
+                bridge_key: bk,
+            },
+        }
+    }
 }
 
 /// How long a run lasts and when it stops.
@@ -81,7 +120,8 @@ pub struct RunResult {
     pub duplicate_packets: u64,
     /// Copies that arrived after a later one of the same stream.
     pub reordered_packets: u64,
-    /// Copies delivered to the wrong participant (another conference, or the sender itself).
+    /// Copies delivered to the wrong participant (another conference, or the sender itself),
+    /// or (with SRTP) that did not unprotect with the receiver's keys.
     pub misrouted_packets: u64,
     /// Bytes of distinct copies received.
     pub received_bytes: u64,
@@ -132,6 +172,8 @@ pub fn ssrc(g: usize, k: usize) -> u32 {
 /// Per (receiver, sender, stream): which sequence numbers arrived.
 #[derive(Default, Clone)]
 struct Track {
+    /// Rollover tracking for unprotecting SRTP.
+    roc: replay::Stream,
     seen: Vec<u64>,
     max: Option<u64>,
     received: u64,
@@ -170,7 +212,8 @@ impl Rig {
                 let _ = s2.set_recv_buffer_size(4 << 20);
                 let _ = s2.set_send_buffer_size(4 << 20);
                 sock.set_nonblocking(true)?;
-                parts.push(Participant { sock, conf });
+                let srtp = topo.srtp.map(|p| Srtp::new(p, parts.len()));
+                parts.push(Participant { sock, conf, srtp });
             }
         }
         Ok(Self {
@@ -190,6 +233,7 @@ impl Rig {
                 name: format!("p{g}"),
                 addr: p.sock.local_addr()?,
                 ssrcs: (0..self.streams).map(|k| ssrc(g, k)).collect(),
+                srtp: p.srtp.as_ref().map(|s| s.params.clone()),
             });
         }
         Ok(confs)
@@ -243,7 +287,8 @@ impl Rig {
         let k = load.streams.len();
         let mut sent = vec![0u64; n * k];
         let mut at_window = vec![0u64; n * k];
-        let mut bufs = vec![[0u8; MAX_PACKET]; MAX_BURST];
+        let mut bufs = vec![[0u8; MAX_PACKET + 32]; MAX_BURST];
+        let mut plain = [0u8; MAX_PACKET];
         let mut batch = SendBatch::new(MAX_BURST);
         let t0 = Instant::now();
         let end_ns = warm_end_ns + opts.duration.as_nanos() as u64;
@@ -281,7 +326,14 @@ impl Rig {
                             seq: sent[i],
                             sent_ns: now_ns,
                         };
-                        let len = traffic::write(&mut bufs[used], ssrc(g, j), &stamp, st.size);
+                        let len = match &p.srtp {
+                            None => traffic::write(&mut bufs[used], ssrc(g, j), &stamp, st.size),
+                            Some(s) => {
+                                let n = traffic::write(&mut plain, ssrc(g, j), &stamp, st.size);
+                                s.tx.protect_rtp(&plain[..n], stamp.seq, &mut bufs[used])
+                                    .expect("room for SRTP")
+                            }
+                        };
                         // SAFETY: `bufs[used]` is neither moved nor written again before the
                         // flush below, which ends this participant's batch.
                         unsafe { batch.push(&bufs[used][..len], &to) };
@@ -332,6 +384,7 @@ impl Rig {
         let mut tracks = vec![Track::default(); self.parts.len() * p * k];
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
         let mut misrouted = 0u64;
+        let mut srtp_failed = 0u64;
         let mut bytes = 0u64;
         let mut received = 0u64;
         let mut batch = RecvBatch::new(64);
@@ -349,7 +402,19 @@ impl Rig {
                     }
                     let now_ns = self.now_ns();
                     for i in 0..n {
-                        let Ok((pkt, _)) = batch.get(i) else { continue };
+                        let Ok((pkt, _)) = batch.get_mut(i) else {
+                            continue;
+                        };
+                        let pkt = match &self.parts[g].srtp {
+                            None => &*pkt,
+                            Some(s) => match self.unprotect(&s.rx, g, pkt, &mut tracks) {
+                                Some(n) => &pkt[..n],
+                                None => {
+                                    srtp_failed += 1;
+                                    continue;
+                                }
+                            },
+                        };
                         let Some(st) = traffic::read(pkt) else {
                             continue;
                         };
@@ -380,9 +445,32 @@ impl Rig {
         Ok(Received {
             tracks,
             latency,
-            misrouted,
+            misrouted: misrouted + srtp_failed,
             bytes,
         })
+    }
+
+    /// Unprotects an SRTP copy received by participant `g`, finding its rollover counter from
+    /// the sender and stream its (clear) SSRC names. `None` if it does not verify.
+    fn unprotect(
+        &self,
+        s: &Session,
+        g: usize,
+        pkt: &mut [u8],
+        tracks: &mut [Track],
+    ) -> Option<usize> {
+        let ssrc = u32::from_be_bytes(pkt.get(8..12)?.try_into().ok()?);
+        let rel = ssrc.checked_sub(0x1000_0000)? as usize;
+        let (sender, stream) = (rel / 16, rel % 16);
+        let p = self.topo.participants;
+        if sender >= self.parts.len() || stream >= self.streams {
+            return None;
+        }
+        let t = &mut tracks[(g * p + sender % p) * self.streams + stream];
+        let index = t.roc.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+        let n = s.unprotect_rtp(pkt, index).ok()?;
+        t.roc.accept(index);
+        Some(n)
     }
 
     fn result(&self, tx: Sent, rx: Received, load: &Load) -> RunResult {

@@ -73,6 +73,8 @@ pub struct Member {
     pub addr: SocketAddr,
     /// SSRCs it sends.
     pub ssrcs: Vec<u32>,
+    /// SRTP parameters, when the rig runs with `--srtp`.
+    pub srtp: Option<pb::SrtpParams>,
 }
 
 /// A programmed forwarder.
@@ -162,6 +164,9 @@ impl Target {
                 Ok(t)
             }
             Kind::Floor | Kind::Naive => {
+                if conferences.iter().flatten().any(|m| m.srtp.is_some()) {
+                    bail!("{} has no SRTP: use --srtp with uring or mio", kind.label());
+                }
                 let groups = Groups {
                     groups: conferences
                         .iter()
@@ -218,7 +223,7 @@ impl Target {
                         endpoint_id: m.name.clone(),
                         ssrcs: m.ssrcs.clone(),
                         remote_addr: m.addr.to_string(),
-                        srtp: None,
+                        srtp: m.srtp.clone(),
                     })
                     .await
                     .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;

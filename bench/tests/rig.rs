@@ -11,12 +11,18 @@ use ringbridge_bench::target::{Kind, Target};
 use ringbridge_bench::traffic::{Load, Stream};
 use ringbridge_dataplane::bridge::{self, Config};
 use ringbridge_dataplane::engine::Choice;
+use ringbridge_dataplane::srtp::Profile;
 
 fn topo() -> Topology {
+    topo_with(None)
+}
+
+fn topo_with(srtp: Option<Profile>) -> Topology {
     Topology {
         conferences: 2,
         participants: 3,
         bind_ip: IpAddr::from([127, 0, 0, 1]),
+        srtp,
     }
 }
 
@@ -75,6 +81,16 @@ fn assert_exact(r: &RunResult) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_through_ringbridge() {
+    through_ringbridge(None).await
+}
+
+/// With `--srtp`, every copy must also unprotect with the receiver's own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_through_ringbridge_with_srtp() {
+    through_ringbridge(Some(Profile::AesCm128HmacSha1_80)).await
+}
+
+async fn through_ringbridge(srtp: Option<Profile>) {
     let running = bridge::start(Config {
         media: "127.0.0.1:0".parse().unwrap(),
         api: "127.0.0.1:0".parse().unwrap(),
@@ -89,8 +105,9 @@ async fn exact_counts_through_ringbridge() {
     let server = tokio::spawn(running.serve(async {
         let _ = stop_rx.await;
     }));
-    let mut rig = Rig::new(topo(), 2).unwrap();
+    let mut rig = Rig::new(topo_with(srtp), 2).unwrap();
     let members = rig.members().unwrap();
+    assert_eq!(members[0][0].srtp.is_some(), srtp.is_some());
     let target = Target::remote(&api.to_string(), &members, None)
         .await
         .unwrap();

@@ -29,7 +29,9 @@ impl Keys {
         Keys {
             profile,
             endpoint_key: (0..n as u8).map(|b| b.wrapping_mul(31) ^ seed).collect(),
-            bridge_key: (0..n as u8).map(|b| b.wrapping_mul(17) ^ seed ^ 0x5a).collect(),
+            bridge_key: (0..n as u8)
+                .map(|b| b.wrapping_mul(17) ^ seed ^ 0x5a)
+                .collect(),
         }
     }
 
@@ -56,7 +58,10 @@ impl Member {
             Some(k) => {
                 let mut out = vec![0u8; plain.len() + 32];
                 let index = (u64::from(roc) << 16) | u64::from(seq);
-                let n = k.session(&k.endpoint_key).protect_rtp(&plain, index, &mut out).unwrap();
+                let n = k
+                    .session(&k.endpoint_key)
+                    .protect_rtp(&plain, index, &mut out)
+                    .unwrap();
                 out.truncate(n);
                 out
             }
@@ -98,7 +103,8 @@ async fn setup(b: &mut Bridge) -> Vec<Member> {
     }
     b.conference("s").await;
     for m in &members {
-        b.add_with("s", &m.party, false, m.keys.as_ref().map(Keys::params)).await;
+        b.add_with("s", &m.party, false, m.keys.as_ref().map(Keys::params))
+            .await;
     }
     members
 }
@@ -136,7 +142,11 @@ fn exchange_and_check(b: &Bridge, members: &[Member], first: u16, count: u16) {
             .collect();
         want.sort();
         assert_eq!(plain.len(), want.len(), "{} received", m.party.name);
-        assert!(plain == want, "{} got other bytes than were sent", m.party.name);
+        assert!(
+            plain == want,
+            "{} got other bytes than were sent",
+            m.party.name
+        );
     }
 }
 
@@ -154,8 +164,14 @@ async fn mixed_profiles_and_rollover(engine: &str) {
         .await
         .unwrap()
         .into_inner();
-    let profiles: Vec<_> = list.conferences[0].endpoints.iter().map(|e| e.srtp_profile.clone()).collect();
-    assert!(profiles.contains(&"AEAD_AES_256_GCM".to_string()) && profiles.contains(&String::new()));
+    let profiles: Vec<_> = list.conferences[0]
+        .endpoints
+        .iter()
+        .map(|e| e.srtp_profile.clone())
+        .collect();
+    assert!(
+        profiles.contains(&"AEAD_AES_256_GCM".to_string()) && profiles.contains(&String::new())
+    );
 }
 
 async fn srtcp_between_profiles(engine: &str) {
@@ -167,7 +183,10 @@ async fn srtcp_between_profiles(engine: &str) {
     let k = sender.keys.as_ref().unwrap();
     let sr = ringbridge_dataplane::testkit::sender_report(sender.party.ssrc);
     let mut wire = vec![0u8; 128];
-    let n = k.session(&k.endpoint_key).protect_rtcp(&sr, 1, &mut wire).unwrap();
+    let n = k
+        .session(&k.endpoint_key)
+        .protect_rtcp(&sr, 1, &mut wire)
+        .unwrap();
     sender.party.send(b.media, &wire[..n]);
     let quiet = Duration::from_millis(300);
     assert_eq!(collect(&members[0].party.sock, 1, quiet), vec![sr.clone()]);
@@ -175,7 +194,10 @@ async fn srtcp_between_profiles(engine: &str) {
     let gk = gcm.keys.as_ref().unwrap();
     let mut got = collect(&gcm.party.sock, 1, quiet);
     assert_eq!(got.len(), 1);
-    let (len, _) = gk.session(&gk.bridge_key).unprotect_rtcp(&mut got[0]).unwrap();
+    let (len, _) = gk
+        .session(&gk.bridge_key)
+        .unprotect_rtcp(&mut got[0])
+        .unwrap();
     assert_eq!(got[0][..len], sr[..]);
     let t = b.stats().await.total.unwrap();
     assert_eq!((t.rx_rtcp, t.tx_packets, t.dropped_packets), (1, 4, 0));
@@ -211,7 +233,13 @@ async fn no_latch_without_authentication(engine: &str) {
         party: Party::new("victim", 8001),
         keys: Some(Keys::new(Profile::AeadAes128Gcm, 9)),
     };
-    b.add_with("l", &victim.party, true, victim.keys.as_ref().map(Keys::params)).await;
+    b.add_with(
+        "l",
+        &victim.party,
+        true,
+        victim.keys.as_ref().map(Keys::params),
+    )
+    .await;
     let attacker = Party::new("attacker", 8001);
     attacker.send(b.media, &victim.party.packet(1)); // right SSRC, no valid tag
     let quiet = Duration::from_millis(300);

@@ -91,7 +91,11 @@ async fn libsrtp_peers(engine: &str) {
             .collect()
     });
     for (i, r) in results.iter().enumerate() {
-        assert!(r.failures.is_empty(), "lib{i}: libsrtp could not unprotect: {:?}", r.failures);
+        assert!(
+            r.failures.is_empty(),
+            "lib{i}: libsrtp could not unprotect: {:?}",
+            r.failures
+        );
         let mut want: Vec<&String> = results
             .iter()
             .enumerate()

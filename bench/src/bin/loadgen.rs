@@ -16,6 +16,7 @@ use ringbridge_bench::report::Report;
 use ringbridge_bench::rig::{Live, Rig, RunOpts, Topology};
 use ringbridge_bench::target::{Kind, Target};
 use ringbridge_bench::traffic::{Load, MAX_PACKET, MIN_PACKET, Stream};
+use ringbridge_dataplane::srtp::Profile;
 
 /// Load-test rig for ringbridge. Either `--api` (a running bridge) or `--spawn` (a forwarder
 /// the rig starts on loopback and measures).
@@ -67,6 +68,10 @@ struct Cli {
     /// Seconds per --find-max step.
     #[arg(long, default_value_t = 2.0)]
     step_secs: f64,
+    /// Every participant uses SRTP with this profile (AES_CM_128_HMAC_SHA1_80,
+    /// AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM, AEAD_AES_256_GCM); ringbridge targets only.
+    #[arg(long, value_parser = parse_profile)]
+    srtp: Option<Profile>,
     /// Address the participants' sockets bind to (must be reachable from the bridge).
     #[arg(long, default_value = "127.0.0.1")]
     bind_ip: IpAddr,
@@ -76,6 +81,10 @@ struct Cli {
     /// No progress line and no table (JSON only).
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_profile(s: &str) -> Result<Profile, String> {
+    Profile::from_name(s).ok_or_else(|| format!("unknown SRTP profile {s:?}"))
 }
 
 impl Cli {
@@ -130,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         conferences: cli.conferences,
         participants: cli.participants,
         bind_ip: cli.bind_ip,
+        srtp: cli.srtp,
     };
     let mut rig =
         Rig::new(topo.clone(), load.streams.len()).context("binding participant sockets")?;

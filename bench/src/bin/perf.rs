@@ -19,6 +19,54 @@ use ringbridge_bench::report::Report;
 use ringbridge_bench::rig::{Live, Rig, RunOpts, Topology};
 use ringbridge_bench::target::{Kind, Target};
 use ringbridge_bench::traffic::{Load, Stream};
+use ringbridge_dataplane::srtp::Profile;
+
+/// SRTP profile of the SRTP rows.
+const SRTP: Profile = Profile::AeadAes128Gcm;
+
+/// What one row measures: a forwarder, plain or with every participant on SRTP.
+#[derive(Clone, Copy)]
+struct Variant {
+    kind: Kind,
+    srtp: bool,
+}
+
+const VARIANTS: [Variant; 6] = [
+    Variant {
+        kind: Kind::Uring,
+        srtp: false,
+    },
+    Variant {
+        kind: Kind::Mio,
+        srtp: false,
+    },
+    Variant {
+        kind: Kind::Floor,
+        srtp: false,
+    },
+    Variant {
+        kind: Kind::Naive,
+        srtp: false,
+    },
+    Variant {
+        kind: Kind::Uring,
+        srtp: true,
+    },
+    Variant {
+        kind: Kind::Mio,
+        srtp: true,
+    },
+];
+
+impl Variant {
+    fn label(self) -> String {
+        if self.srtp {
+            format!("{} + SRTP {}", self.kind.label(), SRTP.name())
+        } else {
+            self.kind.label().to_string()
+        }
+    }
+}
 
 /// Side-by-side performance run of ringbridge against baseline forwarders.
 #[derive(Parser, Debug)]
@@ -39,6 +87,9 @@ struct Cli {
     /// Fan-outs to measure (participants = fan-out + 1).
     #[arg(long, value_delimiter = ',', default_value = "1,4,9")]
     fanouts: Vec<usize>,
+    /// Fan-outs that also get SRTP rows.
+    #[arg(long, value_delimiter = ',', default_value = "4,9")]
+    srtp_fanouts: Vec<usize>,
     /// Skip the --find-max ramps and half-max runs.
     #[arg(long)]
     no_find_max: bool,
@@ -112,23 +163,39 @@ fn main() -> anyhow::Result<()> {
             conferences: 1,
             participants: p,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
+            srtp: None,
         };
         let mut rig = Rig::new(topo.clone(), 1)?;
         let members = rig.members()?;
+        let srtp_topo = Topology {
+            srtp: Some(SRTP),
+            ..topo.clone()
+        };
+        let mut srtp_rig = Rig::new(srtp_topo.clone(), 1)?;
+        let srtp_members = srtp_rig.members()?;
+        let with_srtp = cli.srtp_fanouts.contains(&fanout);
         eprintln!(
             "fan-out {fanout}: {p} participants x {pps:.0} pps = {:.0} pps in, {:.0} copies/s out",
             pps * p as f64,
             cli.copies_per_sec
         );
         for rep in 0..cli.reps {
-            for (ki, kind) in Kind::ALL.into_iter().enumerate() {
-                let target = rt.block_on(Target::spawn(kind, &members, 1))?;
+            for (ki, v) in VARIANTS.into_iter().enumerate() {
+                if v.srtp && !with_srtp {
+                    continue;
+                }
+                let (rig, members, topo) = if v.srtp {
+                    (&mut srtp_rig, &srtp_members, &srtp_topo)
+                } else {
+                    (&mut rig, &members, &topo)
+                };
+                let target = rt.block_on(Target::spawn(v.kind, members, 1))?;
                 let r = rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
-                let rep_ = Report::new(kind.label(), &topo, &load, 0.5, &r);
+                let rep_ = Report::new(&v.label(), topo, &load, 0.5, &r);
                 eprintln!(
                     "  rep {} {:<17} cpu {:>7.0} ns/copy  loss {:.4}%  p99 {:.0} us",
                     rep + 1,
-                    kind.label(),
+                    v.label(),
                     rep_.bridge_cpu_ns_per_forwarded_packet.unwrap_or(f64::NAN),
                     rep_.loss_ratio * 100.0,
                     rep_.latency_us.p99
@@ -182,7 +249,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(stem.with_extension("md"), &md)?;
     let json: Vec<_> = rows
         .iter()
-        .map(|((f, k), r)| serde_json::json!({"fanout": f, "target": Kind::ALL[*k].label(), "row": r}))
+        .map(|((f, k), r)| serde_json::json!({"fanout": f, "target": VARIANTS[*k].label(), "row": r}))
         .collect();
     std::fs::write(
         stem.with_extension("json"),
@@ -207,19 +274,21 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
          repetitions (A B A B), one forwarder thread each (ringbridge `--workers 1`). CPU is the \
          forwarder process's CPU time (all threads, `/proc/PID/task/*/schedstat`) over the measured \
          window, divided by the copies the rig received. Ratios are against floor-forwarder measured \
-         in the same run. Max clean rate: highest offered input rate with loss <= 0.1% \
-         (`--find-max`). Run took {:.0} s.\n",
+         in the same run. SRTP rows: every participant on {} (the rig protects and unprotects), \
+         *SRTP/plain* compares with the same engine's plain row. Max clean rate: highest offered \
+         input rate with loss <= 0.1% (`--find-max`). Run took {:.0} s.\n",
         cli.copies_per_sec,
         cli.size,
         cli.duration,
         cli.reps,
+        SRTP.name(),
         took.as_secs_f64()
     );
     let _ = writeln!(
         s,
-        "| fan-out | forwarder | CPU ns / forwarded pkt | ratio to floor | loss | p99 latency us | max clean pps in (copies/s out) | at half max: loss, p99 us |"
+        "| fan-out | forwarder | CPU ns / forwarded pkt | ratio to floor | SRTP/plain | loss | p99 latency us | max clean pps in (copies/s out) | at half max: loss, p99 us |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let fanouts: Vec<usize> = rows
         .keys()
         .map(|k| k.0)
@@ -231,9 +300,13 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
             .get(&(f, 2))
             .map(|r| mean(&r.cpu_ns))
             .unwrap_or(f64::NAN);
-        for (ki, kind) in Kind::ALL.into_iter().enumerate() {
+        for (ki, v) in VARIANTS.into_iter().enumerate() {
             let Some(r) = rows.get(&(f, ki)) else {
                 continue;
+            };
+            let vs_plain = match (v.srtp, rows.get(&(f, ki - 4 * usize::from(v.srtp)))) {
+                (true, Some(plain)) => format!("{:.2}", mean(&r.cpu_ns) / mean(&plain.cpu_ns)),
+                _ => "-".into(),
             };
             let cpu = mean(&r.cpu_ns);
             let spread = r.cpu_ns.iter().map(|c| (c - cpu).abs()).fold(0.0, f64::max);
@@ -248,8 +321,8 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
             };
             let _ = writeln!(
                 s,
-                "| {f} | {} | {cpu:.0} ± {spread:.0} | {:.2} | {loss:.3}% | {:.0} | {max} | {half} |",
-                kind.label(),
+                "| {f} | {} | {cpu:.0} ± {spread:.0} | {:.2} | {vs_plain} | {loss:.3}% | {:.0} | {max} | {half} |",
+                v.label(),
                 cpu / floor,
                 mean(&r.p99_us),
             );
@@ -294,24 +367,27 @@ fn chart(
         RGBColor(44, 160, 44),
         RGBColor(127, 127, 127),
         RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(188, 189, 34),
     ];
-    for (ki, kind) in Kind::ALL.into_iter().enumerate() {
+    let width = 0.8 / VARIANTS.len() as f64;
+    for (ki, v) in VARIANTS.into_iter().enumerate() {
         let color = colors[ki];
         let bars: Vec<_> = fanouts
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
                 let r = rows.get(&(*f, ki))?;
-                let x0 = i as f64 + 0.1 + ki as f64 * 0.2;
+                let x0 = i as f64 + 0.1 + ki as f64 * width;
                 Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + 0.18, mean(&r.cpu_ns))],
+                    [(x0, 0.0), (x0 + width * 0.9, mean(&r.cpu_ns))],
                     color.filled(),
                 ))
             })
             .collect();
         chart
             .draw_series(bars)?
-            .label(kind.label())
+            .label(v.label())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
     chart
