@@ -538,7 +538,9 @@ impl Worker {
         };
         let plain = &payload[..v.len];
         let fd = self.sock.as_raw_fd();
-        let mut queued = 0u16;
+        // One reference for this loop itself: sends of this buffer may complete while we wait
+        // for a slot below, and the buffer must not return to the ring before the loop ends.
+        self.refs[usize::from(bid)] = 1;
         for peer in v.dests.iter() {
             if self.slots.free.is_empty() {
                 self.wait_for_slot()?;
@@ -547,7 +549,7 @@ impl Worker {
                 None => self
                     .slots
                     .take(fd, plain, &peer.raw, bid)
-                    .inspect(|_| queued += 1),
+                    .inspect(|_| self.refs[usize::from(bid)] += 1),
                 Some(s) => self.slots.take_protected(fd, &peer.raw, |out| {
                     protect(s, v.class, plain, v.index, out)
                 }),
@@ -557,8 +559,9 @@ impl Worker {
                 None => self.tx.failed += 1,
             }
         }
-        self.refs[usize::from(bid)] = queued;
-        if queued == 0 {
+        let r = &mut self.refs[usize::from(bid)];
+        *r -= 1;
+        if *r == 0 {
             self.bufs.push(bid);
         }
         Ok(())
