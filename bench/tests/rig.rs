@@ -97,6 +97,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         workers: 2,
         engine: Choice::Auto,
         advertise: None,
+        tuning: Default::default(),
     })
     .await
     .unwrap();

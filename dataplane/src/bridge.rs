@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::api::{BridgeService, serve};
-use crate::engine::{self, Choice};
+use crate::engine::{self, Choice, Tuning};
 use crate::publish::{Channels, Publisher};
 
 /// How to run a bridge.
@@ -22,6 +22,8 @@ pub struct Config {
     pub engine: Choice,
     /// Address announced to endpoints; default the bound media address.
     pub advertise: Option<SocketAddr>,
+    /// Engine tuning.
+    pub tuning: Tuning,
 }
 
 /// A started bridge whose API is not serving yet.
@@ -42,8 +44,14 @@ pub struct Running {
 /// Binds the sockets and starts the workers.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let channels = Channels::new();
-    let started = engine::start(config.engine, config.media, config.workers, &channels)
-        .with_context(|| format!("starting the media engine on {}", config.media))?;
+    let started = engine::start(
+        config.engine,
+        config.media,
+        config.workers,
+        config.tuning,
+        &channels,
+    )
+    .with_context(|| format!("starting the media engine on {}", config.media))?;
     tracing::info!(
         engine = started.kind.name(),
         workers = started.links.len(),

@@ -35,6 +35,9 @@ struct BridgeArgs {
     /// Address announced to endpoints as `media_addr` (default: the bound media address).
     #[arg(long, global = true)]
     advertise: Option<SocketAddr>,
+    /// In-flight sends per io_uring worker before it waits for completions.
+    #[arg(long, default_value_t = ringbridge_dataplane::engine::uring::SEND_SLOTS, global = true)]
+    uring_send_slots: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         engine: a.engine,
         advertise: a.advertise,
+        tuning: ringbridge_dataplane::engine::Tuning {
+            uring_send_slots: a.uring_send_slots,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -92,11 +92,28 @@ pub struct Started {
     pub links: Vec<WorkerLink>,
 }
 
+/// Engine tuning that rarely needs changing.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// In-flight sends per io_uring worker; when all are in flight the worker waits for
+    /// completions before queuing more.
+    pub uring_send_slots: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            uring_send_slots: uring::SEND_SLOTS,
+        }
+    }
+}
+
 /// Resolves `choice`, binds `workers` reuseport sockets on `media` and starts one worker each.
 pub fn start(
     choice: Choice,
     media: SocketAddr,
     workers: usize,
+    tuning: Tuning,
     channels: &Channels,
 ) -> anyhow::Result<Started> {
     let (kind, why) = match choice {
@@ -130,7 +147,7 @@ pub fn start(
     for (id, sock) in sockets.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let link = match kind {
-            Kind::Uring => uring::spawn(id, sock, core, channels)?,
+            Kind::Uring => uring::spawn(id, tuning.uring_send_slots, sock, core, channels)?,
             Kind::Mio => mio::spawn(id, sock, core, channels)?,
         };
         links.push(link);

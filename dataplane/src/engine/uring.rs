@@ -28,8 +28,8 @@ const HEADROOM: usize = 64;
 const BUF_SIZE: usize = MAX_DATAGRAM + HEADROOM;
 /// Provided buffers per worker (a power of two).
 const N_BUFS: u16 = 4096;
-/// In-flight sends per worker.
-const SEND_SLOTS: usize = 8192;
+/// Default in-flight sends per worker (`--uring-send-slots`).
+pub const SEND_SLOTS: usize = 8192;
 /// `SendSlot::bid` of a send from the slot's own protected copy, not from a received buffer.
 const NO_BUF: u16 = u16::MAX;
 /// Submission queue entries.
@@ -89,6 +89,7 @@ fn eventfd() -> io::Result<OwnedFd> {
 /// Starts worker `id` on `sock`.
 pub fn spawn(
     id: usize,
+    send_slots: usize,
     sock: Socket,
     core: Option<core_affinity::CoreId>,
     channels: &Channels,
@@ -102,7 +103,7 @@ pub fn spawn(
         .spawn(move || {
             pin(id, core);
             // The ring is created on the worker thread: SINGLE_ISSUER binds it to its creator.
-            match Worker::new(&port, sock, efd) {
+            match Worker::new(&port, sock, efd, send_slots) {
                 Ok((mut w, flags)) => {
                     let _ = ready_tx.send(Ok(flags));
                     if let Err(e) = w.run(&port) {
@@ -378,7 +379,12 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
 }
 
 impl Worker {
-    fn new(port: &WorkerPort, sock: Socket, efd: OwnedFd) -> io::Result<(Self, &'static str)> {
+    fn new(
+        port: &WorkerPort,
+        sock: Socket,
+        efd: OwnedFd,
+        send_slots: usize,
+    ) -> io::Result<(Self, &'static str)> {
         let (ring, flags) = build_ring()?;
         let bufs = BufRing::new(N_BUFS, BUF_SIZE)?;
         bufs.register(&ring.submitter())?;
@@ -390,7 +396,7 @@ impl Worker {
             Self {
                 ring,
                 bufs,
-                slots: SendSlots::new(SEND_SLOTS),
+                slots: SendSlots::new(send_slots.max(1)),
                 refs: vec![0; usize::from(N_BUFS)].into_boxed_slice(),
                 recv_hdr,
                 wake_buf: Box::new(0),

@@ -53,10 +53,16 @@ impl Bridge {
 
     /// Starts a bridge whose media socket binds `ip` (e.g. "::1").
     pub async fn start_on(engine: &str, ip: &str) -> Self {
+        Self::start_with(engine, ip, &[]).await
+    }
+
+    /// Starts a bridge on `ip` with extra command-line arguments.
+    pub async fn start_with(engine: &str, ip: &str, extra: &[&str]) -> Self {
         let ip: IpAddr = ip.parse().unwrap();
         let media = SocketAddr::new(ip, 0);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringbridge"))
             .args(["--engine", engine, "--workers", "2", "--api", "127.0.0.1:0"])
+            .args(extra)
             .arg("--media")
             .arg(media.to_string())
             .env("RUST_LOG", "warn")
