@@ -137,12 +137,13 @@ fn field(line: &str, key: &str) -> anyhow::Result<String> {
 }
 
 impl Target {
-    /// Starts `kind` on loopback (`workers` worker threads for ringbridge) and programs
-    /// `conferences` into it.
+    /// Starts `kind` on loopback (`workers` worker threads for ringbridge, pinned to cores when
+    /// `pin`) and programs `conferences` into it.
     pub async fn spawn(
         kind: Kind,
         conferences: &[Vec<Member>],
         workers: usize,
+        pin: bool,
     ) -> anyhow::Result<Self> {
         let ip = conferences
             .first()
@@ -155,6 +156,9 @@ impl Target {
                 cmd.args(["--engine", kind.name(), "--api", "127.0.0.1:0", "--media"])
                     .arg(&media)
                     .args(["--workers", &workers.to_string()]);
+                if !pin {
+                    cmd.arg("--no-pin");
+                }
                 let (child, line) = start(cmd)?;
                 let api = field(&line, "api")?;
                 let pid = child.id();

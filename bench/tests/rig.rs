@@ -129,7 +129,7 @@ async fn exact_counts_and_cpu_through_a_spawned_baseline() {
     unsafe { std::env::set_var("RINGBRIDGE_BIN_DIR", bin.parent().unwrap()) };
     let mut rig = Rig::new(topo(), 2).unwrap();
     let members = rig.members().unwrap();
-    let target = Target::spawn(Kind::Floor, &members, 1).await.unwrap();
+    let target = Target::spawn(Kind::Floor, &members, 1, true).await.unwrap();
     let r = tokio::task::block_in_place(|| {
         rig.run(target.media, target.pid, &load(), &opts(), &Live::default())
     })

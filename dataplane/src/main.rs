@@ -38,6 +38,9 @@ struct BridgeArgs {
     /// In-flight sends per io_uring worker before it waits for completions.
     #[arg(long, default_value_t = ringbridge_dataplane::engine::uring::SEND_SLOTS, global = true)]
     uring_send_slots: usize,
+    /// Do not pin workers to cores (let the scheduler place them).
+    #[arg(long, global = true)]
+    no_pin: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,
+            pin: !a.no_pin,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

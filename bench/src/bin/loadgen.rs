@@ -32,6 +32,9 @@ struct Cli {
     /// Worker threads of a spawned ringbridge.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Do not pin a spawned ringbridge's workers to cores.
+    #[arg(long)]
+    no_pin: bool,
     /// PID of a bridge on this machine whose CPU time to measure (with --api).
     #[arg(long)]
     bridge_pid: Option<u32>,
@@ -147,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     let target = rt.block_on(async {
         match (&cli.api, cli.spawn) {
             (Some(api), None) => Target::remote(api, &members, cli.bridge_pid).await,
-            (None, Some(kind)) => Target::spawn(kind, &members, cli.workers).await,
+            (None, Some(kind)) => Target::spawn(kind, &members, cli.workers, !cli.no_pin).await,
             _ => bail!("give --api ADDR (a running bridge) or --spawn uring|mio|floor|naive"),
         }
     })?;

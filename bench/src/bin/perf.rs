@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     (&mut rig, &members, &topo)
                 };
-                let target = rt.block_on(Target::spawn(v.kind, members, 1))?;
+                let target = rt.block_on(Target::spawn(v.kind, members, 1, false))?;
                 let r = rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
                 let rep_ = Report::new(&v.label(), topo, &load, 0.5, &r);
                 eprintln!(
@@ -213,7 +213,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         for (ki, kind) in Kind::ALL.into_iter().enumerate() {
-            let target = rt.block_on(Target::spawn(kind, &members, 1))?;
+            let target = rt.block_on(Target::spawn(kind, &members, 1, false))?;
             let fm = drive::find_max(
                 &mut rig,
                 &target,
@@ -271,7 +271,9 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
     let _ = writeln!(
         s,
         "Fixed rate: {:.0} forwarded copies/s of {} bytes per fan-out, {} s per run, {} interleaved \
-         repetitions (A B A B), one forwarder thread each (ringbridge `--workers 1`). CPU is the \
+         repetitions (A B A B), one forwarder thread each (ringbridge `--workers 1 --no-pin`: the \
+         baselines are not pinned either, and on a machine the rig shares, pinning measures \
+         scheduling interference rather than the engine). CPU is the \
          forwarder process's CPU time (all threads, `/proc/PID/task/*/schedstat`) over the measured \
          window, divided by the copies the rig received. Ratios are against floor-forwarder measured \
          in the same run. SRTP rows: every participant on {} (the rig protects and unprotects), \

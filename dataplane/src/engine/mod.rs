@@ -98,12 +98,15 @@ pub struct Tuning {
     /// In-flight sends per io_uring worker; when all are in flight the worker waits for
     /// completions before queuing more.
     pub uring_send_slots: usize,
+    /// Pin worker `k` to core `k` (modulo the cores this process may use).
+    pub pin: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
             uring_send_slots: uring::SEND_SLOTS,
+            pin: true,
         }
     }
 }
@@ -142,7 +145,10 @@ pub fn start(
         bound = s.local_addr()?.as_socket().expect("inet socket");
         sockets.push(s);
     }
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = match tuning.pin {
+        true => core_affinity::get_core_ids().unwrap_or_default(),
+        false => Vec::new(),
+    };
     let mut links = Vec::with_capacity(workers);
     for (id, sock) in sockets.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
