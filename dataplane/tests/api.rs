@@ -100,12 +100,7 @@ async fn errors_name_the_field_and_change_nothing() {
     );
 
     // Nothing was added or lost: the table is as programmed and still forwards.
-    let list = b
-        .client
-        .list_conferences(pb::ListConferencesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = b.list().await;
     assert_eq!(list.conferences.len(), 1);
     let ids: Vec<_> = list.conferences[0]
         .endpoints

@@ -111,12 +111,7 @@ async fn latching(engine: &str) {
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let l = b
-            .client
-            .list_conferences(pb::ListConferencesRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let l = b.list().await;
         let e = &l.conferences[0]
             .endpoints
             .iter()

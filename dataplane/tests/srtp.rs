@@ -158,12 +158,7 @@ async fn mixed_profiles_and_rollover(engine: &str) {
     let t = st.total.unwrap();
     assert_eq!(t.dropped_packets, 0, "{:?}", t.drops);
     assert_eq!(t.tx_packets, 5 * 4 * 80);
-    let list = b
-        .client
-        .list_conferences(pb::ListConferencesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = b.list().await;
     let profiles: Vec<_> = list.conferences[0]
         .endpoints
         .iter()
@@ -244,12 +239,7 @@ async fn no_latch_without_authentication(engine: &str) {
     attacker.send(b.media, &victim.party.packet(1)); // right SSRC, no valid tag
     let quiet = Duration::from_millis(300);
     assert!(collect(&plain.sock, 0, quiet).is_empty());
-    let list = b
-        .client
-        .list_conferences(pb::ListConferencesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = b.list().await;
     assert!(list.conferences[0].endpoints.iter().all(|e| !e.latched));
     // The real endpoint's authenticated packet latches and is forwarded decrypted.
     let (p, wire) = victim.wire(2, 0);

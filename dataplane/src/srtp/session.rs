@@ -104,7 +104,8 @@ fn gcm_nonce(salt: &[u8; 12], ssrc: &[u8], index: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn cm_tag(auth: &hmac::Key, parts: [&[u8]; 2]) -> hmac::Tag {
+/// HMAC-SHA1 over `parts` in order (the full 20-byte tag; callers truncate).
+fn cm_tag(auth: &hmac::Key, parts: &[&[u8]]) -> hmac::Tag {
     let mut ctx = hmac::Context::with_key(auth);
     for p in parts {
         ctx.update(p);
@@ -168,13 +169,7 @@ impl Session {
                 let end = body.len() - tag;
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let (payload, got) = body.split_at_mut(end);
-                let want = {
-                    let mut ctx = hmac::Context::with_key(auth);
-                    ctx.update(head);
-                    ctx.update(payload);
-                    ctx.update(&roc);
-                    ctx.sign()
-                };
+                let want = cm_tag(auth, &[head, payload, &roc]);
                 verify_slices_are_equal(&want.as_ref()[..*tag], got).map_err(|_| Error::Auth)?;
                 enc.less_safe_encrypt(payload, cm_iv(salt, &head[8..12], index))
                     .map_err(|_| Error::Auth)?;
@@ -210,11 +205,8 @@ impl Session {
                 enc.less_safe_encrypt(payload, cm_iv(salt, &head[8..12], index))
                     .map_err(|_| Error::NoRoom)?;
                 let roc = ((index >> 16) as u32).to_be_bytes();
-                let mut ctx = hmac::Context::with_key(auth);
-                ctx.update(head);
-                ctx.update(payload);
-                ctx.update(&roc);
-                tag_out.copy_from_slice(&ctx.sign().as_ref()[..*tag]);
+                let t = cm_tag(auth, &[head, payload, &roc]);
+                tag_out.copy_from_slice(&t.as_ref()[..*tag]);
             }
             Keys::Gcm { key, salt } => {
                 let nonce = gcm_nonce(salt, &head[8..12], index);
@@ -255,7 +247,7 @@ impl Session {
                 tag,
             } => {
                 let (signed, got) = pkt.split_at_mut(len - tag);
-                let want = cm_tag(auth, [signed, &[]]);
+                let want = cm_tag(auth, &[signed]);
                 verify_slices_are_equal(&want.as_ref()[..*tag], got).map_err(|_| Error::Auth)?;
                 let e = u32::from_be_bytes(signed[signed.len() - 4..].try_into().expect("4"));
                 let end = signed.len() - 4;
@@ -305,7 +297,7 @@ impl Session {
                 enc.less_safe_encrypt(body, cm_iv(salt, &head[4..8], u64::from(index)))
                     .map_err(|_| Error::NoRoom)?;
                 out[n..n + 4].copy_from_slice(&e_index);
-                let t = cm_tag(auth, [&out[..n + 4], &[]]);
+                let t = cm_tag(auth, &[&out[..n + 4]]);
                 out[n + 4..n + 4 + tag].copy_from_slice(&t.as_ref()[..*tag]);
             }
             Keys::Gcm { key, salt } => {

@@ -135,6 +135,14 @@ impl Bridge {
         assert_eq!(r.media_addr, self.media.to_string());
     }
 
+    pub async fn list(&mut self) -> pb::ListConferencesResponse {
+        self.client
+            .list_conferences(pb::ListConferencesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn stats(&mut self) -> pb::GetStatsResponse {
         self.client
             .get_stats(pb::GetStatsRequest {})
