@@ -1,0 +1,301 @@
+//! The bridge fleet and bridge selection. Bridges register, then report load periodically; a
+//! bridge that misses [`Fleet::missed_reports`] intervals is down. Selection follows Jicofo:
+//! never a down, shutting-down or draining bridge; prefer the participant's region; among
+//! candidates the lowest stress, corrected for participants placed since the last report.
+
+use std::collections::BTreeMap;
+
+/// A bridge's identity.
+pub type BridgeId = String;
+
+/// How a bridge is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Health {
+    /// Reporting on time.
+    Up,
+    /// Missed its reports: its conferences must move.
+    Down,
+}
+
+/// One bridge as the control plane sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bridge {
+    /// Identity.
+    pub id: BridgeId,
+    /// gRPC address of its Bridge API.
+    pub api_addr: String,
+    /// Media address endpoints send to.
+    pub media_addr: String,
+    /// Region, e.g. "eu-west".
+    pub region: String,
+    /// Load figure (e.g. packets/s) at which stress is 1.0.
+    pub capacity: f64,
+    /// Last reported load / capacity.
+    pub stress: f64,
+    /// Takes no new conferences; keeps its existing ones.
+    pub draining: bool,
+    /// Shutting down: takes nothing new.
+    pub shutting_down: bool,
+    /// Up or down.
+    pub health: Health,
+    /// When the last report (or the registration) arrived, ms.
+    pub last_report_ms: u64,
+    /// Participants placed on it since that report.
+    pub placed_since_report: u32,
+}
+
+/// Why no bridge can take a conference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoBridge {
+    /// Nothing registered.
+    #[error("no bridge is registered")]
+    NoneRegistered,
+    /// All registered bridges are down.
+    #[error("all {0} registered bridges are down")]
+    AllDown(usize),
+    /// All live bridges drain or shut down.
+    #[error("all {0} live bridges are draining or shutting down")]
+    AllDraining(usize),
+    /// All candidates are at or over capacity.
+    #[error("all {0} candidate bridges are overloaded (stress >= 1)")]
+    AllOverloaded(usize),
+}
+
+/// Chooses a bridge among candidates (all up, not draining, under capacity).
+pub trait Strategy: Send + Sync {
+    /// Picks one of `candidates` for a participant from `region`.
+    fn select<'a>(
+        &self,
+        candidates: &[&'a Bridge],
+        region: &str,
+        per_participant: f64,
+    ) -> Option<&'a Bridge>;
+}
+
+/// Prefer the participant's region, then the lowest corrected stress (ties: lowest id).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RegionThenLeastStress;
+
+/// Stress corrected for participants placed since the bridge last reported.
+pub fn corrected_stress(b: &Bridge, per_participant: f64) -> f64 {
+    b.stress + f64::from(b.placed_since_report) * per_participant
+}
+
+impl Strategy for RegionThenLeastStress {
+    fn select<'a>(
+        &self,
+        candidates: &[&'a Bridge],
+        region: &str,
+        per_participant: f64,
+    ) -> Option<&'a Bridge> {
+        let in_region: Vec<&Bridge> = candidates
+            .iter()
+            .copied()
+            .filter(|b| b.region == region)
+            .collect();
+        let pool = if in_region.is_empty() {
+            candidates
+        } else {
+            &in_region[..]
+        };
+        pool.iter().copied().min_by(|a, b| {
+            corrected_stress(a, per_participant)
+                .total_cmp(&corrected_stress(b, per_participant))
+                .then_with(|| a.id.cmp(&b.id))
+        })
+    }
+}
+
+/// All known bridges.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    bridges: BTreeMap<BridgeId, Bridge>,
+    /// Report interval bridges are told to use, ms.
+    pub report_interval_ms: u64,
+    /// Intervals a bridge may miss before it is down.
+    pub missed_reports: u64,
+    /// Estimated stress one participant adds (used until the next report shows the real load).
+    pub per_participant_stress: f64,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(report_interval_ms: u64, missed_reports: u64, per_participant_stress: f64) -> Self {
+        Self {
+            bridges: BTreeMap::new(),
+            report_interval_ms,
+            missed_reports,
+            per_participant_stress,
+        }
+    }
+
+    /// Registers (or re-registers) a bridge at `now_ms`. A bridge that comes back starts empty
+    /// and up; returns true when it was known before (its old placements are stale).
+    pub fn register(&mut self, mut b: Bridge, now_ms: u64) -> bool {
+        b.health = Health::Up;
+        b.last_report_ms = now_ms;
+        b.placed_since_report = 0;
+        self.bridges.insert(b.id.clone(), b).is_some()
+    }
+
+    /// Records a load report. `false` for an unknown bridge (it must register again).
+    pub fn report(&mut self, id: &str, stress: f64, draining: bool, now_ms: u64) -> bool {
+        let Some(b) = self.bridges.get_mut(id) else {
+            return false;
+        };
+        b.stress = stress;
+        b.draining = draining;
+        b.last_report_ms = now_ms;
+        b.placed_since_report = 0;
+        b.health = Health::Up;
+        true
+    }
+
+    /// Marks bridges that missed their reports as down; returns the ones that just went down.
+    pub fn check(&mut self, now_ms: u64) -> Vec<BridgeId> {
+        let limit = self.report_interval_ms * self.missed_reports;
+        let mut down = Vec::new();
+        for b in self.bridges.values_mut() {
+            if b.health == Health::Up && now_ms.saturating_sub(b.last_report_ms) > limit {
+                b.health = Health::Down;
+                down.push(b.id.clone());
+            }
+        }
+        down
+    }
+
+    /// A bridge by id.
+    pub fn get(&self, id: &str) -> Option<&Bridge> {
+        self.bridges.get(id)
+    }
+
+    /// All bridges, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Bridge> {
+        self.bridges.values()
+    }
+
+    /// Chooses a bridge for a new conference from `region`, excluding `exclude`, and counts the
+    /// placement against it.
+    pub fn select(
+        &mut self,
+        strategy: &dyn Strategy,
+        region: &str,
+        exclude: &[&str],
+    ) -> Result<BridgeId, NoBridge> {
+        let all: Vec<&Bridge> = self
+            .bridges
+            .values()
+            .filter(|b| !exclude.contains(&b.id.as_str()))
+            .collect();
+        if all.is_empty() {
+            return Err(NoBridge::NoneRegistered);
+        }
+        let live: Vec<&Bridge> = all
+            .iter()
+            .copied()
+            .filter(|b| b.health == Health::Up)
+            .collect();
+        if live.is_empty() {
+            return Err(NoBridge::AllDown(all.len()));
+        }
+        let open: Vec<&Bridge> = live
+            .iter()
+            .copied()
+            .filter(|b| !b.draining && !b.shutting_down)
+            .collect();
+        if open.is_empty() {
+            return Err(NoBridge::AllDraining(live.len()));
+        }
+        let per = self.per_participant_stress;
+        let fit: Vec<&Bridge> = open
+            .iter()
+            .copied()
+            .filter(|b| corrected_stress(b, per) < 1.0)
+            .collect();
+        if fit.is_empty() {
+            return Err(NoBridge::AllOverloaded(open.len()));
+        }
+        let id = strategy
+            .select(&fit, region, per)
+            .expect("non-empty candidates")
+            .id
+            .clone();
+        self.placed(&id);
+        Ok(id)
+    }
+
+    /// Counts a participant placed on `id` (its load shows in the next report).
+    pub fn placed(&mut self, id: &str) {
+        if let Some(b) = self.bridges.get_mut(id) {
+            b.placed_since_report += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge(id: &str, region: &str, stress: f64) -> Bridge {
+        Bridge {
+            id: id.into(),
+            api_addr: format!("{id}:1"),
+            media_addr: format!("{id}:2"),
+            region: region.into(),
+            capacity: 100.0,
+            stress,
+            draining: false,
+            shutting_down: false,
+            health: Health::Up,
+            last_report_ms: 0,
+            placed_since_report: 0,
+        }
+    }
+
+    fn fleet() -> Fleet {
+        let mut f = Fleet::new(1000, 3, 0.1);
+        f.register(bridge("a", "eu", 0.5), 0);
+        f.register(bridge("b", "eu", 0.2), 0);
+        f.register(bridge("c", "us", 0.0), 0);
+        f
+    }
+
+    #[test]
+    fn prefers_region_then_least_stress_corrected_for_recent_placements() {
+        let mut f = fleet();
+        let s = RegionThenLeastStress;
+        assert_eq!(f.select(&s, "eu", &[]).unwrap(), "b"); // 0.2 < 0.5
+        assert_eq!(f.select(&s, "eu", &[]).unwrap(), "b"); // 0.3
+        assert_eq!(f.select(&s, "eu", &[]).unwrap(), "b"); // 0.4
+        assert_eq!(f.select(&s, "eu", &[]).unwrap(), "a"); // b now 0.5 + tie -> "a" by id
+        assert_eq!(f.select(&s, "us", &[]).unwrap(), "c");
+        assert_eq!(f.select(&s, "ap", &[]).unwrap(), "c"); // no bridge in region: least stress anywhere
+        assert!(f.report("b", 0.1, false, 10));
+        assert_eq!(f.get("b").unwrap().placed_since_report, 0);
+        assert!(!f.report("zz", 0.1, false, 10));
+    }
+
+    #[test]
+    fn never_a_down_draining_or_overloaded_bridge_and_says_why() {
+        let mut f = fleet();
+        let s = RegionThenLeastStress;
+        f.report("b", 0.2, true, 0);
+        assert_eq!(f.select(&s, "eu", &[]).unwrap(), "a");
+        assert_eq!(f.check(3000), Vec::<String>::new());
+        f.report("a", 0.5, false, 2500);
+        assert_eq!(f.check(3001), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(f.select(&s, "us", &[]).unwrap(), "a");
+        assert_eq!(f.select(&s, "eu", &["a"]), Err(NoBridge::AllDown(2)));
+        f.report("a", 1.2, false, 3002);
+        assert_eq!(f.select(&s, "eu", &[]), Err(NoBridge::AllOverloaded(1)));
+        f.report("a", 0.1, true, 3003);
+        assert_eq!(f.select(&s, "eu", &[]), Err(NoBridge::AllDraining(1)));
+        assert_eq!(
+            Fleet::new(1, 1, 0.0).select(&s, "eu", &[]),
+            Err(NoBridge::NoneRegistered)
+        );
+        // A bridge that comes back starts up and empty.
+        assert!(f.register(bridge("b", "eu", 0.0), 4000));
+        assert_eq!(f.get("b").unwrap().health, Health::Up);
+    }
+}
