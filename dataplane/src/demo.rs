@@ -1,6 +1,7 @@
 //! `ringbridge demo` (what `make run` shows): starts a bridge, programs a 3-party conference
 //! through its own gRPC API like any client would, sends RTP and RTCP from three loopback UDP
-//! sockets, and prints what each participant received and the bridge's counters.
+//! sockets, and prints what each participant received and the bridge's counters. alice and bob
+//! use plain RTP with configured addresses; carol uses SRTP (AEAD_AES_128_GCM) and is latched.
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -10,7 +11,35 @@ use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
 
 use crate::bridge::{self, Config};
+use crate::srtp::{Profile, Session, replay};
 use crate::testkit;
+
+/// carol's SRTP profile and keys (master key + salt): what she sends with, what she receives with.
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+const CAROL_KEY: [u8; 28] = *b"carol-sends-with-this-key+sa";
+const BRIDGE_KEY: [u8; 28] = *b"bridge-sends-carol-this-key!";
+
+fn session(key: &[u8; 28]) -> Session {
+    let (k, s) = key.split_at(PROFILE.key_len());
+    Session::new(PROFILE, k, s).expect("valid key lengths")
+}
+
+/// What participant `i` puts on the wire for the plain packet `pkt` (carol protects it).
+fn wire(i: usize, pkt: &[u8], index: u64) -> Vec<u8> {
+    if i != 2 {
+        return pkt.to_vec();
+    }
+    let mut out = vec![0u8; pkt.len() + 32];
+    let s = session(&CAROL_KEY);
+    let n = if pkt[1] >= 192 && pkt[1] <= 223 {
+        s.protect_rtcp(pkt, index as u32, &mut out)
+    } else {
+        s.protect_rtp(pkt, index, &mut out)
+    }
+    .expect("room for SRTP");
+    out.truncate(n);
+    out
+}
 
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -48,7 +77,11 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
                 endpoint_id: (*name).into(),
                 ssrcs: vec![ssrc(i)],
                 remote_addr: remote_addr.clone(),
-                srtp: None,
+                srtp: (i == 2).then(|| pb::SrtpParams {
+                    profile: PROFILE.name().into(),
+                    endpoint_key: CAROL_KEY.to_vec(),
+                    bridge_key: BRIDGE_KEY.to_vec(),
+                }),
             })
             .await?
             .into_inner();
@@ -56,7 +89,7 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
             "AddEndpoint {name:<5} ssrc={:<5} remote_addr={:<21} -> media_addr={}",
             ssrc(i),
             if remote_addr.is_empty() {
-                "(latch)"
+                "(latch, SRTP)"
             } else {
                 &remote_addr
             },
@@ -68,25 +101,26 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let receivers: Vec<_> = socks
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let s = s.try_clone().expect("clone socket");
-            std::thread::spawn(move || receive(&s))
+            let srtp = (i == 2).then(|| session(&BRIDGE_KEY));
+            std::thread::spawn(move || receive(&s, srtp.as_ref()))
         })
         .collect();
     // carol speaks first so her address is latched before the others send to her.
-    socks[2].send_to(&testkit::rtp(ssrc(2), 0, 0, b"hello"), target)?;
+    socks[2].send_to(&wire(2, &testkit::rtp(ssrc(2), 0, 0, b"hello"), 0), target)?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     for n in 0..packets {
         for (i, s) in socks.iter().enumerate().filter(|&(i, _)| n > 0 || i != 2) {
             let payload = format!("{} #{n}", NAMES[i]);
-            s.send_to(
-                &testkit::rtp(ssrc(i), n as u16, n * 960, payload.as_bytes()),
-                target,
-            )?;
+            let pkt = testkit::rtp(ssrc(i), n as u16, n * 960, payload.as_bytes());
+            s.send_to(&wire(i, &pkt, u64::from(n)), target)?;
         }
         if n % 50 == 49 {
             for (i, s) in socks.iter().enumerate() {
-                s.send_to(&testkit::sender_report(ssrc(i)), target)?;
+                let sr = testkit::sender_report(ssrc(i));
+                s.send_to(&wire(i, &sr, u64::from(n / 50 + 1)), target)?;
             }
         }
         if n % 4 == 0 {
@@ -117,11 +151,17 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
             g.pli
         );
     }
+    println!(
+        "carol (SRTP {}) verified and decrypted {} copies with her own key; {} failed verification",
+        PROFILE.name(),
+        got[2].rtp.values().sum::<u64>() + got[2].sr + got[2].pli,
+        got[2].srtp_failed
+    );
     let st = client.get_stats(pb::GetStatsRequest {}).await?.into_inner();
     let t = st.total.unwrap_or_default();
     let d = t.drops.unwrap_or_default();
     println!(
-        "\nbridge stats: rx={} tx={} dropped={} (not_rtp={} malformed={} unknown_source={} unknown_ssrc={} no_receivers={} send_failed={}) conferences={} endpoints={}",
+        "\nbridge stats: rx={} tx={} dropped={} (not_rtp={} malformed={} unknown_source={} unknown_ssrc={} no_receivers={} send_failed={} srtp_auth_failed={} srtp_replay={}) conferences={} endpoints={}",
         t.rx_packets,
         t.tx_packets,
         t.dropped_packets,
@@ -131,6 +171,8 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
         d.unknown_ssrc,
         d.no_receivers,
         d.send_failed,
+        d.srtp_auth_failed,
+        d.srtp_replay,
         st.conferences,
         st.endpoints
     );
@@ -162,17 +204,40 @@ struct Received {
     rtp: BTreeMap<u32, u64>,
     sr: u64,
     pli: u64,
+    srtp_failed: u64,
 }
 
-/// Counts what arrives until the socket has been quiet for its read timeout.
-fn receive(s: &UdpSocket) -> Received {
+/// Counts what arrives until the socket has been quiet for its read timeout; with `srtp`,
+/// only what verifies and decrypts with the receiver's own key.
+fn receive(s: &UdpSocket, srtp: Option<&Session>) -> Received {
     let mut r = Received::default();
     let mut buf = [0u8; 2048];
+    let mut streams = BTreeMap::<u32, replay::Stream>::new();
     while let Ok(n) = s.recv(&mut buf) {
-        let p = &buf[..n];
+        let mut n = n;
         if n < 12 {
             continue;
         }
+        if let Some(sess) = srtp {
+            let p = &mut buf[..n];
+            let plain = if (192..=223).contains(&p[1]) {
+                sess.unprotect_rtcp(p).map(|(len, _)| len)
+            } else {
+                let st = streams
+                    .entry(u32::from_be_bytes([p[8], p[9], p[10], p[11]]))
+                    .or_default();
+                let index = st.estimate(u16::from_be_bytes([p[2], p[3]]));
+                sess.unprotect_rtp(p, index).inspect(|_| st.accept(index))
+            };
+            match plain {
+                Ok(len) => n = len,
+                Err(_) => {
+                    r.srtp_failed += 1;
+                    continue;
+                }
+            }
+        }
+        let p = &buf[..n];
         match p[1] {
             200 => r.sr += 1,
             206 => r.pli += 1,
