@@ -106,5 +106,39 @@ fn decision(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decision);
+/// Control path: validating an AddEndpoint and snapshotting the table for the workers, on a
+/// bridge with 33 000 endpoints (the per-RPC cost besides waking the workers).
+fn control_path(c: &mut Criterion) {
+    use ringbridge_dataplane::state::BridgeState;
+    let mut s = BridgeState::new("127.0.0.1:10000".parse().unwrap());
+    for conf in 0..3_300u32 {
+        let id = format!("c{conf}");
+        s.create_conference(&id).unwrap();
+        for e in 0..10u32 {
+            let a = SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + conf * 10 + e), 5000));
+            s.add_endpoint(
+                &id,
+                &format!("e{e}"),
+                &[conf * 10 + e],
+                &a.to_string(),
+                None,
+            )
+            .unwrap();
+        }
+    }
+    let mut g = c.benchmark_group("control");
+    g.bench_function("snapshot_33k_endpoints", |b| {
+        b.iter(|| black_box(s.table()))
+    });
+    g.bench_function("add_and_remove_endpoint_33k", |b| {
+        b.iter(|| {
+            s.add_endpoint("c0", "extra", &[u32::MAX], "10.200.0.1:5000", None)
+                .unwrap();
+            s.remove_endpoint("c0", "extra").unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decision, control_path);
 criterion_main!(benches);

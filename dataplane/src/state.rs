@@ -1,12 +1,17 @@
 //! The bridge's conferences and endpoints as the API sees them (string ids, configured and
 //! latched addresses). Every mutation validates fully before it changes anything, so a failed
-//! request leaves the state as it was. [`BridgeState::table`] indexes it for the packet path.
+//! request leaves the state as it was. A working [`Table`] is kept in step with every change
+//! (one conference touched per change, lookups by address and SSRC in O(1));
+//! [`BridgeState::table`] snapshots it for the packet path.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::core::{EndpointUid, Table, TableBuilder};
+use rustc_hash::FxHashMap;
+
+use crate::core::table::ConfIdx;
+use crate::core::{EndpointUid, Table};
 use crate::srtp::{Profile, Session};
 
 /// What kind of mistake a request made; the API maps it to a gRPC code.
@@ -202,9 +207,19 @@ pub struct EndpointState {
 #[derive(Debug, Clone)]
 pub struct BridgeState {
     media: SocketAddr,
-    conferences: BTreeMap<String, BTreeMap<String, EndpointState>>,
+    conferences: BTreeMap<String, Conf>,
+    /// Conference and endpoint id of every endpoint.
+    names: FxHashMap<EndpointUid, (String, String)>,
+    table: Table,
     next_uid: EndpointUid,
     generation: u64,
+}
+
+/// A conference: its endpoints and its place in the working table.
+#[derive(Debug, Clone)]
+struct Conf {
+    idx: ConfIdx,
+    endpoints: BTreeMap<String, EndpointState>,
 }
 
 fn need(field: &'static str, v: &str) -> Result<(), StateError> {
@@ -222,6 +237,8 @@ impl BridgeState {
         Self {
             media,
             conferences: BTreeMap::new(),
+            names: FxHashMap::default(),
+            table: Table::default(),
             next_uid: 1,
             generation: 0,
         }
@@ -234,16 +251,17 @@ impl BridgeState {
 
     /// Number of endpoints over all conferences.
     pub fn endpoints(&self) -> usize {
-        self.conferences.values().map(BTreeMap::len).sum()
+        self.names.len()
     }
 
     /// Conferences and their endpoints, sorted by id.
     pub fn list(
         &self,
     ) -> impl Iterator<Item = (&str, impl Iterator<Item = (&str, &EndpointState)>)> {
-        self.conferences
-            .iter()
-            .map(|(c, eps)| (c.as_str(), eps.iter().map(|(e, s)| (e.as_str(), s))))
+        self.conferences.iter().map(|(c, conf)| {
+            let eps = conf.endpoints.iter().map(|(e, s)| (e.as_str(), s));
+            (c.as_str(), eps)
+        })
     }
 
     /// Creates an empty conference.
@@ -252,17 +270,29 @@ impl BridgeState {
         if self.conferences.contains_key(id) {
             return Err(StateError::ConferenceExists(id.into()));
         }
-        self.conferences.insert(id.into(), BTreeMap::new());
+        let idx = self.table.add_conference();
+        self.conferences.insert(
+            id.into(),
+            Conf {
+                idx,
+                endpoints: BTreeMap::new(),
+            },
+        );
         Ok(())
     }
 
     /// Deletes a conference; returns how many endpoints it had.
     pub fn delete_conference(&mut self, id: &str) -> Result<usize, StateError> {
         need("conference_id", id)?;
-        self.conferences
+        let conf = self
+            .conferences
             .remove(id)
-            .map(|eps| eps.len())
-            .ok_or_else(|| StateError::ConferenceNotFound(id.into()))
+            .ok_or_else(|| StateError::ConferenceNotFound(id.into()))?;
+        for e in conf.endpoints.values() {
+            self.names.remove(&e.uid);
+        }
+        self.table.remove_conference(conf.idx);
+        Ok(conf.endpoints.len())
     }
 
     /// Parses an endpoint address: "ip:port", same family as the media socket, not unspecified,
@@ -301,12 +331,14 @@ impl BridgeState {
         Ok(Some(a))
     }
 
+    /// Conference and endpoint id of the endpoint at table index `i`.
+    fn name_of(&self, i: u32) -> (&str, &str) {
+        let (c, e) = &self.names[&self.table.ep(i).uid];
+        (c, e)
+    }
+
     fn owner_of_addr(&self, addr: SocketAddr) -> Option<(&str, &str)> {
-        self.conferences.iter().find_map(|(c, eps)| {
-            eps.iter()
-                .find(|(_, e)| e.addr == Some(addr))
-                .map(|(e, _)| (c.as_str(), e.as_str()))
-        })
+        self.table.by_addr.get(&addr).map(|&i| self.name_of(i))
     }
 
     /// Adds an endpoint; returns its uid.
@@ -331,10 +363,11 @@ impl BridgeState {
         if addr.is_none() && declared.is_empty() {
             return Err(StateError::NothingToLatch);
         }
-        let eps = self
+        let conf = self
             .conferences
             .get(conference)
             .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        let eps = &conf.endpoints;
         if eps.contains_key(endpoint) {
             return Err(StateError::EndpointExists {
                 conference: conference.into(),
@@ -349,18 +382,15 @@ impl BridgeState {
                 });
             }
         }
-        if addr.is_none() {
-            for (c, eps) in &self.conferences {
-                let waiting = eps.values().filter(|e| e.addr.is_none());
-                for e in waiting {
-                    if let Some(&ssrc) = declared.iter().find(|s| e.ssrcs.contains(s)) {
-                        return Err(StateError::SsrcAmbiguous {
-                            ssrc,
-                            conference: c.clone(),
-                        });
-                    }
-                }
-            }
+        if addr.is_none()
+            && let Some((&ssrc, &i)) = declared
+                .iter()
+                .find_map(|s| self.table.latch_by_ssrc.get_key_value(s))
+        {
+            return Err(StateError::SsrcAmbiguous {
+                ssrc,
+                conference: self.name_of(i).0.into(),
+            });
         }
         if let Some(a) = addr
             && let Some((c, e)) = self.owner_of_addr(a)
@@ -373,8 +403,12 @@ impl BridgeState {
         }
         let uid = self.next_uid;
         self.next_uid += 1;
-        let eps = self.conferences.get_mut(conference).expect("checked above");
-        eps.insert(
+        let conf = self.conferences.get_mut(conference).expect("checked above");
+        let keys = srtp.as_ref().map(|s| (s.rx.clone(), s.tx.clone()));
+        self.table
+            .add_endpoint(conf.idx, uid, &declared, addr, keys);
+        self.names.insert(uid, (conference.into(), endpoint.into()));
+        conf.endpoints.insert(
             endpoint.into(),
             EndpointState {
                 uid,
@@ -391,16 +425,20 @@ impl BridgeState {
     pub fn remove_endpoint(&mut self, conference: &str, endpoint: &str) -> Result<(), StateError> {
         need("conference_id", conference)?;
         need("endpoint_id", endpoint)?;
-        let eps = self
+        let conf = self
             .conferences
             .get_mut(conference)
             .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
-        eps.remove(endpoint)
-            .map(|_| ())
+        let e = conf
+            .endpoints
+            .remove(endpoint)
             .ok_or_else(|| StateError::EndpointNotFound {
                 conference: conference.into(),
                 endpoint: endpoint.into(),
-            })
+            })?;
+        self.names.remove(&e.uid);
+        self.table.remove_endpoint(e.uid);
+        Ok(())
     }
 
     /// Records that endpoint `uid` latched `addr`. Returns false (and changes nothing) when the
@@ -409,31 +447,28 @@ impl BridgeState {
         if self.owner_of_addr(addr).is_some() {
             return false;
         }
-        for eps in self.conferences.values_mut() {
-            if let Some(e) = eps.values_mut().find(|e| e.uid == uid) {
-                if e.addr.is_some() {
-                    return false;
-                }
-                e.addr = Some(addr);
-                e.latched = true;
-                return true;
-            }
+        let Some((c, e)) = self.names.get(&uid) else {
+            return false;
+        };
+        let e = self
+            .conferences
+            .get_mut(c)
+            .and_then(|c| c.endpoints.get_mut(e))
+            .expect("names and conferences agree");
+        if e.addr.is_some() || !self.table.latch(uid, addr) {
+            return false;
         }
-        false
+        e.addr = Some(addr);
+        e.latched = true;
+        true
     }
 
-    /// Builds the packet-path table for the current state, with the next generation number.
+    /// A snapshot of the packet-path table for the current state, with the next generation.
     pub fn table(&mut self) -> Table {
         self.generation += 1;
-        let mut b = TableBuilder::new();
-        for eps in self.conferences.values() {
-            let c = b.conference();
-            for e in eps.values() {
-                let srtp = e.srtp.as_ref().map(|s| (s.rx.clone(), s.tx.clone()));
-                b.endpoint(c, e.uid, &e.ssrcs, e.addr, srtp);
-            }
-        }
-        b.build(self.generation)
+        let mut t = self.table.clone();
+        t.set_generation(self.generation);
+        t
     }
 }
 

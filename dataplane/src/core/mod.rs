@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 
 use crate::srtp::{self, replay};
 pub use classify::Class;
-pub use table::{EndpointUid, Peer, Table, TableBuilder};
+pub use table::{ConfIdx, EndpointUid, Peer, Table, TableBuilder};
 
 /// Why a packet was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +240,7 @@ impl Core {
                 return false;
             }
             match table.by_uid.get(uid) {
-                Some(&i) if table.endpoints[i as usize].slot.is_none() => {
+                Some(&i) if table.ep(i).slot.is_none() => {
                     *idx = i;
                     true
                 }
@@ -313,8 +313,8 @@ fn decide<'t>(
             None => return Err(DropReason::UnknownSource),
         },
     };
-    let ep = &table.endpoints[idx as usize];
-    let conf = &table.conferences[ep.conf as usize];
+    let ep = table.ep(idx);
+    let conf = table.conf(ep.conf);
     let is_rtp = class == Class::Rtp;
     if is_rtp {
         counters.rx_rtp += 1;
@@ -395,7 +395,7 @@ fn decide<'t>(
 
 /// Peers that send the media SSRCs feedback is about (never the feedback's own sender).
 fn feedback_targets(table: &Table, sender: u32, targets: &[u32]) -> Result<Select, DropReason> {
-    let conf = &table.conferences[table.endpoints[sender as usize].conf as usize];
+    let conf = table.conf(table.ep(sender).conf);
     let mut slots = [0u32; rtcp::MAX_TARGETS];
     let mut n = 0u8;
     let mut owned = false;
@@ -407,7 +407,7 @@ fn feedback_targets(table: &Table, sender: u32, targets: &[u32]) -> Result<Selec
         if owner == sender {
             continue;
         }
-        if let Some(slot) = table.endpoints[owner as usize].slot
+        if let Some(slot) = table.ep(owner).slot
             && !slots[..usize::from(n)].contains(&slot)
         {
             slots[usize::from(n)] = slot;
