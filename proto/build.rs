@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["ringbridge/v1/bridge.proto"];
+    let files = ["ringbridge/v1/bridge.proto", "ringbridge/v1/control.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

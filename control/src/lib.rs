@@ -10,5 +10,7 @@
 //! Time is an input (milliseconds), never read here, so every rule is unit-tested.
 
 pub mod bridges;
+pub mod cli;
 pub mod router;
+pub mod service;
 pub mod store;

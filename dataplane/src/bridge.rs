@@ -88,6 +88,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The table publisher (state and counters), for the control agent and metrics.
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.publisher.clone()
+    }
+
     /// Serves the API until `shutdown`, then stops the workers.
     pub async fn serve(
         self,

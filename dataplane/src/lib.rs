@@ -7,11 +7,13 @@
 //! - [`srtp`]: SRTP/SRTCP transforms (decrypt once per packet, encrypt per SRTP receiver).
 //! - [`api`]: the gRPC service; [`bridge`] assembles it all; [`demo`] is `make run`.
 
+pub mod agent;
 pub mod api;
 pub mod bridge;
 pub mod core;
 pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod publish;
 pub mod srtp;
 pub mod state;

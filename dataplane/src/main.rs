@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ringbridge_dataplane::core::Counters;
 use ringbridge_dataplane::engine::Choice;
-use ringbridge_dataplane::{bridge, demo};
+use ringbridge_dataplane::{agent, bridge, demo, metrics};
 use tracing_subscriber::EnvFilter;
 
 /// ringbridge: a thread-per-core RTP/RTCP forwarder (SFU data plane) programmed over gRPC.
@@ -41,6 +42,21 @@ struct BridgeArgs {
     /// Do not pin workers to cores (let the scheduler place them).
     #[arg(long, global = true)]
     no_pin: bool,
+    /// Control plane to register with and report load to, e.g. http://127.0.0.1:7000.
+    #[arg(long)]
+    control: Option<String>,
+    /// Region announced to the control plane.
+    #[arg(long, default_value = "default")]
+    region: String,
+    /// Bridge id announced to the control plane (default: "bridge-" + media port).
+    #[arg(long)]
+    bridge_id: Option<String>,
+    /// Packets/s (in + out) at which the bridge reports stress 1.0.
+    #[arg(long, default_value_t = 200_000.0)]
+    capacity_pps: f64,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +101,36 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             None => {
                 let running = bridge::start(config).await?;
+                if let Some(control) = a.control {
+                    let agent = agent::Agent {
+                        control,
+                        bridge_id: a
+                            .bridge_id
+                            .unwrap_or_else(|| format!("bridge-{}", running.media.port())),
+                        region: a.region,
+                        capacity_pps: a.capacity_pps,
+                        api_addr: running.api.to_string(),
+                        media_addr: a.advertise.unwrap_or(running.media).to_string(),
+                    };
+                    tokio::spawn(agent.run(running.publisher()));
+                }
+                if let Some(addr) = a.metrics {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding --metrics {addr}"))?;
+                    let p = running.publisher();
+                    tokio::spawn(metrics::serve(
+                        l,
+                        std::sync::Arc::new(move || {
+                            let mut t = Counters::default();
+                            for c in p.worker_counters() {
+                                t += c;
+                            }
+                            let (c, e) = p.read(|s| (s.conferences(), s.endpoints()));
+                            metrics::bridge(&t, c, e)
+                        }),
+                    ));
+                }
                 println!(
                     "ringbridge ready engine={} media={} api={} workers={}",
                     running.engine, running.media, running.api, running.workers

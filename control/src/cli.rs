@@ -1,0 +1,162 @@
+//! The `ringbridge-control` client commands (join, leave, route, conferences, bridges), so a
+//! person needs no gRPC tooling. Human output by default, JSON with `--json`.
+
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::focus_client::FocusClient;
+use ringbridge_proto::v1::registry_client::RegistryClient;
+use ringbridge_proto::v1::router_client::RouterClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+/// A client command.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Put a participant into a conference (created and placed on first join).
+    Join {
+        /// Conference name.
+        #[arg(long)]
+        conference: String,
+        /// Participant id.
+        #[arg(long)]
+        participant: String,
+        /// Preferred bridge region.
+        #[arg(long, default_value = "")]
+        region: String,
+        /// SSRC the participant sends (repeat for several).
+        #[arg(long = "ssrc")]
+        ssrcs: Vec<u32>,
+        /// Participant address "ip:port" (empty: the bridge latches it).
+        #[arg(long, default_value = "")]
+        remote_addr: String,
+    },
+    /// Remove a participant.
+    Leave {
+        /// Conference name.
+        #[arg(long)]
+        conference: String,
+        /// Participant id.
+        #[arg(long)]
+        participant: String,
+    },
+    /// Which shard a conference routes to.
+    Route {
+        /// Conference name.
+        #[arg(long)]
+        conference: String,
+    },
+    /// Conferences and where they are placed.
+    Conferences,
+    /// Registered bridges and their state.
+    Bridges,
+}
+
+/// Runs `cmd` against the control plane at `url`; prints the result.
+pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> {
+    let ch = Channel::from_shared(url.to_string())?.connect().await?;
+    let out = match cmd {
+        Command::Join {
+            conference,
+            participant,
+            region,
+            ssrcs,
+            remote_addr,
+        } => {
+            let r = FocusClient::new(ch)
+                .join(pb::JoinRequest {
+                    conference: conference.clone(),
+                    participant_id: participant.clone(),
+                    region,
+                    ssrcs,
+                    remote_addr,
+                })
+                .await?
+                .into_inner();
+            let text = format!(
+                "{participant} joined {conference} on bridge {}: send media to {}",
+                r.bridge_id, r.media_addr
+            );
+            (
+                json!({"bridge_id": r.bridge_id, "media_addr": r.media_addr}),
+                text,
+            )
+        }
+        Command::Leave {
+            conference,
+            participant,
+        } => {
+            FocusClient::new(ch)
+                .leave(pb::LeaveRequest {
+                    conference: conference.clone(),
+                    participant_id: participant.clone(),
+                })
+                .await?;
+            (json!({}), format!("{participant} left {conference}"))
+        }
+        Command::Route { conference } => {
+            let r = RouterClient::new(ch)
+                .route(pb::RouteRequest {
+                    conference: conference.clone(),
+                })
+                .await?
+                .into_inner();
+            let text = format!("{conference} -> shard {} at {}", r.shard_id, r.shard_addr);
+            (
+                json!({"shard_id": r.shard_id, "shard_addr": r.shard_addr}),
+                text,
+            )
+        }
+        Command::Conferences => {
+            let r = FocusClient::new(ch)
+                .list_placements(pb::ListPlacementsRequest {})
+                .await?
+                .into_inner();
+            let mut text = format!(
+                "{:<24} {:<16} {:<22} participants\n",
+                "conference", "bridge", "media"
+            );
+            for c in &r.conferences {
+                text += &format!(
+                    "{:<24} {:<16} {:<22} {}\n",
+                    c.conference,
+                    c.bridge_id,
+                    c.media_addr,
+                    c.participants.join(",")
+                );
+            }
+            let j: Vec<_> = r
+                .conferences
+                .iter()
+                .map(|c| json!({"conference": c.conference, "bridge_id": c.bridge_id, "media_addr": c.media_addr, "participants": c.participants}))
+                .collect();
+            (json!(j), text.trim_end().to_string())
+        }
+        Command::Bridges => {
+            let r = RegistryClient::new(ch)
+                .list_bridges(pb::ListBridgesRequest {})
+                .await?
+                .into_inner();
+            let mut text = format!(
+                "{:<16} {:<10} {:<9} {:>7} {:>6} media\n",
+                "bridge", "region", "state", "stress", "confs"
+            );
+            for b in &r.bridges {
+                text += &format!(
+                    "{:<16} {:<10} {:<9} {:>7.3} {:>6} {}\n",
+                    b.bridge_id, b.region, b.state, b.stress, b.conferences, b.media_addr
+                );
+            }
+            let j: Vec<_> = r
+                .bridges
+                .iter()
+                .map(|b| json!({"bridge_id": b.bridge_id, "region": b.region, "state": b.state, "stress": b.stress, "conferences": b.conferences, "media_addr": b.media_addr, "api_addr": b.api_addr}))
+                .collect();
+            (json!(j), text.trim_end().to_string())
+        }
+    };
+    if json_out {
+        println!("{}", out.0);
+    } else {
+        println!("{}", out.1);
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The bridge's side of the control plane (`--control URL`): register with the Registry, then
+//! report load every interval; register again when the control plane does not know us (it
+//! restarted, or declared us down).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+use crate::core::Counters;
+use crate::publish::Publisher;
+
+/// How this bridge presents itself.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// Control plane URL, e.g. "http://127.0.0.1:7000".
+    pub control: String,
+    /// This bridge's id.
+    pub bridge_id: String,
+    /// Region.
+    pub region: String,
+    /// Packets/s (in + out) at which stress is 1.
+    pub capacity_pps: f64,
+    /// The Bridge API address to announce.
+    pub api_addr: String,
+    /// The media address to announce.
+    pub media_addr: String,
+}
+
+impl Agent {
+    fn register_request(&self) -> pb::RegisterBridgeRequest {
+        pb::RegisterBridgeRequest {
+            bridge_id: self.bridge_id.clone(),
+            api_addr: self.api_addr.clone(),
+            media_addr: self.media_addr.clone(),
+            region: self.region.clone(),
+            capacity_pps: self.capacity_pps,
+        }
+    }
+
+    /// Registers and reports until the task is dropped.
+    pub async fn run(self, publisher: Arc<Publisher>) {
+        let channel = match Channel::from_shared(self.control.clone()) {
+            Ok(c) => c.connect_lazy(),
+            Err(e) => {
+                tracing::error!("--control {}: {e}", self.control);
+                return;
+            }
+        };
+        let mut client = RegistryClient::new(channel);
+        let mut interval = Duration::from_secs(1);
+        let mut registered = false;
+        let mut last = (Instant::now(), total(&publisher));
+        loop {
+            if !registered {
+                match client.register_bridge(self.register_request()).await {
+                    Ok(r) => {
+                        interval = Duration::from_millis(r.into_inner().report_interval_ms.max(10));
+                        registered = true;
+                        tracing::info!(control = %self.control, id = %self.bridge_id, "registered");
+                    }
+                    Err(e) => tracing::warn!("registering with {}: {}", self.control, e.message()),
+                }
+            }
+            tokio::time::sleep(interval).await;
+            if !registered {
+                continue;
+            }
+            let now = (Instant::now(), total(&publisher));
+            let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            let (rx_pps, tx_pps) = (
+                rate(now.1.rx_packets, last.1.rx_packets),
+                rate(now.1.tx_packets, last.1.tx_packets),
+            );
+            let (conferences, endpoints) =
+                publisher.read(|s| (s.conferences() as u32, s.endpoints() as u32));
+            let report = pb::LoadReport {
+                bridge_id: self.bridge_id.clone(),
+                rx_pps,
+                tx_pps,
+                rx_bps: rate(now.1.rx_bytes, last.1.rx_bytes) * 8.0,
+                tx_bps: rate(now.1.tx_bytes, last.1.tx_bytes) * 8.0,
+                conferences,
+                endpoints,
+                stress: (rx_pps + tx_pps) / self.capacity_pps.max(1.0),
+                draining: false,
+            };
+            last = now;
+            match client.report_load(report).await {
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::NotFound => registered = false,
+                Err(e) => tracing::warn!("load report to {}: {}", self.control, e.message()),
+            }
+        }
+    }
+}
+
+fn total(p: &Publisher) -> Counters {
+    let mut t = Counters::default();
+    for c in p.worker_counters() {
+        t += c;
+    }
+    t
+}
