@@ -103,7 +103,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         Box::new(store),
     )?;
-    tokio::spawn(control.clone().monitor());
+    let monitor = tokio::spawn(control.clone().monitor());
     if let Some(m) = a.metrics {
         let l = tokio::net::TcpListener::bind(m)
             .await
@@ -130,19 +130,29 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         a.shard_id,
         a.data_dir.display()
     );
-    tonic::transport::Server::builder()
-        .add_service(health_svc)
-        .add_service(reflection)
-        .add_service(FocusServer::new(FocusService(control.clone())))
-        .add_service(RouterServer::new(RouterService(control.clone())))
-        .add_service(RegistryServer::new(RegistryService(control.clone())))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown(),
-        )
-        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(reflection)
+            .add_service(FocusServer::new(FocusService(control.clone())))
+            .add_service(RouterServer::new(RouterService(control.clone())))
+            .add_service(RegistryServer::new(RegistryService(control.clone())))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    shutdown().await;
+    // No failover decisions while stopping: bridges' reports are refused from here on.
+    monitor.abort();
     control.flush().await;
-    tracing::info!("state saved; bye");
+    tracing::info!("state saved; stopping");
+    let _ = stop_tx.send(());
+    // Long-lived watch streams would hold a graceful stop open: give calls a moment, then go.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     Ok(())
 }
 
