@@ -76,9 +76,10 @@ pub trait Strategy: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RegionThenLeastStress;
 
-/// Stress corrected for participants placed since the bridge last reported.
+/// Stress corrected for participants placed since the bridge last reported, each adding
+/// `per_participant` packets/s against the bridge's capacity.
 pub fn corrected_stress(b: &Bridge, per_participant: f64) -> f64 {
-    b.stress + f64::from(b.placed_since_report) * per_participant
+    b.stress + f64::from(b.placed_since_report) * per_participant / b.capacity.max(1.0)
 }
 
 impl Strategy for RegionThenLeastStress {
@@ -114,18 +115,18 @@ pub struct Fleet {
     pub report_interval_ms: u64,
     /// Intervals a bridge may miss before it is down.
     pub missed_reports: u64,
-    /// Estimated stress one participant adds (used until the next report shows the real load).
-    pub per_participant_stress: f64,
+    /// Estimated packets/s one participant adds (used until the next report shows the load).
+    pub per_participant_pps: f64,
 }
 
 impl Fleet {
     /// An empty fleet.
-    pub fn new(report_interval_ms: u64, missed_reports: u64, per_participant_stress: f64) -> Self {
+    pub fn new(report_interval_ms: u64, missed_reports: u64, per_participant_pps: f64) -> Self {
         Self {
             bridges: BTreeMap::new(),
             report_interval_ms,
             missed_reports,
-            per_participant_stress,
+            per_participant_pps,
         }
     }
 
@@ -206,7 +207,7 @@ impl Fleet {
         if open.is_empty() {
             return Err(NoBridge::AllDraining(live.len()));
         }
-        let per = self.per_participant_stress;
+        let per = self.per_participant_pps;
         let fit: Vec<&Bridge> = open
             .iter()
             .copied()
@@ -253,7 +254,7 @@ mod tests {
     }
 
     fn fleet() -> Fleet {
-        let mut f = Fleet::new(1000, 3, 0.1);
+        let mut f = Fleet::new(1000, 3, 10.0); // 10 pps of a 100 pps bridge: 0.1 each
         f.register(bridge("a", "eu", 0.5), 0);
         f.register(bridge("b", "eu", 0.2), 0);
         f.register(bridge("c", "us", 0.0), 0);

@@ -60,9 +60,10 @@ struct ServeArgs {
     /// Idle seconds after which a conference's route is forgotten.
     #[arg(long, default_value_t = 3600)]
     route_ttl_secs: u64,
-    /// Stress one participant adds until the bridge's next report shows it.
-    #[arg(long, default_value_t = 0.001)]
-    per_participant_stress: f64,
+    /// Packets/s (in + out) one participant is assumed to add until its bridge's next report
+    /// shows the real load (the stress correction for placements between reports).
+    #[arg(long, default_value_t = 100.0)]
+    participant_pps: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,7 +100,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             report_interval_ms: a.report_interval_ms.max(10),
             missed_reports: a.missed_reports.max(1),
             route_ttl_ms: a.route_ttl_secs * 1000,
-            per_participant_stress: a.per_participant_stress,
+            per_participant_pps: a.participant_pps,
         },
         Box::new(store),
     )?;

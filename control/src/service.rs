@@ -34,8 +34,8 @@ pub struct Config {
     pub missed_reports: u64,
     /// Idle time after which a route is forgotten, ms.
     pub route_ttl_ms: u64,
-    /// Stress one participant adds until the next report shows it.
-    pub per_participant_stress: f64,
+    /// Packets/s one participant adds until the next report shows it.
+    pub per_participant_pps: f64,
 }
 
 fn now_ms() -> u64 {
@@ -140,7 +140,7 @@ impl Control {
                 fleet: Fleet::new(
                     cfg.report_interval_ms,
                     cfg.missed_reports,
-                    cfg.per_participant_stress,
+                    cfg.per_participant_pps,
                 ),
                 router,
                 placements: snap.placements,
@@ -157,14 +157,19 @@ impl Control {
         }))
     }
 
-    /// Writes the state to the store if it changed.
+    /// Writes the state to the store if it changed (serialized outside the lock).
     pub async fn flush(&self) {
-        let mut inner = self.inner.lock().await;
-        if inner.dirty {
-            match self.store.save(&inner.snapshot()) {
-                Ok(()) => inner.dirty = false,
-                Err(e) => tracing::error!("saving state: {e}"),
+        let snap = {
+            let mut inner = self.inner.lock().await;
+            if !inner.dirty {
+                return;
             }
+            inner.dirty = false;
+            inner.snapshot()
+        };
+        if let Err(e) = self.store.save(&snap) {
+            tracing::error!("saving state: {e}");
+            self.inner.lock().await.dirty = true;
         }
     }
 
