@@ -12,11 +12,14 @@ toolchain:
 	  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
 
 build: toolchain
-	$(CARGO) build --release --bin ringbridge
+	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
 
-## Start a bridge on loopback, run a 3-party demo conference through its gRPC API, print results.
+## Start a bridge on loopback, run a 3-party demo conference through its gRPC API, print results;
+## then a control plane with two bridges places conferences and fails one over.
 run: build
 	RUST_LOG=$${RUST_LOG:-warn} ./target/release/ringbridge --media 127.0.0.1:0 --api 127.0.0.1:0 demo
+	@echo; echo "=== control plane ==="
+	bash control/scripts/demo.sh
 
 ## Python venv with pylibsrtp for the SRTP interop test (python3-venv via apt-get if missing).
 VENV := .venv

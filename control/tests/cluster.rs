@@ -195,8 +195,7 @@ async fn placement_failover_and_restart() {
     let mut ctl = control(&data, "127.0.0.1:0");
     let listen = ctl.field("listen");
     let url = format!("http://{listen}");
-    let _b1 = bridge(&url, "eu-1", "eu");
-    let mut b2 = bridge(&url, "eu-2", "eu");
+    let mut eu = [bridge(&url, "eu-1", "eu"), bridge(&url, "eu-2", "eu")];
     let _b3 = bridge(&url, "us-1", "us");
     wait_bridges(&url, 3).await;
     let mut focus = FocusClient::new(channel(&url).await);
@@ -237,16 +236,15 @@ async fn placement_failover_and_restart() {
     // Media flows through the placed bridge.
     assert!(flows(&a1, &a2, &ja.media_addr, 1));
 
-    // Make sure alpha lives on eu-2, the bridge we kill (move a bridge-less case otherwise).
-    let alpha_on_b2 = ja.bridge_id == "eu-2";
-    let (victim, survivor_conf) = if alpha_on_b2 {
-        ("alpha", "beta")
+    // Kill alpha's bridge: alpha moves to the other bridge of its region, which also hosts beta.
+    let (dead, alive) = if ja.bridge_id == "eu-1" {
+        (0, "eu-2")
     } else {
-        ("beta", "alpha")
+        (1, "eu-1")
     };
     let mut watch = focus
         .watch_conference(pb::WatchConferenceRequest {
-            conference: victim.into(),
+            conference: "alpha".into(),
         })
         .await
         .unwrap()
@@ -254,31 +252,22 @@ async fn placement_failover_and_restart() {
     let current = watch.message().await.unwrap().unwrap();
     assert_eq!(
         (current.bridge_id.as_str(), current.reason.as_str()),
-        ("eu-2", "current")
+        (ja.bridge_id.as_str(), "current")
     );
-    b2.stop();
+    eu[dead].stop();
     let moved = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .expect("failover announced")
         .unwrap()
         .unwrap();
     assert_eq!(moved.reason, "failover");
-    assert_ne!(moved.bridge_id, "eu-2");
-    assert_eq!(moved.bridge_id, "eu-1", "moved within the region");
-    if alpha_on_b2 {
-        assert!(
-            flows(&a1, &a2, &moved.media_addr, 2),
-            "media flows through the new bridge"
-        );
-    }
-    let other = focus
-        .get_conference(pb::GetConferenceRequest {
-            conference: survivor_conf.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(other.bridge_id, "eu-1");
+    assert_eq!(moved.bridge_id, alive, "moved within the region");
+    assert_eq!(moved.participants, ["a1", "a2"]);
+    assert!(
+        flows(&a1, &a2, &moved.media_addr, 2),
+        "media flows through the new bridge"
+    );
+    assert!(flows(&a2, &a1, &moved.media_addr, 3), "both ways");
 
     // Routes and placements survive a restart of the control plane.
     let mut router = RouterClient::new(channel(&url).await);
@@ -300,7 +289,7 @@ async fn placement_failover_and_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(after.bridge_id, "eu-1");
+    assert_eq!(after.bridge_id, alive);
     assert_eq!(after.participants, ["a1", "a2"]);
     let mut router = RouterClient::new(channel(&url).await);
     let again = router
@@ -321,14 +310,10 @@ async fn placement_failover_and_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        after.bridge_id, "eu-1",
+        after.bridge_id, alive,
         "kept on its bridge across the restart"
     );
-    if alpha_on_b2 {
-        assert!(flows(&a2, &a1, &after.media_addr, 3));
-    } else {
-        assert!(flows(&a1, &a2, &after.media_addr, 3));
-    }
+    assert!(flows(&a1, &a2, &after.media_addr, 4));
 
     // The CLI, with JSON for machines.
     let out = Command::new(bin("ringbridge-control"))
@@ -338,7 +323,8 @@ async fn placement_failover_and_restart() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("\"conference\":\"alpha\"") && text.contains("\"bridge_id\":\"eu-1\""),
+        text.contains("\"conference\":\"alpha\"")
+            && text.contains(&format!("\"bridge_id\":\"{alive}\"")),
         "{text}"
     );
     let out = Command::new(bin("ringbridge-control"))
