@@ -105,10 +105,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Box::new(store),
     )?;
     let monitor = tokio::spawn(control.clone().monitor());
+    let mut metrics_addr = String::new();
     if let Some(m) = a.metrics {
         let l = tokio::net::TcpListener::bind(m)
             .await
             .with_context(|| format!("binding --metrics {m}"))?;
+        metrics_addr = format!(" metrics={}", l.local_addr()?);
         let c = control.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::spawn(ringbridge_dataplane::metrics::serve(
@@ -127,7 +129,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     println!(
-        "ringbridge-control ready listen={listen} shard={} data_dir={}",
+        "ringbridge-control ready listen={listen} shard={} data_dir={}{metrics_addr}",
         a.shard_id,
         a.data_dir.display()
     );

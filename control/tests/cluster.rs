@@ -84,6 +84,8 @@ fn control(data: &str, listen: &str) -> Proc {
         "ringbridge-control",
         &[
             "serve",
+            "--metrics",
+            "127.0.0.1:0",
             "--listen",
             listen,
             "--data-dir",
@@ -98,6 +100,8 @@ fn bridge(url: &str, id: &str, region: &str) -> Proc {
     Proc::start(
         "ringbridge",
         &[
+            "--metrics",
+            "127.0.0.1:0",
             "--engine",
             "mio",
             "--workers",
@@ -164,6 +168,17 @@ impl Party {
             remote_addr: self.sock.local_addr().unwrap().to_string(),
         }
     }
+}
+
+/// GETs Prometheus metrics from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }
 
 /// `from` sends a packet to `media`; `to` must receive it byte for byte (retrying while a new
@@ -235,6 +250,34 @@ async fn placement_failover_and_restart() {
 
     // Media flows through the placed bridge.
     assert!(flows(&a1, &a2, &ja.media_addr, 1));
+
+    // Metrics: the control plane's placements and bridges, the bridge's counters.
+    let m = scrape(&ctl.field("metrics"));
+    assert!(m.contains("ringbridge_control_participants 4"), "{m}");
+    assert!(
+        m.contains("ringbridge_control_bridges{state=\"up\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ringbridge_control_bridge_stress{bridge=\"us-1\"}"),
+        "{m}"
+    );
+    let host = if ja.bridge_id == "eu-1" {
+        &eu[0]
+    } else {
+        &eu[1]
+    };
+    let m = scrape(&host.field("metrics"));
+    assert!(m.contains("ringbridge_endpoints 2"), "{m}");
+    assert!(
+        m.contains("ringbridge_tx_packets_total ")
+            && !m.contains("ringbridge_tx_packets_total 0\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ringbridge_dropped_packets_total{reason=\"unknown_source\"} 0"),
+        "{m}"
+    );
 
     // Kill alpha's bridge: alpha moves to the other bridge of its region, which also hosts beta.
     let (dead, alive) = if ja.bridge_id == "eu-1" {

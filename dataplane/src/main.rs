@@ -114,10 +114,12 @@ fn main() -> anyhow::Result<()> {
                     };
                     tokio::spawn(agent.run(running.publisher()));
                 }
+                let mut metrics_addr = String::new();
                 if let Some(addr) = a.metrics {
                     let l = tokio::net::TcpListener::bind(addr)
                         .await
                         .with_context(|| format!("binding --metrics {addr}"))?;
+                    metrics_addr = format!(" metrics={}", l.local_addr()?);
                     let p = running.publisher();
                     tokio::spawn(metrics::serve(
                         l,
@@ -132,7 +134,7 @@ fn main() -> anyhow::Result<()> {
                     ));
                 }
                 println!(
-                    "ringbridge ready engine={} media={} api={} workers={}",
+                    "ringbridge ready engine={} media={} api={} workers={}{metrics_addr}",
                     running.engine, running.media, running.api, running.workers
                 );
                 running.serve(shutdown_signal()).await
