@@ -52,6 +52,8 @@ impl Agent {
         let mut client = RegistryClient::new(channel);
         let mut interval = Duration::from_secs(1);
         let mut registered = false;
+        // Log an unreachable control plane once, not every interval.
+        let mut failing = false;
         let mut last = (Instant::now(), total(&publisher));
         loop {
             if !registered {
@@ -90,9 +92,17 @@ impl Agent {
             };
             last = now;
             match client.report_load(report).await {
-                Ok(_) => {}
+                Ok(_) => failing = false,
                 Err(e) if e.code() == tonic::Code::NotFound => registered = false,
-                Err(e) => tracing::warn!("load report to {}: {}", self.control, e.message()),
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        "load report to {}: {} (retrying quietly)",
+                        self.control,
+                        e.message()
+                    );
+                }
+                Err(_) => {}
             }
         }
     }
