@@ -148,7 +148,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 },
             ),
     );
-    shutdown().await;
+    ringbridge_dataplane::bridge::shutdown_signal().await;
     // No failover decisions while stopping: bridges' reports are refused from here on.
     monitor.abort();
     control.flush().await;
@@ -157,13 +157,4 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Long-lived watch streams would hold a graceful stop open: give calls a moment, then go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     Ok(())
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -103,3 +103,14 @@ impl Running {
         r
     }
 }
+
+/// Resolves on Ctrl-C or SIGTERM (shared by the `ringbridge` and `ringbridge-control` binaries).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

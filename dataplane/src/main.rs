@@ -137,19 +137,9 @@ fn main() -> anyhow::Result<()> {
                     "ringbridge ready engine={} media={} api={} workers={}{metrics_addr}",
                     running.engine, running.media, running.api, running.workers
                 );
-                running.serve(shutdown_signal()).await
+                running.serve(bridge::shutdown_signal()).await
             }
             Some(Cmd::Demo { packets }) => demo::run(config, packets).await,
         }
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
