@@ -170,6 +170,29 @@ impl Party {
     }
 }
 
+async fn get(
+    focus: &mut FocusClient<Channel>,
+    conference: &str,
+) -> Result<pb::ConferencePlacement, tonic::Status> {
+    let req = pb::GetConferenceRequest {
+        conference: conference.into(),
+    };
+    focus
+        .get_conference(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn route_of(
+    router: &mut RouterClient<Channel>,
+    conference: &str,
+) -> Result<pb::RouteResponse, tonic::Status> {
+    let req = pb::RouteRequest {
+        conference: conference.into(),
+    };
+    router.route(req).await.map(tonic::Response::into_inner)
+}
+
 /// GETs Prometheus metrics from `addr`.
 fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
@@ -314,44 +337,20 @@ async fn placement_failover_and_restart() {
 
     // Routes and placements survive a restart of the control plane.
     let mut router = RouterClient::new(channel(&url).await);
-    let route = router
-        .route(pb::RouteRequest {
-            conference: "alpha".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let route = route_of(&mut router, "alpha").await.unwrap();
     ctl.stop();
     let ctl2 = control(&data, &listen);
     assert_eq!(ctl2.field("listen"), listen);
     let mut focus = FocusClient::new(channel(&url).await);
-    let after = focus
-        .get_conference(pb::GetConferenceRequest {
-            conference: "alpha".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get(&mut focus, "alpha").await.unwrap();
     assert_eq!(after.bridge_id, alive);
     assert_eq!(after.participants, ["a1", "a2"]);
     let mut router = RouterClient::new(channel(&url).await);
-    let again = router
-        .route(pb::RouteRequest {
-            conference: "alpha".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = route_of(&mut router, "alpha").await.unwrap();
     assert_eq!(again.shard_id, route.shard_id);
     // The surviving bridges re-register with the new instance and media still flows.
     wait_bridges(&url, 2).await;
-    let after = focus
-        .get_conference(pb::GetConferenceRequest {
-            conference: "alpha".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = get(&mut focus, "alpha").await.unwrap();
     assert_eq!(
         after.bridge_id, alive,
         "kept on its bridge across the restart"
@@ -387,12 +386,7 @@ async fn placement_failover_and_restart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let e = focus
-        .get_conference(pb::GetConferenceRequest {
-            conference: "uno".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = get(&mut focus, "uno").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -445,26 +439,11 @@ async fn router_errors_and_no_bridges() {
     }
     let mut got = Vec::new();
     for c in ["a", "b", "c", "d"] {
-        got.push(
-            router
-                .route(pb::RouteRequest {
-                    conference: c.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .shard_id,
-        );
+        got.push(route_of(&mut router, c).await.unwrap().shard_id);
     }
     assert_eq!(got, ["shard-0", "shard-1", "shard-2", "shard-0"]);
     for _ in 0..3 {
-        let r = router
-            .route(pb::RouteRequest {
-                conference: "b".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = route_of(&mut router, "b").await.unwrap();
         assert_eq!(r.shard_id, "shard-1");
     }
     // A shard taken out of rotation: its conferences go elsewhere.
@@ -476,13 +455,7 @@ async fn router_errors_and_no_bridges() {
         })
         .await
         .unwrap();
-    let r = router
-        .route(pb::RouteRequest {
-            conference: "b".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = route_of(&mut router, "b").await.unwrap();
     assert_ne!(r.shard_id, "shard-1");
     let _ = std::fs::remove_dir_all(&data);
 }
