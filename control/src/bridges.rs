@@ -1,7 +1,10 @@
 //! The bridge fleet and bridge selection. Bridges register, then report load periodically; a
-//! bridge that misses [`Fleet::missed_reports`] intervals is down. Selection follows Jicofo:
-//! never a down, shutting-down or draining bridge; prefer the participant's region; among
-//! candidates the lowest stress, corrected for participants placed since the last report.
+//! bridge that misses [`Fleet::missed_reports`] intervals is down. The control plane also probes
+//! each bridge's health with a deadline: a failed probe or a timed-out call makes a bridge
+//! *suspect* (no new conferences), [`Fleet::probe_failures_down`] failed probes in a row make it
+//! down. Selection follows Jicofo: never a down, suspect, shutting-down or draining bridge;
+//! prefer the participant's region; among candidates the lowest stress, corrected for
+//! participants placed since the last report.
 
 use std::collections::BTreeMap;
 
@@ -11,10 +14,23 @@ pub type BridgeId = String;
 /// How a bridge is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Health {
-    /// Reporting on time.
+    /// Reporting on time and answering.
     Up,
-    /// Missed its reports: its conferences must move.
+    /// A call or a health probe timed out or failed: takes nothing new until a probe succeeds.
+    Suspect,
+    /// Missed its reports or its probes: its conferences must move.
     Down,
+}
+
+impl Health {
+    /// As the API shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+        }
+    }
 }
 
 /// One bridge as the control plane sees it.
@@ -42,6 +58,39 @@ pub struct Bridge {
     pub last_report_ms: u64,
     /// Participants placed on it since that report.
     pub placed_since_report: u32,
+    /// Health probes failed in a row.
+    pub probe_failures: u32,
+    /// Why it is suspect or down (empty while up).
+    pub why: String,
+}
+
+impl Bridge {
+    /// A newly registered bridge.
+    pub fn new(id: &str, api_addr: &str, media_addr: &str, region: &str, capacity: f64) -> Self {
+        Self {
+            id: id.into(),
+            api_addr: api_addr.into(),
+            media_addr: media_addr.into(),
+            region: region.into(),
+            capacity,
+            stress: 0.0,
+            draining: false,
+            shutting_down: false,
+            health: Health::Up,
+            last_report_ms: 0,
+            placed_since_report: 0,
+            probe_failures: 0,
+            why: String::new(),
+        }
+    }
+
+    /// "up", "suspect", "down" or "draining", as the API shows it.
+    pub fn state(&self) -> &'static str {
+        match (self.health, self.draining) {
+            (Health::Up, true) => "draining",
+            (h, _) => h.name(),
+        }
+    }
 }
 
 /// Why no bridge can take a conference.
@@ -50,8 +99,8 @@ pub enum NoBridge {
     /// Nothing registered.
     #[error("no bridge is registered")]
     NoneRegistered,
-    /// All registered bridges are down.
-    #[error("all {0} registered bridges are down")]
+    /// All registered bridges are down or not answering.
+    #[error("all {0} registered bridges are down or not answering")]
     AllDown(usize),
     /// All live bridges drain or shut down.
     #[error("all {0} live bridges are draining or shutting down")]
@@ -117,6 +166,8 @@ pub struct Fleet {
     pub missed_reports: u64,
     /// Estimated packets/s one participant adds (used until the next report shows the load).
     pub per_participant_pps: f64,
+    /// Failed health probes in a row after which a bridge is down.
+    pub probe_failures_down: u32,
 }
 
 impl Fleet {
@@ -127,6 +178,7 @@ impl Fleet {
             report_interval_ms,
             missed_reports,
             per_participant_pps,
+            probe_failures_down: 2,
         }
     }
 
@@ -136,20 +188,66 @@ impl Fleet {
         b.health = Health::Up;
         b.last_report_ms = now_ms;
         b.placed_since_report = 0;
+        b.probe_failures = 0;
+        b.why.clear();
         self.bridges.insert(b.id.clone(), b).is_some()
     }
 
-    /// Records a load report. `false` for an unknown bridge (it must register again).
+    /// Records a load report. `false` for an unknown bridge, or one declared down: it must
+    /// register again (and then starts empty).
     pub fn report(&mut self, id: &str, stress: f64, draining: bool, now_ms: u64) -> bool {
-        let Some(b) = self.bridges.get_mut(id) else {
+        let Some(b) = self
+            .bridges
+            .get_mut(id)
+            .filter(|b| b.health != Health::Down)
+        else {
             return false;
         };
         b.stress = stress;
         b.draining = draining;
         b.last_report_ms = now_ms;
         b.placed_since_report = 0;
-        b.health = Health::Up;
         true
+    }
+
+    /// A call to `id` timed out or could not reach it: no new conferences until a probe
+    /// succeeds. Returns true if it was up.
+    pub fn suspect(&mut self, id: &str, why: &str) -> bool {
+        match self.bridges.get_mut(id) {
+            Some(b) if b.health == Health::Up => {
+                b.health = Health::Suspect;
+                b.why = why.into();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a health probe of `id`; returns the new health when it changed.
+    pub fn probe(&mut self, id: &str, result: Result<(), String>) -> Option<Health> {
+        let down_after = self.probe_failures_down.max(1);
+        let b = self.bridges.get_mut(id)?;
+        if b.health == Health::Down {
+            return None;
+        }
+        let before = b.health;
+        match result {
+            Ok(()) => {
+                b.probe_failures = 0;
+                b.health = Health::Up;
+                b.why.clear();
+            }
+            Err(why) => {
+                b.probe_failures += 1;
+                b.why = format!("health probe: {why}");
+                b.health = if b.probe_failures >= down_after {
+                    Health::Down
+                } else {
+                    Health::Suspect
+                };
+            }
+        }
+        (b.health != before).then_some(b.health)
     }
 
     /// Marks bridges that missed their reports as down; returns the ones that just went down.
@@ -157,8 +255,9 @@ impl Fleet {
         let limit = self.report_interval_ms * self.missed_reports;
         let mut down = Vec::new();
         for b in self.bridges.values_mut() {
-            if b.health == Health::Up && now_ms.saturating_sub(b.last_report_ms) > limit {
+            if b.health != Health::Down && now_ms.saturating_sub(b.last_report_ms) > limit {
                 b.health = Health::Down;
+                b.why = format!("no load report for {} ms", now_ms - b.last_report_ms);
                 down.push(b.id.clone());
             }
         }
@@ -238,19 +337,9 @@ mod tests {
     use super::*;
 
     fn bridge(id: &str, region: &str, stress: f64) -> Bridge {
-        Bridge {
-            id: id.into(),
-            api_addr: format!("{id}:1"),
-            media_addr: format!("{id}:2"),
-            region: region.into(),
-            capacity: 100.0,
-            stress,
-            draining: false,
-            shutting_down: false,
-            health: Health::Up,
-            last_report_ms: 0,
-            placed_since_report: 0,
-        }
+        let mut b = Bridge::new(id, &format!("{id}:1"), &format!("{id}:2"), region, 100.0);
+        b.stress = stress;
+        b
     }
 
     fn fleet() -> Fleet {
@@ -295,8 +384,32 @@ mod tests {
             Fleet::new(1, 1, 0.0).select(&s, "eu", &[]),
             Err(NoBridge::NoneRegistered)
         );
-        // A bridge that comes back starts up and empty.
+        // A down bridge's reports are refused: it must register again, and then starts up.
+        assert!(!f.report("b", 0.0, false, 3100));
         assert!(f.register(bridge("b", "eu", 0.0), 4000));
         assert_eq!(f.get("b").unwrap().health, Health::Up);
+    }
+
+    #[test]
+    fn suspect_on_a_failed_call_or_probe_down_after_repeated_probe_failures() {
+        let mut f = fleet();
+        let s = RegionThenLeastStress;
+        assert!(f.suspect("b", "call timed out"));
+        assert_eq!(f.get("b").unwrap().state(), "suspect");
+        assert_eq!(
+            f.select(&s, "eu", &[]).unwrap(),
+            "a",
+            "no new conference on a suspect"
+        );
+        assert_eq!(f.probe("b", Ok(())), Some(Health::Up));
+        assert_eq!(f.probe("b", Err("deadline".into())), Some(Health::Suspect));
+        assert_eq!(f.probe("b", Err("deadline".into())), Some(Health::Down));
+        assert!(f.get("b").unwrap().why.contains("deadline"));
+        assert_eq!(
+            f.probe("b", Ok(())),
+            None,
+            "down stays down until it registers"
+        );
+        assert_eq!(f.probe("zz", Ok(())), None);
     }
 }

@@ -28,6 +28,12 @@ pub enum Command {
         /// Participant address "ip:port" (empty: the bridge latches it).
         #[arg(long, default_value = "")]
         remote_addr: String,
+        /// SRTP profile (e.g. AEAD_AES_128_GCM); needs --srtp-key.
+        #[arg(long, requires = "srtp_key")]
+        srtp_profile: Option<String>,
+        /// The participant's SRTP master key + salt, hex. The bridge's key comes back.
+        #[arg(long, requires = "srtp_profile")]
+        srtp_key: Option<String>,
     },
     /// Remove a participant.
     Leave {
@@ -60,7 +66,18 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
             region,
             ssrcs,
             remote_addr,
+            srtp_profile,
+            srtp_key,
         } => {
+            let srtp = match (srtp_profile, srtp_key) {
+                (Some(profile), Some(key)) => Some(pb::SrtpParams {
+                    profile,
+                    endpoint_key: from_hex(&key)
+                        .ok_or_else(|| anyhow::anyhow!("--srtp-key: not hex"))?,
+                    bridge_key: Vec::new(),
+                }),
+                _ => None,
+            };
             let r = FocusClient::new(ch)
                 .join(pb::JoinRequest {
                     conference: conference.clone(),
@@ -68,15 +85,23 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                     region,
                     ssrcs,
                     remote_addr,
+                    srtp,
                 })
                 .await?
                 .into_inner();
-            let text = format!(
+            let mut text = format!(
                 "{participant} joined {conference} on bridge {}: send media to {}",
                 r.bridge_id, r.media_addr
             );
+            let bridge_key = r.srtp.as_ref().map(|s| to_hex(&s.bridge_key));
+            if let (Some(s), Some(k)) = (&r.srtp, &bridge_key) {
+                text += &format!(
+                    "\n  SRTP {}: media to you is protected with key {k}",
+                    s.profile
+                );
+            }
             (
-                json!({"bridge_id": r.bridge_id, "media_addr": r.media_addr}),
+                json!({"bridge_id": r.bridge_id, "media_addr": r.media_addr, "srtp_bridge_key": bridge_key}),
                 text,
             )
         }
@@ -159,4 +184,18 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
         println!("{}", out.1);
     }
     Ok(())
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -1,16 +1,25 @@
-//! ringbridge control plane, sans-IO parts (the gRPC services and the binary come with the
-//! control-plane issue):
+//! ringbridge control plane.
 //!
-//! - [`bridges`]: the bridge fleet as reported (health, drain, stress) and the pluggable
-//!   selection of a bridge for a new conference, Jicofo style.
-//! - [`router`]: sticky conference -> shard routes with round-robin for new conferences and
-//!   idle expiry, HAProxy stick-table style.
-//! - [`store`]: what must survive a restart, behind a trait, with an embedded file store.
+//! Sans-IO (time is an argument, every rule unit-tested):
+//! - [`focus`]: placements and the plans that change them (join, leave, failover), committed or
+//!   rolled back on the bridge calls' results; like Jicofo, without its I/O.
+//! - [`bridges`]: the bridge fleet as reported and probed (up, suspect, down, draining) and the
+//!   pluggable selection of a bridge.
+//! - [`router`]: sticky conference -> shard routes, HAProxy stick-table style.
+//! - [`store`]: what survives a restart, behind a trait; an append-only log with compaction.
 //!
-//! Time is an input (milliseconds), never read here, so every rule is unit-tested.
+//! I/O at the edges:
+//! - [`executor`]: runs plans against the bridges' gRPC APIs with a deadline per call.
+//! - [`service`]: the run-time glue: one short-held lock, per-conference serialization, the
+//!   monitor (ticks and health probes) and the store flusher.
+//! - [`api`]: the gRPC services; [`metrics`]: Prometheus; [`cli`]: the client commands.
 
+pub mod api;
 pub mod bridges;
 pub mod cli;
+pub mod executor;
+pub mod focus;
+pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod store;

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ringbridge_control::api::{FocusService, RegistryService, RouterService};
 use ringbridge_control::cli;
-use ringbridge_control::service::{Config, Control, FocusService, RegistryService, RouterService};
+use ringbridge_control::service::{Config, Control};
 use ringbridge_control::store::FileStore;
+use ringbridge_edge::ready::Ready;
 use ringbridge_proto::v1::focus_server::FocusServer;
 use ringbridge_proto::v1::registry_server::RegistryServer;
 use ringbridge_proto::v1::router_server::RouterServer;
@@ -64,6 +66,23 @@ struct ServeArgs {
     /// shows the real load (the stress correction for placements between reports).
     #[arg(long, default_value_t = 100.0)]
     participant_pps: f64,
+    /// Deadline of every call to a bridge's API, ms. A call that misses it makes the bridge
+    /// suspect (no new conferences) and fails the operation with UNAVAILABLE.
+    #[arg(long, default_value_t = 2000)]
+    bridge_timeout_ms: u64,
+    /// Interval between gRPC health probes of each bridge, ms.
+    #[arg(long, default_value_t = 250)]
+    probe_interval_ms: u64,
+    /// Deadline of a health probe, ms.
+    #[arg(long, default_value_t = 500)]
+    probe_timeout_ms: u64,
+    /// Failed health probes in a row after which a bridge is down and its conferences move.
+    #[arg(long, default_value_t = 2)]
+    probe_failures: u32,
+    /// Interval at which placement changes are appended to the store, ms; a crash (not a
+    /// shutdown) loses at most this much.
+    #[arg(long, default_value_t = 250)]
+    flush_interval_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,8 +110,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
     let listen = listener.local_addr()?;
-    let store = FileStore::new(&a.data_dir)
-        .with_context(|| format!("--data-dir {}", a.data_dir.display()))?;
+    let store = FileStore::new(&a.data_dir).with_context(|| {
+        format!(
+            "--data-dir {} must be a writable directory",
+            a.data_dir.display()
+        )
+    })?;
+    let (health, router) = ringbridge_edge::grpc::router()?;
     let control = Control::new(
         Config {
             shard_id: a.shard_id.clone(),
@@ -101,60 +125,67 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             missed_reports: a.missed_reports.max(1),
             route_ttl_ms: a.route_ttl_secs * 1000,
             per_participant_pps: a.participant_pps,
+            bridge_timeout_ms: a.bridge_timeout_ms.max(1),
+            probe_interval_ms: a.probe_interval_ms.max(10),
+            probe_timeout_ms: a.probe_timeout_ms.max(1),
+            probe_failures: a.probe_failures.max(1),
+            flush_interval_ms: a.flush_interval_ms.max(1),
         },
-        Box::new(store),
-    )?;
+        Arc::new(store),
+        health.clone(),
+    )
+    .with_context(|| format!("loading state from --data-dir {}", a.data_dir.display()))?;
     let monitor = tokio::spawn(control.clone().monitor());
-    let mut metrics_addr = String::new();
+    let flusher = tokio::spawn(control.clone().flusher());
+    let mut metrics_addr = None;
     if let Some(m) = a.metrics {
         let l = tokio::net::TcpListener::bind(m)
             .await
             .with_context(|| format!("binding --metrics {m}"))?;
-        metrics_addr = format!(" metrics={}", l.local_addr()?);
+        metrics_addr = Some(l.local_addr()?);
         let c = control.clone();
-        let handle = tokio::runtime::Handle::current();
-        tokio::spawn(ringbridge_dataplane::metrics::serve(
+        tokio::spawn(ringbridge_edge::metrics::serve(
             l,
-            Arc::new(move || tokio::task::block_in_place(|| handle.block_on(c.metrics()))),
+            Arc::new(move |r| ringbridge_control::metrics::render(&c, r)),
         ));
     }
-    let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<FocusServer<FocusService>>().await;
     health.set_serving::<RouterServer<RouterService>>().await;
     health
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ringbridge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     println!(
-        "ringbridge-control ready listen={listen} shard={} data_dir={}{metrics_addr}",
-        a.shard_id,
-        a.data_dir.display()
+        "{}",
+        Ready::new("ringbridge-control")
+            .field("listen", listen)
+            .field("shard", &a.shard_id)
+            .field("data_dir", a.data_dir.display())
+            .field_opt("metrics", metrics_addr)
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_svc)
-            .add_service(reflection)
+    let server = tokio::spawn(ringbridge_edge::grpc::serve(
+        router
             .add_service(FocusServer::new(FocusService(control.clone())))
             .add_service(RouterServer::new(RouterService(control.clone())))
-            .add_service(RegistryServer::new(RegistryService(control.clone())))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
-    ringbridge_dataplane::bridge::shutdown_signal().await;
-    // No failover decisions while stopping: bridges' reports are refused from here on.
+            .add_service(RegistryServer::new(RegistryService(control.clone()))),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    ringbridge_edge::shutdown::signal().await;
+    // No failover decisions while stopping.
     monitor.abort();
-    control.flush().await;
-    tracing::info!("state saved; stopping");
+    flusher.abort();
+    let saved = control.flush().await;
     let _ = stop_tx.send(());
     // Long-lived watch streams would hold a graceful stop open: give calls a moment, then go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
-    Ok(())
+    match saved {
+        Ok(()) => {
+            tracing::info!("state saved; stopped");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("stopping with unsaved state: {e}"),
+    }
 }

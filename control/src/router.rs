@@ -26,6 +26,11 @@ pub struct Route {
     pub last_used_ms: u64,
 }
 
+/// A route use worth persisting: a new route, or a use that moves the persisted last use on
+/// by more than a tenth of the TTL (so a busy route is not written on every use, and a restart
+/// shortens its idle time by at most that much).
+pub type Persist = Option<Route>;
+
 /// No healthy shard to route to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no healthy shard: {registered} registered")]
@@ -39,6 +44,8 @@ pub struct NoShard {
 pub struct Router {
     shards: BTreeMap<String, Shard>,
     routes: BTreeMap<String, Route>,
+    /// Last use of each route as last persisted.
+    persisted_ms: BTreeMap<String, u64>,
     next: usize,
     /// Idle time after which a route is forgotten, ms.
     pub ttl_ms: u64,
@@ -50,6 +57,7 @@ impl Router {
         Self {
             shards: BTreeMap::new(),
             routes: BTreeMap::new(),
+            persisted_ms: BTreeMap::new(),
             next: 0,
             ttl_ms,
         }
@@ -77,17 +85,28 @@ impl Router {
 
     /// Restores routes (from the store).
     pub fn restore(&mut self, routes: BTreeMap<String, Route>) {
+        self.persisted_ms = routes
+            .iter()
+            .map(|(c, r)| (c.clone(), r.last_used_ms))
+            .collect();
         self.routes = routes;
     }
 
-    /// Routes `conference` at `now_ms`.
-    pub fn route(&mut self, conference: &str, now_ms: u64) -> Result<Shard, NoShard> {
+    /// Routes `conference` at `now_ms`; also says whether the route must be persisted.
+    pub fn route(&mut self, conference: &str, now_ms: u64) -> Result<(Shard, Persist), NoShard> {
         if let Some(r) = self.routes.get_mut(conference)
             && now_ms.saturating_sub(r.last_used_ms) <= self.ttl_ms
             && let Some(s) = self.shards.get(&r.shard).filter(|s| s.healthy)
         {
             r.last_used_ms = now_ms;
-            return Ok(s.clone());
+            let logged = self.persisted_ms.entry(conference.into()).or_insert(0);
+            let persist = if now_ms.saturating_sub(*logged) > self.ttl_ms / 10 {
+                *logged = now_ms;
+                Some(r.clone())
+            } else {
+                None
+            };
+            return Ok((s.clone(), persist));
         }
         let healthy: Vec<&Shard> = self.shards.values().filter(|s| s.healthy).collect();
         if healthy.is_empty() {
@@ -97,23 +116,29 @@ impl Router {
         }
         let s = healthy[self.next % healthy.len()].clone();
         self.next = self.next.wrapping_add(1);
-        self.routes.insert(
-            conference.into(),
-            Route {
-                shard: s.id.clone(),
-                last_used_ms: now_ms,
-            },
-        );
-        Ok(s)
+        let route = Route {
+            shard: s.id.clone(),
+            last_used_ms: now_ms,
+        };
+        self.routes.insert(conference.into(), route.clone());
+        self.persisted_ms.insert(conference.into(), now_ms);
+        Ok((s, Some(route)))
     }
 
-    /// Forgets routes idle for longer than the TTL; returns how many.
-    pub fn expire(&mut self, now_ms: u64) -> usize {
-        let before = self.routes.len();
+    /// Forgets routes idle for longer than the TTL; returns their conferences.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
         let ttl = self.ttl_ms;
-        self.routes
-            .retain(|_, r| now_ms.saturating_sub(r.last_used_ms) <= ttl);
-        before - self.routes.len()
+        let gone: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| now_ms.saturating_sub(r.last_used_ms) > ttl)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in &gone {
+            self.routes.remove(c);
+            self.persisted_ms.remove(c);
+        }
+        gone
     }
 }
 
@@ -138,25 +163,29 @@ mod tests {
         let mut r = router();
         let ids: Vec<String> = ["a", "b", "c", "d"]
             .iter()
-            .map(|c| r.route(c, 0).unwrap().id)
+            .map(|c| r.route(c, 0).unwrap().0.id)
             .collect();
         assert_eq!(ids, ["s0", "s1", "s2", "s0"]);
         for _ in 0..3 {
-            assert_eq!(r.route("b", 10).unwrap().id, "s1");
+            assert_eq!(r.route("b", 10).unwrap().0.id, "s1");
         }
     }
 
     #[test]
     fn expiry_and_redispatch() {
         let mut r = router();
-        assert_eq!(r.route("a", 0).unwrap().id, "s0");
-        assert_eq!(r.route("a", 900).unwrap().id, "s0"); // refreshes last use
-        assert_eq!(r.expire(1800), 0);
-        assert_eq!(r.expire(1901), 1);
-        assert_eq!(r.route("a", 1902).unwrap().id, "s1"); // new route, next in turn
+        let (s, persist) = r.route("a", 0).unwrap();
+        assert_eq!((s.id.as_str(), persist.is_some()), ("s0", true));
+        // Refreshes last use; persisted only once it moved on by more than ttl/10.
+        assert_eq!(r.route("a", 50).unwrap().1, None);
+        let (s, persist) = r.route("a", 900).unwrap();
+        assert_eq!((s.id.as_str(), persist.unwrap().last_used_ms), ("s0", 900));
+        assert!(r.expire(1800).is_empty());
+        assert_eq!(r.expire(1901), ["a"]);
+        assert_eq!(r.route("a", 1902).unwrap().0.id, "s1"); // new route, next in turn
         assert!(r.remove_shard("s1"));
         // Its shard is gone: dispatched again, round-robin over the remaining s0, s2.
-        assert_eq!(r.route("a", 1903).unwrap().id, "s0");
+        assert_eq!(r.route("a", 1903).unwrap().0.id, "s0");
         for s in ["s0", "s2"] {
             r.register_shard(Shard {
                 id: s.into(),
@@ -164,6 +193,6 @@ mod tests {
                 healthy: false,
             });
         }
-        assert_eq!(r.route("z", 1904), Err(NoShard { registered: 2 }));
+        assert_eq!(r.route("z", 1904).unwrap_err(), NoShard { registered: 2 });
     }
 }

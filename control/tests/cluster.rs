@@ -3,229 +3,17 @@
 //! bridge process dies (announced on WatchConference, media flows again), state surviving a
 //! control restart, the router, the CLI, and errors.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use ringbridge_dataplane::testkit;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::registry_client::RegistryClient;
 use ringbridge_proto::v1::router_client::RouterClient;
 use tonic::Code;
-use tonic::transport::Channel;
-
-/// Report interval the test control plane asks for (down after 3 missed = 600 ms).
-const INTERVAL_MS: u64 = 200;
-
-fn bin(name: &str) -> PathBuf {
-    if name == "ringbridge-control" {
-        return env!("CARGO_BIN_EXE_ringbridge-control").into();
-    }
-    // Other packages' binaries live in the same target directory.
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ringbridge-control"));
-    let p = dir.parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: build the workspace (make test does)",
-        p.display()
-    );
-    p
-}
-
-struct Proc {
-    child: Child,
-    line: String,
-}
-
-impl Proc {
-    fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(bin(name))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Proc { child, line }
-    }
-
-    fn field(&self, k: &str) -> String {
-        self.line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("no {k}= in {:?}", self.line))
-            .to_string()
-    }
-
-    fn stop(&mut self) {
-        // SIGTERM lets the control plane save its state; bridges just die.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn control(data: &str, listen: &str) -> Proc {
-    Proc::start(
-        "ringbridge-control",
-        &[
-            "serve",
-            "--metrics",
-            "127.0.0.1:0",
-            "--listen",
-            listen,
-            "--data-dir",
-            data,
-            "--report-interval-ms",
-            &INTERVAL_MS.to_string(),
-        ],
-    )
-}
-
-fn bridge(url: &str, id: &str, region: &str) -> Proc {
-    Proc::start(
-        "ringbridge",
-        &[
-            "--metrics",
-            "127.0.0.1:0",
-            "--engine",
-            "mio",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--media",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--control",
-            url,
-            "--bridge-id",
-            id,
-            "--region",
-            region,
-        ],
-    )
-}
-
-async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn wait_bridges(url: &str, up: usize) {
-    let mut reg = RegistryClient::new(channel(url).await);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = reg
-            .list_bridges(pb::ListBridgesRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if l.bridges.iter().filter(|b| b.state == "up").count() == up {
-            return;
-        }
-        assert!(Instant::now() < deadline, "bridges never came up: {l:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-struct Party {
-    sock: UdpSocket,
-    ssrc: u32,
-}
-
-impl Party {
-    fn new(ssrc: u32) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        Party { sock, ssrc }
-    }
-
-    fn join(&self, conference: &str, id: &str, region: &str) -> pb::JoinRequest {
-        pb::JoinRequest {
-            conference: conference.into(),
-            participant_id: id.into(),
-            region: region.into(),
-            ssrcs: vec![self.ssrc],
-            remote_addr: self.sock.local_addr().unwrap().to_string(),
-        }
-    }
-}
-
-async fn get(
-    focus: &mut FocusClient<Channel>,
-    conference: &str,
-) -> Result<pb::ConferencePlacement, tonic::Status> {
-    let req = pb::GetConferenceRequest {
-        conference: conference.into(),
-    };
-    focus
-        .get_conference(req)
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn route_of(
-    router: &mut RouterClient<Channel>,
-    conference: &str,
-) -> Result<pb::RouteResponse, tonic::Status> {
-    let req = pb::RouteRequest {
-        conference: conference.into(),
-    };
-    router.route(req).await.map(tonic::Response::into_inner)
-}
-
-/// GETs Prometheus metrics from `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// `from` sends a packet to `media`; `to` must receive it byte for byte (retrying while a new
-/// bridge is being programmed).
-fn flows(from: &Party, to: &Party, media: &str, seq: u16) -> bool {
-    let media: SocketAddr = media.parse().unwrap();
-    let pkt = testkit::rtp(from.ssrc, seq, 0, b"through the placed bridge");
-    let mut buf = [0u8; 2048];
-    for _ in 0..10 {
-        from.sock.send_to(&pkt, media).unwrap();
-        if let Ok(n) = to.sock.recv(&mut buf)
-            && buf[..n] == pkt[..]
-        {
-            return true;
-        }
-    }
-    false
-}
-
-fn data_dir(tag: &str) -> String {
-    let d = std::env::temp_dir().join(format!("ringbridge-control-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d.to_string_lossy().into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_failover_and_restart() {
@@ -276,9 +64,9 @@ async fn placement_failover_and_restart() {
 
     // Metrics: the control plane's placements and bridges, the bridge's counters.
     let m = scrape(&ctl.field("metrics"));
-    assert!(m.contains("ringbridge_control_participants 4"), "{m}");
+    assert!(m.contains("ringbridge_control_participants 4.0"), "{m}");
     assert!(
-        m.contains("ringbridge_control_bridges{state=\"up\"} 3"),
+        m.contains("ringbridge_control_bridges{state=\"up\"} 3.0"),
         "{m}"
     );
     assert!(
@@ -291,14 +79,14 @@ async fn placement_failover_and_restart() {
         &eu[1]
     };
     let m = scrape(&host.field("metrics"));
-    assert!(m.contains("ringbridge_endpoints 2"), "{m}");
+    assert!(m.contains("ringbridge_endpoints 2.0"), "{m}");
     assert!(
         m.contains("ringbridge_tx_packets_total ")
             && !m.contains("ringbridge_tx_packets_total 0\n"),
         "{m}"
     );
     assert!(
-        m.contains("ringbridge_dropped_packets_total{reason=\"unknown_source\"} 0"),
+        m.contains("ringbridge_dropped_packets{reason=\"unknown_source\"} 0.0"),
         "{m}"
     );
 
@@ -308,13 +96,7 @@ async fn placement_failover_and_restart() {
     } else {
         (1, "eu-1")
     };
-    let mut watch = focus
-        .watch_conference(pb::WatchConferenceRequest {
-            conference: "alpha".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch(&mut focus, "alpha").await;
     let current = watch.message().await.unwrap().unwrap();
     assert_eq!(
         (current.bridge_id.as_str(), current.reason.as_str()),

@@ -213,20 +213,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (health, health_svc) = tonic_health::server::health_reporter();
+    let (health, router) = ringbridge_edge::grpc::router()?;
     health.set_serving::<BridgeServer<BridgeService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ringbridge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tonic::transport::Server::builder()
-        .add_service(health_svc)
-        .add_service(reflection)
-        .add_service(BridgeServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+    ringbridge_edge::grpc::serve(
+        router.add_service(BridgeServer::new(service)),
+        listener,
+        shutdown,
+    )
+    .await
 }

@@ -34,6 +34,8 @@ pub struct Running {
     pub media: SocketAddr,
     /// Bound API address.
     pub api: SocketAddr,
+    /// The media address announced to endpoints and the control plane (computed once, here).
+    pub advertise: SocketAddr,
     /// Number of workers.
     pub workers: usize,
     listener: tokio::net::TcpListener,
@@ -80,6 +82,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine: started.kind.name(),
         media: started.media,
         api,
+        advertise,
         workers,
         listener,
         service,
@@ -102,15 +105,4 @@ impl Running {
         self.publisher.shutdown();
         r
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM (shared by the `ringbridge` and `ringbridge-control` binaries).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -46,7 +46,7 @@ const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 /// Runs the demo; `packets` RTP packets per participant.
 pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
     let running = bridge::start(config).await?;
-    let (engine, api, media) = (running.engine, running.api, running.media);
+    let (engine, api, media) = (running.engine, running.api, running.advertise);
     println!(
         "bridge: engine={engine} media={media} api={api} workers={}",
         running.workers

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ringbridge_dataplane::core::Counters;
 use ringbridge_dataplane::engine::Choice;
 use ringbridge_dataplane::{agent, bridge, demo, metrics};
+use ringbridge_edge::ready::Ready;
 use tracing_subscriber::EnvFilter;
 
 /// ringbridge: a thread-per-core RTP/RTCP forwarder (SFU data plane) programmed over gRPC.
@@ -110,34 +111,40 @@ fn main() -> anyhow::Result<()> {
                         region: a.region,
                         capacity_pps: a.capacity_pps,
                         api_addr: running.api.to_string(),
-                        media_addr: a.advertise.unwrap_or(running.media).to_string(),
+                        media_addr: running.advertise.to_string(),
                     };
                     tokio::spawn(agent.run(running.publisher()));
                 }
-                let mut metrics_addr = String::new();
+                let mut metrics_addr = None;
                 if let Some(addr) = a.metrics {
                     let l = tokio::net::TcpListener::bind(addr)
                         .await
                         .with_context(|| format!("binding --metrics {addr}"))?;
-                    metrics_addr = format!(" metrics={}", l.local_addr()?);
+                    metrics_addr = Some(l.local_addr()?);
                     let p = running.publisher();
-                    tokio::spawn(metrics::serve(
+                    tokio::spawn(ringbridge_edge::metrics::serve(
                         l,
-                        std::sync::Arc::new(move || {
+                        std::sync::Arc::new(move |r| {
                             let mut t = Counters::default();
                             for c in p.worker_counters() {
                                 t += c;
                             }
                             let (c, e) = p.read(|s| (s.conferences(), s.endpoints()));
-                            metrics::bridge(&t, c, e)
+                            metrics::bridge(r, &t, c, e)
                         }),
                     ));
                 }
                 println!(
-                    "ringbridge ready engine={} media={} api={} workers={}{metrics_addr}",
-                    running.engine, running.media, running.api, running.workers
+                    "{}",
+                    Ready::new("ringbridge")
+                        .field("engine", running.engine)
+                        .field("media", running.media)
+                        .field("api", running.api)
+                        .field("advertise", running.advertise)
+                        .field("workers", running.workers)
+                        .field_opt("metrics", metrics_addr)
                 );
-                running.serve(bridge::shutdown_signal()).await
+                running.serve(ringbridge_edge::shutdown::signal()).await
             }
             Some(Cmd::Demo { packets }) => demo::run(config, packets).await,
         }

@@ -29,11 +29,11 @@ struct Cli {
     /// Bridges to start.
     #[arg(long, default_value_t = 3)]
     bridges: u32,
-    /// Joins measured after the fill (10 per new conference).
+    /// Joins measured after the fill (into new conferences of `--participants` each).
     #[arg(long, default_value_t = 2_000)]
     probe: u32,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 8)]
+    /// Concurrent clients (each works on its own conferences).
+    #[arg(long, default_value_t = 16)]
     concurrency: u32,
 }
 
@@ -64,8 +64,10 @@ fn field(line: &str, k: &str) -> String {
         .to_string()
 }
 
-/// Joins participants `range` (global numbering, `per` per conference) with `clients` tasks;
-/// returns the latency histogram (µs) and the elapsed time.
+/// Joins every participant of conferences `range` (`per` each) with `clients` tasks. Client k
+/// takes conferences k, k + clients, ... and joins each one's participants in turn, so the
+/// concurrent joins go to different conferences (joins to one conference are serialized by the
+/// focus, as they must be). Returns the latency histogram (µs) and the elapsed time.
 async fn joins(
     url: &str,
     range: std::ops::Range<u32>,
@@ -80,19 +82,23 @@ async fn joins(
         let range = range.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            for n in range.filter(|n| n % clients == k) {
-                let t = Instant::now();
-                let ip = [127, (n >> 16) as u8, (n >> 8) as u8, n as u8];
-                focus
-                    .join(pb::JoinRequest {
-                        conference: format!("conf-{}", n / per),
-                        participant_id: format!("p{n}"),
-                        region: String::new(),
-                        ssrcs: vec![n + 1],
-                        remote_addr: format!("{}.{}.{}.{}:5000", ip[0], ip[1], ip[2], ip[3]),
-                    })
-                    .await?;
-                h.record(t.elapsed().as_micros() as u64)?;
+            for conf in range.filter(|c| c % clients == k) {
+                for i in 0..per {
+                    let n = conf * per + i;
+                    let t = Instant::now();
+                    let ip = [127, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+                    focus
+                        .join(pb::JoinRequest {
+                            conference: format!("conf-{conf}"),
+                            participant_id: format!("p{n}"),
+                            region: String::new(),
+                            ssrcs: vec![n + 1],
+                            remote_addr: format!("{}.{}.{}.{}:5000", ip[0], ip[1], ip[2], ip[3]),
+                            srtp: None,
+                        })
+                        .await?;
+                    h.record(t.elapsed().as_micros() as u64)?;
+                }
             }
             anyhow::Ok(h)
         }));
@@ -156,10 +162,11 @@ async fn main() -> anyhow::Result<()> {
         "filling {} conferences x {} participants on {} bridges ...",
         cli.conferences, cli.participants, cli.bridges
     );
-    let (hf, tf) = joins(&url, 0..fill, cli.participants, cli.concurrency).await?;
+    let (hf, tf) = joins(&url, 0..cli.conferences, cli.participants, cli.concurrency).await?;
+    let probe_confs = cli.probe.div_ceil(cli.participants);
     let (hp, tp) = joins(
         &url,
-        fill..fill + cli.probe,
+        cli.conferences..cli.conferences + probe_confs,
         cli.participants,
         cli.concurrency,
     )

@@ -38,12 +38,7 @@ impl Profile {
 
     /// The SDES crypto-suite name (also accepted: the DTLS-SRTP names).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
-            Self::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
-            Self::AeadAes128Gcm => "AEAD_AES_128_GCM",
-            Self::AeadAes256Gcm => "AEAD_AES_256_GCM",
-        }
+        self.row().0
     }
 
     /// Parses a crypto-suite name.
@@ -61,17 +56,19 @@ impl Profile {
         })
     }
 
+    /// This profile's row of the API's profile table (same order as [`Profile::ALL`]).
+    fn row(self) -> (&'static str, usize, usize) {
+        ringbridge_proto::srtp::PROFILES[self as usize]
+    }
+
     /// Master key length in bytes.
     pub fn key_len(self) -> usize {
-        match self {
-            Self::AeadAes256Gcm => 32,
-            _ => 16,
-        }
+        self.row().1
     }
 
     /// Master salt length in bytes.
     pub fn salt_len(self) -> usize {
-        if self.is_aead() { 12 } else { 14 }
+        self.row().2
     }
 
     /// True for the GCM profiles.

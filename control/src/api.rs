@@ -1,0 +1,328 @@
+//! The control plane's gRPC services (Focus, Router, Registry): thin adapters that validate
+//! and convert requests, submit them to the [`Control`], and map results to statuses.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::focus_server::Focus;
+use ringbridge_proto::v1::registry_server::Registry;
+use ringbridge_proto::v1::router_server::Router as RouterApi;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::bridges::Bridge;
+use crate::focus::{Done, JoinRequest, MAX_ID_LEN, SrtpOffer};
+use crate::router::Shard;
+use crate::service::{Control, now_ms, placement_msg, status};
+use crate::store::Change;
+
+fn need(field: &str, v: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {} bytes, longer than the limit of {MAX_ID_LEN}",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
+fn addr(field: &str, v: &str) -> Result<(), Status> {
+    need(field, v)?;
+    v.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| Status::invalid_argument(format!("{field}: not an ip:port address")))
+}
+
+/// The Focus service.
+pub struct FocusService(pub Arc<Control>);
+
+#[tonic::async_trait]
+impl Focus for FocusService {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = req.into_inner();
+        let c = &self.0;
+        c.check_store()?;
+        let join = JoinRequest {
+            conference: r.conference,
+            participant_id: r.participant_id,
+            region: r.region,
+            ssrcs: r.ssrcs,
+            remote_addr: r.remote_addr,
+            srtp: r.srtp.map(|s| SrtpOffer {
+                profile: s.profile,
+                endpoint_key: s.endpoint_key,
+                bridge_key: s.bridge_key,
+            }),
+        };
+        let conference = join.conference.clone();
+        let plan = c
+            .submit(&conference, |f, now| f.join(join.clone(), now))
+            .await?;
+        match c.run(plan).await.result.map_err(status)? {
+            Done::Joined {
+                bridge,
+                media_addr,
+                srtp,
+            } => {
+                c.placements_total.fetch_add(1, Relaxed);
+                Ok(Response::new(pb::JoinResponse {
+                    bridge_id: bridge,
+                    media_addr,
+                    srtp: srtp.map(|k| pb::SrtpParams {
+                        profile: k.profile,
+                        endpoint_key: Vec::new(),
+                        bridge_key: k.bridge_key,
+                    }),
+                }))
+            }
+            other => Err(Status::internal(format!("join completed as {other:?}"))),
+        }
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let r = req.into_inner();
+        let c = &self.0;
+        c.check_store()?;
+        let plan = c
+            .submit(&r.conference, |f, _| {
+                f.leave(&r.conference, &r.participant_id)
+            })
+            .await?;
+        c.run(plan).await.result.map_err(status)?;
+        Ok(Response::new(pb::LeaveResponse {}))
+    }
+
+    async fn get_conference(
+        &self,
+        req: Request<pb::GetConferenceRequest>,
+    ) -> Result<Response<pb::ConferencePlacement>, Status> {
+        let conf = req.into_inner().conference;
+        need("conference", &conf)?;
+        let p = self.0.lock().focus.placement(&conf, "current");
+        p.map(|a| Response::new(placement_msg(a)))
+            .ok_or_else(|| Status::not_found("conference: not found"))
+    }
+
+    async fn list_placements(
+        &self,
+        _req: Request<pb::ListPlacementsRequest>,
+    ) -> Result<Response<pb::ListPlacementsResponse>, Status> {
+        let core = self.0.lock();
+        let conferences = core
+            .focus
+            .conferences()
+            .keys()
+            .filter_map(|c| core.focus.placement(c, "current"))
+            .map(placement_msg)
+            .collect();
+        Ok(Response::new(pb::ListPlacementsResponse { conferences }))
+    }
+
+    type WatchConferenceStream = ReceiverStream<Result<pb::ConferencePlacement, Status>>;
+
+    async fn watch_conference(
+        &self,
+        req: Request<pb::WatchConferenceRequest>,
+    ) -> Result<Response<Self::WatchConferenceStream>, Status> {
+        let conf = req.into_inner().conference;
+        need("conference", &conf)?;
+        let mut events = self.0.subscribe();
+        let current = self.0.lock().focus.placement(&conf, "current");
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if let Some(c) = current
+                && tx.send(Ok(placement_msg(c))).await.is_err()
+            {
+                return;
+            }
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.conference == conf => {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(conference = %conf, "watcher lagged; {n} events skipped")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The Router service.
+pub struct RouterService(pub Arc<Control>);
+
+#[tonic::async_trait]
+impl RouterApi for RouterService {
+    async fn route(
+        &self,
+        req: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
+        let conference = req.into_inner().conference;
+        need("conference", &conference)?;
+        self.0.check_store()?;
+        let mut core = self.0.lock();
+        let (s, persist) = core
+            .router
+            .route(&conference, now_ms())
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(route) = persist {
+            core.focus.record(Change::Routed { conference, route });
+        }
+        Ok(Response::new(pb::RouteResponse {
+            shard_id: s.id,
+            shard_addr: s.addr,
+        }))
+    }
+
+    async fn register_shard(
+        &self,
+        req: Request<pb::RegisterShardRequest>,
+    ) -> Result<Response<pb::RegisterShardResponse>, Status> {
+        let r = req.into_inner();
+        need("shard_id", &r.shard_id)?;
+        need("addr", &r.addr)?;
+        self.0.lock().router.register_shard(Shard {
+            id: r.shard_id,
+            addr: r.addr,
+            healthy: r.healthy,
+        });
+        Ok(Response::new(pb::RegisterShardResponse {}))
+    }
+
+    async fn list_shards(
+        &self,
+        _req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let core = self.0.lock();
+        let shards = core
+            .router
+            .shards()
+            .map(|s| pb::ShardInfo {
+                shard_id: s.id.clone(),
+                addr: s.addr.clone(),
+                healthy: s.healthy,
+            })
+            .collect();
+        Ok(Response::new(pb::ListShardsResponse { shards }))
+    }
+}
+
+/// The Registry service.
+pub struct RegistryService(pub Arc<Control>);
+
+/// Largest capacity a bridge may announce, packets/s.
+const MAX_CAPACITY_PPS: f64 = 1e13;
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register_bridge(
+        &self,
+        req: Request<pb::RegisterBridgeRequest>,
+    ) -> Result<Response<pb::RegisterBridgeResponse>, Status> {
+        let r = req.into_inner();
+        need("bridge_id", &r.bridge_id)?;
+        addr("api_addr", &r.api_addr)?;
+        addr("media_addr", &r.media_addr)?;
+        if r.region.len() > MAX_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "region: longer than the limit of {MAX_ID_LEN} bytes"
+            )));
+        }
+        if !(r.capacity_pps.is_finite() && (1.0..=MAX_CAPACITY_PPS).contains(&r.capacity_pps)) {
+            return Err(Status::invalid_argument(format!(
+                "capacity_pps: must be a number of packets/s from 1 to {MAX_CAPACITY_PPS:e}"
+            )));
+        }
+        let c = &self.0;
+        let b = Bridge::new(
+            &r.bridge_id,
+            &r.api_addr,
+            &r.media_addr,
+            &r.region,
+            r.capacity_pps,
+        );
+        let plans = c.lock().focus.register(b, now_ms()).map_err(status)?;
+        tracing::info!(bridge = %r.bridge_id, api = %r.api_addr, "bridge registered");
+        c.spawn(plans);
+        Ok(Response::new(pb::RegisterBridgeResponse {
+            report_interval_ms: c.cfg.report_interval_ms,
+        }))
+    }
+
+    async fn report_load(
+        &self,
+        req: Request<pb::LoadReport>,
+    ) -> Result<Response<pb::LoadReportResponse>, Status> {
+        let r = req.into_inner();
+        need("bridge_id", &r.bridge_id)?;
+        for (field, v) in [
+            ("stress", r.stress),
+            ("rx_pps", r.rx_pps),
+            ("tx_pps", r.tx_pps),
+            ("rx_bps", r.rx_bps),
+            ("tx_bps", r.tx_bps),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: must be a finite number >= 0"
+                )));
+            }
+        }
+        let known = self
+            .0
+            .lock()
+            .focus
+            .report(&r.bridge_id, r.stress, r.draining, now_ms());
+        if !known {
+            return Err(Status::not_found(
+                "bridge_id: not registered (or declared down); register again",
+            ));
+        }
+        Ok(Response::new(pb::LoadReportResponse {}))
+    }
+
+    async fn list_bridges(
+        &self,
+        _req: Request<pb::ListBridgesRequest>,
+    ) -> Result<Response<pb::ListBridgesResponse>, Status> {
+        let core = self.0.lock();
+        let mut per_bridge = std::collections::HashMap::<&str, u32>::new();
+        for p in core.focus.conferences().values() {
+            *per_bridge.entry(p.bridge.as_str()).or_default() += 1;
+        }
+        let bridges = core
+            .focus
+            .fleet()
+            .iter()
+            .map(|b| pb::BridgeInfo {
+                bridge_id: b.id.clone(),
+                region: b.region.clone(),
+                api_addr: b.api_addr.clone(),
+                media_addr: b.media_addr.clone(),
+                state: b.state().into(),
+                stress: b.stress,
+                conferences: per_bridge.get(b.id.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::ListBridgesResponse { bridges }))
+    }
+}

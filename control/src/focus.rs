@@ -1,0 +1,1421 @@
+//! The focus, sans-IO: it owns the conference placements and its view of the bridge fleet, and
+//! decides. Time comes in as an argument, randomness (SRTP keys) through an injected source; it
+//! owns no socket and spawns nothing, so every rule is unit-tested in virtual time.
+//!
+//! An operation ([`Focus::join`], [`Focus::leave`], a failover move from [`Focus::tick`]) returns
+//! a [`Plan`]: the bridge calls to make, in order. The executor runs them (with a deadline each,
+//! stopping at the first failure) and hands the results to [`Focus::complete`], which commits the
+//! placement change or rolls it back, possibly with a cleanup plan that removes exactly what the
+//! failed operation added. Operations on one conference are serialized (a second one gets
+//! [`FocusError::Busy`] until the first completes); different conferences proceed in parallel.
+//! Committed changes come out as [`Change`]s for the store and [`Announcement`]s for watchers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::bridges::{Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
+use crate::store::{Change, Participant, Placement, Snapshot, SrtpKeys};
+
+/// Identifies an operation in flight.
+pub type OpId = u64;
+
+/// Longest conference, participant or bridge id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Most SSRCs one participant may declare.
+pub const MAX_SSRCS: usize = 64;
+
+/// One call to a bridge's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// CreateConference; an existing conference counts as done ([`Applied::AlreadyThere`]).
+    Create {
+        /// Conference.
+        conference: String,
+    },
+    /// AddEndpoint. With `if_absent`, an existing endpoint counts as done (re-programming a
+    /// bridge that may still hold it); without, it is a failure.
+    Add {
+        /// Conference.
+        conference: String,
+        /// Endpoint (participant) id.
+        endpoint: String,
+        /// What to program.
+        participant: Participant,
+        /// Whether an existing endpoint counts as done.
+        if_absent: bool,
+    },
+    /// RemoveEndpoint; a missing endpoint counts as done.
+    Remove {
+        /// Conference.
+        conference: String,
+        /// Endpoint id.
+        endpoint: String,
+    },
+    /// DeleteConference; a missing conference counts as done.
+    Delete {
+        /// Conference.
+        conference: String,
+    },
+}
+
+/// A call addressed to one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeCall {
+    /// The bridge.
+    pub bridge: BridgeId,
+    /// Its API address when the plan was made.
+    pub api_addr: String,
+    /// What to do.
+    pub call: Call,
+}
+
+/// Calls to make for one operation, in order; the executor stops at the first failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The operation to complete with the results.
+    pub op: OpId,
+    /// The calls.
+    pub calls: Vec<BridgeCall>,
+}
+
+/// A call that did what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Done by this call.
+    Done,
+    /// Already the case (see [`Call`] for which calls accept this).
+    AlreadyThere,
+}
+
+/// A call that failed, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The bridge refused the request (INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// ALREADY_EXISTS where that is a conflict.
+    #[error("{0}")]
+    Exists(String),
+    /// NOT_FOUND where that is a failure.
+    #[error("{0}")]
+    NotFound(String),
+    /// The bridge could not be reached, or failed internally.
+    #[error("unreachable: {0}")]
+    Unavailable(String),
+    /// No answer within the deadline.
+    #[error("no answer within {deadline_ms} ms")]
+    Timeout {
+        /// The deadline, ms.
+        deadline_ms: u64,
+    },
+}
+
+impl CallError {
+    /// Whether the failure says something about the bridge (rather than about the request).
+    fn blames_bridge(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Timeout { .. })
+    }
+}
+
+/// What the executor reports for a plan: one result per call it made, in order.
+pub type CallResult = Result<Applied, CallError>;
+
+/// Why an operation was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FocusError {
+    /// A request field is invalid (INVALID_ARGUMENT).
+    #[error("{field}: {why}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// ALREADY_EXISTS.
+    #[error("{0}")]
+    Exists(String),
+    /// NOT_FOUND.
+    #[error("{0}")]
+    NotFound(String),
+    /// Another operation on the conference is in flight; retry when it completes.
+    #[error("conference {0:?} has an operation in flight")]
+    Busy(String),
+    /// No bridge can take it (UNAVAILABLE).
+    #[error("no bridge available: {0}")]
+    NoBridge(#[from] NoBridge),
+    /// The conference's bridge is not answering (UNAVAILABLE).
+    #[error(
+        "bridge {bridge} is {state} ({why}); conference {conference:?} will be moved, retry shortly"
+    )]
+    BridgeUnavailable {
+        /// Conference.
+        conference: String,
+        /// Its bridge.
+        bridge: BridgeId,
+        /// "suspect" or "down".
+        state: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// A bridge call failed (mapped from the bridge's status; timeouts name the deadline).
+    #[error("bridge {bridge}: {error}")]
+    Bridge {
+        /// The bridge.
+        bridge: BridgeId,
+        /// What happened.
+        error: CallError,
+    },
+}
+
+/// SRTP as a participant offers it in a Join: its profile and its own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpOffer {
+    /// Profile name.
+    pub profile: String,
+    /// Master key + salt the participant protects with.
+    pub endpoint_key: Vec<u8>,
+    /// Must be empty: the focus chooses the bridge's key.
+    pub bridge_key: Vec<u8>,
+}
+
+/// A Join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// Conference.
+    pub conference: String,
+    /// Participant id.
+    pub participant_id: String,
+    /// Preferred region.
+    pub region: String,
+    /// SSRCs it sends.
+    pub ssrcs: Vec<u32>,
+    /// "ip:port" or empty to latch.
+    pub remote_addr: String,
+    /// SRTP offer, or plain.
+    pub srtp: Option<SrtpOffer>,
+}
+
+/// What a committed operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// A participant is in.
+    Joined {
+        /// Its bridge.
+        bridge: BridgeId,
+        /// Where it sends media.
+        media_addr: String,
+        /// Its SRTP keys (with the bridge's key the focus generated).
+        srtp: Option<SrtpKeys>,
+    },
+    /// A participant is out.
+    Left,
+    /// A conference moved.
+    Moved {
+        /// Old bridge.
+        from: BridgeId,
+        /// New bridge.
+        to: BridgeId,
+    },
+    /// A cleanup ran (its failures are only logged).
+    CleanedUp,
+}
+
+/// The result of [`Focus::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// Committed, or why not.
+    pub result: Result<Done, FocusError>,
+    /// Calls that undo what a failed operation added, or tidy an old bridge after a move.
+    pub cleanup: Option<Plan>,
+}
+
+/// A placement to announce on `WatchConference`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// Conference.
+    pub conference: String,
+    /// Its bridge.
+    pub bridge: BridgeId,
+    /// The bridge's media address.
+    pub media_addr: String,
+    /// Participant ids.
+    pub participants: Vec<String>,
+    /// "current", "placed", "failover" or "ended".
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
+enum Op {
+    Join {
+        conference: String,
+        participant_id: String,
+        participant: Participant,
+        bridge: BridgeId,
+        created: bool,
+    },
+    Leave {
+        conference: String,
+        participant_id: String,
+        bridge: BridgeId,
+    },
+    Move {
+        conference: String,
+        from: BridgeId,
+        to: BridgeId,
+    },
+    Cleanup,
+}
+
+/// Settings of the focus.
+#[derive(Debug, Clone)]
+pub struct FocusConfig {
+    /// Interval bridges report at, ms.
+    pub report_interval_ms: u64,
+    /// Reports a bridge may miss before it is down.
+    pub missed_reports: u64,
+    /// Failed health probes in a row before a bridge is down.
+    pub probe_failures_down: u32,
+    /// Packets/s one participant adds until the next report shows it.
+    pub per_participant_pps: f64,
+}
+
+/// Fills a buffer with secret random bytes (SRTP keys).
+pub type KeySource = Box<dyn FnMut(&mut [u8]) + Send>;
+
+/// The focus: placements, fleet, operations in flight.
+pub struct Focus {
+    fleet: Fleet,
+    conferences: BTreeMap<String, Placement>,
+    ops: HashMap<OpId, Op>,
+    busy: HashSet<String>,
+    next_op: OpId,
+    strategy: Box<dyn Strategy>,
+    keys: KeySource,
+    changes: Vec<Change>,
+    announcements: Vec<Announcement>,
+    /// Placements on bridges the fleet does not know yet (after a restart) wait until then.
+    grace_until_ms: u64,
+    failovers: u64,
+}
+
+impl std::fmt::Debug for Focus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Focus")
+            .field("conferences", &self.conferences.len())
+            .field("ops", &self.ops.len())
+            .finish()
+    }
+}
+
+fn check_id(field: &'static str, v: &str) -> Result<(), FocusError> {
+    if v.is_empty() {
+        return Err(FocusError::Invalid {
+            field,
+            why: "must not be empty".into(),
+        });
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(FocusError::Invalid {
+            field,
+            why: format!("{} bytes, longer than the limit of {MAX_ID_LEN}", v.len()),
+        });
+    }
+    Ok(())
+}
+
+impl Focus {
+    /// A focus over the placements of `restored` (from the store) at `now_ms`; placements on
+    /// bridges that do not register within `missed_reports` intervals are moved.
+    pub fn new(cfg: &FocusConfig, restored: Snapshot, keys: KeySource, now_ms: u64) -> Self {
+        let mut fleet = Fleet::new(
+            cfg.report_interval_ms,
+            cfg.missed_reports,
+            cfg.per_participant_pps,
+        );
+        fleet.probe_failures_down = cfg.probe_failures_down;
+        Self {
+            fleet,
+            conferences: restored.placements,
+            ops: HashMap::new(),
+            busy: HashSet::new(),
+            next_op: 1,
+            strategy: Box::new(RegionThenLeastStress),
+            keys,
+            changes: Vec::new(),
+            announcements: Vec::new(),
+            grace_until_ms: now_ms + cfg.report_interval_ms * cfg.missed_reports,
+            failovers: 0,
+        }
+    }
+
+    /// The fleet as the focus sees it.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Placed conferences.
+    pub fn conferences(&self) -> &BTreeMap<String, Placement> {
+        &self.conferences
+    }
+
+    /// Conferences moved off failed bridges so far.
+    pub fn failovers(&self) -> u64 {
+        self.failovers
+    }
+
+    /// Operations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Takes the changes committed since the last call, for the store.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Puts back changes the store could not persist, ahead of newer ones.
+    pub fn restore_changes(&mut self, mut older: Vec<Change>) {
+        older.append(&mut self.changes);
+        self.changes = older;
+    }
+
+    /// Records a change made beside the focus (a sticky route) for the store.
+    pub fn record(&mut self, c: Change) {
+        self.changes.push(c);
+    }
+
+    /// Takes the placements to announce since the last call.
+    pub fn take_announcements(&mut self) -> Vec<Announcement> {
+        std::mem::take(&mut self.announcements)
+    }
+
+    /// The placement of `conference` as the API shows it.
+    pub fn placement(&self, conference: &str, reason: &'static str) -> Option<Announcement> {
+        self.conferences
+            .get(conference)
+            .map(|p| self.announcement(conference, p, reason))
+    }
+
+    fn announcement(&self, conference: &str, p: &Placement, reason: &'static str) -> Announcement {
+        Announcement {
+            conference: conference.into(),
+            bridge: p.bridge.clone(),
+            media_addr: self.media_addr(&p.bridge),
+            participants: p.participants.keys().cloned().collect(),
+            reason,
+        }
+    }
+
+    fn media_addr(&self, bridge: &str) -> String {
+        self.fleet
+            .get(bridge)
+            .map(|b| b.media_addr.clone())
+            .unwrap_or_default()
+    }
+
+    fn call(&self, bridge: &str, call: Call) -> BridgeCall {
+        BridgeCall {
+            bridge: bridge.into(),
+            api_addr: self
+                .fleet
+                .get(bridge)
+                .map(|b| b.api_addr.clone())
+                .unwrap_or_default(),
+            call,
+        }
+    }
+
+    fn start(&mut self, conference: Option<&str>, op: Op, calls: Vec<BridgeCall>) -> Plan {
+        let id = self.next_op;
+        self.next_op += 1;
+        if let Some(c) = conference {
+            self.busy.insert(c.to_string());
+        }
+        self.ops.insert(id, op);
+        Plan { op: id, calls }
+    }
+
+    fn cleanup(&mut self, calls: Vec<BridgeCall>) -> Option<Plan> {
+        (!calls.is_empty()).then(|| self.start(None, Op::Cleanup, calls))
+    }
+
+    fn srtp_keys(&mut self, offer: &SrtpOffer) -> Result<SrtpKeys, FocusError> {
+        let want = ringbridge_proto::srtp::master_len(&offer.profile).ok_or_else(|| {
+            FocusError::Invalid {
+                field: "srtp.profile",
+                why: format!(
+                    "{:?} is not one of {}",
+                    offer.profile,
+                    ringbridge_proto::srtp::PROFILES.map(|p| p.0).join(", ")
+                ),
+            }
+        })?;
+        if offer.endpoint_key.len() != want {
+            return Err(FocusError::Invalid {
+                field: "srtp.endpoint_key",
+                why: format!(
+                    "{} needs {want} bytes of master key + salt, got {}",
+                    offer.profile,
+                    offer.endpoint_key.len()
+                ),
+            });
+        }
+        if !offer.bridge_key.is_empty() {
+            return Err(FocusError::Invalid {
+                field: "srtp.bridge_key",
+                why: "must be empty: the focus generates the bridge's key".into(),
+            });
+        }
+        let mut bridge_key = vec![0u8; want];
+        (self.keys)(&mut bridge_key);
+        Ok(SrtpKeys {
+            profile: offer.profile.clone(),
+            endpoint_key: offer.endpoint_key.clone(),
+            bridge_key,
+        })
+    }
+
+    /// Plans a Join at `now_ms`: onto the conference's bridge, or (first join) onto a bridge
+    /// chosen by region and load, created there.
+    pub fn join(&mut self, req: JoinRequest, _now_ms: u64) -> Result<Plan, FocusError> {
+        check_id("conference", &req.conference)?;
+        check_id("participant_id", &req.participant_id)?;
+        if req.ssrcs.len() > MAX_SSRCS {
+            return Err(FocusError::Invalid {
+                field: "ssrcs",
+                why: format!(
+                    "{} SSRCs, more than the limit of {MAX_SSRCS}",
+                    req.ssrcs.len()
+                ),
+            });
+        }
+        if req.region.len() > MAX_ID_LEN {
+            return Err(FocusError::Invalid {
+                field: "region",
+                why: format!("longer than the limit of {MAX_ID_LEN} bytes"),
+            });
+        }
+        if !req.remote_addr.is_empty() && req.remote_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(FocusError::Invalid {
+                field: "remote_addr",
+                why: "not an ip:port address".into(),
+            });
+        }
+        if self.busy.contains(&req.conference) {
+            return Err(FocusError::Busy(req.conference));
+        }
+        let existing = self.conferences.get(&req.conference).map(|p| {
+            (
+                p.bridge.clone(),
+                p.participants.contains_key(&req.participant_id),
+            )
+        });
+        if let Some((_, true)) = existing {
+            return Err(FocusError::Exists(format!(
+                "participant_id: already in conference {:?}",
+                req.conference
+            )));
+        }
+        let srtp = match &req.srtp {
+            Some(o) => Some(self.srtp_keys(o)?),
+            None => None,
+        };
+        let (bridge, created) = match existing {
+            Some((bridge, _)) => {
+                let b = self.fleet.get(&bridge);
+                match b.map(|b| b.health) {
+                    Some(Health::Up) => {}
+                    h => {
+                        return Err(FocusError::BridgeUnavailable {
+                            conference: req.conference,
+                            state: h.map_or("not registered", Health::name),
+                            why: b.map(|b| b.why.clone()).unwrap_or_default(),
+                            bridge,
+                        });
+                    }
+                }
+                (bridge, false)
+            }
+            None => (
+                self.fleet
+                    .select(self.strategy.as_ref(), &req.region, &[])?,
+                true,
+            ),
+        };
+        if !created {
+            self.fleet.placed(&bridge);
+        }
+        let participant = Participant {
+            region: req.region,
+            ssrcs: req.ssrcs,
+            remote_addr: req.remote_addr,
+            srtp,
+        };
+        let mut calls = Vec::with_capacity(2);
+        if created {
+            calls.push(self.call(
+                &bridge,
+                Call::Create {
+                    conference: req.conference.clone(),
+                },
+            ));
+        }
+        calls.push(self.call(
+            &bridge,
+            Call::Add {
+                conference: req.conference.clone(),
+                endpoint: req.participant_id.clone(),
+                participant: participant.clone(),
+                if_absent: false,
+            },
+        ));
+        let conference = req.conference;
+        Ok(self.start(
+            Some(&conference.clone()),
+            Op::Join {
+                conference,
+                participant_id: req.participant_id,
+                participant,
+                bridge,
+                created,
+            },
+            calls,
+        ))
+    }
+
+    /// Plans a Leave; the conference ends with its last participant.
+    pub fn leave(&mut self, conference: &str, participant_id: &str) -> Result<Plan, FocusError> {
+        check_id("conference", conference)?;
+        check_id("participant_id", participant_id)?;
+        if self.busy.contains(conference) {
+            return Err(FocusError::Busy(conference.into()));
+        }
+        let p = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| FocusError::NotFound("conference: not found".into()))?;
+        if !p.participants.contains_key(participant_id) {
+            return Err(FocusError::NotFound(format!(
+                "participant_id: not in conference {conference:?}"
+            )));
+        }
+        let bridge = p.bridge.clone();
+        let last = p.participants.len() == 1;
+        // A bridge that is down gets no call: its state is gone or will be cleaned up.
+        let reachable = self
+            .fleet
+            .get(&bridge)
+            .is_some_and(|b| b.health != Health::Down);
+        let calls = match (reachable, last) {
+            (false, _) => vec![],
+            (true, true) => vec![self.call(
+                &bridge,
+                Call::Delete {
+                    conference: conference.into(),
+                },
+            )],
+            (true, false) => vec![self.call(
+                &bridge,
+                Call::Remove {
+                    conference: conference.into(),
+                    endpoint: participant_id.into(),
+                },
+            )],
+        };
+        Ok(self.start(
+            Some(conference),
+            Op::Leave {
+                conference: conference.into(),
+                participant_id: participant_id.into(),
+                bridge,
+            },
+            calls,
+        ))
+    }
+
+    /// Registers (or re-registers) a bridge. A bridge id belongs to its live registration: the
+    /// same id from another API address is refused until that bridge is down. A bridge that
+    /// registers again starts empty: the conferences still placed on it are programmed again.
+    pub fn register(&mut self, b: Bridge, now_ms: u64) -> Result<Vec<Plan>, FocusError> {
+        if let Some(old) = self.fleet.get(&b.id)
+            && old.health != Health::Down
+            && old.api_addr != b.api_addr
+        {
+            return Err(FocusError::Exists(format!(
+                "bridge_id: already registered by a live bridge at {} (it must be down before another takes the id)",
+                old.api_addr
+            )));
+        }
+        let id = b.id.clone();
+        let known = self.fleet.register(b, now_ms);
+        if !known {
+            return Ok(vec![]);
+        }
+        let stale: Vec<String> = self
+            .conferences
+            .iter()
+            .filter(|(c, p)| p.bridge == id && !self.busy.contains(*c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        Ok(stale.into_iter().map(|c| self.move_plan(&c, &id)).collect())
+    }
+
+    /// Records a load report; `false` means the bridge must register again.
+    pub fn report(&mut self, id: &str, stress: f64, draining: bool, now_ms: u64) -> bool {
+        self.fleet.report(id, stress, draining, now_ms)
+    }
+
+    /// Records a health probe of a bridge; returns its new health if it changed.
+    pub fn probe(&mut self, id: &str, result: Result<(), String>) -> Option<Health> {
+        self.fleet.probe(id, result)
+    }
+
+    /// Periodic work at `now_ms`: bridges that missed their reports go down, and every
+    /// conference on a down bridge (or, after the restart grace, on an unknown one) is moved.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Plan> {
+        for id in self.fleet.check(now_ms) {
+            tracing::warn!(bridge = %id, "bridge missed its reports: down");
+        }
+        let stranded: Vec<(String, BridgeId)> = self
+            .conferences
+            .iter()
+            .filter(|(c, p)| {
+                !self.busy.contains(*c)
+                    && match self.fleet.get(&p.bridge) {
+                        Some(b) => b.health == Health::Down,
+                        None => now_ms > self.grace_until_ms,
+                    }
+            })
+            .map(|(c, p)| (c.clone(), p.bridge.clone()))
+            .collect();
+        let mut plans = Vec::new();
+        for (conference, from) in stranded {
+            let region = self.conferences[&conference]
+                .participants
+                .values()
+                .next()
+                .map(|x| x.region.clone())
+                .unwrap_or_default();
+            match self
+                .fleet
+                .select(self.strategy.as_ref(), &region, &[from.as_str()])
+            {
+                Ok(to) => plans.push(self.move_plan(&conference, &to)),
+                Err(e) => {
+                    tracing::warn!(%conference, %from, "cannot move the conference yet: {e}")
+                }
+            }
+        }
+        plans
+    }
+
+    /// Plans programming every participant of `conference` on `to`.
+    fn move_plan(&mut self, conference: &str, to: &str) -> Plan {
+        let p = &self.conferences[conference];
+        let from = p.bridge.clone();
+        let mut calls = vec![self.call(
+            to,
+            Call::Create {
+                conference: conference.into(),
+            },
+        )];
+        for (id, part) in &p.participants {
+            calls.push(self.call(
+                to,
+                Call::Add {
+                    conference: conference.into(),
+                    endpoint: id.clone(),
+                    participant: part.clone(),
+                    if_absent: true,
+                },
+            ));
+        }
+        for _ in 0..p.participants.len() {
+            self.fleet.placed(to);
+        }
+        self.start(
+            Some(conference),
+            Op::Move {
+                conference: conference.into(),
+                from,
+                to: to.into(),
+            },
+            calls,
+        )
+    }
+
+    /// Marks the bridges of failed calls suspect; returns the first failure.
+    fn blame(&mut self, plan_calls: &[BridgeCall], results: &[CallResult]) -> Option<FocusError> {
+        let (i, e) = results
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e.clone())))?;
+        let bridge = plan_calls
+            .get(i)
+            .map(|c| c.bridge.clone())
+            .unwrap_or_default();
+        if e.blames_bridge() && self.fleet.suspect(&bridge, &e.to_string()) {
+            tracing::warn!(%bridge, "bridge suspect: {e}");
+        }
+        Some(FocusError::Bridge { bridge, error: e })
+    }
+
+    /// Commits or rolls back operation `op` given the results of its plan's calls (one per call
+    /// made, in order; the executor stops after the first failure). `calls` is the plan's calls.
+    pub fn complete(
+        &mut self,
+        op: OpId,
+        calls: &[BridgeCall],
+        results: &[CallResult],
+    ) -> Completion {
+        let Some(state) = self.ops.remove(&op) else {
+            return Completion {
+                result: Err(FocusError::NotFound(format!("operation {op} unknown"))),
+                cleanup: None,
+            };
+        };
+        let all_ok = results.len() == calls.len() && results.iter().all(Result::is_ok);
+        let failure = if all_ok {
+            None
+        } else {
+            Some(self.blame(calls, results).unwrap_or(FocusError::Bridge {
+                bridge: calls.first().map(|c| c.bridge.clone()).unwrap_or_default(),
+                error: CallError::Unavailable("the executor made no call".into()),
+            }))
+        };
+        match state {
+            Op::Cleanup => Completion {
+                result: match failure {
+                    None => Ok(Done::CleanedUp),
+                    Some(e) => Err(e),
+                },
+                cleanup: None,
+            },
+            Op::Join {
+                conference,
+                participant_id,
+                participant,
+                bridge,
+                created,
+            } => {
+                self.busy.remove(&conference);
+                if let Some(e) = failure {
+                    // Undo only what this join added: the conference if it created it, the
+                    // endpoint if its add may have landed (timed out).
+                    let created_here = created
+                        && match results.first() {
+                            Some(Ok(Applied::Done)) => true,
+                            Some(Err(e)) => e.blames_bridge(), // may have landed
+                            _ => false,
+                        };
+                    let add_unknown = matches!(
+                        results.last(),
+                        Some(Err(CallError::Timeout { .. } | CallError::Unavailable(_)))
+                    ) && results.len() == calls.len();
+                    let undo = if created_here {
+                        vec![self.call(&bridge, Call::Delete { conference })]
+                    } else if add_unknown {
+                        vec![self.call(
+                            &bridge,
+                            Call::Remove {
+                                conference,
+                                endpoint: participant_id,
+                            },
+                        )]
+                    } else {
+                        vec![]
+                    };
+                    return Completion {
+                        result: Err(e),
+                        cleanup: self.cleanup(undo),
+                    };
+                }
+                if created {
+                    self.conferences.insert(
+                        conference.clone(),
+                        Placement {
+                            bridge: bridge.clone(),
+                            participants: BTreeMap::new(),
+                        },
+                    );
+                    self.changes.push(Change::Placed {
+                        conference: conference.clone(),
+                        bridge: bridge.clone(),
+                    });
+                }
+                let srtp = participant.srtp.clone();
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a joined conference is placed");
+                p.participants
+                    .insert(participant_id.clone(), participant.clone());
+                self.changes.push(Change::Joined {
+                    conference: conference.clone(),
+                    participant_id,
+                    participant,
+                });
+                if created {
+                    let a =
+                        self.announcement(&conference, &self.conferences[&conference], "placed");
+                    self.announcements.push(a);
+                }
+                Completion {
+                    result: Ok(Done::Joined {
+                        media_addr: self.media_addr(&bridge),
+                        bridge,
+                        srtp,
+                    }),
+                    cleanup: None,
+                }
+            }
+            Op::Leave {
+                conference,
+                participant_id,
+                bridge,
+            } => {
+                self.busy.remove(&conference);
+                // A bridge that does not answer cannot keep a participant in: the placement
+                // forgets it either way (the bridge is suspect and its state will be moved or
+                // cleaned); only a refusal of the request itself keeps it.
+                if let Some(e) = failure {
+                    let FocusError::Bridge { error, .. } = &e else {
+                        unreachable!("blame returns bridge errors")
+                    };
+                    if !error.blames_bridge() {
+                        return Completion {
+                            result: Err(e),
+                            cleanup: None,
+                        };
+                    }
+                    tracing::warn!(%conference, %bridge, "leave committed without the bridge: {e}");
+                }
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a busy conference stays placed");
+                p.participants.remove(&participant_id);
+                if p.participants.is_empty() {
+                    let p = self.conferences.remove(&conference).expect("present");
+                    let a = self.announcement(&conference, &p, "ended");
+                    self.announcements.push(a);
+                    self.changes.push(Change::Ended { conference });
+                } else {
+                    self.changes.push(Change::Left {
+                        conference,
+                        participant_id,
+                    });
+                }
+                Completion {
+                    result: Ok(Done::Left),
+                    cleanup: None,
+                }
+            }
+            Op::Move {
+                conference,
+                from,
+                to,
+            } => {
+                self.busy.remove(&conference);
+                if let Some(e) = failure {
+                    tracing::warn!(%conference, %from, %to, "move failed, will retry: {e}");
+                    let undo = if matches!(results.first(), Some(Ok(Applied::Done))) && from != to {
+                        vec![self.call(&to, Call::Delete { conference })]
+                    } else {
+                        vec![]
+                    };
+                    return Completion {
+                        result: Err(e),
+                        cleanup: self.cleanup(undo),
+                    };
+                }
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a busy conference stays placed");
+                p.bridge = to.clone();
+                self.changes.push(Change::Placed {
+                    conference: conference.clone(),
+                    bridge: to.clone(),
+                });
+                let reason = if from == to { "current" } else { "failover" };
+                let a = self.announcement(&conference, &self.conferences[&conference], reason);
+                self.announcements.push(a);
+                let mut tidy = vec![];
+                if from != to {
+                    self.failovers += 1;
+                    tracing::info!(%conference, %from, %to, "conference moved");
+                    // The old bridge may come back (a stopped process continued): remove what it
+                    // still holds. Best effort; it fails fast or times out if it is gone.
+                    if self.fleet.get(&from).is_some() {
+                        tidy.push(self.call(
+                            &from,
+                            Call::Delete {
+                                conference: conference.clone(),
+                            },
+                        ));
+                    }
+                }
+                Completion {
+                    result: Ok(Done::Moved { from, to }),
+                    cleanup: self.cleanup(tidy),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_000; // report interval in the tests, ms
+
+    fn cfg() -> FocusConfig {
+        FocusConfig {
+            report_interval_ms: T,
+            missed_reports: 3,
+            probe_failures_down: 2,
+            per_participant_pps: 10.0,
+        }
+    }
+
+    /// Deterministic "random" keys: a counter.
+    fn keys() -> KeySource {
+        let mut n = 0u8;
+        Box::new(move |buf: &mut [u8]| {
+            for b in buf {
+                n = n.wrapping_add(1);
+                *b = n;
+            }
+        })
+    }
+
+    fn focus() -> Focus {
+        let mut f = Focus::new(&cfg(), Snapshot::default(), keys(), 0);
+        for (id, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")] {
+            f.register(
+                Bridge::new(
+                    id,
+                    &format!("{id}:api"),
+                    &format!("{id}:media"),
+                    region,
+                    1000.0,
+                ),
+                0,
+            )
+            .unwrap();
+        }
+        f
+    }
+
+    fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
+        JoinRequest {
+            conference: conf.into(),
+            participant_id: who.into(),
+            region: region.into(),
+            ssrcs: vec![1],
+            remote_addr: "127.0.0.1:5000".into(),
+            srtp: None,
+        }
+    }
+
+    fn ok(plan: &Plan) -> Vec<CallResult> {
+        plan.calls.iter().map(|_| Ok(Applied::Done)).collect()
+    }
+
+    /// Joins with every call succeeding.
+    fn join_ok(f: &mut Focus, r: JoinRequest) -> Done {
+        let p = f.join(r, 0).unwrap();
+        run_ok(f, p)
+    }
+
+    /// Runs a plan as if every call succeeded; returns the result.
+    fn run_ok(f: &mut Focus, plan: Plan) -> Done {
+        let r = ok(&plan);
+        f.complete(plan.op, &plan.calls, &r).result.unwrap()
+    }
+
+    #[test]
+    fn join_places_by_region_then_load_and_commits_on_success() {
+        let mut f = focus();
+        let plan = f.join(join("c1", "a", "us"), 0).unwrap();
+        assert_eq!(
+            plan.calls.iter().map(|c| &c.call).collect::<Vec<_>>()[0],
+            &Call::Create {
+                conference: "c1".into()
+            }
+        );
+        assert!(
+            plan.calls
+                .iter()
+                .all(|c| c.bridge == "us-1" && c.api_addr == "us-1:api")
+        );
+        // Not placed until the calls succeed.
+        assert!(f.conferences().is_empty());
+        let done = run_ok(&mut f, plan);
+        assert_eq!(
+            done,
+            Done::Joined {
+                bridge: "us-1".into(),
+                media_addr: "us-1:media".into(),
+                srtp: None
+            }
+        );
+        let a = f.take_announcements();
+        assert_eq!((a[0].conference.as_str(), a[0].reason), ("c1", "placed"));
+        // The second participant goes to the conference's bridge, one call (no create).
+        let plan = f.join(join("c1", "b", "eu"), 10).unwrap();
+        assert_eq!(plan.calls.len(), 1);
+        assert_eq!(plan.calls[0].bridge, "us-1");
+        run_ok(&mut f, plan);
+        assert_eq!(f.conferences()["c1"].participants.len(), 2);
+        assert_eq!(f.take_changes().len(), 3); // placed, joined a, joined b
+        assert!(f.take_announcements().is_empty());
+        // Load spreads inside a region: two eu conferences land on different eu bridges.
+        let p1 = f.join(join("e1", "x", "eu"), 20).unwrap();
+        let p2 = f.join(join("e2", "y", "eu"), 20).unwrap();
+        assert_ne!(p1.calls[0].bridge, p2.calls[0].bridge);
+        assert_eq!(
+            f.join(join("c1", "a", "eu"), 30).unwrap_err(),
+            FocusError::Exists("participant_id: already in conference \"c1\"".into())
+        );
+    }
+
+    #[test]
+    fn one_operation_per_conference_others_in_parallel() {
+        let mut f = focus();
+        let p1 = f.join(join("c1", "a", "eu"), 0).unwrap();
+        assert_eq!(
+            f.join(join("c1", "b", "eu"), 0).unwrap_err(),
+            FocusError::Busy("c1".into())
+        );
+        let p2 = f.join(join("c2", "a", "eu"), 0).unwrap();
+        assert_eq!(f.in_flight(), 2);
+        run_ok(&mut f, p2);
+        run_ok(&mut f, p1);
+        assert!(f.join(join("c1", "b", "eu"), 0).is_ok());
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_any_call() {
+        let mut f = focus();
+        let mut r = join("", "a", "eu");
+        assert!(matches!(
+            f.join(r.clone(), 0),
+            Err(FocusError::Invalid {
+                field: "conference",
+                ..
+            })
+        ));
+        r.conference = "x".repeat(MAX_ID_LEN + 1);
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid {
+                field: "conference",
+                ..
+            })
+        ));
+        let mut r = join("c", "a", "eu");
+        r.ssrcs = (0..65).collect();
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid { field: "ssrcs", .. })
+        ));
+        let mut r = join("c", "a", "eu");
+        r.remote_addr = "nowhere".into();
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid {
+                field: "remote_addr",
+                ..
+            })
+        ));
+        let mut r = join("c", "a", "eu");
+        r.srtp = Some(SrtpOffer {
+            profile: "ROT13".into(),
+            endpoint_key: vec![0; 30],
+            bridge_key: vec![],
+        });
+        assert!(matches!(
+            f.join(r.clone(), 0),
+            Err(FocusError::Invalid {
+                field: "srtp.profile",
+                ..
+            })
+        ));
+        r.srtp = Some(SrtpOffer {
+            profile: "AEAD_AES_128_GCM".into(),
+            endpoint_key: vec![0; 30],
+            bridge_key: vec![],
+        });
+        let e = f.join(r.clone(), 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "srtp.endpoint_key: AEAD_AES_128_GCM needs 28 bytes of master key + salt, got 30"
+        );
+        r.srtp = Some(SrtpOffer {
+            profile: "AEAD_AES_128_GCM".into(),
+            endpoint_key: vec![0; 28],
+            bridge_key: vec![1; 28],
+        });
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid {
+                field: "srtp.bridge_key",
+                ..
+            })
+        ));
+        // Nothing was started or placed.
+        assert_eq!(f.in_flight(), 0);
+        assert!(f.conferences().is_empty());
+        assert!(
+            f.join(join("c", "a", "eu"), 0).is_ok(),
+            "and the conference is not busy"
+        );
+    }
+
+    #[test]
+    fn a_bridge_timing_out_mid_join_rolls_back_and_is_avoided() {
+        let mut f = focus();
+        let plan = f.join(join("c1", "a", "us"), 0).unwrap();
+        // Create succeeded, AddEndpoint timed out.
+        let results = vec![
+            Ok(Applied::Done),
+            Err(CallError::Timeout { deadline_ms: 2000 }),
+        ];
+        let c = f.complete(plan.op, &plan.calls, &results);
+        let e = c.result.unwrap_err();
+        assert_eq!(e.to_string(), "bridge us-1: no answer within 2000 ms");
+        // Rollback deletes the conference this join created, nothing else.
+        let cleanup = c.cleanup.unwrap();
+        assert_eq!(
+            cleanup.calls,
+            vec![BridgeCall {
+                bridge: "us-1".into(),
+                api_addr: "us-1:api".into(),
+                call: Call::Delete {
+                    conference: "c1".into()
+                }
+            }]
+        );
+        assert!(f.conferences().is_empty());
+        assert!(f.take_changes().is_empty());
+        assert_eq!(f.fleet().get("us-1").unwrap().state(), "suspect");
+        // The next us conference goes elsewhere.
+        let plan = f.join(join("c2", "b", "us"), 10).unwrap();
+        assert!(plan.calls[0].bridge.starts_with("eu-"));
+    }
+
+    #[test]
+    fn a_failed_add_to_an_existing_conference_removes_only_that_endpoint() {
+        let mut f = focus();
+        let p = f.join(join("c1", "a", "eu"), 0).unwrap();
+        let bridge = p.calls[0].bridge.clone();
+        run_ok(&mut f, p);
+        let p = f.join(join("c1", "b", "eu"), 0).unwrap();
+        // The bridge says the endpoint exists (an orphan from a crash): an error, no cleanup at
+        // all (in particular not a deletion of the conference and its other participants).
+        let c = f.complete(
+            p.op,
+            &p.calls,
+            &[Err(CallError::Exists("endpoint b exists".into()))],
+        );
+        assert!(matches!(c.result, Err(FocusError::Bridge { .. })));
+        assert_eq!(c.cleanup, None);
+        // A timed-out add may have landed: remove that endpoint only.
+        let p = f.join(join("c1", "b", "eu"), 0).unwrap();
+        let c = f.complete(
+            p.op,
+            &p.calls,
+            &[Err(CallError::Timeout { deadline_ms: 5 })],
+        );
+        assert_eq!(
+            c.cleanup.unwrap().calls[0].call,
+            Call::Remove {
+                conference: "c1".into(),
+                endpoint: "b".into()
+            }
+        );
+        // A join to a conference on a suspect bridge is refused with the reason.
+        let e = f.join(join("c1", "b", "eu"), 0).unwrap_err();
+        assert!(
+            matches!(&e, FocusError::BridgeUnavailable { bridge: b, state: "suspect", .. } if *b == bridge),
+            "{e}"
+        );
+        assert_eq!(f.conferences()["c1"].participants.len(), 1);
+    }
+
+    #[test]
+    fn failover_moves_the_conference_with_its_srtp_keys_and_announces_it() {
+        let mut f = focus();
+        let mut r = join("c1", "a", "eu");
+        r.srtp = Some(SrtpOffer {
+            profile: "AEAD_AES_128_GCM".into(),
+            endpoint_key: vec![7; 28],
+            bridge_key: vec![],
+        });
+        let p = f.join(r, 0).unwrap();
+        let from = p.calls[0].bridge.clone();
+        let Done::Joined {
+            srtp: Some(keys), ..
+        } = run_ok(&mut f, p)
+        else {
+            panic!("srtp keys returned")
+        };
+        assert_eq!(keys.bridge_key.len(), 28);
+        assert_ne!(keys.bridge_key, keys.endpoint_key);
+        join_ok(&mut f, join("c1", "b", "us"));
+        f.take_announcements();
+        // Reports keep the others up; `from` goes silent and probes fail twice: down.
+        for t in [900, 1800, 2700] {
+            for b in ["eu-1", "eu-2", "us-1"] {
+                if b != from {
+                    f.report(b, 0.0, false, t);
+                }
+            }
+        }
+        assert!(f.tick(2700).is_empty(), "not down yet");
+        assert_eq!(
+            f.probe(&from, Err("deadline".into())),
+            Some(Health::Suspect)
+        );
+        assert_eq!(f.probe(&from, Err("deadline".into())), Some(Health::Down));
+        let plans = f.tick(2800);
+        assert_eq!(plans.len(), 1);
+        let plan = &plans[0];
+        let to = plan.calls[0].bridge.clone();
+        assert_ne!(to, from);
+        assert!(
+            to.starts_with("eu-"),
+            "moved within the region of its first participant"
+        );
+        // Every participant is programmed again, SRTP keys included, tolerating leftovers.
+        let adds: Vec<&Participant> = plan
+            .calls
+            .iter()
+            .filter_map(|c| match &c.call {
+                Call::Add {
+                    participant,
+                    if_absent: true,
+                    ..
+                } => Some(participant),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adds.len(), 2);
+        assert_eq!(adds[0].srtp.as_ref(), Some(&keys));
+        // Joins wait while the move is in flight.
+        assert!(matches!(
+            f.join(join("c1", "c", "eu"), 2800),
+            Err(FocusError::Busy(_))
+        ));
+        let r = ok(plan);
+        let c = f.complete(plan.op, &plan.calls, &r);
+        assert_eq!(
+            c.result.unwrap(),
+            Done::Moved {
+                from: from.clone(),
+                to: to.clone()
+            }
+        );
+        // The old bridge is told to drop the conference, in case it comes back.
+        assert_eq!(c.cleanup.unwrap().calls[0].bridge, from);
+        let a = f.take_announcements();
+        assert_eq!(
+            (a[0].reason, a[0].bridge.as_str()),
+            ("failover", to.as_str())
+        );
+        assert_eq!(a[0].participants, ["a", "b"]);
+        assert_eq!(f.failovers(), 1);
+        assert_eq!(f.conferences()["c1"].participants["a"].srtp, Some(keys));
+        // Nothing more to move; a down bridge's report is refused until it registers again.
+        assert!(f.tick(2900).is_empty());
+        assert!(!f.report(&from, 0.0, false, 2900));
+    }
+
+    #[test]
+    fn a_failed_move_rolls_back_and_is_retried() {
+        let mut f = focus();
+        join_ok(&mut f, join("c1", "a", "us"));
+        for t in [1000, 2000, 3000] {
+            f.report("eu-1", 0.0, false, t);
+            f.report("eu-2", 0.0, false, t);
+        }
+        let plans = f.tick(3100);
+        assert_eq!(plans.len(), 1, "us-1 missed 3 reports");
+        let p = &plans[0];
+        let target = p.calls[0].bridge.clone();
+        let c = f.complete(
+            p.op,
+            &p.calls,
+            &[
+                Ok(Applied::Done),
+                Err(CallError::Timeout { deadline_ms: 9 }),
+            ],
+        );
+        assert!(c.result.is_err());
+        assert_eq!(
+            c.cleanup.unwrap().calls[0].call,
+            Call::Delete {
+                conference: "c1".into()
+            }
+        );
+        assert_eq!(f.conferences()["c1"].bridge, "us-1", "still where it was");
+        // Retried on the next tick, on the other bridge (the first is suspect now).
+        let plans = f.tick(3200);
+        assert_eq!(plans.len(), 1);
+        assert_ne!(plans[0].calls[0].bridge, target);
+    }
+
+    #[test]
+    fn leave_ends_the_conference_with_its_last_participant() {
+        let mut f = focus();
+        join_ok(&mut f, join("c1", "a", "eu"));
+        join_ok(&mut f, join("c1", "b", "eu"));
+        f.take_announcements();
+        let p = f.leave("c1", "a").unwrap();
+        assert!(matches!(p.calls[0].call, Call::Remove { .. }));
+        run_ok(&mut f, p);
+        let p = f.leave("c1", "b").unwrap();
+        assert!(matches!(p.calls[0].call, Call::Delete { .. }));
+        // The bridge does not answer: the participant is out of the placement anyway.
+        let c = f.complete(
+            p.op,
+            &p.calls,
+            &[Err(CallError::Timeout { deadline_ms: 1 })],
+        );
+        assert_eq!(c.result.unwrap(), Done::Left);
+        assert!(f.conferences().is_empty());
+        assert_eq!(f.take_announcements()[0].reason, "ended");
+        assert!(matches!(f.leave("c1", "b"), Err(FocusError::NotFound(_))));
+    }
+
+    #[test]
+    fn restored_placements_wait_for_their_bridges_then_move() {
+        let mut snap = Snapshot::default();
+        snap.placements.insert(
+            "old".into(),
+            Placement {
+                bridge: "gone".into(),
+                participants: [(
+                    "a".to_string(),
+                    Participant {
+                        region: "eu".into(),
+                        ssrcs: vec![1],
+                        remote_addr: String::new(),
+                        srtp: None,
+                    },
+                )]
+                .into(),
+            },
+        );
+        let mut f = Focus::new(&cfg(), snap, keys(), 0);
+        f.register(Bridge::new("eu-1", "a", "m", "eu", 1000.0), 0)
+            .unwrap();
+        assert!(f.tick(2000).is_empty(), "within the grace");
+        f.report("eu-1", 0.0, false, 2900);
+        let plans = f.tick(3100);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].calls[0].bridge, "eu-1");
+    }
+}

@@ -1,0 +1,272 @@
+//! Helpers for the control plane's end-to-end tests: real `ringbridge-control` and `ringbridge`
+//! processes on loopback, read through their ready lines.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringbridge_dataplane::testkit;
+use ringbridge_edge::ready::Ready;
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::focus_client::FocusClient;
+use ringbridge_proto::v1::registry_client::RegistryClient;
+use ringbridge_proto::v1::router_client::RouterClient;
+use tonic::transport::Channel;
+
+/// Report interval the test control plane asks for (down after 3 missed = 600 ms).
+pub const INTERVAL_MS: u64 = 200;
+
+pub fn bin(name: &str) -> PathBuf {
+    if name == "ringbridge-control" {
+        return env!("CARGO_BIN_EXE_ringbridge-control").into();
+    }
+    // Other packages' binaries live in the same target directory.
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ringbridge-control"));
+    let p = dir.parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (make test does)",
+        p.display()
+    );
+    p
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub ready: Ready,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready = Ready::parse(&line).unwrap_or_else(|| panic!("{name}: not ready: {line:?}"));
+        Proc { child, ready }
+    }
+
+    pub fn field(&self, k: &str) -> String {
+        self.ready
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k}= in {}", self.ready))
+            .to_string()
+    }
+
+    /// SIGSTOP: the process keeps its sockets open and answers nothing.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stop(&mut self) {
+        // SIGTERM lets the control plane save its state; bridges just die.
+        signal(&self.child, "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(c: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &c.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn control(data: &str, listen: &str) -> Proc {
+    control_with(
+        data,
+        listen,
+        &["--report-interval-ms", &INTERVAL_MS.to_string()],
+    )
+}
+
+/// A control plane with `extra` flags (none: every default).
+pub fn control_with(data: &str, listen: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "serve",
+        "--metrics",
+        "127.0.0.1:0",
+        "--listen",
+        listen,
+        "--data-dir",
+        data,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("ringbridge-control", &args)
+}
+
+pub fn bridge(url: &str, id: &str, region: &str) -> Proc {
+    Proc::start(
+        "ringbridge",
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--engine",
+            "mio",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--media",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--control",
+            url,
+            "--bridge-id",
+            id,
+            "--region",
+            region,
+        ],
+    )
+}
+
+pub async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub async fn wait_bridges(url: &str, up: usize) {
+    let mut reg = RegistryClient::new(channel(url).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = reg
+            .list_bridges(pb::ListBridgesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if l.bridges.iter().filter(|b| b.state == "up").count() == up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "bridges never came up: {l:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Party {
+    pub sock: UdpSocket,
+    pub ssrc: u32,
+}
+
+impl Party {
+    pub fn new(ssrc: u32) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        Party { sock, ssrc }
+    }
+
+    pub fn join(&self, conference: &str, id: &str, region: &str) -> pb::JoinRequest {
+        pb::JoinRequest {
+            conference: conference.into(),
+            participant_id: id.into(),
+            region: region.into(),
+            ssrcs: vec![self.ssrc],
+            remote_addr: self.sock.local_addr().unwrap().to_string(),
+            srtp: None,
+        }
+    }
+}
+
+pub async fn get(
+    focus: &mut FocusClient<Channel>,
+    conference: &str,
+) -> Result<pb::ConferencePlacement, tonic::Status> {
+    let req = pb::GetConferenceRequest {
+        conference: conference.into(),
+    };
+    focus
+        .get_conference(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn route_of(
+    router: &mut RouterClient<Channel>,
+    conference: &str,
+) -> Result<pb::RouteResponse, tonic::Status> {
+    let req = pb::RouteRequest {
+        conference: conference.into(),
+    };
+    router.route(req).await.map(tonic::Response::into_inner)
+}
+
+/// GETs Prometheus metrics from `addr`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// `from` sends a packet to `media`; `to` must receive it byte for byte (retrying while a new
+/// bridge is being programmed).
+pub fn flows(from: &Party, to: &Party, media: &str, seq: u16) -> bool {
+    let media: SocketAddr = media.parse().unwrap();
+    let pkt = testkit::rtp(from.ssrc, seq, 0, b"through the placed bridge");
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        from.sock.send_to(&pkt, media).unwrap();
+        if let Ok(n) = to.sock.recv(&mut buf)
+            && buf[..n] == pkt[..]
+        {
+            return true;
+        }
+    }
+    false
+}
+
+pub fn data_dir(tag: &str) -> String {
+    let d = std::env::temp_dir().join(format!("ringbridge-control-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.to_string_lossy().into_owned()
+}
+
+/// Opens a WatchConference stream on `conference`.
+pub async fn watch(
+    focus: &mut FocusClient<Channel>,
+    conference: &str,
+) -> tonic::Streaming<pb::ConferencePlacement> {
+    focus
+        .watch_conference(pb::WatchConferenceRequest {
+            conference: conference.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
