@@ -1,6 +1,12 @@
 //! Runs the focus's [`Plan`]s against the bridges' gRPC APIs: calls in order, each with a
-//! deadline, stopping at the first failure. Holds no lock across a call (the client cache is
-//! locked only to look up or insert a channel). Bridge statuses become [`CallError`]s.
+//! deadline, stopping at the first failure. Holds no lock across a call (the lane table is
+//! locked only to look up or insert a lane). Bridge statuses become [`CallError`]s.
+//!
+//! Each bridge has a *lane*: a task that sends the calls queued for that bridge as one
+//! `Bridge.Apply` batch, the next batch going out when the previous one answered. Under load
+//! many joins share one RPC and one table publication on the bridge; alone, a call goes out at
+//! once. Calls of one plan stay in order (each waits for its result before the next is queued),
+//! and a cleanup queued after a timed-out call runs after it on the same lane.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,17 +14,40 @@ use std::time::Duration;
 
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::focus::{Applied, BridgeCall, Call, CallError, CallResult, Plan};
 use crate::store::Participant;
 
+/// Most calls one batch carries (the bridge's limit is higher).
+const MAX_BATCH: usize = 512;
+
+/// A call waiting on a lane: the change and where its outcome goes.
+struct Queued {
+    change: pb::Change,
+    reply: oneshot::Sender<Result<Status, CallError>>,
+}
+
+struct Lane {
+    api_addr: String,
+    channel: Channel,
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
 /// Runs plans.
-#[derive(Debug)]
 pub struct Executor {
-    channels: Mutex<HashMap<String, (String, Channel)>>,
+    lanes: Mutex<HashMap<String, Lane>>,
     deadline: Duration,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndpointRequest {
@@ -35,11 +64,83 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
     }
 }
 
+/// The Bridge API change for a call.
+fn change(call: &Call) -> pb::Change {
+    use pb::change::Change as C;
+    let c = match call {
+        Call::Create { conference } => C::CreateConference(pb::CreateConferenceRequest {
+            conference_id: conference.clone(),
+        }),
+        Call::Add {
+            conference,
+            endpoint,
+            participant,
+            ..
+        } => C::AddEndpoint(add_request(conference, endpoint, participant)),
+        Call::Remove {
+            conference,
+            endpoint,
+        } => C::RemoveEndpoint(pb::RemoveEndpointRequest {
+            conference_id: conference.clone(),
+            endpoint_id: endpoint.clone(),
+        }),
+        Call::Delete { conference } => C::DeleteConference(pb::DeleteConferenceRequest {
+            conference_id: conference.clone(),
+        }),
+    };
+    pb::Change { change: Some(c) }
+}
+
+/// Sends what queues on one bridge's lane, one batch in flight at a time, until the lane is
+/// dropped.
+async fn lane(mut rx: mpsc::UnboundedReceiver<Queued>, channel: Channel, deadline: Duration) {
+    let mut client = BridgeClient::new(channel);
+    let deadline_ms = deadline.as_millis() as u64;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(q) = rx.try_recv()
+        {
+            batch.push(q);
+        }
+        let (changes, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|q| (q.change, q.reply)).unzip();
+        let mut req = tonic::Request::new(pb::ApplyRequest { changes });
+        // The deadline travels with the request too (grpc-timeout), so the bridge can give up.
+        req.set_timeout(deadline);
+        match tokio::time::timeout(deadline, client.apply(req)).await {
+            Ok(Ok(r)) => {
+                let results = r.into_inner().results;
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let out = match results.get(i) {
+                        Some(r) => Ok(Status::new(Code::from(r.code), r.message.clone())),
+                        None => Err(CallError::Unavailable(
+                            "the bridge answered fewer results than changes".into(),
+                        )),
+                    };
+                    let _ = reply.send(out);
+                }
+            }
+            Ok(Err(s)) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(s.clone()));
+                }
+            }
+            Err(_) => {
+                for reply in replies {
+                    let _ = reply.send(Err(CallError::Timeout { deadline_ms }));
+                }
+            }
+        }
+    }
+}
+
 impl Executor {
-    /// An executor whose every bridge call has `deadline`.
+    /// An executor whose every bridge call has `deadline` (lanes are Tokio tasks started on a
+    /// bridge's first call).
     pub fn new(deadline: Duration) -> Self {
         Self {
-            channels: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
             deadline,
         }
     }
@@ -49,21 +150,40 @@ impl Executor {
         self.deadline
     }
 
-    /// The channel to the bridge at `api_addr` (one HTTP/2 connection per bridge, reused by
-    /// calls and health probes).
-    pub fn channel(&self, bridge: &str, api_addr: &str) -> Result<Channel, CallError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, c)) = channels.get(bridge)
-            && a == api_addr
+    /// The lane of the bridge at `api_addr` (one HTTP/2 connection per bridge, shared by its
+    /// lane and health probes); a new address replaces the lane.
+    fn lane(
+        &self,
+        bridge: &str,
+        api_addr: &str,
+    ) -> Result<(Channel, mpsc::UnboundedSender<Queued>), CallError> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lanes.get(bridge)
+            && l.api_addr == api_addr
+            && !l.tx.is_closed()
         {
-            return Ok(c.clone());
+            return Ok((l.channel.clone(), l.tx.clone()));
         }
-        let ch = Channel::from_shared(format!("http://{api_addr}"))
+        let channel = Channel::from_shared(format!("http://{api_addr}"))
             .map_err(|e| CallError::Unavailable(format!("api address {api_addr:?}: {e}")))?
             .connect_timeout(self.deadline)
             .connect_lazy();
-        channels.insert(bridge.into(), (api_addr.into(), ch.clone()));
-        Ok(ch)
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(lane(rx, channel.clone(), self.deadline));
+        lanes.insert(
+            bridge.into(),
+            Lane {
+                api_addr: api_addr.into(),
+                channel: channel.clone(),
+                tx: tx.clone(),
+            },
+        );
+        Ok((channel, tx))
+    }
+
+    /// The channel to a bridge, for health probes.
+    pub fn channel(&self, bridge: &str, api_addr: &str) -> Result<Channel, CallError> {
+        self.lane(bridge, api_addr).map(|(c, _)| c)
     }
 
     /// Runs `plan`'s calls in order; returns one result per call made (stops after a failure).
@@ -80,68 +200,22 @@ impl Executor {
         results
     }
 
-    /// Makes one call within the deadline.
+    /// Makes one call within the deadline (counted from when it is queued).
     pub async fn call(&self, c: &BridgeCall) -> CallResult {
-        let mut client = BridgeClient::new(self.channel(&c.bridge, &c.api_addr)?);
-        let deadline = self.deadline;
-        // The deadline travels with the request too (grpc-timeout), so the bridge can give up.
-        fn req<T>(m: T, d: Duration) -> tonic::Request<T> {
-            let mut r = tonic::Request::new(m);
-            r.set_timeout(d);
-            r
-        }
-        let call = async {
-            match &c.call {
-                Call::Create { conference } => client
-                    .create_conference(req(
-                        pb::CreateConferenceRequest {
-                            conference_id: conference.clone(),
-                        },
-                        deadline,
-                    ))
-                    .await
-                    .map(|_| ()),
-                Call::Add {
-                    conference,
-                    endpoint,
-                    participant,
-                    ..
-                } => client
-                    .add_endpoint(req(
-                        add_request(conference, endpoint, participant),
-                        deadline,
-                    ))
-                    .await
-                    .map(|_| ()),
-                Call::Remove {
-                    conference,
-                    endpoint,
-                } => client
-                    .remove_endpoint(req(
-                        pb::RemoveEndpointRequest {
-                            conference_id: conference.clone(),
-                            endpoint_id: endpoint.clone(),
-                        },
-                        deadline,
-                    ))
-                    .await
-                    .map(|_| ()),
-                Call::Delete { conference } => client
-                    .delete_conference(req(
-                        pb::DeleteConferenceRequest {
-                            conference_id: conference.clone(),
-                        },
-                        deadline,
-                    ))
-                    .await
-                    .map(|_| ()),
-            }
-        };
-        let deadline_ms = deadline.as_millis() as u64;
-        match tokio::time::timeout(deadline, call).await {
+        let deadline_ms = self.deadline.as_millis() as u64;
+        let (_, tx) = self.lane(&c.bridge, &c.api_addr)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Queued {
+            change: change(&c.call),
+            reply,
+        })
+        .map_err(|_| CallError::Unavailable("the bridge's lane closed".into()))?;
+        match tokio::time::timeout(self.deadline, rx).await {
             Err(_) => Err(CallError::Timeout { deadline_ms }),
-            Ok(Ok(())) => Ok(Applied::Done),
-            Ok(Err(s)) => classify(&c.call, s, deadline_ms),
+            Ok(Err(_)) => Err(CallError::Unavailable("the bridge's lane closed".into())),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(s))) if s.code() == Code::Ok => Ok(Applied::Done),
+            Ok(Ok(Ok(s))) => classify(&c.call, s, deadline_ms),
         }
     }
 }

@@ -69,6 +69,52 @@ impl BridgeService {
     }
 }
 
+/// Most changes one `Apply` may carry.
+pub const MAX_BATCH: usize = 4096;
+
+fn srtp_request(p: Option<&pb::SrtpParams>) -> Option<SrtpRequest> {
+    p.map(|p| SrtpRequest {
+        profile: p.profile.clone(),
+        endpoint_key: p.endpoint_key.clone(),
+        bridge_key: p.bridge_key.clone(),
+    })
+}
+
+/// Applies one change of a batch; its failure is its own.
+fn apply_change(s: &mut crate::state::BridgeState, c: &pb::Change) -> pb::ChangeResult {
+    use pb::change::Change as C;
+    let r = match &c.change {
+        Some(C::CreateConference(r)) => s.create_conference(&r.conference_id),
+        Some(C::AddEndpoint(r)) => s
+            .add_endpoint(
+                &r.conference_id,
+                &r.endpoint_id,
+                &r.ssrcs,
+                &r.remote_addr,
+                srtp_request(r.srtp.as_ref()).as_ref(),
+            )
+            .map(|_| ()),
+        Some(C::RemoveEndpoint(r)) => s.remove_endpoint(&r.conference_id, &r.endpoint_id),
+        Some(C::DeleteConference(r)) => s.delete_conference(&r.conference_id).map(|_| ()),
+        None => {
+            return pb::ChangeResult {
+                code: tonic::Code::InvalidArgument as i32,
+                message: "change: empty".into(),
+            };
+        }
+    };
+    match r {
+        Ok(()) => pb::ChangeResult::default(),
+        Err(e) => {
+            let st = Status::from(ApiError::State(e));
+            pb::ChangeResult {
+                code: st.code() as i32,
+                message: st.message().into(),
+            }
+        }
+    }
+}
+
 fn counters(c: &Counters) -> pb::Counters {
     let d = |r: DropReason| c.drops[r as usize];
     pb::Counters {
@@ -119,11 +165,7 @@ impl Bridge for BridgeService {
         req: Request<pb::AddEndpointRequest>,
     ) -> Result<Response<pb::AddEndpointResponse>, Status> {
         let r = req.into_inner();
-        let srtp = r.srtp.map(|p| SrtpRequest {
-            profile: p.profile,
-            endpoint_key: p.endpoint_key,
-            bridge_key: p.bridge_key,
-        });
+        let srtp = srtp_request(r.srtp.as_ref());
         self.apply(move |s| {
             s.add_endpoint(
                 &r.conference_id,
@@ -147,6 +189,23 @@ impl Bridge for BridgeService {
         self.apply(move |s| s.remove_endpoint(&r.conference_id, &r.endpoint_id))
             .await?;
         Ok(Response::new(pb::RemoveEndpointResponse {}))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let changes = req.into_inner().changes;
+        if changes.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "changes: {}, more than the limit of {MAX_BATCH}",
+                changes.len()
+            )));
+        }
+        let results = self
+            .apply(move |s| Ok(changes.iter().map(|c| apply_change(s, c)).collect()))
+            .await?;
+        Ok(Response::new(pb::ApplyResponse { results }))
     }
 
     async fn list_conferences(

@@ -466,9 +466,7 @@ impl BridgeState {
     /// A snapshot of the packet-path table for the current state, with the next generation.
     pub fn table(&mut self) -> Table {
         self.generation += 1;
-        let mut t = self.table.clone();
-        t.set_generation(self.generation);
-        t
+        self.table.snapshot(self.generation)
     }
 }
 

@@ -6,6 +6,7 @@
 //! verdicts.
 
 pub mod classify;
+pub mod cow;
 pub mod rtcp;
 pub mod rtp;
 pub mod table;

@@ -1,8 +1,9 @@
 //! Forwarding table: an immutable snapshot of conferences and endpoints, indexed for the packet
 //! path. The control path keeps a working copy, changes it in place (each change touches one
-//! conference), and publishes a clone per change: the clone copies the flat indices and bumps a
-//! reference count per endpoint and conference, so publishing stays cheap with many endpoints.
-//! Workers swap snapshots in between batches.
+//! conference), and publishes a [`Table::snapshot`] per change. The bridge-wide indices are
+//! copy-on-write ([`super::cow`]): a snapshot shares their shards and chunks, and a change copies
+//! only the shard or chunk it touches, so publishing costs O(shards) however many endpoints the
+//! bridge has. Workers swap snapshots in between batches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 
+use super::cow::{CowMap, CowVec};
 use crate::srtp::Session;
 
 /// Bridge-wide identity of an endpoint, stable across table generations.
@@ -67,12 +69,14 @@ pub(crate) struct Conference {
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     generation: u64,
-    pub(crate) by_addr: FxHashMap<SocketAddr, u32>,
-    pub(crate) latch_by_ssrc: FxHashMap<u32, u32>,
-    pub(crate) by_uid: FxHashMap<EndpointUid, u32>,
-    endpoints: Vec<Option<Arc<Endpoint>>>,
+    pub(crate) by_addr: CowMap<SocketAddr, u32>,
+    pub(crate) latch_by_ssrc: CowMap<u32, u32>,
+    pub(crate) by_uid: CowMap<EndpointUid, u32>,
+    endpoints: CowVec<Option<Arc<Endpoint>>>,
+    /// Free endpoint slots (working copy only; snapshots leave them out).
     free_endpoints: Vec<u32>,
-    conferences: Vec<Option<Arc<Conference>>>,
+    conferences: CowVec<Option<Arc<Conference>>>,
+    /// Free conference slots (working copy only).
     free_conferences: Vec<u32>,
 }
 
@@ -84,6 +88,21 @@ impl Table {
     /// The generation this table was built for; workers acknowledge it once in force.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// A snapshot to publish as `generation`: shares every shard and chunk with this table, so
+    /// it costs O(shards + chunks), not O(endpoints).
+    pub fn snapshot(&self, generation: u64) -> Table {
+        Table {
+            generation,
+            by_addr: self.by_addr.clone(),
+            latch_by_ssrc: self.latch_by_ssrc.clone(),
+            by_uid: self.by_uid.clone(),
+            endpoints: self.endpoints.clone(),
+            free_endpoints: Vec::new(),
+            conferences: self.conferences.clone(),
+            free_conferences: Vec::new(),
+        }
     }
 
     /// Stamps the table with the generation it is published as.
@@ -304,7 +323,7 @@ mod tests {
 
     /// Every index agrees with every other after arbitrary changes.
     fn consistent(t: &Table) {
-        for (&uid, &i) in &t.by_uid {
+        for (&uid, &i) in t.by_uid.iter() {
             let e = t.ep(i);
             assert_eq!(e.uid, uid);
             let c = t.conf(e.conf);
