@@ -139,7 +139,7 @@ impl<T: Clone> CowVec<T> {
 
     /// Appends.
     pub fn push(&mut self, v: T) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
         Arc::make_mut(self.chunks.last_mut().expect("a chunk with room")).push(v);
