@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Control-plane demo (part of `make run`): a control plane and two bridges in two regions on
-# loopback; participants join through the control plane's CLI; one bridge is killed and its
-# conference moves. Everything runs from target/release and is stopped on exit.
+# loopback; participants join through the control plane's CLI (one with SRTP: the focus returns
+# the bridge's key); one bridge hangs (SIGSTOP: connection open, no answers), the health probes
+# find it and its conference moves. Everything runs from target/release and is stopped on exit.
 set -euo pipefail
 bin=${BIN:-target/release}
 data=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  kill -CONT "${pids[@]}" 2>/dev/null || true # a stopped process acts on SIGTERM only once continued
+  wait 2>/dev/null || true
+  rm -rf "$data"
+}
 trap cleanup EXIT
 
 ready() { # start a process in the background, wait for its ready line, set REPLY to a field of it
@@ -18,7 +24,7 @@ ready() { # start a process in the background, wait for its ready line, set REPL
   REPLY=$(grep -o "$field=[^ ]*" "$out" | cut -d= -f2)
 }
 
-ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --data-dir "$data/store" --report-interval-ms 300
+ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --data-dir "$data/store"
 url=http://$REPLY
 echo "control plane at $url"
 for b in eu-1:eu us-1:us; do
@@ -30,11 +36,24 @@ ctl() { echo "\$ ringbridge-control $*"; "$bin/ringbridge-control" --control "$u
 ctl bridges
 ctl join --conference standup --participant ana --region eu --ssrc 1 --remote-addr 127.0.0.1:41001
 ctl join --conference standup --participant ben --region us --ssrc 2 --remote-addr 127.0.0.1:41002
+ctl join --conference standup --participant dee --region eu --ssrc 4 --remote-addr 127.0.0.1:41004 \
+  --srtp-profile AEAD_AES_128_GCM --srtp-key 000102030405060708090a0b0c0d0e0f101112131415161718191a1b
 ctl join --conference webinar --participant cho --region us --ssrc 3 --remote-addr 127.0.0.1:41003
 ctl conferences
 victim=$("$bin/ringbridge-control" --control "$url" --json conferences | grep -o '"bridge_id":"[^"]*"' | head -1 | cut -d'"' -f4)
-echo "--- stopping bridge $victim; its conferences move after 3 missed reports (0.9 s)"
-kill "${pids[$([ "$victim" = eu-1 ] && echo 1 || echo 2)]}"
-sleep 1.5
+vpid=${pids[$([ "$victim" = eu-1 ] && echo 1 || echo 2)]}
+echo "--- SIGSTOP bridge $victim: it hangs with its connections open; health probes (every 250 ms,"
+echo "    500 ms deadline, down after 2 failures) declare it down and its conferences move"
+kill -STOP "$vpid"
+t0=$(date +%s%N)
+for _ in $(seq 200); do # bounded: 10 s
+  "$bin/ringbridge-control" --control "$url" --json bridges |
+    grep -q "\"bridge_id\":\"$victim\",[^}]*\"state\":\"down\"" && break
+  sleep 0.05
+done
+echo "    $victim declared down after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+sleep 0.3
 ctl bridges
 ctl conferences
+ctl join --conference later --participant eve --region eu --ssrc 5 --remote-addr 127.0.0.1:41005
+kill -CONT "$vpid"

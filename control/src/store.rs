@@ -187,12 +187,20 @@ pub trait Store: Send + Sync {
 /// The log grows to at least this many bytes before it is compacted.
 const MIN_COMPACT_BYTES: u64 = 1 << 20;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotFile {
     /// Generation of the log that continues this snapshot.
     log_generation: u64,
     #[serde(flatten)]
     state: Snapshot,
+}
+
+/// What [`SnapshotFile`] reads, written from a reference (no copy of the state).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    log_generation: u64,
+    #[serde(flatten)]
+    state: &'a Snapshot,
 }
 
 struct LogState {
@@ -264,9 +272,9 @@ impl FileStore {
     fn write_snapshot(&self, generation: u64, state: &Snapshot) -> Result<u64, StoreError> {
         let path = self.snapshot_path();
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&SnapshotFile {
+        let bytes = serde_json::to_vec(&SnapshotRef {
             log_generation: generation,
-            state: state.clone(),
+            state,
         })
         .expect("snapshot serializes");
         let mut f = create_private(&tmp, false)?;
