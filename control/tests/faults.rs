@@ -274,3 +274,49 @@ async fn srtp_through_join_survives_a_failover_and_bad_keys_leave_nothing() {
     assert!(srtp_to_plain(&alice, &tx, &bob, &moved.media_addr, 2));
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_bound_to_any_address_is_announced_at_one_reachable_address() {
+    let data = data_dir("advertise");
+    let ctl = control(&data, "127.0.0.1:0");
+    let url = format!("http://{}", ctl.field("listen"));
+    let b = Proc::start(
+        "ringbridge",
+        &[
+            "--engine",
+            "mio",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--media",
+            "0.0.0.0:0",
+            "--api",
+            "127.0.0.1:0",
+            "--control",
+            &url,
+            "--bridge-id",
+            "any",
+            "--region",
+            "eu",
+        ],
+    );
+    wait_bridges(&url, 1).await;
+    let advertised = b.field("advertise");
+    assert!(advertised.starts_with("127.0.0.1:"), "{advertised}");
+    let mut focus = FocusClient::new(channel(&url).await);
+    let (p1, p2) = (Party::new(41), Party::new(42));
+    let j = focus
+        .join(p1.join("delta", "p1", "eu"))
+        .await
+        .unwrap()
+        .into_inner();
+    focus.join(p2.join("delta", "p2", "eu")).await.unwrap();
+    let placed = get(&mut focus, "delta").await.unwrap();
+    let listed = bridge_id_of(&url, "any").await;
+    // Join, GetConference, ListBridges and the ready line all give the same address.
+    assert_eq!(j.media_addr, advertised);
+    assert_eq!(placed.media_addr, advertised);
+    assert_eq!(listed.media_addr, advertised);
+    assert!(flows(&p1, &p2, &j.media_addr, 1));
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, default_value_t = 2_000)]
     probe: u32,
     /// Concurrent clients (each works on its own conferences).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     concurrency: u32,
 }
 
