@@ -98,6 +98,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         engine: Choice::Auto,
         advertise: None,
         tuning: Default::default(),
+        limits: Default::default(),
     })
     .await
     .unwrap();

@@ -263,6 +263,7 @@ impl Registry for RegistryService {
         let plans = c.lock().focus.register(b, now_ms()).map_err(status)?;
         tracing::info!(bridge = %r.bridge_id, api = %r.api_addr, "bridge registered");
         c.spawn(plans);
+        c.reconcile(r.bridge_id, r.api_addr);
         Ok(Response::new(pb::RegisterBridgeResponse {
             report_interval_ms: c.cfg.report_interval_ms,
         }))

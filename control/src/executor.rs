@@ -186,6 +186,31 @@ impl Executor {
         self.lane(bridge, api_addr).map(|(c, _)| c)
     }
 
+    /// The conferences and endpoint ids `bridge` holds (for reconciliation), within the deadline.
+    pub async fn list(
+        &self,
+        bridge: &str,
+        api_addr: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, CallError> {
+        let mut client = BridgeClient::new(self.channel(bridge, api_addr)?);
+        let mut req = tonic::Request::new(pb::ListConferencesRequest {});
+        req.set_timeout(self.deadline);
+        let deadline_ms = self.deadline.as_millis() as u64;
+        match tokio::time::timeout(self.deadline, client.list_conferences(req)).await {
+            Err(_) => Err(CallError::Timeout { deadline_ms }),
+            Ok(Err(s)) => Err(CallError::Unavailable(s.message().into())),
+            Ok(Ok(r)) => Ok(r
+                .into_inner()
+                .conferences
+                .into_iter()
+                .map(|c| {
+                    let eps = c.endpoints.into_iter().map(|e| e.endpoint_id).collect();
+                    (c.conference_id, eps)
+                })
+                .collect()),
+        }
+    }
+
     /// Runs `plan`'s calls in order; returns one result per call made (stops after a failure).
     pub async fn run(&self, plan: &Plan) -> Vec<CallResult> {
         let mut results = Vec::with_capacity(plan.calls.len());
@@ -236,6 +261,7 @@ fn classify(call: &Call, s: Status, deadline_ms: u64) -> CallResult {
             Err(CallError::Invalid(msg))
         }
         (Code::AlreadyExists, _) => Err(CallError::Exists(msg)),
+        (Code::ResourceExhausted, _) => Err(CallError::Full(msg)),
         (Code::NotFound, _) => Err(CallError::NotFound(msg)),
         (Code::DeadlineExceeded | Code::Cancelled, _) => Err(CallError::Timeout { deadline_ms }),
         _ => Err(CallError::Unavailable(msg)),

@@ -98,6 +98,9 @@ pub enum CallError {
     /// NOT_FOUND where that is a failure.
     #[error("{0}")]
     NotFound(String),
+    /// A capacity limit of the bridge (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Full(String),
     /// The bridge could not be reached, or failed internally.
     #[error("unreachable: {0}")]
     Unavailable(String),
@@ -657,6 +660,44 @@ impl Focus {
             .map(|(c, _)| c.clone())
             .collect();
         Ok(stale.into_iter().map(|c| self.move_plan(&c, &id)).collect())
+    }
+
+    /// Plans removing from `bridge` what it holds but the focus did not place there: conferences
+    /// placed elsewhere or nowhere, and endpoints no participant owns (left behind by a control
+    /// crash between a bridge call and the store, or by a bridge that was declared down while it
+    /// was only hung). `listing` is the bridge's `ListConferences`: conference -> endpoint ids.
+    /// Conferences with an operation in flight are left alone. One plan per call, so one failure
+    /// does not stop the others.
+    pub fn reconcile(&mut self, bridge: &str, listing: Vec<(String, Vec<String>)>) -> Vec<Plan> {
+        let mut calls = Vec::new();
+        for (conference, endpoints) in listing {
+            if self.busy.contains(&conference) {
+                continue;
+            }
+            match self.conferences.get(&conference) {
+                Some(p) if p.bridge == bridge => {
+                    for e in endpoints {
+                        if !p.participants.contains_key(&e) {
+                            calls.push(Call::Remove {
+                                conference: conference.clone(),
+                                endpoint: e,
+                            });
+                        }
+                    }
+                }
+                _ => calls.push(Call::Delete { conference }),
+            }
+        }
+        if !calls.is_empty() {
+            tracing::info!(%bridge, calls = calls.len(), "reconciling: removing what the bridge holds but no placement owns");
+        }
+        calls
+            .into_iter()
+            .map(|c| {
+                let call = self.call(bridge, c);
+                self.start(None, Op::Cleanup, vec![call])
+            })
+            .collect()
     }
 
     /// Records a load report; `false` means the bridge must register again.
@@ -1365,6 +1406,50 @@ mod tests {
         let plans = f.tick(3200);
         assert_eq!(plans.len(), 1);
         assert_ne!(plans[0].calls[0].bridge, target);
+    }
+
+    #[test]
+    fn reconcile_removes_only_what_no_placement_owns() {
+        let mut f = focus();
+        let p = f.join(join("c1", "a", "eu"), 0).unwrap();
+        let b = p.calls[0].bridge.clone();
+        run_ok(&mut f, p);
+        let busy = f.join(join("c2", "x", "eu"), 0).unwrap(); // in flight: left alone
+        let listing = vec![
+            ("c1".to_string(), vec!["a".to_string(), "ghost".to_string()]),
+            ("c2".to_string(), vec!["x".to_string()]),
+            ("orphan".to_string(), vec!["z".to_string()]),
+        ];
+        let plans = f.reconcile(&b, listing);
+        let calls: Vec<&Call> = plans.iter().map(|p| &p.calls[0].call).collect();
+        assert_eq!(
+            calls,
+            [
+                &Call::Remove {
+                    conference: "c1".into(),
+                    endpoint: "ghost".into()
+                },
+                &Call::Delete {
+                    conference: "orphan".into()
+                }
+            ]
+        );
+        assert!(plans.iter().all(|p| p.calls[0].bridge == b));
+        run_ok(&mut f, busy);
+        // A conference placed on another bridge is not this bridge's to keep.
+        let other = if b == "eu-1" { "eu-2" } else { "eu-1" };
+        let plans = f.reconcile(other, vec![("c1".to_string(), vec!["a".to_string()])]);
+        assert_eq!(
+            plans[0].calls[0].call,
+            Call::Delete {
+                conference: "c1".into()
+            }
+        );
+        assert_eq!(
+            f.conferences()["c1"].participants.len(),
+            1,
+            "placements untouched"
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use ringbridge_proto::v1::registry_server::RegistryServer;
 use ringbridge_proto::v1::router_server::RouterServer;
 use tracing_subscriber::EnvFilter;
 
+/// Largest request the control plane decodes: every limited field at its limit fits easily.
+const MAX_REQUEST_BYTES: usize = 64 << 10;
+
 /// ringbridge control plane: places conferences on bridges (focus), routes conferences to
 /// shards (router) and tracks bridges (registry).
 #[derive(Parser, Debug)]
@@ -169,9 +172,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ringbridge_edge::grpc::serve(
         router
-            .add_service(FocusServer::new(FocusService(control.clone())))
-            .add_service(RouterServer::new(RouterService(control.clone())))
-            .add_service(RegistryServer::new(RegistryService(control.clone()))),
+            .add_service(
+                FocusServer::new(FocusService(control.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                RouterServer::new(RouterService(control.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                RegistryServer::new(RegistryService(control.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            ),
         listener,
         async {
             let _ = stop_rx.await;

@@ -92,6 +92,7 @@ pub fn status(e: FocusError) -> Status {
             CallError::Invalid(_) => Status::invalid_argument(msg),
             CallError::Exists(_) => Status::already_exists(msg),
             CallError::NotFound(_) => Status::not_found(msg),
+            CallError::Full(_) => Status::resource_exhausted(msg),
             CallError::Unavailable(_) | CallError::Timeout { .. } => Status::unavailable(msg),
         },
     }
@@ -378,6 +379,20 @@ impl Control {
             Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
             Ok(Ok(r)) => Err(format!("not serving (status {})", r.get_ref().status)),
         }
+    }
+
+    /// Lists what a (re)registered bridge holds and removes what no placement owns.
+    pub fn reconcile(self: &Arc<Self>, bridge: String, api_addr: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            match me.executor.list(&bridge, &api_addr).await {
+                Ok(listing) => {
+                    let plans = me.lock().focus.reconcile(&bridge, listing);
+                    me.spawn(plans);
+                }
+                Err(e) => tracing::warn!(%bridge, "cannot list its conferences to reconcile: {e}"),
+            }
+        });
     }
 
     /// Participants placed, for metrics.

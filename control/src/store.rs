@@ -210,6 +210,9 @@ struct LogState {
     snapshot_bytes: u64,
     /// The state as persisted, to write the next snapshot from.
     mirror: Snapshot,
+    /// The last append failed: the log may end in a torn write, so the next append starts a
+    /// new generation from a snapshot of what was acknowledged.
+    broken: bool,
 }
 
 /// The embedded store: snapshot + append-only log in a directory (see the module docs).
@@ -347,6 +350,7 @@ impl Store for FileStore {
             log_bytes,
             snapshot_bytes,
             mirror: state.clone(),
+            broken: false,
         };
         self.compact(&mut st)?;
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
@@ -359,14 +363,25 @@ impl Store for FileStore {
         }
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let st = guard.as_mut().expect("FileStore::load before append");
+        if st.broken {
+            self.compact(st)?;
+            st.broken = false;
+        }
         let mut buf = Vec::with_capacity(changes.len() * 128);
         for c in changes {
             serde_json::to_writer(&mut buf, c).expect("change serializes");
             buf.push(b'\n');
         }
         let log = self.log_path(st.generation);
-        st.file.write_all(&buf).map_err(io(&log))?;
-        st.file.sync_data().map_err(io(&log))?;
+        let written = st
+            .file
+            .write_all(&buf)
+            .and_then(|()| st.file.sync_data())
+            .map_err(io(&log));
+        if written.is_err() {
+            st.broken = true;
+        }
+        written?;
         st.log_bytes += buf.len() as u64;
         for c in changes {
             st.mirror.apply(c);
@@ -472,6 +487,31 @@ mod tests {
         }
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_write_is_not_acknowledged_and_the_retry_starts_a_clean_log() {
+        let d = dir("full");
+        std::fs::create_dir_all(&d).unwrap();
+        // The first generations' logs are /dev/full: writes fail with ENOSPC.
+        for g in 1..4 {
+            std::os::unix::fs::symlink("/dev/full", d.join(format!("log.{g}"))).unwrap();
+        }
+        let store = FileStore::new(&d).unwrap();
+        store.load().unwrap(); // continues in log.1 (-> /dev/full)
+        let c = [Change::Placed {
+            conference: "c".into(),
+            bridge: "b".into(),
+        }];
+        assert!(store.append(&c).is_err());
+        assert!(store.append(&c).is_err(), "log.2 is /dev/full too");
+        for g in 1..4 {
+            let _ = std::fs::remove_file(d.join(format!("log.{g}")));
+        }
+        store.append(&c).unwrap();
+        let s = FileStore::new(&d).unwrap().load().unwrap();
+        assert_eq!(s.placements["c"].bridge, "b");
         let _ = std::fs::remove_dir_all(&d);
     }
 

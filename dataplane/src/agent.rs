@@ -77,8 +77,8 @@ impl Agent {
                 rate(now.1.rx_packets, last.1.rx_packets),
                 rate(now.1.tx_packets, last.1.tx_packets),
             );
-            let (conferences, endpoints) =
-                publisher.read(|s| (s.conferences() as u32, s.endpoints() as u32));
+            let (conferences, endpoints) = publisher.counts();
+            let (conferences, endpoints) = (conferences as u32, endpoints as u32);
             let report = pb::LoadReport {
                 bridge_id: self.bridge_id.clone(),
                 rx_pps,

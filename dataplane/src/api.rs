@@ -31,6 +31,7 @@ impl From<ApiError> for Status {
                 ErrorKind::Invalid => Status::invalid_argument(msg),
                 ErrorKind::NotFound => Status::not_found(msg),
                 ErrorKind::Exists => Status::already_exists(msg),
+                ErrorKind::Full => Status::resource_exhausted(msg),
             },
             ApiError::Publish(_) => Status::internal(msg),
         }
@@ -68,6 +69,9 @@ impl BridgeService {
             .map_err(Status::from)
     }
 }
+
+/// Largest request the API decodes (an `Apply` of 4096 maximal changes fits).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// Most changes one `Apply` may carry.
 pub const MAX_BATCH: usize = 4096;
@@ -244,9 +248,8 @@ impl Bridge for BridgeService {
         for c in &per_worker {
             total += *c;
         }
-        let (conferences, endpoints) = self
-            .publisher
-            .read(|s| (s.conferences() as u32, s.endpoints() as u32));
+        let (conferences, endpoints) = self.publisher.counts();
+        let (conferences, endpoints) = (conferences as u32, endpoints as u32);
         Ok(Response::new(pb::GetStatsResponse {
             total: Some(counters(&total)),
             workers: per_worker
@@ -275,7 +278,7 @@ pub async fn serve(
     let (health, router) = ringbridge_edge::grpc::router()?;
     health.set_serving::<BridgeServer<BridgeService>>().await;
     ringbridge_edge::grpc::serve(
-        router.add_service(BridgeServer::new(service)),
+        router.add_service(BridgeServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES)),
         listener,
         shutdown,
     )

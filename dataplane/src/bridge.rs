@@ -24,6 +24,8 @@ pub struct Config {
     pub advertise: Option<SocketAddr>,
     /// Engine tuning.
     pub tuning: Tuning,
+    /// Capacity limits of the API.
+    pub limits: crate::state::Limits,
 }
 
 /// A started bridge whose API is not serving yet.
@@ -76,7 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         advertise.set_ip(lo);
     }
     let workers = started.links.len();
-    let publisher = Publisher::start(started.media, channels, started.links);
+    let publisher = Publisher::start(started.media, config.limits, channels, started.links);
     let service = BridgeService::new(publisher.clone(), advertise, started.kind.name());
     Ok(Running {
         engine: started.kind.name(),

@@ -58,6 +58,12 @@ struct BridgeArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Most endpoints over all conferences (AddEndpoint beyond it: RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 1_000_000, global = true)]
+    max_endpoints: usize,
+    /// Most endpoints in one conference.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    max_endpoints_per_conference: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +97,10 @@ fn main() -> anyhow::Result<()> {
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,
             pin: !a.no_pin,
+        },
+        limits: ringbridge_dataplane::state::Limits {
+            endpoints: a.max_endpoints,
+            endpoints_per_conference: a.max_endpoints_per_conference,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -129,7 +139,7 @@ fn main() -> anyhow::Result<()> {
                             for c in p.worker_counters() {
                                 t += c;
                             }
-                            let (c, e) = p.read(|s| (s.conferences(), s.endpoints()));
+                            let (c, e) = p.counts();
                             metrics::bridge(r, &t, c, e)
                         }),
                     ));

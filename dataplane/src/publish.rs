@@ -4,6 +4,7 @@
 //! everywhere. Workers never lock; they drain their channel between batches.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::{Event, Table};
-use crate::state::BridgeState;
+use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
 
 /// How long an RPC waits for every worker to take a new table in before it reports failure.
@@ -117,6 +118,9 @@ pub struct Publisher {
     state: Mutex<BridgeState>,
     links: Vec<WorkerLink>,
     acks: Receiver<(usize, u64)>,
+    /// Conferences and endpoints as of the last change, readable without the state lock (load
+    /// reports, stats and metrics never wait for a change being built).
+    counts: (AtomicUsize, AtomicUsize),
 }
 
 /// Channels shared by all workers of one bridge, created before the workers.
@@ -151,12 +155,18 @@ impl Default for Channels {
 
 impl Publisher {
     /// A publisher over running workers. Starts the thread that records latched addresses.
-    pub fn start(media: SocketAddr, channels: Channels, links: Vec<WorkerLink>) -> Arc<Self> {
+    pub fn start(
+        media: SocketAddr,
+        limits: Limits,
+        channels: Channels,
+        links: Vec<WorkerLink>,
+    ) -> Arc<Self> {
         let Channels { acks, events, .. } = channels;
         let p = Arc::new(Self {
-            state: Mutex::new(BridgeState::new(media)),
+            state: Mutex::new(BridgeState::with_limits(media, limits)),
             links,
             acks,
+            counts: (AtomicUsize::new(0), AtomicUsize::new(0)),
         });
         let weak = Arc::downgrade(&p);
         std::thread::Builder::new()
@@ -187,9 +197,14 @@ impl Publisher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads the state.
+    /// Reads the state (waits for a change in progress).
     pub fn read<R>(&self, f: impl FnOnce(&BridgeState) -> R) -> R {
         f(&self.lock())
+    }
+
+    /// Conferences and endpoints as of the last change, without taking the state lock.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.counts.0.load(Relaxed), self.counts.1.load(Relaxed))
     }
 
     /// Runs a mutation; if it succeeds, puts the new table in force on every worker before
@@ -199,7 +214,10 @@ impl Publisher {
         f: impl FnOnce(&mut BridgeState) -> Result<R, E>,
     ) -> Result<R, E> {
         let mut st = self.lock();
-        let r = f(&mut st)?;
+        let r = f(&mut st);
+        self.counts.0.store(st.conferences(), Relaxed);
+        self.counts.1.store(st.endpoints(), Relaxed);
+        let r = r?;
         self.publish(&mut st)?;
         Ok(r)
     }

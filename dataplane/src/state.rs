@@ -23,6 +23,31 @@ pub enum ErrorKind {
     NotFound,
     /// It would create something that already exists (`ALREADY_EXISTS`).
     Exists,
+    /// It would go over a configured capacity (`RESOURCE_EXHAUSTED`).
+    Full,
+}
+
+/// Longest conference or endpoint id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Most SSRCs one endpoint may declare.
+pub const MAX_SSRCS: usize = 64;
+
+/// Capacity limits of one bridge (`--max-endpoints`, `--max-endpoints-per-conference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Endpoints over all conferences.
+    pub endpoints: usize,
+    /// Endpoints in one conference.
+    pub endpoints_per_conference: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            endpoints: 1_000_000,
+            endpoints_per_conference: 100_000,
+        }
+    }
 }
 
 /// Why a request was refused. Messages name the field to fix.
@@ -31,6 +56,28 @@ pub enum StateError {
     /// A required id is empty.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// A field is longer or has more items than its limit (the value is not echoed).
+    #[error("{field}: {got} {unit}, more than the limit of {limit}")]
+    TooLarge {
+        /// The request field.
+        field: &'static str,
+        /// Its size.
+        got: usize,
+        /// "bytes" or "items".
+        unit: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// A capacity limit of the bridge is reached.
+    #[error("{what}: the limit of {limit} is reached (--{flag})")]
+    Full {
+        /// What is full.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
     /// An address does not parse or cannot be used.
     #[error("{field}: {value:?} {why}")]
     BadAddr {
@@ -112,9 +159,12 @@ impl StateError {
     /// The class of error, for status codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Empty(_) | Self::BadAddr { .. } | Self::BadSrtp { .. } | Self::NothingToLatch => {
-                ErrorKind::Invalid
-            }
+            Self::Empty(_)
+            | Self::TooLarge { .. }
+            | Self::BadAddr { .. }
+            | Self::BadSrtp { .. }
+            | Self::NothingToLatch => ErrorKind::Invalid,
+            Self::Full { .. } => ErrorKind::Full,
             Self::ConferenceNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::ConferenceExists(_)
             | Self::EndpointExists { .. }
@@ -213,6 +263,7 @@ pub struct BridgeState {
     table: Table,
     next_uid: EndpointUid,
     generation: u64,
+    limits: Limits,
 }
 
 /// A conference: its endpoints and its place in the working table.
@@ -225,6 +276,13 @@ struct Conf {
 fn need(field: &'static str, v: &str) -> Result<(), StateError> {
     if v.is_empty() {
         Err(StateError::Empty(field))
+    } else if v.len() > MAX_ID_LEN {
+        Err(StateError::TooLarge {
+            field,
+            got: v.len(),
+            unit: "bytes",
+            limit: MAX_ID_LEN,
+        })
     } else {
         Ok(())
     }
@@ -241,6 +299,15 @@ impl BridgeState {
             table: Table::default(),
             next_uid: 1,
             generation: 0,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The same, with capacity limits.
+    pub fn with_limits(media: SocketAddr, limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::new(media)
         }
     }
 
@@ -320,13 +387,26 @@ impl BridgeState {
                 "is IPv4 but this bridge's media socket is IPv6"
             }));
         }
-        if a.ip().is_unspecified() || a.ip().is_multicast() {
+        let broadcast = match a.ip() {
+            std::net::IpAddr::V4(ip) => {
+                ip.is_broadcast() || ip == std::net::Ipv4Addr::new(127, 255, 255, 255)
+            }
+            std::net::IpAddr::V6(_) => false,
+        };
+        if a.ip().is_unspecified() || a.ip().is_multicast() || broadcast {
             return Err(bad(
-                "must be a unicast address, not unspecified or multicast",
+                "must be a unicast address, not unspecified, multicast or broadcast",
             ));
         }
         if a.port() == 0 {
             return Err(bad("must have a non-zero port"));
+        }
+        // The bridge's own media socket: its copies would come back to it as input.
+        let own = a.port() == self.media.port()
+            && (a.ip() == self.media.ip()
+                || (self.media.ip().is_unspecified() && a.ip().is_loopback()));
+        if own {
+            return Err(bad("is this bridge's own media address"));
         }
         Ok(Some(a))
     }
@@ -350,10 +430,18 @@ impl BridgeState {
         remote_addr: &str,
         srtp: Option<&SrtpRequest>,
     ) -> Result<EndpointUid, StateError> {
+        // Sizes first: validation is linear in a request that passes them.
         need("conference_id", conference)?;
         need("endpoint_id", endpoint)?;
+        if ssrcs.len() > MAX_SSRCS {
+            return Err(StateError::TooLarge {
+                field: "ssrcs",
+                got: ssrcs.len(),
+                unit: "items",
+                limit: MAX_SSRCS,
+            });
+        }
         let addr = self.parse_addr("remote_addr", remote_addr)?;
-        let srtp = srtp.map(SrtpRequest::derive).transpose()?;
         let mut declared = Vec::with_capacity(ssrcs.len());
         for &s in ssrcs {
             if !declared.contains(&s) {
@@ -374,14 +462,30 @@ impl BridgeState {
                 endpoint: endpoint.into(),
             });
         }
-        for (owner, e) in eps {
-            if let Some(&ssrc) = declared.iter().find(|s| e.ssrcs.contains(s)) {
-                return Err(StateError::SsrcTaken {
-                    ssrc,
-                    owner: owner.clone(),
-                });
-            }
+        if self.names.len() >= self.limits.endpoints {
+            return Err(StateError::Full {
+                what: "endpoints on this bridge",
+                limit: self.limits.endpoints,
+                flag: "max-endpoints",
+            });
         }
+        if eps.len() >= self.limits.endpoints_per_conference {
+            return Err(StateError::Full {
+                what: "endpoints in this conference",
+                limit: self.limits.endpoints_per_conference,
+                flag: "max-endpoints-per-conference",
+            });
+        }
+        if let Some((ssrc, owner)) = declared
+            .iter()
+            .find_map(|&s| self.table.ssrc_owner(conf.idx, s).map(|u| (s, u)))
+        {
+            return Err(StateError::SsrcTaken {
+                ssrc,
+                owner: self.names[&owner].1.clone(),
+            });
+        }
+        let srtp = srtp.map(SrtpRequest::derive).transpose()?;
         if addr.is_none()
             && let Some((&ssrc, &i)) = declared
                 .iter()

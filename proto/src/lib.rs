@@ -1,8 +1,9 @@
 //! Generated gRPC types and services of ringbridge (`ringbridge.v1`).
 
-#![allow(missing_docs, clippy::all)]
+pub mod codec;
 
 /// Package `ringbridge.v1`.
+#[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("ringbridge.v1");
 }

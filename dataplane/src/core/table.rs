@@ -110,6 +110,14 @@ impl Table {
         self.generation = generation;
     }
 
+    /// The endpoint of conference `conf` that sends `ssrc`.
+    pub fn ssrc_owner(&self, conf: ConfIdx, ssrc: u32) -> Option<EndpointUid> {
+        self.conf(conf.0)
+            .ssrc_owner
+            .get(&ssrc)
+            .map(|&i| self.ep(i).uid)
+    }
+
     /// Number of endpoints in the table.
     pub fn endpoints(&self) -> usize {
         self.by_uid.len()
