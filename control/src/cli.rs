@@ -8,6 +8,9 @@ use ringbridge_proto::v1::router_client::RouterClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
+/// Largest response the CLI accepts (a listing of a big fleet passes gRPC's 4 MiB default).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// A client command.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -79,6 +82,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                 _ => None,
             };
             let r = FocusClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .join(pb::JoinRequest {
                     conference: conference.clone(),
                     participant_id: participant.clone(),
@@ -110,6 +114,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
             participant,
         } => {
             FocusClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .leave(pb::LeaveRequest {
                     conference: conference.clone(),
                     participant_id: participant.clone(),
@@ -132,6 +137,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
         }
         Command::Conferences => {
             let r = FocusClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .list_placements(pb::ListPlacementsRequest {})
                 .await?
                 .into_inner();
@@ -157,6 +163,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
         }
         Command::Bridges => {
             let r = RegistryClient::new(ch)
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
                 .list_bridges(pb::ListBridgesRequest {})
                 .await?
                 .into_inner();

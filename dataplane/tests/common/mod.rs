@@ -73,9 +73,11 @@ impl Bridge {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
+        let ready = ringbridge_edge::ready::Ready::parse(&line)
+            .unwrap_or_else(|| panic!("not a ready line: {line:?}"));
         let field = |k: &str| -> String {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            ready
+                .get(k)
                 .unwrap_or_else(|| panic!("no {k}= in ready line {line:?}"))
                 .to_string()
         };

@@ -1,0 +1,218 @@
+//! The Bridge API against hostile or careless requests, over a real process: oversized requests
+//! are refused before any work (and do not delay other calls), ids are bounded and never echoed
+//! when too long, addresses that make no sense are refused, undecodable requests are
+//! INVALID_ARGUMENT, and capacity limits answer RESOURCE_EXHAUSTED. Nothing programmed changes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Bridge;
+use ringbridge_proto::v1 as pb;
+use tonic::Code;
+
+fn add(conf: &str, ep: &str, ssrcs: Vec<u32>, addr: &str) -> pb::AddEndpointRequest {
+    pb::AddEndpointRequest {
+        conference_id: conf.into(),
+        endpoint_id: ep.into(),
+        ssrcs,
+        remote_addr: addr.into(),
+        srtp: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_before_any_work() {
+    let mut b = Bridge::start("mio").await;
+    b.conference("c").await;
+    b.client
+        .add_endpoint(add("c", "keep", vec![1], "127.0.0.1:4000"))
+        .await
+        .unwrap();
+    // 300 000 SSRCs to an unknown conference: refused on the count, at once; a GetStats sent
+    // meanwhile is answered (bounded wait only to fail instead of hanging).
+    let mut c2 = b.client.clone();
+    let t = Instant::now();
+    let big = tokio::spawn(async move {
+        c2.add_endpoint(add("nope", "e", (0..300_000).collect(), ""))
+            .await
+    });
+    let mut c3 = b.client.clone();
+    tokio::time::timeout(Duration::from_secs(5), c3.get_stats(pb::GetStatsRequest {}))
+        .await
+        .expect("GetStats answers while a big request is handled")
+        .unwrap();
+    let e = big.await.unwrap().unwrap_err();
+    eprintln!(
+        "AddEndpoint with 300 000 SSRCs answered in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "ssrcs: 300000 items, more than the limit of 64"
+    );
+    // Ids: bounded, and a long one is not echoed back.
+    let long = "x".repeat(12_000);
+    for r in [add(&long, "e", vec![5], ""), add("c", &long, vec![5], "")] {
+        let e = b.client.add_endpoint(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message()
+                .ends_with("12000 bytes, more than the limit of 256"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().len() < 100);
+    }
+    let e = b
+        .client
+        .create_conference(pb::CreateConferenceRequest {
+            conference_id: long.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("conference_id: 12000 bytes"),
+        "{}",
+        e.message()
+    );
+    let l = b.list().await;
+    assert_eq!(l.conferences.len(), 1);
+    assert_eq!(l.conferences[0].endpoints.len(), 1, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_that_make_no_sense_are_refused() {
+    let mut b = Bridge::start("mio").await;
+    b.conference("c").await;
+    let own = b.media.to_string();
+    for bad in [own.as_str(), "255.255.255.255:5000", "127.255.255.255:5000"] {
+        let e = b
+            .client
+            .add_endpoint(add("c", "e", vec![1], bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        assert!(e.message().starts_with("remote_addr:"), "{}", e.message());
+    }
+    let l = b.list().await;
+    assert!(l.conferences[0].endpoints.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_limits_answer_resource_exhausted() {
+    let mut b = Bridge::start_with(
+        "mio",
+        "127.0.0.1",
+        &[
+            "--max-endpoints",
+            "3",
+            "--max-endpoints-per-conference",
+            "2",
+        ],
+    )
+    .await;
+    b.conference("c").await;
+    b.conference("d").await;
+    for (c, e, s) in [("c", "a", 1), ("c", "b", 2)] {
+        b.client.add_endpoint(add(c, e, vec![s], "")).await.unwrap();
+    }
+    let e = b
+        .client
+        .add_endpoint(add("c", "x", vec![3], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("--max-endpoints-per-conference"),
+        "{}",
+        e.message()
+    );
+    b.client
+        .add_endpoint(add("d", "a", vec![4], ""))
+        .await
+        .unwrap();
+    let e = b
+        .client
+        .add_endpoint(add("d", "b", vec![5], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("--max-endpoints)"), "{}", e.message());
+}
+
+/// Sends raw bytes as a request message.
+#[derive(Debug, Clone, Default)]
+struct Raw;
+
+struct RawEncoder;
+struct NoDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for NoDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        _buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = NoDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> NoDecoder {
+        NoDecoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument() {
+    let b = Bridge::start("mio").await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", b.api))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    // Field 1 (conference_id), length 2, bytes that are not UTF-8; then plain garbage.
+    for body in [vec![0x0a, 0x02, 0xff, 0xfe], vec![0xff; 7]] {
+        grpc.ready().await.unwrap();
+        let e = grpc
+            .unary::<Vec<u8>, (), Raw>(
+                tonic::Request::new(body),
+                "/ringbridge.v1.Bridge/CreateConference".parse().unwrap(),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("CreateConferenceRequest"),
+            "{}",
+            e.message()
+        );
+    }
+}
