@@ -4,7 +4,6 @@
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ringbridge_dataplane::core::{Core, TableBuilder, rtp as rtp_parse};
@@ -34,7 +33,7 @@ fn core() -> Core {
             b.endpoint(conf, u64::from(i), &[i * 2, i * 2 + 1], Some(addr(i)), None);
         }
     }
-    Core::new(Arc::new(b.build(1)))
+    Core::new(b.build(1))
 }
 
 fn decision(c: &mut Criterion) {
@@ -81,7 +80,7 @@ fn decision(c: &mut Criterion) {
     for e in 0..101u32 {
         big.endpoint(conf, u64::from(e), &[e], Some(addr(e)), None);
     }
-    let mut big = Core::new(Arc::new(big.build(1)));
+    let mut big = Core::new(big.build(1));
     let mut pkt0 = rtp(0, 1200);
     let src0 = addr(0);
     g.bench_function("fanout_verdict_100_receivers", |b| {

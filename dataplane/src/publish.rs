@@ -1,7 +1,8 @@
-//! Hands forwarding tables to the workers. The API changes [`BridgeState`] under a mutex (the
-//! control path only), builds a new [`Table`], sends it down every worker's channel, wakes the
-//! workers, and returns once each has acknowledged that generation: the change is then in force
-//! everywhere. Workers never lock; they drain their channel between batches.
+//! Hands table changes to the workers. The API changes [`BridgeState`] under a mutex (the
+//! control path only), which records the change as table ops; the ops go down every worker's
+//! channel as one [`Delta`], the workers are woken, and the call returns once each has
+//! acknowledged that generation: the change is then in force everywhere. Workers never lock;
+//! they apply deltas to their own table between batches.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::core::{Event, Table};
+use crate::core::{Delta, Event};
 use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
 
@@ -27,8 +28,8 @@ pub trait Wake: Send + Sync {
 /// A message from the control path to a worker.
 #[derive(Debug)]
 pub enum ToWorker {
-    /// Put this table in force, then acknowledge its generation.
-    Table(Arc<Table>),
+    /// Apply these table changes, then acknowledge their generation.
+    Delta(Arc<Delta>),
     /// Finish in-flight sends and exit.
     Shutdown,
 }
@@ -223,11 +224,11 @@ impl Publisher {
     }
 
     fn publish(&self, st: &mut BridgeState) -> Result<(), PublishError> {
-        let table = Arc::new(st.table());
-        let generation = table.generation();
+        let delta = Arc::new(st.delta());
+        let generation = delta.generation;
         for l in &self.links {
             // A send fails only if the worker is gone; the ack wait below reports it.
-            let _ = l.tx.send(ToWorker::Table(table.clone()));
+            let _ = l.tx.send(ToWorker::Delta(delta.clone()));
             l.waker.wake();
         }
         let deadline = Instant::now() + APPLY_TIMEOUT;

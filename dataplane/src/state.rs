@@ -1,8 +1,8 @@
 //! The bridge's conferences and endpoints as the API sees them (string ids, configured and
 //! latched addresses). Every mutation validates fully before it changes anything, so a failed
 //! request leaves the state as it was. A working [`Table`] is kept in step with every change
-//! (one conference touched per change, lookups by address and SSRC in O(1));
-//! [`BridgeState::table`] snapshots it for the packet path.
+//! (lookups by address and SSRC in O(1)); each change to it is recorded as an [`Op`], and
+//! [`BridgeState::delta`] hands the recorded ops to the workers, whose copies apply the same ops.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::core::table::ConfIdx;
-use crate::core::{EndpointUid, Table};
+use crate::core::{Delta, EndpointUid, Op, Table};
 use crate::srtp::{Profile, Session};
 
 /// What kind of mistake a request made; the API maps it to a gRPC code.
@@ -261,6 +261,8 @@ pub struct BridgeState {
     /// Conference and endpoint id of every endpoint.
     names: FxHashMap<EndpointUid, (String, String)>,
     table: Table,
+    /// Ops applied to `table` since the last delta.
+    pending: Vec<Op>,
     next_uid: EndpointUid,
     generation: u64,
     limits: Limits,
@@ -270,7 +272,8 @@ pub struct BridgeState {
 #[derive(Debug, Clone)]
 struct Conf {
     idx: ConfIdx,
-    endpoints: BTreeMap<String, EndpointState>,
+    /// By id; hashed, as a conference may hold 100 000 endpoints (listing sorts).
+    endpoints: FxHashMap<String, EndpointState>,
 }
 
 fn need(field: &'static str, v: &str) -> Result<(), StateError> {
@@ -297,6 +300,7 @@ impl BridgeState {
             conferences: BTreeMap::new(),
             names: FxHashMap::default(),
             table: Table::default(),
+            pending: Vec::new(),
             next_uid: 1,
             generation: 0,
             limits: Limits::default(),
@@ -326,8 +330,13 @@ impl BridgeState {
         &self,
     ) -> impl Iterator<Item = (&str, impl Iterator<Item = (&str, &EndpointState)>)> {
         self.conferences.iter().map(|(c, conf)| {
-            let eps = conf.endpoints.iter().map(|(e, s)| (e.as_str(), s));
-            (c.as_str(), eps)
+            let mut eps: Vec<(&str, &EndpointState)> = conf
+                .endpoints
+                .iter()
+                .map(|(e, s)| (e.as_str(), s))
+                .collect();
+            eps.sort_unstable_by_key(|(e, _)| *e);
+            (c.as_str(), eps.into_iter())
         })
     }
 
@@ -338,11 +347,12 @@ impl BridgeState {
             return Err(StateError::ConferenceExists(id.into()));
         }
         let idx = self.table.add_conference();
+        self.pending.push(Op::AddConference);
         self.conferences.insert(
             id.into(),
             Conf {
                 idx,
-                endpoints: BTreeMap::new(),
+                endpoints: FxHashMap::default(),
             },
         );
         Ok(())
@@ -358,7 +368,10 @@ impl BridgeState {
         for e in conf.endpoints.values() {
             self.names.remove(&e.uid);
         }
-        self.table.remove_conference(conf.idx);
+        self.record(Op::RemoveConference {
+            conf: conf.idx,
+            members: conf.endpoints.values().map(|e| e.uid).collect(),
+        });
         Ok(conf.endpoints.len())
     }
 
@@ -507,11 +520,18 @@ impl BridgeState {
         }
         let uid = self.next_uid;
         self.next_uid += 1;
-        let conf = self.conferences.get_mut(conference).expect("checked above");
+        let idx = self.conferences[conference].idx;
         let keys = srtp.as_ref().map(|s| (s.rx.clone(), s.tx.clone()));
-        self.table
-            .add_endpoint(conf.idx, uid, &declared, addr, keys);
+        let op = Op::AddEndpoint {
+            conf: idx,
+            uid,
+            ssrcs: declared.as_slice().into(),
+            addr,
+            srtp: keys,
+        };
+        self.record(op);
         self.names.insert(uid, (conference.into(), endpoint.into()));
+        let conf = self.conferences.get_mut(conference).expect("checked above");
         conf.endpoints.insert(
             endpoint.into(),
             EndpointState {
@@ -541,7 +561,7 @@ impl BridgeState {
                 endpoint: endpoint.into(),
             })?;
         self.names.remove(&e.uid);
-        self.table.remove_endpoint(e.uid);
+        self.record(Op::RemoveEndpoint { uid: e.uid });
         Ok(())
     }
 
@@ -564,13 +584,28 @@ impl BridgeState {
         }
         e.addr = Some(addr);
         e.latched = true;
+        self.pending.push(Op::Latch { uid, addr });
         true
     }
 
-    /// A snapshot of the packet-path table for the current state, with the next generation.
-    pub fn table(&mut self) -> Table {
+    /// Applies `op` to the working table and records it for the workers.
+    fn record(&mut self, op: Op) {
+        self.table.apply(&op);
+        self.pending.push(op);
+    }
+
+    /// The working table (what the workers' copies will be once the pending delta is applied).
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The ops recorded since the last delta, stamped with the next generation.
+    pub fn delta(&mut self) -> Delta {
         self.generation += 1;
-        self.table.snapshot(self.generation)
+        Delta {
+            generation: self.generation,
+            ops: std::mem::take(&mut self.pending),
+        }
     }
 }
 
@@ -650,5 +685,9 @@ mod tests {
         assert!(!s.latch(uid, addr));
         assert_eq!(s.delete_conference("c"), Ok(0));
         assert_eq!(s.table().endpoints(), 0);
+        // A worker's copy, fed the deltas, agrees.
+        let mut copy = Table::default();
+        copy.apply_delta(&s.delta());
+        assert_eq!(copy.endpoints(), 0);
     }
 }

@@ -6,20 +6,18 @@
 //! verdicts.
 
 pub mod classify;
-pub mod cow;
 pub mod rtcp;
 pub mod rtp;
 pub mod table;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use crate::srtp::{self, replay};
 pub use classify::Class;
-pub use table::{ConfIdx, EndpointUid, Peer, Table, TableBuilder};
+pub use table::{ConfIdx, Delta, EndpointUid, Op, Peer, Table, TableBuilder};
 
 /// Why a packet was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,8 +205,8 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// Per-worker forwarding state; see the module docs.
 #[derive(Debug)]
 pub struct Core {
-    table: Arc<Table>,
-    /// Addresses this worker latched that the current table does not know yet.
+    table: Table,
+    /// Addresses this worker latched that its table does not know yet.
     latched: FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: VecDeque<Event>,
     streams: StreamState,
@@ -218,7 +216,7 @@ pub struct Core {
 
 impl Core {
     /// A core forwarding by `table`.
-    pub fn new(table: Arc<Table>) -> Self {
+    pub fn new(table: Table) -> Self {
         Self {
             table,
             latched: FxHashMap::default(),
@@ -229,13 +227,53 @@ impl Core {
     }
 
     /// The table in force.
-    pub fn table(&self) -> &Arc<Table> {
+    pub fn table(&self) -> &Table {
         &self.table
     }
 
-    /// Puts `table` in force and returns the previous one. Addresses latched here that the new
-    /// table has not yet taken in stay in force while their endpoint still waits for one.
-    pub fn set_table(&mut self, table: Arc<Table>) -> Arc<Table> {
+    /// Applies a delta from the control path. Costs what it changes: stream state of removed
+    /// endpoints goes with them; addresses latched here stay in force while their endpoint
+    /// still waits for one.
+    pub fn apply(&mut self, delta: &Delta) {
+        for op in &delta.ops {
+            match op {
+                Op::RemoveEndpoint { uid } => self.forget(*uid),
+                Op::RemoveConference { members, .. } => {
+                    for &uid in members.iter() {
+                        self.forget(uid);
+                    }
+                }
+                Op::Latch { addr, .. } => {
+                    self.latched.remove(addr);
+                }
+                Op::AddConference | Op::AddEndpoint { .. } => {}
+            }
+            self.table.apply(op);
+        }
+        self.table.apply_delta(&Delta {
+            generation: delta.generation,
+            ops: Vec::new(),
+        });
+    }
+
+    /// Drops the per-stream state and pending latch of an endpoint that is being removed.
+    fn forget(&mut self, uid: EndpointUid) {
+        let Some(&i) = self.table.by_uid.get(&uid) else {
+            return;
+        };
+        for &ssrc in self.table.ep(i).ssrcs.iter() {
+            self.streams.rtp.remove(&(uid, ssrc));
+            self.streams.rtcp_in.remove(&(uid, ssrc));
+            self.streams.rtcp_out.remove(&(uid, ssrc));
+        }
+        if !self.latched.is_empty() {
+            self.latched.retain(|_, (u, _)| *u != uid);
+        }
+    }
+
+    /// Replaces the whole table (tests and benches; bridges apply deltas). Latched addresses
+    /// and stream state are kept only for endpoints the new table still has.
+    pub fn set_table(&mut self, table: Table) -> Table {
         self.latched.retain(|addr, (uid, idx)| {
             if table.by_addr.contains_key(addr) {
                 return false;
@@ -248,7 +286,6 @@ impl Core {
                 _ => false,
             }
         });
-        // Stream state of endpoints that are gone would otherwise accumulate.
         let live = |uid: &EndpointUid| table.by_uid.contains_key(uid);
         self.streams.rtp.retain(|(uid, _), _| live(uid));
         self.streams.rtcp_in.retain(|(uid, _), _| live(uid));
@@ -346,13 +383,13 @@ fn decide<'t>(
             (len, u64::from(i))
         }
         // Plain senders: SRTP receivers need an index, tracked like a receiver would.
-        (None, true) if conf.srtp_out => {
+        (None, true) if conf.srtp_out() => {
             let st = streams.rtp.entry(key).or_default();
             let index = st.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
             st.accept(index);
             (pkt.len(), index)
         }
-        (None, false) if conf.srtp_out => {
+        (None, false) if conf.srtp_out() => {
             let n = streams.rtcp_out.entry(key).or_insert(0);
             *n = (*n + 1) & 0x7fff_ffff;
             (pkt.len(), u64::from(*n))
@@ -442,7 +479,7 @@ mod tests {
         let c1 = b.conference();
         b.endpoint(c1, 5, &[50], Some(a(5)), None);
         b.endpoint(c1, 6, &[60], Some(a(6)), None);
-        Core::new(Arc::new(b.build(1)))
+        Core::new(b.build(1))
     }
 
     fn dests(core: &mut Core, pkt: &[u8], src: SocketAddr) -> Result<Vec<u16>, DropReason> {
@@ -480,7 +517,7 @@ mod tests {
         let mut b = TableBuilder::new();
         let conf = b.conference();
         b.endpoint(conf, 1, &[50], Some(a(5)), None);
-        c.set_table(Arc::new(b.build(2)));
+        c.set_table(b.build(2));
         assert_eq!(
             dests(&mut c, &sender_report(50), a(5)),
             Err(DropReason::NoReceivers)
@@ -530,7 +567,7 @@ mod tests {
         let c0 = b.conference();
         b.endpoint(c0, 1, &[10, 11], Some(a(1)), None);
         b.endpoint(c0, 4, &[40], Some(src), None);
-        c.set_table(Arc::new(b.build(2)));
+        c.set_table(b.build(2));
         assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![4000]));
         assert_eq!(dests(&mut c, &rtp(40, 3, 0, b"x"), src), Ok(vec![1]));
         assert!(c.latched.is_empty());
@@ -546,10 +583,10 @@ mod tests {
         let c0 = b.conference();
         b.endpoint(c0, 1, &[10], Some(a(1)), None);
         b.endpoint(c0, 4, &[40], None, None);
-        c.set_table(Arc::new(b.build(2)));
+        c.set_table(b.build(2));
         assert_eq!(dests(&mut c, &rtp(40, 2, 0, b"x"), src), Ok(vec![1]));
         // The endpoint is removed: its address is unknown again.
-        c.set_table(Arc::new(TableBuilder::new().build(3)));
+        c.set_table(TableBuilder::new().build(3));
         assert_eq!(
             dests(&mut c, &rtp(40, 3, 0, b"x"), src),
             Err(DropReason::UnknownSource)

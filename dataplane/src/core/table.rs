@@ -1,9 +1,9 @@
-//! Forwarding table: an immutable snapshot of conferences and endpoints, indexed for the packet
-//! path. The control path keeps a working copy, changes it in place (each change touches one
-//! conference), and publishes a [`Table::snapshot`] per change. The bridge-wide indices are
-//! copy-on-write ([`super::cow`]): a snapshot shares their shards and chunks, and a change copies
-//! only the shard or chunk it touches, so publishing costs O(shards) however many endpoints the
-//! bridge has. Workers swap snapshots in between batches.
+//! Forwarding table: conferences and endpoints, indexed for the packet path. The control path
+//! and every worker each own a copy and change it with the same [`Op`]s in the same order, so
+//! the copies stay identical (slots are allocated deterministically). A change costs what it
+//! touches, whatever the size of the bridge or the conference: the control path records the ops
+//! of a change and sends them to the workers as one [`Delta`]; a worker applies it in between
+//! batches. Lookups by address, SSRC and uid are O(1).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +11,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 
-use super::cow::{CowMap, CowVec};
 use crate::srtp::Session;
 
-/// Bridge-wide identity of an endpoint, stable across table generations.
+/// Bridge-wide identity of an endpoint, stable for its lifetime.
 pub type EndpointUid = u64;
 
 /// A destination: the endpoint's address, and the same address as a ready-made `sockaddr`.
@@ -58,25 +57,77 @@ pub(crate) struct Conference {
     pub peers: Vec<Peer>,
     /// Endpoint index of each peer.
     pub peer_owner: Vec<u32>,
-    /// Every endpoint of the conference, with or without an address.
-    pub members: Vec<u32>,
     pub ssrc_owner: FxHashMap<u32, u32>,
-    /// Some peer receives SRTP: plain senders' packet indices must be tracked.
-    pub srtp_out: bool,
+    /// Peers that receive SRTP (plain senders' packet indices must then be tracked).
+    pub srtp_peers: u32,
 }
 
-/// An immutable forwarding table; see the module docs.
+impl Conference {
+    /// Some peer receives SRTP.
+    #[inline]
+    pub fn srtp_out(&self) -> bool {
+        self.srtp_peers > 0
+    }
+}
+
+/// One change to a table. Every copy applies the same ops in the same order.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Adds an empty conference (at the slot [`Table::add_conference`] returned).
+    AddConference,
+    /// Removes a conference and its endpoints (their uids).
+    RemoveConference {
+        /// The conference.
+        conf: ConfIdx,
+        /// Its endpoints.
+        members: Box<[EndpointUid]>,
+    },
+    /// Adds an endpoint; without `addr` it waits to be latched by one of its `ssrcs`.
+    AddEndpoint {
+        /// Its conference.
+        conf: ConfIdx,
+        /// Its uid (not in the table yet).
+        uid: EndpointUid,
+        /// Declared SSRCs.
+        ssrcs: Box<[u32]>,
+        /// Configured address.
+        addr: Option<SocketAddr>,
+        /// (inbound, outbound) SRTP sessions.
+        srtp: Option<(Arc<Session>, Arc<Session>)>,
+    },
+    /// Removes an endpoint.
+    RemoveEndpoint {
+        /// The endpoint.
+        uid: EndpointUid,
+    },
+    /// Gives an endpoint waiting to latch its address.
+    Latch {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// Its address.
+        addr: SocketAddr,
+    },
+}
+
+/// The ops of one publication, stamped with the generation workers acknowledge.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// Generation this delta brings a table to.
+    pub generation: u64,
+    /// The ops, in order.
+    pub ops: Vec<Op>,
+}
+
+/// A forwarding table; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     generation: u64,
-    pub(crate) by_addr: CowMap<SocketAddr, u32>,
-    pub(crate) latch_by_ssrc: CowMap<u32, u32>,
-    pub(crate) by_uid: CowMap<EndpointUid, u32>,
-    endpoints: CowVec<Option<Arc<Endpoint>>>,
-    /// Free endpoint slots (working copy only; snapshots leave them out).
+    pub(crate) by_addr: FxHashMap<SocketAddr, u32>,
+    pub(crate) latch_by_ssrc: FxHashMap<u32, u32>,
+    pub(crate) by_uid: FxHashMap<EndpointUid, u32>,
+    endpoints: Vec<Option<Endpoint>>,
     free_endpoints: Vec<u32>,
-    conferences: CowVec<Option<Arc<Conference>>>,
-    /// Free conference slots (working copy only).
+    conferences: Vec<Option<Conference>>,
     free_conferences: Vec<u32>,
 }
 
@@ -85,29 +136,9 @@ pub struct Table {
 pub struct ConfIdx(u32);
 
 impl Table {
-    /// The generation this table was built for; workers acknowledge it once in force.
+    /// The generation of the last delta applied (or the one a built table was stamped with).
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// A snapshot to publish as `generation`: shares every shard and chunk with this table, so
-    /// it costs O(shards + chunks), not O(endpoints).
-    pub fn snapshot(&self, generation: u64) -> Table {
-        Table {
-            generation,
-            by_addr: self.by_addr.clone(),
-            latch_by_ssrc: self.latch_by_ssrc.clone(),
-            by_uid: self.by_uid.clone(),
-            endpoints: self.endpoints.clone(),
-            free_endpoints: Vec::new(),
-            conferences: self.conferences.clone(),
-            free_conferences: Vec::new(),
-        }
-    }
-
-    /// Stamps the table with the generation it is published as.
-    pub fn set_generation(&mut self, generation: u64) {
-        self.generation = generation;
     }
 
     /// The endpoint of conference `conf` that sends `ssrc`.
@@ -127,7 +158,7 @@ impl Table {
     #[inline]
     pub(crate) fn ep(&self, i: u32) -> &Endpoint {
         self.endpoints[i as usize]
-            .as_deref()
+            .as_ref()
             .expect("live endpoint index")
     }
 
@@ -135,25 +166,54 @@ impl Table {
     #[inline]
     pub(crate) fn conf(&self, i: u32) -> &Conference {
         self.conferences[i as usize]
-            .as_deref()
+            .as_ref()
             .expect("live conference index")
     }
 
     fn conf_mut(&mut self, i: u32) -> &mut Conference {
-        Arc::make_mut(
-            self.conferences[i as usize]
-                .as_mut()
-                .expect("live conference"),
-        )
+        self.conferences[i as usize]
+            .as_mut()
+            .expect("live conference")
     }
 
     fn ep_mut(&mut self, i: u32) -> &mut Endpoint {
-        Arc::make_mut(self.endpoints[i as usize].as_mut().expect("live endpoint"))
+        self.endpoints[i as usize].as_mut().expect("live endpoint")
+    }
+
+    /// Applies one op; the control path has validated it (ids free, SSRCs and address unused).
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::AddConference => {
+                self.add_conference();
+            }
+            Op::RemoveConference { conf, members } => self.remove_conference(*conf, members),
+            Op::AddEndpoint {
+                conf,
+                uid,
+                ssrcs,
+                addr,
+                srtp,
+            } => self.add_endpoint(*conf, *uid, ssrcs, *addr, srtp.clone()),
+            Op::RemoveEndpoint { uid } => {
+                self.remove_endpoint(*uid);
+            }
+            Op::Latch { uid, addr } => {
+                self.latch(*uid, *addr);
+            }
+        }
+    }
+
+    /// Applies a delta and takes its generation.
+    pub fn apply_delta(&mut self, d: &Delta) {
+        for op in &d.ops {
+            self.apply(op);
+        }
+        self.generation = d.generation;
     }
 
     /// Adds an empty conference.
     pub fn add_conference(&mut self) -> ConfIdx {
-        let c = Some(Arc::new(Conference::default()));
+        let c = Some(Conference::default());
         match self.free_conferences.pop() {
             Some(i) => {
                 self.conferences[i as usize] = c;
@@ -178,14 +238,14 @@ impl Table {
         srtp: Option<(Arc<Session>, Arc<Session>)>,
     ) {
         let (srtp_in, srtp_out) = srtp.unzip();
-        let ep = Some(Arc::new(Endpoint {
+        let ep = Some(Endpoint {
             uid,
             conf: conf.0,
             ssrcs: ssrcs.into(),
             slot: None,
             srtp_in,
             srtp_out,
-        }));
+        });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
                 self.endpoints[i as usize] = ep;
@@ -198,7 +258,6 @@ impl Table {
         };
         self.by_uid.insert(uid, idx);
         let c = self.conf_mut(conf.0);
-        c.members.push(idx);
         for &s in ssrcs {
             c.ssrc_owner.insert(s, idx);
         }
@@ -226,26 +285,25 @@ impl Table {
 
     fn set_addr(&mut self, idx: u32, addr: SocketAddr) {
         let ep = self.ep(idx);
-        let (conf, ssrcs, out) = (ep.conf, ep.ssrcs.clone(), ep.srtp_out.clone());
-        for s in ssrcs.iter() {
-            if self.latch_by_ssrc.get(s) == Some(&idx) {
-                self.latch_by_ssrc.remove(s);
+        let (conf, out) = (ep.conf, ep.srtp_out.clone());
+        for i in 0..ep.ssrcs.len() {
+            let s = self.ep(idx).ssrcs[i];
+            if self.latch_by_ssrc.get(&s) == Some(&idx) {
+                self.latch_by_ssrc.remove(&s);
             }
         }
         self.by_addr.insert(addr, idx);
         let c = self.conf_mut(conf);
-        c.srtp_out |= out.is_some();
+        c.srtp_peers += u32::from(out.is_some());
         c.peers.push(Peer::new(addr, out));
         c.peer_owner.push(idx);
         let slot = c.peers.len() as u32 - 1;
         self.ep_mut(idx).slot = Some(slot);
     }
 
-    /// Removes endpoint `uid`; false if unknown.
-    pub fn remove_endpoint(&mut self, uid: EndpointUid) -> bool {
-        let Some(idx) = self.by_uid.remove(&uid) else {
-            return false;
-        };
+    /// Takes endpoint `uid` out of the bridge-wide indices (not out of its conference).
+    fn unindex(&mut self, uid: EndpointUid) -> Option<(u32, Endpoint)> {
+        let idx = self.by_uid.remove(&uid)?;
         let ep = self.endpoints[idx as usize].take().expect("live endpoint");
         self.free_endpoints.push(idx);
         for s in ep.ssrcs.iter() {
@@ -253,8 +311,19 @@ impl Table {
                 self.latch_by_ssrc.remove(s);
             }
         }
+        if let Some(slot) = ep.slot {
+            let addr = self.conf(ep.conf).peers[slot as usize].addr;
+            self.by_addr.remove(&addr);
+        }
+        Some((idx, ep))
+    }
+
+    /// Removes endpoint `uid`; false if unknown. O(its SSRCs), whatever the conference's size.
+    pub fn remove_endpoint(&mut self, uid: EndpointUid) -> bool {
+        let Some((idx, ep)) = self.unindex(uid) else {
+            return false;
+        };
         let c = self.conf_mut(ep.conf);
-        c.members.retain(|&m| m != idx);
         for s in ep.ssrcs.iter() {
             if c.ssrc_owner.get(s) == Some(&idx) {
                 c.ssrc_owner.remove(s);
@@ -264,28 +333,26 @@ impl Table {
         let slot = slot as usize;
         let gone = c.peers.swap_remove(slot);
         c.peer_owner.swap_remove(slot);
-        c.srtp_out = c.peers.iter().any(|p| p.srtp.is_some());
+        c.srtp_peers -= u32::from(gone.srtp.is_some());
         let moved = c.peer_owner.get(slot).copied();
-        self.by_addr.remove(&gone.addr);
         if let Some(m) = moved {
             self.ep_mut(m).slot = Some(slot as u32);
         }
         true
     }
 
-    /// Removes a conference and all its endpoints.
-    pub fn remove_conference(&mut self, conf: ConfIdx) {
-        let members = self.conf(conf.0).members.clone();
-        for m in members {
-            let uid = self.ep(m).uid;
-            self.remove_endpoint(uid);
+    /// Removes a conference and all its endpoints (`members`, their uids): the endpoints leave
+    /// the bridge-wide indices, the conference goes at once.
+    pub fn remove_conference(&mut self, conf: ConfIdx, members: &[EndpointUid]) {
+        for &uid in members {
+            self.unindex(uid);
         }
         self.conferences[conf.0 as usize] = None;
         self.free_conferences.push(conf.0);
     }
 }
 
-/// Builds a [`Table`] from scratch (tests, benches); the control path changes one in place.
+/// Builds a [`Table`] from scratch (tests, benches); bridges change theirs with [`Op`]s.
 #[derive(Debug, Default)]
 pub struct TableBuilder {
     table: Table,
@@ -331,11 +398,10 @@ mod tests {
 
     /// Every index agrees with every other after arbitrary changes.
     fn consistent(t: &Table) {
-        for (&uid, &i) in t.by_uid.iter() {
+        for (&uid, &i) in &t.by_uid {
             let e = t.ep(i);
             assert_eq!(e.uid, uid);
             let c = t.conf(e.conf);
-            assert!(c.members.contains(&i));
             match e.slot {
                 Some(s) => {
                     assert_eq!(c.peer_owner[s as usize], i);
@@ -372,7 +438,7 @@ mod tests {
         assert!(t.latch(5, a(55)));
         assert!(!t.latch(5, a(56)));
         consistent(&t);
-        t.remove_conference(c0);
+        t.remove_conference(c0, &[2, 3, 4, 5]);
         consistent(&t);
         assert_eq!(t.endpoints(), 1);
         assert!(t.by_addr.contains_key(&a(6)) && !t.by_addr.contains_key(&a(2)));
@@ -383,5 +449,58 @@ mod tests {
         consistent(&t);
         consistent(&before);
         assert_eq!(before.endpoints(), 6);
+    }
+
+    #[test]
+    fn copies_applying_the_same_ops_stay_identical() {
+        let mut a = Table::default();
+        let mut ops = vec![Op::AddConference, Op::AddConference];
+        let (c0, c1) = (ConfIdx(0), ConfIdx(1));
+        for uid in 1..=6u64 {
+            ops.push(Op::AddEndpoint {
+                conf: if uid % 2 == 0 { c0 } else { c1 },
+                uid,
+                ssrcs: [uid as u32].into(),
+                addr: (uid != 5).then(|| a_(uid as u16)),
+                srtp: None,
+            });
+        }
+        ops.push(Op::RemoveEndpoint { uid: 2 });
+        ops.push(Op::Latch {
+            uid: 5,
+            addr: a_(55),
+        });
+        ops.push(Op::RemoveConference {
+            conf: c1,
+            members: [1, 3, 5].into(),
+        });
+        ops.push(Op::AddConference); // reuses slot 1
+        ops.push(Op::AddEndpoint {
+            conf: c1,
+            uid: 7,
+            ssrcs: [7].into(),
+            addr: Some(a_(7)),
+            srtp: None,
+        });
+        for op in &ops {
+            a.apply(op);
+        }
+        let mut b = Table::default();
+        b.apply_delta(&Delta { generation: 9, ops });
+        consistent(&a);
+        consistent(&b);
+        assert_eq!(b.generation(), 9);
+        assert_eq!(a.endpoints(), 3);
+        let peers = |t: &Table, c: u32| -> Vec<SocketAddr> {
+            t.conf(c).peers.iter().map(|p| p.addr).collect()
+        };
+        assert_eq!(peers(&a, 0), peers(&b, 0));
+        assert_eq!(peers(&a, 1), [a_(7)]);
+        assert_eq!(a.by_addr, b.by_addr);
+        assert_eq!(a.by_uid, b.by_uid);
+    }
+
+    fn a_(port: u16) -> SocketAddr {
+        a(port)
     }
 }

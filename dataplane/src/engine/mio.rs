@@ -59,7 +59,7 @@ pub fn spawn(
 
 fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Result<()> {
     let fd = udp.as_raw_fd();
-    let mut core = Core::new(Arc::new(Table::default()));
+    let mut core = Core::new(Table::default());
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);

@@ -412,7 +412,7 @@ impl Worker {
     }
 
     fn run(&mut self, port: &WorkerPort) -> io::Result<()> {
-        let mut core = Core::new(Arc::new(Table::default()));
+        let mut core = Core::new(Table::default());
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();

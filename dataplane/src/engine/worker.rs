@@ -4,15 +4,14 @@
 use crate::core::Core;
 use crate::publish::{ToWorker, WorkerPort};
 
-/// Applies pending tables (acknowledging each) and reports whether to keep running.
+/// Applies pending table deltas (acknowledging each) and reports whether to keep running.
 pub(crate) fn drain_control(port: &WorkerPort, core: &mut Core) -> bool {
     let mut running = true;
     while let Ok(msg) = port.rx.try_recv() {
         match msg {
-            ToWorker::Table(t) => {
-                let generation = t.generation();
-                drop(core.set_table(t));
-                port.ack(generation);
+            ToWorker::Delta(d) => {
+                core.apply(&d);
+                port.ack(d.generation);
             }
             ToWorker::Shutdown => running = false,
         }
