@@ -34,6 +34,8 @@ struct Lane {
     api_addr: String,
     channel: Channel,
     tx: mpsc::UnboundedSender<Queued>,
+    /// Set when the bridge is declared down: calls in flight fail at once.
+    abort: tokio::sync::watch::Sender<bool>,
 }
 
 /// Runs plans.
@@ -93,10 +95,21 @@ fn change(call: &Call) -> pb::Change {
 
 /// Sends what queues on one bridge's lane, one batch in flight at a time, until the lane is
 /// dropped.
-async fn lane(mut rx: mpsc::UnboundedReceiver<Queued>, channel: Channel, deadline: Duration) {
+async fn lane(
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    channel: Channel,
+    deadline: Duration,
+    mut abort: tokio::sync::watch::Receiver<bool>,
+) {
     let mut client = BridgeClient::new(channel);
     let deadline_ms = deadline.as_millis() as u64;
     while let Some(first) = rx.recv().await {
+        if *abort.borrow() {
+            let _ = first.reply.send(Err(CallError::Unavailable(
+                "the bridge was declared down".into(),
+            )));
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH
             && let Ok(q) = rx.try_recv()
@@ -108,7 +121,18 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Queued>, channel: Channel, deadlin
         let mut req = tonic::Request::new(pb::ApplyRequest { changes });
         // The deadline travels with the request too (grpc-timeout), so the bridge can give up.
         req.set_timeout(deadline);
-        match tokio::time::timeout(deadline, client.apply(req)).await {
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(deadline, client.apply(req)) => r,
+            _ = abort.wait_for(|down| *down) => {
+                for reply in replies {
+                    let _ = reply.send(Err(CallError::Unavailable(
+                        "the bridge was declared down while the call was in flight".into(),
+                    )));
+                }
+                continue;
+            }
+        };
+        match outcome {
             Ok(Ok(r)) => {
                 let results = r.into_inner().results;
                 for (i, reply) in replies.into_iter().enumerate() {
@@ -169,16 +193,32 @@ impl Executor {
             .connect_timeout(self.deadline)
             .connect_lazy();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(lane(rx, channel.clone(), self.deadline));
+        let (abort, aborted) = tokio::sync::watch::channel(false);
+        tokio::spawn(lane(rx, channel.clone(), self.deadline, aborted));
         lanes.insert(
             bridge.into(),
             Lane {
                 api_addr: api_addr.into(),
                 channel: channel.clone(),
                 tx: tx.clone(),
+                abort,
             },
         );
         Ok((channel, tx))
+    }
+
+    /// A bridge was declared down: its calls in flight fail now instead of at their deadline
+    /// (so the operations holding its conferences end and the conferences can move), and its
+    /// lane is dropped (a new registration gets a new one).
+    pub fn abort(&self, bridge: &str) {
+        if let Some(l) = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(bridge)
+        {
+            let _ = l.abort.send(true);
+        }
     }
 
     /// The channel to a bridge, for health probes.

@@ -316,9 +316,16 @@ impl Control {
         let probing = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
         loop {
             tokio::time::sleep(every).await;
-            let (plans, targets) = {
+            let (plans, targets, down) = {
                 let mut core = self.lock();
                 let plans = core.focus.tick(now_ms());
+                let down: Vec<String> = core
+                    .focus
+                    .fleet()
+                    .iter()
+                    .filter(|b| b.health == Health::Down)
+                    .map(|b| b.id.clone())
+                    .collect();
                 let targets: Vec<(String, String)> = core
                     .focus
                     .fleet()
@@ -326,8 +333,11 @@ impl Control {
                     .filter(|b| b.health != Health::Down)
                     .map(|b| (b.id.clone(), b.api_addr.clone()))
                     .collect();
-                (plans, targets)
+                (plans, targets, down)
             };
+            for id in down {
+                self.executor.abort(&id);
+            }
             self.spawn(plans);
             for (id, api) in targets {
                 if !probing
@@ -345,6 +355,7 @@ impl Control {
                     match changed {
                         Some(Health::Down) => {
                             tracing::warn!(bridge = %id, "bridge down: {}", r.unwrap_err());
+                            me.executor.abort(&id);
                             // Move its conferences now rather than at the next tick.
                             let plans = me.lock().focus.tick(now_ms());
                             me.spawn(plans);
