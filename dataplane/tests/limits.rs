@@ -216,3 +216,63 @@ async fn undecodable_requests_are_invalid_argument() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_conference_changes_beside_a_small_one_that_keeps_forwarding() {
+    use common::{Party, assert_exact, exchange};
+    let mut b = Bridge::start("mio").await;
+    b.conference("big").await;
+    b.conference("small").await;
+    let (p1, p2) = (Party::new("p1", 1), Party::new("p2", 2));
+    b.add("small", &p1, false).await;
+    b.add("small", &p2, false).await;
+    // 20 000 endpoints in one conference, 4 096 changes per Apply.
+    let n = 20_000u32;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+        let changes = chunk
+            .iter()
+            .map(|&i| pb::Change {
+                change: Some(pb::change::Change::AddEndpoint(add(
+                    "big",
+                    &format!("e{i}"),
+                    vec![1000 + i],
+                    &format!("10.{}.{}.{}:5000", i >> 16, (i >> 8) & 255, i & 255),
+                ))),
+            })
+            .collect();
+        let r = b
+            .client
+            .apply(pb::ApplyRequest { changes })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.results.iter().all(|r| r.code == 0), "{:?}", &r.results[..3]);
+    }
+    // One change per RPC into the big conference, then the small one still forwards exactly.
+    b.client
+        .add_endpoint(add("big", "late", vec![7], "10.99.0.1:5000"))
+        .await
+        .unwrap();
+    b.client
+        .remove_endpoint(pb::RemoveEndpointRequest {
+            conference_id: "big".into(),
+            endpoint_id: "e5".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.stats().await.endpoints, n + 2);
+    let got = exchange(&[&p1, &p2], b.media, 20, &[20, 20]);
+    assert_exact(&[&p1, &p2], &got, 20);
+    let r = b
+        .client
+        .delete_conference(pb::DeleteConferenceRequest {
+            conference_id: "big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.removed_endpoints, n);
+    assert_eq!(b.stats().await.endpoints, 2);
+    let got = exchange(&[&p1, &p2], b.media, 20, &[20, 20]);
+    assert_exact(&[&p1, &p2], &got, 20);
+}
