@@ -254,7 +254,7 @@ async fn a_huge_conference_changes_beside_a_small_one_that_keeps_forwarding() {
     }
     // One change per RPC into the big conference, then the small one still forwards exactly.
     // (Latencies are printed for the record, not asserted.)
-    let mut per_rpc = |conf: &'static str, base: u32| {
+    let per_rpc = |conf: &'static str, base: u32| {
         let mut c = b.client.clone();
         async move {
             let t = Instant::now();
