@@ -40,7 +40,11 @@ struct BridgeArgs {
     /// In-flight sends per io_uring worker before it waits for completions.
     #[arg(long, default_value_t = ringbridge_dataplane::engine::uring::SEND_SLOTS, global = true)]
     uring_send_slots: usize,
-    /// Do not pin workers to cores (let the scheduler place them).
+    /// Pin workers to cores even when the host's CPUs are shared (default: pin only when the
+    /// process's CPU set is narrowed to one dedicated CPU per worker).
+    #[arg(long, global = true, conflicts_with = "no_pin")]
+    pin: bool,
+    /// Never pin workers to cores.
     #[arg(long, global = true)]
     no_pin: bool,
     /// Control plane to register with and report load to, e.g. http://127.0.0.1:7000.
@@ -96,7 +100,11 @@ fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,
-            pin: !a.no_pin,
+            pin: match (a.pin, a.no_pin) {
+                (true, _) => ringbridge_dataplane::engine::pin::Pin::On,
+                (_, true) => ringbridge_dataplane::engine::pin::Pin::Off,
+                _ => ringbridge_dataplane::engine::pin::Pin::Auto,
+            },
         },
         limits: ringbridge_dataplane::state::Limits {
             endpoints: a.max_endpoints,

@@ -7,6 +7,7 @@
 
 pub mod mio;
 pub mod mmsg;
+pub mod pin;
 pub mod sockaddr;
 pub mod uring;
 mod worker;
@@ -86,6 +87,8 @@ pub struct Started {
     pub kind: Kind,
     /// Why this engine (for the log).
     pub why: String,
+    /// Whether workers are pinned, and why (for the log).
+    pub pinning: String,
     /// The bound media address (the real port when asked for port 0).
     pub media: SocketAddr,
     /// One link per worker.
@@ -98,15 +101,15 @@ pub struct Tuning {
     /// In-flight sends per io_uring worker; when all are in flight the worker waits for
     /// completions before queuing more.
     pub uring_send_slots: usize,
-    /// Pin worker `k` to core `k` (modulo the cores this process may use).
-    pub pin: bool,
+    /// Whether to pin worker `k` to the `k`-th core this process may use.
+    pub pin: pin::Pin,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
             uring_send_slots: uring::SEND_SLOTS,
-            pin: true,
+            pin: pin::Pin::Auto,
         }
     }
 }
@@ -145,10 +148,10 @@ pub fn start(
         bound = s.local_addr()?.as_socket().expect("inet socket");
         sockets.push(s);
     }
-    let cores = match tuning.pin {
-        true => core_affinity::get_core_ids().unwrap_or_default(),
-        false => Vec::new(),
-    };
+    let allowed = core_affinity::get_core_ids().unwrap_or_default();
+    let (pinned, pin_why) = pin::decide(tuning.pin, workers, allowed.len(), pin::online_cpus());
+    tracing::info!("{pin_why}");
+    let cores = if pinned { allowed } else { Vec::new() };
     let mut links = Vec::with_capacity(workers);
     for (id, sock) in sockets.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
@@ -161,6 +164,7 @@ pub fn start(
     Ok(Started {
         kind,
         why,
+        pinning: pin_why,
         media: bound,
         links,
     })
