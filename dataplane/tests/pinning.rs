@@ -77,7 +77,7 @@ fn pins_only_when_the_cores_are_dedicated_or_asked() {
     let (aff, log) = start(&[], None);
     assert!(log.contains("not pinning workers"), "{log}");
     if online() > 1 {
-        assert_eq!(aff, [all.clone()], "unpinned: the worker may run anywhere");
+        assert_eq!(aff, [all], "unpinned: the worker may run anywhere");
     }
     let (aff, log) = start(&["--pin"], None);
     assert!(
