@@ -35,6 +35,9 @@ pub struct Topology {
     pub conferences: usize,
     /// Participants per conference.
     pub participants: usize,
+    /// Participants per conference that send (the first ones); the others only receive, like
+    /// viewers. At least `participants`: everybody sends.
+    pub senders: usize,
     /// Address the participants' sockets bind to.
     pub bind_ip: IpAddr,
     /// SRTP profile every participant uses (`--srtp`), or plain RTP.
@@ -314,6 +317,9 @@ impl Rig {
             }
             let el = (now - t0).as_secs_f64();
             for (g, p) in self.parts.iter().enumerate() {
+                if g % self.topo.participants >= self.topo.senders {
+                    continue; // receive-only
+                }
                 let mut used = 0;
                 for (j, st) in load.streams.iter().enumerate() {
                     let i = g * k + j;
@@ -511,7 +517,8 @@ impl Rig {
             window: tx.window,
             latency_ns: rx.latency,
             target_cpu_ns: tx.cpu,
-            offered_pps: load.pps_per_participant() * self.parts.len() as f64,
+            offered_pps: load.pps_per_participant()
+                * (self.topo.conferences * self.topo.senders.min(p)) as f64,
             achieved_pps: sent_packets as f64 / secs,
             interrupted: tx.interrupted,
         }

@@ -21,6 +21,7 @@ fn topo_with(srtp: Option<Profile>) -> Topology {
     Topology {
         conferences: 2,
         participants: 3,
+        senders: 3,
         bind_ip: IpAddr::from([127, 0, 0, 1]),
         srtp,
     }
@@ -140,4 +141,37 @@ async fn exact_counts_and_cpu_through_a_spawned_baseline() {
         r.target_cpu_ns.is_some_and(|c| c > 0),
         "forwarder CPU measured"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_to_receive_only_participants_through_the_floor() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_floor-forwarder"));
+    // SAFETY: set before any other thread of this test reads the environment.
+    unsafe { std::env::set_var("RINGBRIDGE_BIN_DIR", bin.parent().unwrap()) };
+    let topo = Topology {
+        conferences: 1,
+        participants: 5,
+        senders: 1,
+        bind_ip: IpAddr::from([127, 0, 0, 1]),
+        srtp: None,
+    };
+    let mut rig = Rig::new(topo, 1).unwrap();
+    let members = rig.members().unwrap();
+    let target = Target::spawn(Kind::Floor, &members, 1, true).await.unwrap();
+    let load = Load {
+        streams: vec![Stream {
+            pps: 500.0,
+            size: 1200,
+        }],
+    };
+    let r = tokio::task::block_in_place(|| {
+        rig.run(target.media, target.pid, &load, &opts(), &Live::default())
+    })
+    .unwrap();
+    // One sender, 500 pps for 1 s, give or take a tick; every copy to each of 4 receivers.
+    assert!((450..=550).contains(&r.sent_packets), "sent {}", r.sent_packets);
+    assert_eq!(r.expected_packets, 4 * r.sent_packets);
+    assert_eq!(r.received_packets, r.expected_packets);
+    assert_eq!(r.misrouted_packets, 0);
+    assert!((r.offered_pps - 500.0).abs() < 1e-9, "{}", r.offered_pps);
 }

@@ -44,6 +44,10 @@ struct Cli {
     /// Participants per conference.
     #[arg(long, default_value_t = 3)]
     participants: usize,
+    /// Participants per conference that send (the first ones); the others only receive.
+    /// Default: all. `--senders 1` is one publisher fanned out to participants - 1 receivers.
+    #[arg(long)]
+    senders: Option<usize>,
     /// Each participant sends an audio stream: 50 pps of 160 bytes.
     #[arg(long)]
     audio: bool,
@@ -141,6 +145,7 @@ fn main() -> anyhow::Result<()> {
     let topo = Topology {
         conferences: cli.conferences,
         participants: cli.participants,
+        senders: cli.senders.unwrap_or(cli.participants),
         bind_ip: cli.bind_ip,
         srtp: cli.srtp,
     };

@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         let topo = Topology {
             conferences: 1,
             participants: p,
+            senders: p,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             srtp: None,
         };
