@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     let fd = sock.as_raw_fd();
 
     let mut bufs = vec![[0u8; BUF]; RX];
-    // SAFETY (both): plain C structs; all zeroes is valid, the pointers are set below.
+    // SAFETY: a plain C struct; all zeroes is valid.
     let mut names: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; RX];
     let mut rx_iov: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -136,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             iov_len: BUF,
         })
         .collect();
+    // SAFETY: a plain C struct; all zeroes is valid, the pointers are set before each call.
     let mut rx: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; RX];
     let mut tx_iov: Vec<libc::iovec> = vec![
         libc::iovec {
