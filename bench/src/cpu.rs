@@ -1,5 +1,8 @@
 //! CPU time of a process, summed over its threads, from `/proc/PID/task/*/schedstat`
-//! (nanoseconds), falling back to `/proc/PID/stat` (clock ticks).
+//! (nanoseconds), falling back to `/proc/PID/stat` (clock ticks); and its user-mode share,
+//! sampled with `perf record -e cpu-clock` ([`UserSampler`]): `/proc`'s utime/stime split comes
+//! from tick sampling, which is biased for a process that runs in short bursts (it read 0% and
+//! 100% user for the same forwarder in two runs), and this VM has no hardware counters.
 
 /// Total CPU time of process `pid` in nanoseconds, or `None` if it cannot be read.
 pub fn process_ns(pid: u32) -> Option<u64> {
@@ -18,14 +21,76 @@ fn schedstat(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-fn stat(pid: u32) -> Option<u64> {
+/// (utime, stime) in clock ticks.
+fn stat_fields(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+fn stat(pid: u32) -> Option<u64> {
+    let (user, system) = stat_fields(pid)?;
     // /proc reports in USER_HZ, which the Linux ABI fixes at 100.
-    Some(ticks * 10_000_000)
+    Some((user + system) * 10_000_000)
+}
+
+/// Samples where a process spends its CPU time (`perf record -e cpu-clock`, hrtimer-driven, so
+/// unbiased), to split it into user and kernel time.
+#[derive(Debug)]
+pub struct UserSampler {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl UserSampler {
+    /// Starts sampling `pid`; `None` when `perf` is not available.
+    pub fn start(pid: u32) -> Option<Self> {
+        let file =
+            std::env::temp_dir().join(format!("ringbridge-perf-{pid}-{}.data", std::process::id()));
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "2999", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf needs a moment to attach before the window starts.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Some(Self { child, file })
+    }
+
+    /// Stops sampling; the fraction of samples in user mode (`None` if nothing was sampled).
+    pub fn finish(mut self) -> Option<f64> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        let out = std::process::Command::new("perf")
+            .args(["report", "-q", "--stdio", "--sort", "dso", "-i"])
+            .arg(&self.file)
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&self.file);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (mut user, mut all) = (0.0, 0.0);
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(pct), Some(dso)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(pct) = pct.trim_end_matches('%').parse::<f64>() else {
+                continue;
+            };
+            all += pct;
+            if !dso.starts_with("[kernel") {
+                user += pct;
+            }
+        }
+        (all > 0.0).then(|| user / all)
+    }
 }
 
 #[cfg(test)]

@@ -169,7 +169,11 @@ async fn one_sender_to_receive_only_participants_through_the_floor() {
     })
     .unwrap();
     // One sender, 500 pps for 1 s, give or take a tick; every copy to each of 4 receivers.
-    assert!((450..=550).contains(&r.sent_packets), "sent {}", r.sent_packets);
+    assert!(
+        (450..=550).contains(&r.sent_packets),
+        "sent {}",
+        r.sent_packets
+    );
     assert_eq!(r.expected_packets, 4 * r.sent_packets);
     assert_eq!(r.received_packets, r.expected_packets);
     assert_eq!(r.misrouted_packets, 0);

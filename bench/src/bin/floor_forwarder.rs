@@ -205,14 +205,7 @@ fn send_all(fd: i32, msgs: &mut [libc::mmsghdr]) {
     let mut at = 0;
     while at < msgs.len() {
         // SAFETY: every header points at a live buffer, iovec and destination.
-        let n = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[at..].as_mut_ptr(),
-                (msgs.len() - at) as u32,
-                0,
-            )
-        };
+        let n = unsafe { libc::sendmmsg(fd, msgs[at..].as_mut_ptr(), (msgs.len() - at) as u32, 0) };
         if n <= 0 {
             at += 1;
         } else {

@@ -1,7 +1,9 @@
 //! `ringbridge-perf` (`make perf`): the side-by-side run. Measures ringbridge (uring and mio
-//! engines) against `floor-forwarder` and `naive-forwarder` with the same traffic at fan-out 1,
-//! 4 and 9, interleaved A B A B, then `--find-max` per forwarder and a run at half the max clean
-//! rate. Writes `perf/results/<date>-<host>.{md,json,svg}` and prints the table.
+//! engines) against `floor-forwarder` (plain libc recvmmsg/sendmmsg) and `naive-forwarder` with
+//! the same traffic, interleaved A B A B, then `--find-max` per forwarder and a run at half the
+//! max clean rate. Scenarios: a full mesh at fan-out 1, 4 and 9 (200 B), and video: one sender
+//! of 1200 B packets to F receive-only participants (F = 4 at 20 000 pps in, F = 9 at 10 000).
+//! Writes `perf/results/<date>-<host>.{md,json,svg}` and prints the table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use plotters::prelude::*;
+use ringbridge_bench::cpu::UserSampler;
 use ringbridge_bench::drive;
 use ringbridge_bench::report::Report;
 use ringbridge_bench::rig::{Live, Rig, RunOpts, Topology};
@@ -90,6 +93,12 @@ struct Cli {
     /// Fan-outs that also get SRTP rows.
     #[arg(long, value_delimiter = ',', default_value = "4,9")]
     srtp_fanouts: Vec<usize>,
+    /// Video scenarios, FANOUT:PPS_IN: one sender of `--video-size` packets to FANOUT receivers.
+    #[arg(long, value_delimiter = ',', default_value = "4:20000,9:10000")]
+    video: Vec<String>,
+    /// Packet size of the video scenarios.
+    #[arg(long, default_value_t = 1200)]
+    video_size: usize,
     /// Skip the --find-max ramps and half-max runs.
     #[arg(long)]
     no_find_max: bool,
@@ -101,10 +110,48 @@ struct Cli {
     out: PathBuf,
 }
 
-/// Figures of one forwarder at one fan-out.
+/// One traffic shape measured side by side.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Scenario {
+    /// Receivers of each packet.
+    fanout: usize,
+    /// One sender (video) rather than everybody (full mesh).
+    one_sender: bool,
+    /// Packet size, bytes.
+    size: usize,
+    /// Packets per second in, all senders together.
+    pps_in: f64,
+}
+
+impl Scenario {
+    fn label(&self) -> String {
+        if self.one_sender {
+            format!(
+                "video 1 to {}, {} B, {:.0}k pps in",
+                self.fanout,
+                self.size,
+                self.pps_in / 1000.0
+            )
+        } else {
+            format!("mesh fan-out {}, {} B", self.fanout, self.size)
+        }
+    }
+
+    fn short(&self) -> String {
+        if self.one_sender {
+            format!("video 1->{}", self.fanout)
+        } else {
+            format!("mesh {}", self.fanout)
+        }
+    }
+}
+
+/// Figures of one forwarder in one scenario.
 #[derive(Default, serde::Serialize)]
 struct Row {
     cpu_ns: Vec<f64>,
+    /// Share of the forwarder's CPU time in user mode (a sampled pass), when `perf` runs here.
+    user_share: Option<f64>,
     lost: u64,
     expected: u64,
     p99_us: Vec<f64>,
@@ -149,20 +196,41 @@ fn main() -> anyhow::Result<()> {
         drain: Duration::from_millis(300),
         stop: stop.clone(),
     };
+    let mut scenarios: Vec<Scenario> = cli
+        .fanouts
+        .iter()
+        .map(|&f| Scenario {
+            fanout: f,
+            one_sender: false,
+            size: cli.size,
+            pps_in: cli.copies_per_sec / f as f64,
+        })
+        .collect();
+    for v in &cli.video {
+        let (f, pps) = v
+            .split_once(':')
+            .and_then(|(f, p)| Some((f.parse().ok()?, p.parse().ok()?)))
+            .with_context(|| format!("--video {v:?}: expected FANOUT:PPS_IN"))?;
+        scenarios.push(Scenario {
+            fanout: f,
+            one_sender: true,
+            size: cli.video_size,
+            pps_in: pps,
+        });
+    }
     let mut rows: BTreeMap<(usize, usize), Row> = BTreeMap::new();
-    for &fanout in &cli.fanouts {
+    for (si, sc) in scenarios.iter().enumerate() {
+        let fanout = sc.fanout;
         let p = fanout + 1;
-        let pps = cli.copies_per_sec / (p * fanout) as f64;
+        let senders = if sc.one_sender { 1 } else { p };
+        let pps = sc.pps_in / senders as f64;
         let load = Load {
-            streams: vec![Stream {
-                pps,
-                size: cli.size,
-            }],
+            streams: vec![Stream { pps, size: sc.size }],
         };
         let topo = Topology {
             conferences: 1,
             participants: p,
-            senders: p,
+            senders,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             srtp: None,
         };
@@ -174,11 +242,12 @@ fn main() -> anyhow::Result<()> {
         };
         let mut srtp_rig = Rig::new(srtp_topo.clone(), 1)?;
         let srtp_members = srtp_rig.members()?;
-        let with_srtp = cli.srtp_fanouts.contains(&fanout);
+        let with_srtp = !sc.one_sender && cli.srtp_fanouts.contains(&fanout);
         eprintln!(
-            "fan-out {fanout}: {p} participants x {pps:.0} pps = {:.0} pps in, {:.0} copies/s out",
-            pps * p as f64,
-            cli.copies_per_sec
+            "{}: {p} participants, {senders} sending {pps:.0} pps each = {:.0} pps in, {:.0} copies/s out",
+            sc.label(),
+            sc.pps_in,
+            sc.pps_in * fanout as f64
         );
         for rep in 0..cli.reps {
             for (ki, v) in VARIANTS.into_iter().enumerate() {
@@ -201,7 +270,7 @@ fn main() -> anyhow::Result<()> {
                     rep_.loss_ratio * 100.0,
                     rep_.latency_us.p99
                 );
-                let row = rows.entry((fanout, ki)).or_default();
+                let row = rows.entry((si, ki)).or_default();
                 row.cpu_ns.extend(rep_.bridge_cpu_ns_per_forwarded_packet);
                 row.lost += rep_.lost_packets;
                 row.expected += rep_.expected_packets;
@@ -209,6 +278,30 @@ fn main() -> anyhow::Result<()> {
                 row.reports.push(rep_);
                 drop(target);
             }
+        }
+        // A separate pass sampled with perf: the user-mode share of each forwarder's CPU (kept
+        // out of the runs above so sampling does not disturb their CPU figures).
+        for (ki, v) in VARIANTS.into_iter().enumerate() {
+            if v.srtp && !with_srtp {
+                continue;
+            }
+            let (rig, members) = if v.srtp {
+                (&mut srtp_rig, &srtp_members)
+            } else {
+                (&mut rig, &members)
+            };
+            let target = rt.block_on(Target::spawn(v.kind, members, 1, false))?;
+            let Some(sampler) = target.pid.and_then(UserSampler::start) else {
+                break; // no perf here
+            };
+            rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
+            let share = sampler.finish();
+            eprintln!(
+                "  sampled {:<17} user share {:.1}%",
+                v.label(),
+                share.unwrap_or(f64::NAN) * 100.0
+            );
+            rows.entry((si, ki)).or_default().user_share = share;
         }
         if cli.no_find_max {
             continue;
@@ -223,11 +316,11 @@ fn main() -> anyhow::Result<()> {
                 &opts,
                 |_| {},
             )?;
-            let row = rows.entry((fanout, ki)).or_default();
+            let row = rows.entry((si, ki)).or_default();
             row.max_clean_offered_pps = Some(fm.max_clean_offered_pps);
             row.max_clean_forwarded_pps = Some(fm.max_clean_forwarded_pps);
             if fm.max_clean_offered_pps > 0.0 {
-                let factor = 0.5 * fm.max_clean_offered_pps / (pps * p as f64);
+                let factor = 0.5 * fm.max_clean_offered_pps / sc.pps_in;
                 let half = load.scaled(factor);
                 let r = rig.run(target.media, target.pid, &half, &opts, &Live::default())?;
                 row.half_max_loss = Some(r.loss_ratio());
@@ -243,25 +336,30 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let md = markdown(&cli, &rows, started.elapsed());
+    let md = markdown(&cli, &scenarios, &rows, started.elapsed());
     print!("{md}");
     std::fs::create_dir_all(&cli.out)?;
     let stem = cli.out.join(format!("{}-{}", today(), host()));
     std::fs::write(stem.with_extension("md"), &md)?;
     let json: Vec<_> = rows
         .iter()
-        .map(|((f, k), r)| serde_json::json!({"fanout": f, "target": VARIANTS[*k].label(), "row": r}))
+        .map(|((si, k), r)| serde_json::json!({"scenario": scenarios[*si], "label": scenarios[*si].label(), "target": VARIANTS[*k].label(), "row": r}))
         .collect();
     std::fs::write(
         stem.with_extension("json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    chart(&stem.with_extension("svg"), &cli.fanouts, &rows).context("writing the chart")?;
+    chart(&stem.with_extension("svg"), &scenarios, &rows).context("writing the chart")?;
     eprintln!("wrote {}.{{md,json,svg}}", stem.display());
     Ok(())
 }
 
-fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> String {
+fn markdown(
+    cli: &Cli,
+    scenarios: &[Scenario],
+    rows: &BTreeMap<(usize, usize), Row>,
+    took: Duration,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -271,17 +369,24 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
     );
     let _ = writeln!(
         s,
-        "Fixed rate: {:.0} forwarded copies/s of {} bytes per fan-out, {} s per run, {} interleaved \
-         repetitions (A B A B), one forwarder thread each (ringbridge `--workers 1 --no-pin`: the \
-         baselines are not pinned either, and on a machine the rig shares, pinning measures \
-         scheduling interference rather than the engine). CPU is the \
-         forwarder process's CPU time (all threads, `/proc/PID/task/*/schedstat`) over the measured \
-         window, divided by the copies the rig received. Ratios are against floor-forwarder measured \
-         in the same run. SRTP rows: every participant on {} (the rig protects and unprotects), \
-         *SRTP/plain* compares with the same engine's plain row. Max clean rate: highest offered \
-         input rate with loss <= 0.1% (`--find-max`). Run took {:.0} s.\n",
+        "Scenarios: a full mesh at {:.0} forwarded copies/s of {} bytes per fan-out, and video \
+         (one sender of {}-byte packets to receive-only participants). {} s per run, {} \
+         interleaved repetitions (A B A B), one forwarder thread each (ringbridge `--workers 1 \
+         --no-pin`, like the baselines: on a machine the rig shares, pinning measures scheduling \
+         interference rather than the engine). CPU is the forwarder process's CPU time (all \
+         threads, `/proc/PID/task/*/schedstat`) over the measured window, divided by the copies \
+         the rig received; user is the part of it spent in user mode, from a separate pass sampled \
+         with `perf record -e cpu-clock` (`/proc`'s tick-based utime is biased for bursty \
+         processes; this VM has no hardware counters). The \
+         floor is `floor-forwarder`: plain libc `recvmmsg` + `sendmmsg`, no ringbridge code. \
+         Ratios are against the floor in the same run (CPU: <= 1.00 means no more than the bare \
+         kernel path; max clean rate: >= 1.00 means at least as much). SRTP rows: every \
+         participant on {}; *SRTP/plain* compares with the same engine's plain row. Max clean \
+         rate: highest offered input rate with loss <= 0.1% (`--find-max`). ± is the largest \
+         deviation between repetitions. Run took {:.0} s.\n",
         cli.copies_per_sec,
         cli.size,
+        cli.video_size,
         cli.duration,
         cli.reps,
         SRTP.name(),
@@ -289,34 +394,35 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
     );
     let _ = writeln!(
         s,
-        "| fan-out | forwarder | CPU ns / forwarded pkt | ratio to floor | SRTP/plain | loss | p99 latency us | max clean pps in (copies/s out) | at half max: loss, p99 us |"
+        "| scenario | forwarder | CPU ns / copy | CPU vs floor | user ns / copy | user vs floor | SRTP/plain | loss | p99 us | max clean pps in (copies/s) | max clean vs floor | at half max: loss, p99 us |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
-    let fanouts: Vec<usize> = rows
-        .keys()
-        .map(|k| k.0)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for f in fanouts {
-        let floor = rows
-            .get(&(f, 2))
-            .map(|r| mean(&r.cpu_ns))
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (si, sc) in scenarios.iter().enumerate() {
+        let floor = rows.get(&(si, 2));
+        let floor_cpu = floor.map_or(f64::NAN, |r| mean(&r.cpu_ns));
+        let user_ns = |r: &Row| r.user_share.map(|u| u * mean(&r.cpu_ns));
+        let floor_user = floor.and_then(user_ns).unwrap_or(f64::NAN);
+        let floor_max = floor
+            .and_then(|r| r.max_clean_offered_pps)
             .unwrap_or(f64::NAN);
         for (ki, v) in VARIANTS.into_iter().enumerate() {
-            let Some(r) = rows.get(&(f, ki)) else {
+            let Some(r) = rows.get(&(si, ki)) else {
                 continue;
             };
-            let vs_plain = match (v.srtp, rows.get(&(f, ki - 4 * usize::from(v.srtp)))) {
+            let vs_plain = match (v.srtp, rows.get(&(si, ki - 4 * usize::from(v.srtp)))) {
                 (true, Some(plain)) => format!("{:.2}", mean(&r.cpu_ns) / mean(&plain.cpu_ns)),
                 _ => "-".into(),
             };
             let cpu = mean(&r.cpu_ns);
             let spread = r.cpu_ns.iter().map(|c| (c - cpu).abs()).fold(0.0, f64::max);
+            let (user, user_ratio) = match user_ns(r) {
+                Some(u) => (format!("{u:.0}"), format!("{:.2}", u / floor_user)),
+                None => ("-".into(), "-".into()),
+            };
             let loss = r.lost as f64 / r.expected.max(1) as f64 * 100.0;
-            let max = match (r.max_clean_offered_pps, r.max_clean_forwarded_pps) {
-                (Some(a), Some(b)) => format!("{a:.0} ({b:.0})"),
-                _ => "-".into(),
+            let (max, max_ratio) = match (r.max_clean_offered_pps, r.max_clean_forwarded_pps) {
+                (Some(a), Some(b)) => (format!("{a:.0} ({b:.0})"), format!("{:.2}", a / floor_max)),
+                _ => ("-".into(), "-".into()),
             };
             let half = match (r.half_max_loss, r.half_max_p99_us) {
                 (Some(l), Some(p)) => format!("{:.3}%, {p:.0}", l * 100.0),
@@ -324,9 +430,10 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
             };
             let _ = writeln!(
                 s,
-                "| {f} | {} | {cpu:.0} ± {spread:.0} | {:.2} | {vs_plain} | {loss:.3}% | {:.0} | {max} | {half} |",
+                "| {} | {} | {cpu:.0} ± {spread:.0} | {:.2} | {user} | {user_ratio} | {vs_plain} | {loss:.3}% | {:.0} | {max} | {max_ratio} | {half} |",
+                sc.label(),
                 v.label(),
-                cpu / floor,
+                cpu / floor_cpu,
                 mean(&r.p99_us),
             );
         }
@@ -336,13 +443,13 @@ fn markdown(cli: &Cli, rows: &BTreeMap<(usize, usize), Row>, took: Duration) -> 
 
 fn chart(
     path: &std::path::Path,
-    fanouts: &[usize],
+    scenarios: &[Scenario],
     rows: &BTreeMap<(usize, usize), Row>,
 ) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = rows.values().map(|r| mean(&r.cpu_ns)).fold(1.0, f64::max) * 1.15;
-    let n = fanouts.len();
+    let n = scenarios.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "CPU ns per forwarded packet (lower is better)",
@@ -358,10 +465,7 @@ fn chart(
         .x_labels(n)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            fanouts
-                .get(i)
-                .map(|f| format!("fan-out {f}"))
-                .unwrap_or_default()
+            scenarios.get(i).map(Scenario::short).unwrap_or_default()
         })
         .y_desc("ns / forwarded packet")
         .draw()?;
@@ -376,11 +480,9 @@ fn chart(
     let width = 0.8 / VARIANTS.len() as f64;
     for (ki, v) in VARIANTS.into_iter().enumerate() {
         let color = colors[ki];
-        let bars: Vec<_> = fanouts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                let r = rows.get(&(*f, ki))?;
+        let bars: Vec<_> = (0..scenarios.len())
+            .filter_map(|i| {
+                let r = rows.get(&(i, ki))?;
                 let x0 = i as f64 + 0.1 + ki as f64 * width;
                 Some(Rectangle::new(
                     [(x0, 0.0), (x0 + width * 0.9, mean(&r.cpu_ns))],
