@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test bench perf loadgen lint fmt build toolchain
+.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand).
 toolchain:
@@ -50,6 +50,27 @@ fmt:
 perf: toolchain
 	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
 	./target/release/ringbridge-perf --out perf/results
+
+## Coverage-guided fuzzing with libFuzzer on stable Rust: sanitizer-coverage flags (stable -C
+## options) on a separate crate (fuzz/, not in the workspace), seeds from the tests' packets.
+## FUZZ_RUNS inputs per target, at most FUZZ_SECS seconds each; a crash fails the target.
+FUZZ_TARGETS ?= rtp rtcp srtp table core
+FUZZ_RUNS ?= 10000000
+FUZZ_SECS ?= 600
+FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_FLAGS = -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+fuzz: toolchain
+	RINGBRIDGE_FUZZ_SEEDS=$(abspath fuzz/seeds) $(CARGO) test -q -p ringbridge-dataplane --test fuzz_seeds
+	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" $(CARGO) build --release --target $(FUZZ_TRIPLE)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t; \
+	  echo "== fuzz $$t: up to $(FUZZ_RUNS) inputs or $(FUZZ_SECS) s"; \
+	  fuzz/target/$(FUZZ_TRIPLE)/release/$$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECS) \
+	    -print_final_stats=1 -artifact_prefix=fuzz/artifacts/$$t/ fuzz/corpus/$$t fuzz/seeds/$$t \
+	    2>&1 | grep -E "^Done|stat::number_of_executed_units|stat::peak_rss|ERROR|panicked|SUMMARY"; \
+	done
 
 ## A quick loadgen run against a spawned bridge (override ARGS).
 loadgen: toolchain

@@ -49,9 +49,11 @@ impl Window {
                 (self.bits << shift) | 1
             };
             self.highest = index;
-        } else {
+        } else if self.highest - index < WINDOW {
             self.bits |= 1 << (self.highest - index);
         }
+        // Older than the window: nothing to record (found by fuzzing: a plain sender's stale
+        // packet, accepted without a check, shifted the window by 128 or more).
     }
 }
 
@@ -126,5 +128,16 @@ mod tests {
         assert_eq!(s.estimate(65_534), 65_534);
         assert_eq!(s.check(65_534), Err(Error::Replay));
         assert_eq!(s.estimate(100), (1 << 16) | 100);
+    }
+
+    #[test]
+    fn accepting_an_index_older_than_the_window_changes_nothing() {
+        let mut w = Window::default();
+        w.accept(1000);
+        let before = w;
+        w.accept(1000 - WINDOW);
+        w.accept(3);
+        assert_eq!((w.highest(), w.bits), (before.highest(), before.bits));
+        assert!(w.check(1000 - WINDOW + 1).is_ok());
     }
 }
