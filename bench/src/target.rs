@@ -145,6 +145,18 @@ impl Target {
         workers: usize,
         pin: bool,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(kind, conferences, workers, pin, &[]).await
+    }
+
+    /// [`Target::spawn`] with extra command-line arguments for a ringbridge target (A/B runs of
+    /// an engine option).
+    pub async fn spawn_with(
+        kind: Kind,
+        conferences: &[Vec<Member>],
+        workers: usize,
+        pin: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let ip = conferences
             .first()
             .and_then(|c| c.first())
@@ -159,6 +171,7 @@ impl Target {
                 if !pin {
                     cmd.arg("--no-pin");
                 }
+                cmd.args(extra);
                 let (child, line) = start(cmd)?;
                 let api = field(&line, "api")?;
                 let pid = child.id();

@@ -44,6 +44,10 @@ struct BridgeArgs {
     /// process's CPU set is narrowed to one dedicated CPU per worker).
     #[arg(long, global = true, conflicts_with = "no_pin")]
     pin: bool,
+    /// How io_uring workers send each copy: send-fixed (IORING_OP_SEND with the destination, on
+    /// the socket registered with the ring), send (the same on the raw descriptor) or sendmsg.
+    #[arg(long, default_value = "send-fixed", global = true)]
+    uring_send: ringbridge_dataplane::engine::uring::SendPath,
     /// Never pin workers to cores.
     #[arg(long, global = true)]
     no_pin: bool,
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,
+            uring_send: a.uring_send,
             pin: match (a.pin, a.no_pin) {
                 (true, _) => ringbridge_dataplane::engine::pin::Pin::On,
                 (_, true) => ringbridge_dataplane::engine::pin::Pin::Off,

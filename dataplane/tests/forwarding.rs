@@ -242,3 +242,21 @@ async fn uring_send_slot_exhaustion() {
     let t = b.stats().await.total.unwrap();
     assert_eq!((t.tx_packets, t.dropped_packets), (90 * u64::from(n), 0));
 }
+
+/// Every io_uring send path (`--uring-send`) forwards exactly, plain and SRTP-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_uring_send_path_forwards_exactly() {
+    for path in ["sendmsg", "send", "send-fixed"] {
+        let mut b = Bridge::start_with("uring", "127.0.0.1", &["--uring-send", path]).await;
+        b.conference("c").await;
+        let ps: Vec<Party> = (0..4)
+            .map(|i| Party::new(&format!("p{i}"), 100 + i))
+            .collect();
+        for p in &ps {
+            b.add("c", p, false).await;
+        }
+        let refs: Vec<&Party> = ps.iter().collect();
+        let got = exchange(&refs, b.media, 50, &[150; 4]);
+        assert_exact(&refs, &got, 50);
+    }
+}

@@ -27,47 +27,55 @@ use ringbridge_dataplane::srtp::Profile;
 /// SRTP profile of the SRTP rows.
 const SRTP: Profile = Profile::AeadAes128Gcm;
 
-/// What one row measures: a forwarder, plain or with every participant on SRTP.
+/// What one row measures: a forwarder, plain or with every participant on SRTP, and for the
+/// A/B rows of the io_uring send path, the `--uring-send` it runs with (default: send-fixed).
 #[derive(Clone, Copy)]
 struct Variant {
     kind: Kind,
     srtp: bool,
+    uring_send: Option<&'static str>,
 }
 
-const VARIANTS: [Variant; 6] = [
+const fn v(kind: Kind, srtp: bool, uring_send: Option<&'static str>) -> Variant {
     Variant {
-        kind: Kind::Uring,
-        srtp: false,
-    },
-    Variant {
-        kind: Kind::Mio,
-        srtp: false,
-    },
-    Variant {
-        kind: Kind::Floor,
-        srtp: false,
-    },
-    Variant {
-        kind: Kind::Naive,
-        srtp: false,
-    },
-    Variant {
-        kind: Kind::Uring,
-        srtp: true,
-    },
-    Variant {
-        kind: Kind::Mio,
-        srtp: true,
-    },
+        kind,
+        srtp,
+        uring_send,
+    }
+}
+
+/// Index 2 is the floor; SRTP rows are 4 after their plain row; A/B rows come last.
+const VARIANTS: [Variant; 8] = [
+    v(Kind::Uring, false, None),
+    v(Kind::Mio, false, None),
+    v(Kind::Floor, false, None),
+    v(Kind::Naive, false, None),
+    v(Kind::Uring, true, None),
+    v(Kind::Mio, true, None),
+    v(Kind::Uring, false, Some("sendmsg")),
+    v(Kind::Uring, false, Some("send")),
 ];
 
 impl Variant {
     fn label(self) -> String {
-        if self.srtp {
-            format!("{} + SRTP {}", self.kind.label(), SRTP.name())
-        } else {
-            self.kind.label().to_string()
+        match (self.srtp, self.uring_send) {
+            (true, _) => format!("{} + SRTP {}", self.kind.label(), SRTP.name()),
+            (false, Some(path)) => format!("{} (A/B: {path})", self.kind.label()),
+            (false, None) => self.kind.label().to_string(),
         }
+    }
+
+    fn extra(self) -> Vec<&'static str> {
+        self.uring_send
+            .map(|p| vec!["--uring-send", p])
+            .unwrap_or_default()
+    }
+
+    async fn spawn(
+        self,
+        members: &[Vec<ringbridge_bench::target::Member>],
+    ) -> anyhow::Result<Target> {
+        Target::spawn_with(self.kind, members, 1, false, &self.extra()).await
     }
 }
 
@@ -259,7 +267,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     (&mut rig, &members, &topo)
                 };
-                let target = rt.block_on(Target::spawn(v.kind, members, 1, false))?;
+                let target = rt.block_on(v.spawn(members))?;
                 let r = rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
                 let rep_ = Report::new(&v.label(), topo, &load, 0.5, &r);
                 eprintln!(
@@ -290,7 +298,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 (&mut rig, &members)
             };
-            let target = rt.block_on(Target::spawn(v.kind, members, 1, false))?;
+            let target = rt.block_on(v.spawn(members))?;
             let Some(sampler) = target.pid.and_then(UserSampler::start) else {
                 break; // no perf here
             };
@@ -383,7 +391,10 @@ fn markdown(
          kernel path; max clean rate: >= 1.00 means at least as much). SRTP rows: every \
          participant on {}; *SRTP/plain* compares with the same engine's plain row. Max clean \
          rate: highest offered input rate with loss <= 0.1% (`--find-max`). ± is the largest \
-         deviation between repetitions. Run took {:.0} s.\n",
+         deviation between repetitions. Rows *(A/B: sendmsg)* and *(A/B: send)* run the io_uring \
+         engine with its earlier send paths (`--uring-send`), interleaved with the default \
+         (`send-fixed`: IORING_OP_SEND with the destination, on the socket registered as a \
+         fixed file), so each step is measured in the same run. Run took {:.0} s.\n",
         cli.copies_per_sec,
         cli.size,
         cli.video_size,
@@ -409,7 +420,8 @@ fn markdown(
             let Some(r) = rows.get(&(si, ki)) else {
                 continue;
             };
-            let vs_plain = match (v.srtp, rows.get(&(si, ki - 4 * usize::from(v.srtp)))) {
+            let plain_row = if v.srtp { ki - 4 } else { ki };
+            let vs_plain = match (v.srtp, rows.get(&(si, plain_row))) {
                 (true, Some(plain)) => format!("{:.2}", mean(&r.cpu_ns) / mean(&plain.cpu_ns)),
                 _ => "-".into(),
             };
@@ -478,6 +490,11 @@ fn chart(
         RGBColor(188, 189, 34),
     ];
     let width = 0.8 / VARIANTS.len() as f64;
+    let colors = [
+        colors.as_slice(),
+        &[RGBColor(23, 190, 207), RGBColor(255, 127, 14)],
+    ]
+    .concat();
     for (ki, v) in VARIANTS.into_iter().enumerate() {
         let color = colors[ki];
         let bars: Vec<_> = (0..scenarios.len())

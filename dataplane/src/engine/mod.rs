@@ -103,6 +103,8 @@ pub struct Tuning {
     pub uring_send_slots: usize,
     /// Whether to pin worker `k` to the `k`-th core this process may use.
     pub pin: pin::Pin,
+    /// How io_uring workers send each copy.
+    pub uring_send: uring::SendPath,
 }
 
 impl Default for Tuning {
@@ -110,6 +112,7 @@ impl Default for Tuning {
         Self {
             uring_send_slots: uring::SEND_SLOTS,
             pin: pin::Pin::Auto,
+            uring_send: uring::SendPath::default(),
         }
     }
 }
@@ -156,7 +159,14 @@ pub fn start(
     for (id, sock) in sockets.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let link = match kind {
-            Kind::Uring => uring::spawn(id, tuning.uring_send_slots, sock, core, channels)?,
+            Kind::Uring => uring::spawn(
+                id,
+                tuning.uring_send_slots,
+                tuning.uring_send,
+                sock,
+                core,
+                channels,
+            )?,
             Kind::Mio => mio::spawn(id, sock, core, channels)?,
         };
         links.push(link);

@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::{BufRingEntry, Fd, RecvMsgOut};
+use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut};
 use io_uring::{IoUring, Submitter, cqueue, opcode, squeue};
 use socket2::{SockAddr, Socket};
 
@@ -44,6 +44,33 @@ const TAG_WAKE: u64 = 2 << 32;
 const TAG_SEND: u64 = 3 << 32;
 const TAG_MASK: u64 = !0xffff_ffff;
 
+/// How a worker sends each copy (`--uring-send`, for A/B measurements in `make perf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendPath {
+    /// `IORING_OP_SENDMSG` with a `msghdr` per copy.
+    SendMsg,
+    /// `IORING_OP_SEND` with a destination address: no `msghdr` or iovec to copy.
+    Send,
+    /// `IORING_OP_SEND` on the socket registered as a fixed file (no file lookup per op).
+    #[default]
+    SendFixed,
+}
+
+impl std::str::FromStr for SendPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sendmsg" => Ok(Self::SendMsg),
+            "send" => Ok(Self::Send),
+            "send-fixed" => Ok(Self::SendFixed),
+            _ => Err(format!("must be sendmsg, send or send-fixed, not {s:?}")),
+        }
+    }
+}
+
+/// Index of the socket among the ring's registered files.
+const FIXED_SOCK: u32 = 0;
+
 /// Checks that this kernel and sandbox allow io_uring with provided buffer rings.
 pub fn probe() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
@@ -57,6 +84,7 @@ pub fn probe() -> Result<(), String> {
     for (code, name) in [
         (opcode::RecvMsg::CODE, "recvmsg"),
         (opcode::SendMsg::CODE, "sendmsg"),
+        (opcode::Send::CODE, "send"),
         (opcode::Read::CODE, "read"),
     ] {
         if !p.is_supported(code) {
@@ -90,6 +118,7 @@ fn eventfd() -> io::Result<OwnedFd> {
 pub fn spawn(
     id: usize,
     send_slots: usize,
+    path: SendPath,
     sock: Socket,
     core: Option<core_affinity::CoreId>,
     channels: &Channels,
@@ -103,7 +132,7 @@ pub fn spawn(
         .spawn(move || {
             pin(id, core);
             // The ring is created on the worker thread: SINGLE_ISSUER binds it to its creator.
-            match Worker::new(&port, sock, efd, send_slots) {
+            match Worker::new(&port, sock, efd, send_slots, path) {
                 Ok((mut w, flags)) => {
                     let _ = ready_tx.send(Ok(flags));
                     if let Err(e) = w.run(&port) {
@@ -267,7 +296,7 @@ impl SendSlots {
     /// Fills a free slot with a send of `payload` to `to`; returns its SQE.
     fn take(
         &mut self,
-        fd: RawFd,
+        fd: SockRef,
         payload: &[u8],
         to: &SockAddr,
         bid: u16,
@@ -280,7 +309,7 @@ impl SendSlots {
     /// protected copy). `None` when no slot is free or `write` fails.
     fn take_protected(
         &mut self,
-        fd: RawFd,
+        fd: SockRef,
         to: &SockAddr,
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<squeue::Entry> {
@@ -298,25 +327,36 @@ impl SendSlots {
     fn fill(
         &mut self,
         i: u32,
-        fd: RawFd,
+        fd: SockRef,
         (ptr, len): (*const u8, usize),
         to: &SockAddr,
         bid: u16,
     ) -> squeue::Entry {
         let s = &mut self.slots[i as usize];
         s.name = to.clone();
-        s.iov = libc::iovec {
-            iov_base: ptr as *mut _,
-            iov_len: len,
-        };
-        s.hdr.msg_name = s.name.as_ptr() as *mut _;
-        s.hdr.msg_namelen = s.name.len();
-        s.hdr.msg_iov = &mut s.iov;
-        s.hdr.msg_iovlen = 1;
         s.bid = bid;
-        opcode::SendMsg::new(Fd(fd), &s.hdr)
-            .build()
-            .user_data(TAG_SEND | u64::from(i))
+        let entry = match fd {
+            SockRef::Msg(fd) => {
+                s.iov = libc::iovec {
+                    iov_base: ptr as *mut _,
+                    iov_len: len,
+                };
+                s.hdr.msg_name = s.name.as_ptr() as *mut _;
+                s.hdr.msg_namelen = s.name.len();
+                s.hdr.msg_iov = &mut s.iov;
+                s.hdr.msg_iovlen = 1;
+                opcode::SendMsg::new(Fd(fd), &s.hdr).build()
+            }
+            SockRef::Raw(fd) => opcode::Send::new(Fd(fd), ptr, len as u32)
+                .dest_addr(s.name.as_ptr().cast())
+                .dest_addr_len(s.name.len())
+                .build(),
+            SockRef::Fixed => opcode::Send::new(Fixed(FIXED_SOCK), ptr, len as u32)
+                .dest_addr(s.name.as_ptr().cast())
+                .dest_addr_len(s.name.len())
+                .build(),
+        };
+        entry.user_data(TAG_SEND | u64::from(i))
     }
 
     /// Frees slot `i`; returns the buffer it used.
@@ -324,6 +364,17 @@ impl SendSlots {
         self.free.push(i);
         self.slots[i as usize].bid
     }
+}
+
+/// How a send names the socket, by [`SendPath`].
+#[derive(Debug, Clone, Copy)]
+enum SockRef {
+    /// `sendmsg` on the raw descriptor.
+    Msg(RawFd),
+    /// `send` with a destination on the raw descriptor.
+    Raw(RawFd),
+    /// `send` with a destination on the registered file.
+    Fixed,
 }
 
 /// Send outcomes counted outside the core (sends complete while verdicts borrow it).
@@ -346,6 +397,7 @@ struct Worker {
     sock: Socket,
     pending: VecDeque<cqueue::Entry>,
     tx: Tx,
+    sock_ref: SockRef,
     rearm_recv: bool,
     rearm_wake: bool,
 }
@@ -384,14 +436,29 @@ impl Worker {
         sock: Socket,
         efd: OwnedFd,
         send_slots: usize,
+        path: SendPath,
     ) -> io::Result<(Self, &'static str)> {
         let (ring, flags) = build_ring()?;
+        let fd = sock.as_raw_fd();
+        let sock_ref = match path {
+            SendPath::SendMsg => SockRef::Msg(fd),
+            SendPath::Send => SockRef::Raw(fd),
+            SendPath::SendFixed => match ring.submitter().register_files(&[fd]) {
+                Ok(()) => SockRef::Fixed,
+                Err(e) => {
+                    tracing::warn!(
+                        "registering the socket with the ring: {e}; using its descriptor"
+                    );
+                    SockRef::Raw(fd)
+                }
+            },
+        };
         let bufs = BufRing::new(N_BUFS, BUF_SIZE)?;
         bufs.register(&ring.submitter())?;
         // SAFETY: msghdr is plain old data; all-zero is a valid value.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
-        tracing::info!(worker = port.id, flags, "io_uring worker started");
+        tracing::info!(worker = port.id, flags, send = ?path, "io_uring worker started");
         Ok((
             Self {
                 ring,
@@ -404,6 +471,7 @@ impl Worker {
                 sock,
                 pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
                 tx: Tx::default(),
+                sock_ref,
                 rearm_recv: true,
                 rearm_wake: true,
             },
@@ -543,7 +611,7 @@ impl Worker {
             return Ok(());
         };
         let plain = &payload[..v.len];
-        let fd = self.sock.as_raw_fd();
+        let fd = self.sock_ref;
         // One reference for this loop itself: sends of this buffer may complete while we wait
         // for a slot below, and the buffer must not return to the ring before the loop ends.
         self.refs[usize::from(bid)] = 1;
