@@ -176,6 +176,42 @@ pub struct Verdict<'t> {
     pub len: usize,
     /// For peers with [`Peer::srtp`]: the RTP packet index (48 bits) or the SRTCP index.
     pub index: u64,
+    /// RTP: the header length (parsed once, on arrival). RTCP: 0.
+    pub rtp_header_len: usize,
+}
+
+impl Verdict<'_> {
+    /// Writes the copy for a peer that receives SRTP (`session` is its [`Peer::srtp`]) from the
+    /// plain packet into `out`; returns its length, `None` if it cannot be written (no room).
+    /// Plain peers get `plain` itself: engines only do I/O.
+    #[inline]
+    pub fn protect(&self, plain: &[u8], session: &srtp::Session, out: &mut [u8]) -> Option<usize> {
+        match self.class {
+            Class::Rtcp => session.protect_rtcp(plain, self.index as u32, out).ok(),
+            _ => session
+                .protect_rtp_hl(plain, self.rtp_header_len, self.index, out)
+                .ok(),
+        }
+    }
+}
+
+/// What an engine's sends of a batch came to; handed to [`Core::count_sent`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Copies sent.
+    pub packets: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Copies the kernel refused (or that could not be written).
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for Sent {
+    fn add_assign(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.failed += o.failed;
+    }
 }
 
 /// Per-stream SRTP state of the senders this worker handles (their packets all land here).
@@ -293,6 +329,13 @@ impl Core {
         std::mem::replace(&mut self.table, table)
     }
 
+    /// Counts what the engine sent for this core's verdicts.
+    pub fn count_sent(&mut self, s: Sent) {
+        self.counters.tx_packets += s.packets;
+        self.counters.tx_bytes += s.bytes;
+        self.counters.drops[DropReason::SendFailed as usize] += s.failed;
+    }
+
     /// Next event for the control path.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -332,12 +375,16 @@ fn decide<'t>(
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
     let class = classify::classify(pkt);
-    // The SSRC is in the clear even under SRTP: RTP header, or the first RTCP packet's sender.
-    let ssrc = match class {
+    // The SSRC is in the clear even under SRTP: RTP header (parsed once, here, and handed to
+    // SRTP and to every protected copy), or the first RTCP packet's sender.
+    let (ssrc, hdr) = match class {
         Class::Other => return Err(DropReason::NotRtp),
-        Class::Rtp if srtp::rtp_header_len(pkt).is_some() => be32(pkt, 8),
-        Class::Rtcp if pkt.len() >= 8 => be32(pkt, 4),
-        _ => return Err(DropReason::Malformed),
+        Class::Rtp => {
+            let h = rtp::Header::parse(pkt)?;
+            (h.ssrc, Some(h))
+        }
+        Class::Rtcp if pkt.len() >= 8 => (be32(pkt, 4), None),
+        Class::Rtcp => return Err(DropReason::Malformed),
     };
     let known = table
         .by_addr
@@ -363,17 +410,17 @@ fn decide<'t>(
         counters.rx_rtcp += 1;
     }
     let key = (ep.uid, ssrc);
-    let (len, index) = match (&ep.srtp_in, is_rtp) {
-        (Some(s), true) => {
+    let (len, index) = match (&ep.srtp_in, hdr) {
+        (Some(s), Some(h)) => {
             let mut st = streams.rtp.get(&key).copied().unwrap_or_default();
-            let index = st.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+            let index = st.estimate(h.seq);
             st.check(index).map_err(srtp_drop)?;
-            let len = s.unprotect_rtp(pkt, index).map_err(srtp_drop)?;
+            let len = s.unprotect_rtp_hl(pkt, h.len, index).map_err(srtp_drop)?;
             st.accept(index);
             streams.rtp.insert(key, st);
             (len, index)
         }
-        (Some(s), false) => {
+        (Some(s), None) => {
             let i = s.rtcp_index(pkt).map_err(srtp_drop)?;
             let mut w = streams.rtcp_in.get(&key).copied().unwrap_or_default();
             w.check(u64::from(i)).map_err(srtp_drop)?;
@@ -383,13 +430,13 @@ fn decide<'t>(
             (len, u64::from(i))
         }
         // Plain senders: SRTP receivers need an index, tracked like a receiver would.
-        (None, true) if conf.srtp_out() => {
+        (None, Some(h)) if conf.srtp_out() => {
             let st = streams.rtp.entry(key).or_default();
-            let index = st.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+            let index = st.estimate(h.seq);
             st.accept(index);
             (pkt.len(), index)
         }
-        (None, false) if conf.srtp_out() => {
+        (None, None) if conf.srtp_out() => {
             let n = streams.rtcp_out.entry(key).or_insert(0);
             *n = (*n + 1) & 0x7fff_ffff;
             (pkt.len(), u64::from(*n))
@@ -398,8 +445,8 @@ fn decide<'t>(
     };
     let plain = &pkt[..len];
     let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
-    let select = if is_rtp {
-        rtp::ssrc(plain)?;
+    let select = if let Some(h) = &hdr {
+        h.check_padding(plain)?;
         Select::AllBut(skip)
     } else {
         let s = rtcp::summarize(plain)?;
@@ -428,6 +475,7 @@ fn decide<'t>(
         dests,
         len,
         index,
+        rtp_header_len: hdr.map_or(0, |h| h.len),
     })
 }
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::Socket;
 
-use super::mmsg::{RecvBatch, SendBatch, Sent};
+use super::PROTECTED_SIZE;
+use super::mmsg::{RecvBatch, SendBatch};
 use super::worker::{drain_control, end_batch, pin};
-use super::{PROTECTED_SIZE, protect};
+use crate::core::Sent;
 use crate::core::{Core, DropReason, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
@@ -107,7 +108,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                         None => plain,
                         Some(s) => {
                             let buf = &mut protected[tx.len()];
-                            match protect(s, v.class, plain, v.index, buf) {
+                            match v.protect(plain, s, buf) {
                                 Some(n) => &buf[..n],
                                 None => {
                                     sent.failed += 1;
@@ -123,7 +124,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                 }
             }
             sent += tx.flush(fd);
-            count(&mut core, sent);
+            core.count_sent(sent);
             end_batch(port, &mut core);
             if !drain_control(port, &mut core) {
                 return Ok(());
@@ -131,10 +132,4 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
         }
         end_batch(port, &mut core);
     }
-}
-
-fn count(core: &mut Core, s: Sent) {
-    core.counters.tx_packets += s.packets;
-    core.counters.tx_bytes += s.bytes;
-    core.counters.drops[DropReason::SendFailed as usize] += s.failed;
 }

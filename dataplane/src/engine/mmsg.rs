@@ -1,4 +1,4 @@
-//! `recvmmsg`/`sendmmsg` batches for the epoll engine (and the load rig and floor forwarder): fixed buffers set up once, so a batch
+//! `recvmmsg`/`sendmmsg` batches for the epoll engine (and the load rig): fixed buffers set up once, so a batch
 //! costs one syscall and no allocation.
 
 use std::io;
@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use socket2::SockAddr;
 
 use super::MAX_DATAGRAM;
+use crate::core::Sent;
 
 /// Room for any `sockaddr` the kernel writes (the size of `sockaddr_storage`).
 const NAME_LEN: usize = 128;
@@ -112,14 +113,6 @@ impl RecvBatch {
     }
 }
 
-impl std::ops::AddAssign for Sent {
-    fn add_assign(&mut self, o: Sent) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.failed += o.failed;
-    }
-}
-
 /// A batch of sends, each pointing at a payload owned by someone else (zero copy).
 pub struct SendBatch {
     names: Box<[SockAddr]>,
@@ -131,17 +124,6 @@ pub struct SendBatch {
 // SAFETY: the pointers refer to this struct's own boxes, or to payloads that the `push`
 // contract keeps alive until the next flush on the same thread.
 unsafe impl Send for SendBatch {}
-
-/// Outcome of a flush.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Sent {
-    /// Copies sent.
-    pub packets: u64,
-    /// Bytes sent.
-    pub bytes: u64,
-    /// Copies the kernel refused.
-    pub failed: u64,
-}
 
 impl SendBatch {
     /// Room for `n` sends per syscall.

@@ -24,21 +24,6 @@ pub const MAX_DATAGRAM: usize = 2048;
 /// Room for one SRTP-protected copy (a plain packet plus the largest SRTP/SRTCP overhead).
 pub const PROTECTED_SIZE: usize = MAX_DATAGRAM + 32;
 
-/// Protects the plain `pkt` for one SRTP receiver into `out`; `None` if it cannot be.
-#[inline]
-pub(crate) fn protect(
-    s: &crate::srtp::Session,
-    class: crate::core::Class,
-    pkt: &[u8],
-    index: u64,
-    out: &mut [u8],
-) -> Option<usize> {
-    match class {
-        crate::core::Class::Rtcp => s.protect_rtcp(pkt, index as u32, out).ok(),
-        _ => s.protect_rtp(pkt, index, out).ok(),
-    }
-}
-
 /// The engine a bridge asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {

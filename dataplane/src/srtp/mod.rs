@@ -108,17 +108,10 @@ pub enum Error {
     NoRoom,
 }
 
-/// Length of the RTP header (fixed part, CSRCs and extension) of `pkt`, if it fits.
+/// Length of the RTP header (fixed part, CSRCs and extension) of `pkt`, if it fits (for
+/// callers outside the core, which parses the header itself and passes its length).
 pub fn rtp_header_len(pkt: &[u8]) -> Option<usize> {
-    if pkt.len() < 12 {
-        return None;
-    }
-    let mut n = 12 + 4 * usize::from(pkt[0] & 0x0f);
-    if pkt[0] & 0x10 != 0 {
-        let ext = pkt.get(n + 2..n + 4)?;
-        n += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
-    }
-    (n <= pkt.len()).then_some(n)
+    crate::core::rtp::Header::parse(pkt).ok().map(|h| h.len)
 }
 
 #[cfg(test)]

@@ -154,6 +154,11 @@ impl Session {
     /// length of the plain RTP packet at the start of `pkt`.
     pub fn unprotect_rtp(&self, pkt: &mut [u8], index: u64) -> Result<usize, Error> {
         let hl = rtp_header_len(pkt).ok_or(Error::Short)?;
+        self.unprotect_rtp_hl(pkt, hl, index)
+    }
+
+    /// [`Session::unprotect_rtp`] for a packet whose RTP header length `hl` the caller parsed.
+    pub fn unprotect_rtp_hl(&self, pkt: &mut [u8], hl: usize, index: u64) -> Result<usize, Error> {
         let overhead = self.profile.rtp_overhead();
         if pkt.len() < hl + overhead {
             return Err(Error::Short);
@@ -189,6 +194,21 @@ impl Session {
     /// SRTP packet's length. One copy into `out`, then encryption in place there.
     pub fn protect_rtp(&self, plain: &[u8], index: u64, out: &mut [u8]) -> Result<usize, Error> {
         let hl = rtp_header_len(plain).ok_or(Error::Short)?;
+        self.protect_rtp_hl(plain, hl, index, out)
+    }
+
+    /// [`Session::protect_rtp`] for a packet whose RTP header length `hl` the caller parsed (the
+    /// core parses it once per packet, not once per protected copy).
+    pub fn protect_rtp_hl(
+        &self,
+        plain: &[u8],
+        hl: usize,
+        index: u64,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
+        if hl > plain.len() {
+            return Err(Error::Short);
+        }
         let total = plain.len() + self.profile.rtp_overhead();
         let out = out.get_mut(..total).ok_or(Error::NoRoom)?;
         out[..plain.len()].copy_from_slice(plain);

@@ -1,25 +1,31 @@
 //! The io_uring engine. Each worker owns a ring, a `SO_REUSEPORT` socket and a provided buffer
-//! ring. One multishot `recvmsg` fills buffers from the buffer ring; for every forwarded packet
-//! the worker queues one `sendmsg` SQE per destination, all pointing at the same received buffer,
-//! which goes back to the buffer ring when its last send completes. Submissions are batched: one
-//! `io_uring_enter` submits every send of a batch and waits for the next completions.
+//! ring ([`buf_ring`]). One multishot `recvmsg` fills buffers from the buffer ring; for every
+//! forwarded packet the worker queues one send SQE per destination from its send slots
+//! ([`send_slots`]), all pointing at the same received buffer, which goes back to the buffer
+//! ring when its last send completes. By default a send is `IORING_OP_SEND` with the destination
+//! address, on the socket registered as a fixed file. Submissions are batched: one
+//! `io_uring_enter` submits every send of a batch and waits for the next completions. This file
+//! is the worker loop; the split follows aquatic's io_uring UDP worker.
 
-use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::{BufRingEntry, Fd, Fixed, RecvMsgOut};
-use io_uring::{IoUring, Submitter, cqueue, opcode, squeue};
-use socket2::{SockAddr, Socket};
+use io_uring::types::{Fd, RecvMsgOut};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use socket2::Socket;
 
+mod buf_ring;
+mod send_slots;
+
+use buf_ring::BufRing;
+use send_slots::{SendSlots, SockRef, complete_send};
+
+use super::MAX_DATAGRAM;
 use super::worker::{drain_control, end_batch, pin};
-use super::{MAX_DATAGRAM, PROTECTED_SIZE, protect};
-use crate::core::{Core, DropReason, Table};
+use crate::core::{Core, DropReason, Sent, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
 /// Space for the `io_uring_recvmsg_out` header and a `sockaddr_in6` in front of each payload.
@@ -30,8 +36,6 @@ const BUF_SIZE: usize = MAX_DATAGRAM + HEADROOM;
 const N_BUFS: u16 = 4096;
 /// Default in-flight sends per worker (`--uring-send-slots`).
 pub const SEND_SLOTS: usize = 8192;
-/// `SendSlot::bid` of a send from the slot's own protected copy, not from a received buffer.
-const NO_BUF: u16 = u16::MAX;
 /// Submission queue entries.
 const SQ_ENTRIES: u32 = 2048;
 /// Completion queue entries.
@@ -41,6 +45,7 @@ const BGID: u16 = 0;
 
 const TAG_RECV: u64 = 1 << 32;
 const TAG_WAKE: u64 = 2 << 32;
+/// Completions of sends; the low 32 bits are the send slot.
 const TAG_SEND: u64 = 3 << 32;
 const TAG_MASK: u64 = !0xffff_ffff;
 
@@ -152,239 +157,6 @@ pub fn spawn(
     Ok(WorkerLink::new(tx, waker, counters, thread))
 }
 
-/// A provided buffer ring: the ring of `io_uring_buf` entries (page aligned, shared with the
-/// kernel) and the buffers they hand out.
-struct BufRing {
-    entries: NonNull<BufRingEntry>,
-    entries_layout: Layout,
-    bufs: NonNull<u8>,
-    bufs_layout: Layout,
-    n: u16,
-    buf_size: usize,
-    tail: u16,
-}
-
-impl BufRing {
-    /// `n` (a power of two) buffers of `buf_size` bytes, all handed to the ring.
-    fn new(n: u16, buf_size: usize) -> io::Result<Self> {
-        assert!(n.is_power_of_two());
-        let nomem = || io::Error::from(io::ErrorKind::OutOfMemory);
-        let entries_layout =
-            Layout::from_size_align(usize::from(n) * size_of::<BufRingEntry>(), 4096)
-                .map_err(|_| nomem())?;
-        let bufs_layout =
-            Layout::from_size_align(usize::from(n) * buf_size, 64).map_err(|_| nomem())?;
-        // SAFETY: both layouts have non-zero size.
-        let (entries, bufs) = unsafe {
-            (
-                std::alloc::alloc_zeroed(entries_layout),
-                std::alloc::alloc_zeroed(bufs_layout),
-            )
-        };
-        let mut r = Self {
-            entries: NonNull::new(entries.cast()).ok_or_else(nomem)?,
-            entries_layout,
-            bufs: NonNull::new(bufs).ok_or_else(nomem)?,
-            bufs_layout,
-            n,
-            buf_size,
-            tail: 0,
-        };
-        for bid in 0..n {
-            r.push(bid);
-        }
-        r.publish();
-        Ok(r)
-    }
-
-    fn register(&self, sub: &Submitter<'_>) -> io::Result<()> {
-        // SAFETY: the entries stay allocated until `self` drops, which the worker arranges to
-        // happen after the ring (and so the registration) is gone.
-        unsafe { sub.register_buf_ring_with_flags(self.entries.as_ptr() as u64, self.n, BGID, 0) }
-    }
-
-    /// Queues buffer `bid` for the kernel (visible after [`publish`](Self::publish)).
-    fn push(&mut self, bid: u16) {
-        let slot = usize::from(self.tail & (self.n - 1));
-        // SAFETY: `slot < n`, and the entry at the tail is not owned by the kernel: it consumes
-        // only entries between its head and our published tail.
-        let e = unsafe { &mut *self.entries.as_ptr().add(slot) };
-        // SAFETY: `bid < n`, so the offset stays inside the buffer allocation.
-        let addr = unsafe { self.bufs.as_ptr().add(usize::from(bid) * self.buf_size) };
-        e.set_addr(addr as u64);
-        e.set_len(self.buf_size as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes pushed buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: `tail` points at the ring's shared tail field inside our allocation; the
-        // kernel reads it with acquire semantics, so a release store orders the entries first.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries.as_ptr()) as *mut u16;
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// The first `len` bytes of buffer `bid`, as filled by the kernel.
-    fn get(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.n && len <= self.buf_size);
-        // SAFETY: in bounds (checked above); the kernel wrote this buffer before posting the
-        // completion that named it and does not touch it again until we push it back.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.bufs.as_ptr().add(usize::from(bid) * self.buf_size),
-                len,
-            )
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts; the ring that used them is gone.
-        unsafe {
-            std::alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
-            std::alloc::dealloc(self.bufs.as_ptr(), self.bufs_layout);
-        }
-    }
-}
-
-/// One in-flight send: its `msghdr` points at its own iovec and address.
-struct SendSlot {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
-    name: SockAddr,
-    bid: u16,
-}
-
-/// Fixed pool of send slots; boxed so the self-pointers stay valid. Each slot also owns room
-/// for one SRTP-protected copy (zero pages until first used).
-struct SendSlots {
-    slots: Box<[SendSlot]>,
-    protected: Box<[u8]>,
-    free: Vec<u32>,
-}
-
-impl SendSlots {
-    fn new(n: usize) -> Self {
-        let unspecified = SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let slots = (0..n)
-            .map(|_| SendSlot {
-                // SAFETY: msghdr is plain old data; all-zero is a valid value.
-                hdr: unsafe { std::mem::zeroed() },
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-                name: unspecified.clone(),
-                bid: 0,
-            })
-            .collect();
-        Self {
-            slots,
-            protected: vec![0; n * PROTECTED_SIZE].into_boxed_slice(),
-            free: (0..n as u32).rev().collect(),
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    /// Fills a free slot with a send of `payload` to `to`; returns its SQE.
-    fn take(
-        &mut self,
-        fd: SockRef,
-        payload: &[u8],
-        to: &SockAddr,
-        bid: u16,
-    ) -> Option<squeue::Entry> {
-        let i = self.free.pop()?;
-        Some(self.fill(i, fd, (payload.as_ptr(), payload.len()), to, bid))
-    }
-
-    /// Fills a free slot with a copy that `write` produces in the slot's own buffer (an SRTP
-    /// protected copy). `None` when no slot is free or `write` fails.
-    fn take_protected(
-        &mut self,
-        fd: SockRef,
-        to: &SockAddr,
-        write: impl FnOnce(&mut [u8]) -> Option<usize>,
-    ) -> Option<squeue::Entry> {
-        let i = *self.free.last()?;
-        let at = i as usize * PROTECTED_SIZE;
-        let n = write(&mut self.protected[at..at + PROTECTED_SIZE])?;
-        self.free.pop();
-        // The slot's region of `protected` is not written again until this send completes and
-        // the slot is freed; the boxed slice never moves.
-        let out = self.protected[at..].as_ptr();
-        Some(self.fill(i, fd, (out, n), to, NO_BUF))
-    }
-
-    /// Points slot `i` at `len` bytes at `ptr` (kept alive by the caller until completion).
-    fn fill(
-        &mut self,
-        i: u32,
-        fd: SockRef,
-        (ptr, len): (*const u8, usize),
-        to: &SockAddr,
-        bid: u16,
-    ) -> squeue::Entry {
-        let s = &mut self.slots[i as usize];
-        s.name = to.clone();
-        s.bid = bid;
-        let entry = match fd {
-            SockRef::Msg(fd) => {
-                s.iov = libc::iovec {
-                    iov_base: ptr as *mut _,
-                    iov_len: len,
-                };
-                s.hdr.msg_name = s.name.as_ptr() as *mut _;
-                s.hdr.msg_namelen = s.name.len();
-                s.hdr.msg_iov = &mut s.iov;
-                s.hdr.msg_iovlen = 1;
-                opcode::SendMsg::new(Fd(fd), &s.hdr).build()
-            }
-            SockRef::Raw(fd) => opcode::Send::new(Fd(fd), ptr, len as u32)
-                .dest_addr(s.name.as_ptr().cast())
-                .dest_addr_len(s.name.len())
-                .build(),
-            SockRef::Fixed => opcode::Send::new(Fixed(FIXED_SOCK), ptr, len as u32)
-                .dest_addr(s.name.as_ptr().cast())
-                .dest_addr_len(s.name.len())
-                .build(),
-        };
-        entry.user_data(TAG_SEND | u64::from(i))
-    }
-
-    /// Frees slot `i`; returns the buffer it used.
-    fn complete(&mut self, i: u32) -> u16 {
-        self.free.push(i);
-        self.slots[i as usize].bid
-    }
-}
-
-/// How a send names the socket, by [`SendPath`].
-#[derive(Debug, Clone, Copy)]
-enum SockRef {
-    /// `sendmsg` on the raw descriptor.
-    Msg(RawFd),
-    /// `send` with a destination on the raw descriptor.
-    Raw(RawFd),
-    /// `send` with a destination on the registered file.
-    Fixed,
-}
-
-/// Send outcomes counted outside the core (sends complete while verdicts borrow it).
-#[derive(Default)]
-struct Tx {
-    packets: u64,
-    bytes: u64,
-    failed: u64,
-}
-
 struct Worker {
     // Field order is drop order: the ring goes first, then the memory it referenced.
     ring: IoUring,
@@ -396,7 +168,7 @@ struct Worker {
     efd: OwnedFd,
     sock: Socket,
     pending: VecDeque<cqueue::Entry>,
-    tx: Tx,
+    tx: Sent,
     sock_ref: SockRef,
     rearm_recv: bool,
     rearm_wake: bool,
@@ -470,7 +242,7 @@ impl Worker {
                 efd,
                 sock,
                 pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
-                tx: Tx::default(),
+                tx: Sent::default(),
                 sock_ref,
                 rearm_recv: true,
                 rearm_wake: true,
@@ -496,10 +268,7 @@ impl Worker {
                 self.complete(&mut core, cqe)?;
             }
             self.bufs.publish();
-            core.counters.tx_packets += std::mem::take(&mut self.tx.packets);
-            core.counters.tx_bytes += std::mem::take(&mut self.tx.bytes);
-            core.counters.drops[DropReason::SendFailed as usize] +=
-                std::mem::take(&mut self.tx.failed);
+            core.count_sent(std::mem::take(&mut self.tx));
             end_batch(port, &mut core);
         }
     }
@@ -558,14 +327,8 @@ impl Worker {
     }
 
     fn complete(&mut self, core: &mut Core, cqe: cqueue::Entry) -> io::Result<()> {
+        // Send completions never get here: `reap` finishes them at once.
         match cqe.user_data() & TAG_MASK {
-            TAG_SEND => complete_send(
-                &mut self.slots,
-                &mut self.refs,
-                &mut self.bufs,
-                &mut self.tx,
-                &cqe,
-            ),
             TAG_WAKE => self.rearm_wake = true,
             TAG_RECV => {
                 if !cqueue::more(cqe.flags()) {
@@ -624,9 +387,9 @@ impl Worker {
                     .slots
                     .take(fd, plain, &peer.raw, bid)
                     .inspect(|_| self.refs[usize::from(bid)] += 1),
-                Some(s) => self.slots.take_protected(fd, &peer.raw, |out| {
-                    protect(s, v.class, plain, v.index, out)
-                }),
+                Some(s) => self
+                    .slots
+                    .take_protected(fd, &peer.raw, |out| v.protect(plain, s, out)),
             };
             match entry {
                 Some(e) => self.push(&e)?,
@@ -664,31 +427,5 @@ impl Worker {
             self.reap();
         }
         Ok(())
-    }
-}
-
-/// Accounts a finished send; the buffer returns to the ring with its last send.
-fn complete_send(
-    slots: &mut SendSlots,
-    refs: &mut [u16],
-    bufs: &mut BufRing,
-    tx: &mut Tx,
-    cqe: &cqueue::Entry,
-) {
-    let bid = slots.complete(cqe.user_data() as u32);
-    match cqe.result() {
-        n if n >= 0 => {
-            tx.packets += 1;
-            tx.bytes += n as u64;
-        }
-        _ => tx.failed += 1,
-    }
-    if bid == NO_BUF {
-        return;
-    }
-    let r = &mut refs[usize::from(bid)];
-    *r -= 1;
-    if *r == 0 {
-        bufs.push(bid);
     }
 }
