@@ -280,26 +280,7 @@ async fn a_bridge_bound_to_any_address_is_announced_at_one_reachable_address() {
     let data = data_dir("advertise");
     let ctl = control(&data, "127.0.0.1:0");
     let url = format!("http://{}", ctl.field("listen"));
-    let b = Proc::start(
-        "ringbridge",
-        &[
-            "--engine",
-            "mio",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--media",
-            "0.0.0.0:0",
-            "--api",
-            "127.0.0.1:0",
-            "--control",
-            &url,
-            "--bridge-id",
-            "any",
-            "--region",
-            "eu",
-        ],
-    );
+    let b = bridge_on(&url, "any", "eu", "0.0.0.0:0");
     wait_bridges(&url, 1).await;
     let advertised = b.field("advertise");
     assert!(advertised.starts_with("127.0.0.1:"), "{advertised}");

@@ -126,6 +126,11 @@ pub fn control_with(data: &str, listen: &str, extra: &[&str]) -> Proc {
 }
 
 pub fn bridge(url: &str, id: &str, region: &str) -> Proc {
+    bridge_on(url, id, region, "127.0.0.1:0")
+}
+
+/// A bridge whose media socket binds `media`.
+pub fn bridge_on(url: &str, id: &str, region: &str, media: &str) -> Proc {
     Proc::start(
         "ringbridge",
         &[
@@ -137,7 +142,7 @@ pub fn bridge(url: &str, id: &str, region: &str) -> Proc {
             "1",
             "--no-pin",
             "--media",
-            "127.0.0.1:0",
+            media,
             "--api",
             "127.0.0.1:0",
             "--control",
