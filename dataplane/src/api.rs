@@ -138,7 +138,12 @@ fn counters(c: &Counters) -> pb::Counters {
             send_failed: d(DropReason::SendFailed),
             srtp_auth_failed: d(DropReason::SrtpAuth),
             srtp_replay: d(DropReason::SrtpReplay),
+            relay_auth_failed: d(DropReason::RelayAuth),
+            relay_replay: d(DropReason::RelayReplay),
+            unknown_relay: d(DropReason::UnknownRelay),
         }),
+        relay_rx: c.relay_rx,
+        relay_tx: c.relay_tx,
     }
 }
 
@@ -212,6 +217,35 @@ impl Bridge for BridgeService {
         Ok(Response::new(pb::ApplyResponse { results }))
     }
 
+    async fn add_relay(
+        &self,
+        req: Request<pb::AddRelayRequest>,
+    ) -> Result<Response<pb::AddRelayResponse>, Status> {
+        let r = req.into_inner();
+        self.apply(move |s| {
+            s.add_relay(
+                &r.conference_id,
+                &r.relay_id,
+                &r.remote_addr,
+                r.link_conference,
+                &r.tx_key,
+                &r.rx_key,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::AddRelayResponse {}))
+    }
+
+    async fn remove_relay(
+        &self,
+        req: Request<pb::RemoveRelayRequest>,
+    ) -> Result<Response<pb::RemoveRelayResponse>, Status> {
+        let r = req.into_inner();
+        self.apply(move |s| s.remove_relay(&r.conference_id, &r.relay_id))
+            .await?;
+        Ok(Response::new(pb::RemoveRelayResponse {}))
+    }
+
     async fn list_conferences(
         &self,
         _req: Request<pb::ListConferencesRequest>,
@@ -219,6 +253,14 @@ impl Bridge for BridgeService {
         let conferences = self.publisher.read(|s| {
             s.list()
                 .map(|(c, eps)| pb::ConferenceInfo {
+                    relays: s
+                        .relays(c)
+                        .map(|(id, r)| pb::RelayInfo {
+                            relay_id: id.into(),
+                            remote_addr: r.addr.to_string(),
+                            link_conference: r.link,
+                        })
+                        .collect(),
                     conference_id: c.into(),
                     endpoints: eps
                         .map(|(e, st)| pb::EndpointInfo {

@@ -17,6 +17,13 @@ pub fn bridge(r: &mut Registry, c: &Counters, conferences: usize, endpoints: usi
     counter(r, "ringbridge_tx_bytes", "Bytes sent.", c.tx_bytes);
     counter(r, "ringbridge_rx_rtp", "RTP packets received.", c.rx_rtp);
     counter(r, "ringbridge_rx_rtcp", "RTCP packets received.", c.rx_rtcp);
+    counter(
+        r,
+        "ringbridge_relay_rx",
+        "Relay packets received.",
+        c.relay_rx,
+    );
+    counter(r, "ringbridge_relay_tx", "Relay packets sent.", c.relay_tx);
     // Counters by reason as a labelled family (values are monotonic; exposed as gauges so one
     // family carries every reason).
     labelled_gauges(

@@ -101,6 +101,22 @@ pub enum StateError {
         "ssrcs: an endpoint without remote_addr needs at least one SSRC so the bridge can latch its address"
     )]
     NothingToLatch,
+    /// The relay id is taken in that conference, or the address and link number by a relay.
+    #[error("{field}: relay {value:?} already exists")]
+    RelayExists {
+        /// The request field.
+        field: &'static str,
+        /// What is taken.
+        value: String,
+    },
+    /// No such relay in that conference.
+    #[error("relay_id: relay {relay:?} not found in conference {conference:?}")]
+    RelayNotFound {
+        /// Conference id.
+        conference: String,
+        /// Relay id.
+        relay: String,
+    },
     /// The conference id is taken.
     #[error("conference_id: conference {0:?} already exists")]
     ConferenceExists(String),
@@ -165,11 +181,14 @@ impl StateError {
             | Self::BadSrtp { .. }
             | Self::NothingToLatch => ErrorKind::Invalid,
             Self::Full { .. } => ErrorKind::Full,
-            Self::ConferenceNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
+            Self::ConferenceNotFound(_)
+            | Self::EndpointNotFound { .. }
+            | Self::RelayNotFound { .. } => ErrorKind::NotFound,
             Self::ConferenceExists(_)
             | Self::EndpointExists { .. }
             | Self::SsrcTaken { .. }
             | Self::SsrcAmbiguous { .. }
+            | Self::RelayExists { .. }
             | Self::AddrTaken { .. } => ErrorKind::Exists,
         }
     }
@@ -268,10 +287,23 @@ pub struct BridgeState {
     limits: Limits,
 }
 
+/// A relay as the API knows it.
+#[derive(Debug, Clone)]
+pub struct RelayState {
+    /// Bridge-wide identity.
+    pub uid: u64,
+    /// The remote bridge's media address.
+    pub addr: SocketAddr,
+    /// The link's conference number.
+    pub link: u32,
+}
+
 /// A conference: its endpoints and its place in the working table.
 #[derive(Debug, Clone)]
 struct Conf {
     idx: ConfIdx,
+    /// Relays by id.
+    relays: BTreeMap<String, RelayState>,
     /// By id; hashed, as a conference may hold 100 000 endpoints (listing sorts).
     endpoints: FxHashMap<String, EndpointState>,
 }
@@ -353,6 +385,7 @@ impl BridgeState {
             Conf {
                 idx,
                 endpoints: FxHashMap::default(),
+                relays: BTreeMap::new(),
             },
         );
         Ok(())
@@ -586,6 +619,93 @@ impl BridgeState {
         e.latched = true;
         self.pending.push(Op::Latch { uid, addr });
         true
+    }
+
+    /// Adds a relay of `conference` to the bridge at `remote_addr` for link conference number
+    /// `link`, sealing with `tx_key` and opening with `rx_key`.
+    pub fn add_relay(
+        &mut self,
+        conference: &str,
+        relay_id: &str,
+        remote_addr: &str,
+        link: u32,
+        tx_key: &[u8],
+        rx_key: &[u8],
+    ) -> Result<(), StateError> {
+        need("conference_id", conference)?;
+        need("relay_id", relay_id)?;
+        if remote_addr.is_empty() {
+            return Err(StateError::Empty("remote_addr"));
+        }
+        let addr = self
+            .parse_addr("remote_addr", remote_addr)?
+            .expect("non-empty");
+        let conf = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        if conf.relays.contains_key(relay_id) {
+            return Err(StateError::RelayExists {
+                field: "relay_id",
+                value: relay_id.into(),
+            });
+        }
+        if self.table.relay_by.contains_key(&(addr, link)) {
+            return Err(StateError::RelayExists {
+                field: "remote_addr",
+                value: format!("{addr} with link_conference {link}"),
+            });
+        }
+        let uid = self.next_uid;
+        let relay = crate::core::relay::Relay::new(uid, addr, link, tx_key, rx_key).map_err(
+            |(field, e)| StateError::BadSrtp {
+                field,
+                why: e.to_string(),
+            },
+        )?;
+        self.next_uid += 1;
+        let idx = conf.idx;
+        self.record(Op::AddRelay {
+            conf: idx,
+            relay: Arc::new(relay),
+        });
+        self.conferences
+            .get_mut(conference)
+            .expect("checked above")
+            .relays
+            .insert(relay_id.into(), RelayState { uid, addr, link });
+        Ok(())
+    }
+
+    /// Removes a relay.
+    pub fn remove_relay(&mut self, conference: &str, relay_id: &str) -> Result<(), StateError> {
+        need("conference_id", conference)?;
+        need("relay_id", relay_id)?;
+        let conf = self
+            .conferences
+            .get_mut(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        let r = conf
+            .relays
+            .remove(relay_id)
+            .ok_or_else(|| StateError::RelayNotFound {
+                conference: conference.into(),
+                relay: relay_id.into(),
+            })?;
+        let idx = conf.idx;
+        self.record(Op::RemoveRelay {
+            conf: idx,
+            uid: r.uid,
+        });
+        Ok(())
+    }
+
+    /// The relays of `conference`, by id.
+    pub fn relays(&self, conference: &str) -> impl Iterator<Item = (&str, &RelayState)> {
+        self.conferences
+            .get(conference)
+            .into_iter()
+            .flat_map(|c| c.relays.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Applies `op` to the working table and records it for the workers.

@@ -14,6 +14,8 @@ pub struct SharedCounters {
     tx_bytes: AtomicU64,
     rx_rtp: AtomicU64,
     rx_rtcp: AtomicU64,
+    relay_rx: AtomicU64,
+    relay_tx: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -26,6 +28,8 @@ impl SharedCounters {
         self.tx_bytes.store(c.tx_bytes, Relaxed);
         self.rx_rtp.store(c.rx_rtp, Relaxed);
         self.rx_rtcp.store(c.rx_rtcp, Relaxed);
+        self.relay_rx.store(c.relay_rx, Relaxed);
+        self.relay_tx.store(c.relay_tx, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -40,6 +44,8 @@ impl SharedCounters {
             tx_bytes: self.tx_bytes.load(Relaxed),
             rx_rtp: self.rx_rtp.load(Relaxed),
             rx_rtcp: self.rx_rtcp.load(Relaxed),
+            relay_rx: self.relay_rx.load(Relaxed),
+            relay_tx: self.relay_tx.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -53,6 +59,8 @@ impl std::ops::AddAssign for Counters {
         self.tx_bytes += o.tx_bytes;
         self.rx_rtp += o.rx_rtp;
         self.rx_rtcp += o.rx_rtcp;
+        self.relay_rx += o.relay_rx;
+        self.relay_tx += o.relay_tx;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

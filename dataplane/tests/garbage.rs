@@ -1,5 +1,6 @@
-//! A flood of garbage (random bytes, wrong version, truncated RTP, strangers, undeclared SSRCs)
-//! is dropped and counted by reason while a live conference keeps forwarding exactly.
+//! A flood of garbage (random bytes, wrong version, truncated RTP, strangers, undeclared SSRCs,
+//! relay packets from nobody's relay) is dropped and counted by reason while a live conference
+//! keeps forwarding exactly.
 
 mod common;
 
@@ -41,9 +42,16 @@ async fn garbage_flood(engine: &str) {
         let mut buf = [0u8; 300];
         for i in 0..EACH {
             rng.fill(&mut buf);
-            buf[0] &= 0x3f; // random bytes that are not RTP version 2
+            buf[0] &= 0x3f; // random bytes that are not RTP version 2...
+            if buf[0] == ringbridge_dataplane::core::relay::TYPE {
+                buf[0] += 1; // ...nor a relay packet (a class of its own, below)
+            }
             let len = 1 + (i as usize * 7) % 299;
             stranger.send(media, &buf[..len]);
+            // Random bytes that look like a relay packet, from nobody's relay.
+            buf[0] = ringbridge_dataplane::core::relay::TYPE;
+            buf[1] = 1;
+            stranger.send(media, &buf[..40]);
             let mut v1 = testkit::rtp(60, i as u16, 0, b"old");
             v1[0] = 0x40; // RTP version 1
             insider.send_to(&v1, media).unwrap();
@@ -71,8 +79,9 @@ async fn garbage_flood(engine: &str) {
     assert_eq!(d.malformed, EACH, "truncated RTP");
     assert_eq!(d.unknown_source, EACH);
     assert_eq!(d.unknown_ssrc, EACH);
-    assert_eq!(t.dropped_packets, 5 * EACH);
-    assert_eq!(t.rx_packets, 5 * EACH + 3 * u64::from(count));
+    assert_eq!(d.unknown_relay, EACH);
+    assert_eq!(t.dropped_packets, 6 * EACH);
+    assert_eq!(t.rx_packets, 6 * EACH + 3 * u64::from(count));
     assert_eq!(t.tx_packets, 6 * u64::from(count));
 }
 

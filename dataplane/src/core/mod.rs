@@ -6,12 +6,14 @@
 //! verdicts.
 
 pub mod classify;
+pub mod relay;
 pub mod rtcp;
 pub mod rtp;
 pub mod table;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -38,11 +40,17 @@ pub enum DropReason {
     SrtpAuth = 6,
     /// SRTP/SRTCP replay.
     SrtpReplay = 7,
+    /// A relay packet that does not authenticate with its link's key.
+    RelayAuth = 8,
+    /// A relay packet already received or older than its link's window.
+    RelayReplay = 9,
+    /// A relay packet no relay matches (source address and link conference number).
+    UnknownRelay = 10,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 11;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -53,6 +61,9 @@ impl DropReason {
         Self::SendFailed,
         Self::SrtpAuth,
         Self::SrtpReplay,
+        Self::RelayAuth,
+        Self::RelayReplay,
+        Self::UnknownRelay,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -66,6 +77,9 @@ impl DropReason {
             Self::SendFailed => "send_failed",
             Self::SrtpAuth => "srtp_auth_failed",
             Self::SrtpReplay => "srtp_replay",
+            Self::RelayAuth => "relay_auth_failed",
+            Self::RelayReplay => "relay_replay",
+            Self::UnknownRelay => "unknown_relay",
         }
     }
 }
@@ -85,6 +99,10 @@ pub struct Counters {
     pub rx_rtp: u64,
     /// Received packets that parsed as RTCP.
     pub rx_rtcp: u64,
+    /// Relay packets received and authenticated.
+    pub relay_rx: u64,
+    /// Relay packets sent.
+    pub relay_tx: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -169,10 +187,15 @@ impl<'t> Dests<'t> {
 pub struct Verdict<'t> {
     /// RTP or RTCP.
     pub class: Class,
-    /// Where the copies go; never empty.
+    /// Where the copies go (with `relays`, never both empty).
     pub dests: Dests<'t>,
-    /// Length of the plain packet at the start of the buffer (shorter than what arrived when
-    /// SRTP was removed).
+    /// Relays that get one sealed copy each ([`Verdict::seal`]); empty for a packet that came
+    /// from a relay.
+    pub relays: &'t [Arc<relay::Relay>],
+    /// Where the plain packet starts in the buffer (after the relay header for a relayed one).
+    pub offset: usize,
+    /// Length of the plain packet (shorter than what arrived when SRTP or a relay envelope
+    /// was removed).
     pub len: usize,
     /// For peers with [`Peer::srtp`]: the RTP packet index (48 bits) or the SRTCP index.
     pub index: u64,
@@ -195,6 +218,28 @@ impl Verdict<'_> {
     }
 }
 
+impl Verdict<'_> {
+    /// The plain packet in the receive buffer `buf` this verdict was made for.
+    #[inline]
+    pub fn plain<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.offset..self.offset + self.len]
+    }
+
+    /// Writes the copy for `relay` (sealed for its link) from the plain packet into `out`:
+    /// relay packet `seq` of the sending `worker`; `None` if `out` is too small.
+    #[inline]
+    pub fn seal(
+        &self,
+        relay: &relay::Relay,
+        plain: &[u8],
+        worker: u16,
+        seq: u64,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        relay.seal(worker, seq, plain, out)
+    }
+}
+
 /// What an engine's sends of a batch came to; handed to [`Core::count_sent`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -204,6 +249,8 @@ pub struct Sent {
     pub bytes: u64,
     /// Copies the kernel refused (or that could not be written).
     pub failed: u64,
+    /// Of `packets`, relay copies.
+    pub relays: u64,
 }
 
 impl std::ops::AddAssign for Sent {
@@ -211,6 +258,7 @@ impl std::ops::AddAssign for Sent {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.failed += o.failed;
+        self.relays += o.relays;
     }
 }
 
@@ -224,6 +272,8 @@ struct StreamState {
     rtcp_in: FxHashMap<(EndpointUid, u32), replay::Window>,
     /// SRTCP index counters for plain RTCP senders whose packets go to SRTP receivers.
     rtcp_out: FxHashMap<(EndpointUid, u32), u32>,
+    /// Replay windows of relay links, per (relay uid, sending worker).
+    relay_in: FxHashMap<(u64, u16), replay::Window>,
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {
@@ -282,7 +332,13 @@ impl Core {
                 Op::Latch { addr, .. } => {
                     self.latched.remove(addr);
                 }
-                Op::AddConference | Op::AddEndpoint { .. } => {}
+                Op::RemoveRelay { uid, .. } => {
+                    let gone = *uid;
+                    self.streams.relay_in.retain(|(u, _), _| *u != gone);
+                    self.streams.rtp.retain(|(u, _), _| *u != gone);
+                    self.streams.rtcp_out.retain(|(u, _), _| *u != gone);
+                }
+                Op::AddConference | Op::AddEndpoint { .. } | Op::AddRelay { .. } => {}
             }
             self.table.apply(op);
         }
@@ -334,6 +390,7 @@ impl Core {
         self.counters.tx_packets += s.packets;
         self.counters.tx_bytes += s.bytes;
         self.counters.drops[DropReason::SendFailed as usize] += s.failed;
+        self.counters.relay_tx += s.relays;
     }
 
     /// Next event for the control path.
@@ -374,6 +431,9 @@ fn decide<'t>(
     pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
+    if pkt.first() == Some(&relay::TYPE) {
+        return decide_relay(table, streams, counters, pkt, src);
+    }
     let class = classify::classify(pkt);
     // The SSRC is in the clear even under SRTP: RTP header (parsed once, here, and handed to
     // SRTP and to every protected copy), or the first RTCP packet's sender.
@@ -445,15 +505,23 @@ fn decide<'t>(
     };
     let plain = &pkt[..len];
     let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
-    let select = if let Some(h) = &hdr {
+    // Everything goes once to each relay, but feedback only when it is about a sender that is
+    // not local (the bridge that hosts it delivers it to that sender only).
+    let (select, relays) = if let Some(h) = &hdr {
         h.check_padding(plain)?;
-        Select::AllBut(skip)
+        (Select::AllBut(skip), &conf.relays[..])
     } else {
         let s = rtcp::summarize(plain)?;
         if s.feedback {
-            feedback_targets(table, idx, s.targets())?
+            let (select, elsewhere) = feedback_targets(table, ep.conf, Some(idx), s.targets());
+            let relays = if elsewhere { &conf.relays[..] } else { &[] };
+            let owned_here = s.targets().iter().any(|t| conf.ssrc_owner.contains_key(t));
+            if !owned_here && relays.is_empty() {
+                return Err(DropReason::UnknownSsrc);
+            }
+            (select, relays)
         } else {
-            Select::AllBut(skip)
+            (Select::AllBut(skip), &conf.relays[..])
         }
     };
     if latch {
@@ -467,30 +535,39 @@ fn decide<'t>(
         peers: &conf.peers,
         select,
     };
-    if dests.is_empty() {
+    if dests.is_empty() && relays.is_empty() {
         return Err(DropReason::NoReceivers);
     }
     Ok(Verdict {
         class,
         dests,
+        relays,
+        offset: 0,
         len,
         index,
         rtp_header_len: hdr.map_or(0, |h| h.len),
     })
 }
 
-/// Peers that send the media SSRCs feedback is about (never the feedback's own sender).
-fn feedback_targets(table: &Table, sender: u32, targets: &[u32]) -> Result<Select, DropReason> {
-    let conf = table.conf(table.ep(sender).conf);
+/// Peers that send the media SSRCs feedback is about (never the feedback's own sender), in
+/// conference `conf`; and whether some target SSRC has no local sender (it may be behind a
+/// relay).
+fn feedback_targets(
+    table: &Table,
+    conf: u32,
+    sender: Option<u32>,
+    targets: &[u32],
+) -> (Select, bool) {
+    let conf = table.conf(conf);
     let mut slots = [0u32; rtcp::MAX_TARGETS];
     let mut n = 0u8;
-    let mut owned = false;
+    let mut elsewhere = false;
     for ssrc in targets {
         let Some(&owner) = conf.ssrc_owner.get(ssrc) else {
+            elsewhere = true;
             continue;
         };
-        owned = true;
-        if owner == sender {
+        if Some(owner) == sender {
             continue;
         }
         if let Some(slot) = table.ep(owner).slot
@@ -500,10 +577,82 @@ fn feedback_targets(table: &Table, sender: u32, targets: &[u32]) -> Result<Selec
             n += 1;
         }
     }
-    if !owned {
-        return Err(DropReason::UnknownSsrc);
+    (Select::Only { slots, n }, elsewhere)
+}
+
+/// A packet from a relay: authenticated, replay-checked and opened in place; its inner packet
+/// goes to local endpoints only (never to another relay).
+fn decide_relay<'t>(
+    table: &'t Table,
+    streams: &mut StreamState,
+    counters: &mut Counters,
+    pkt: &mut [u8],
+    src: SocketAddr,
+) -> Result<Verdict<'t>, DropReason> {
+    let h = relay::Header::parse(pkt)?;
+    let (conf_idx, r) = table
+        .relay_by
+        .get(&(src, h.link))
+        .ok_or(DropReason::UnknownRelay)?;
+    let key = (r.uid, h.worker);
+    let mut w = streams.relay_in.get(&key).copied().unwrap_or_default();
+    w.check(h.seq).map_err(|_| DropReason::RelayReplay)?;
+    let n = r.open(&h, pkt)?;
+    w.accept(h.seq);
+    streams.relay_in.insert(key, w);
+    counters.relay_rx += 1;
+    let inner = &pkt[relay::HEADER_LEN..relay::HEADER_LEN + n];
+    let conf = table.conf(*conf_idx);
+    let (class, select, index, rtp_header_len) = match classify::classify(inner) {
+        Class::Rtp => {
+            counters.rx_rtp += 1;
+            let hdr = rtp::Header::parse(inner)?;
+            hdr.check_padding(inner)?;
+            let index = if conf.srtp_out() {
+                let st = streams.rtp.entry((r.uid, hdr.ssrc)).or_default();
+                let index = st.estimate(hdr.seq);
+                st.accept(index);
+                index
+            } else {
+                0
+            };
+            (Class::Rtp, Select::AllBut(usize::MAX), index, hdr.len)
+        }
+        Class::Rtcp => {
+            counters.rx_rtcp += 1;
+            let s = rtcp::summarize(inner)?;
+            let select = if s.feedback {
+                feedback_targets(table, *conf_idx, None, s.targets()).0
+            } else {
+                Select::AllBut(usize::MAX)
+            };
+            let index = if conf.srtp_out() {
+                let n = streams.rtcp_out.entry((r.uid, s.sender_ssrc)).or_insert(0);
+                *n = (*n + 1) & 0x7fff_ffff;
+                u64::from(*n)
+            } else {
+                0
+            };
+            (Class::Rtcp, select, index, 0)
+        }
+        Class::Other => return Err(DropReason::NotRtp),
+    };
+    let dests = Dests {
+        peers: &conf.peers,
+        select,
+    };
+    if dests.is_empty() {
+        return Err(DropReason::NoReceivers);
     }
-    Ok(Select::Only { slots, n })
+    Ok(Verdict {
+        class,
+        dests,
+        relays: &[],
+        offset: relay::HEADER_LEN,
+        len: n,
+        index,
+        rtp_header_len,
+    })
 }
 
 #[cfg(test)]

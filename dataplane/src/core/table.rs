@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 
+use super::relay::Relay;
 use crate::srtp::Session;
 
 /// Bridge-wide identity of an endpoint, stable for its lifetime.
@@ -60,6 +61,8 @@ pub(crate) struct Conference {
     pub ssrc_owner: FxHashMap<u32, u32>,
     /// Peers that receive SRTP (plain senders' packet indices must then be tracked).
     pub srtp_peers: u32,
+    /// Relays to the other bridges of the conference (Octo).
+    pub relays: Vec<Arc<Relay>>,
 }
 
 impl Conference {
@@ -100,6 +103,20 @@ pub enum Op {
         /// The endpoint.
         uid: EndpointUid,
     },
+    /// Adds a relay to a conference.
+    AddRelay {
+        /// The conference.
+        conf: ConfIdx,
+        /// The relay (its uid is not in the table yet).
+        relay: Arc<Relay>,
+    },
+    /// Removes a relay.
+    RemoveRelay {
+        /// The conference.
+        conf: ConfIdx,
+        /// The relay's uid.
+        uid: u64,
+    },
     /// Gives an endpoint waiting to latch its address.
     Latch {
         /// The endpoint.
@@ -125,6 +142,8 @@ pub struct Table {
     pub(crate) by_addr: FxHashMap<SocketAddr, u32>,
     pub(crate) latch_by_ssrc: FxHashMap<u32, u32>,
     pub(crate) by_uid: FxHashMap<EndpointUid, u32>,
+    /// Relays by (remote address, link conference number): their conference and link.
+    pub(crate) relay_by: FxHashMap<(SocketAddr, u32), (u32, Arc<Relay>)>,
     endpoints: Vec<Option<Endpoint>>,
     free_endpoints: Vec<u32>,
     conferences: Vec<Option<Conference>>,
@@ -199,6 +218,18 @@ impl Table {
             }
             Op::Latch { uid, addr } => {
                 self.latch(*uid, *addr);
+            }
+            Op::AddRelay { conf, relay } => {
+                self.relay_by
+                    .insert((relay.addr, relay.link), (conf.0, relay.clone()));
+                self.conf_mut(conf.0).relays.push(relay.clone());
+            }
+            Op::RemoveRelay { conf, uid } => {
+                let c = self.conf_mut(conf.0);
+                if let Some(i) = c.relays.iter().position(|r| r.uid == *uid) {
+                    let r = c.relays.swap_remove(i);
+                    self.relay_by.remove(&(r.addr, r.link));
+                }
             }
         }
     }
@@ -346,6 +377,9 @@ impl Table {
     pub fn remove_conference(&mut self, conf: ConfIdx, members: &[EndpointUid]) {
         for &uid in members {
             self.unindex(uid);
+        }
+        for r in std::mem::take(&mut self.conf_mut(conf.0).relays) {
+            self.relay_by.remove(&(r.addr, r.link));
         }
         self.conferences[conf.0 as usize] = None;
         self.free_conferences.push(conf.0);

@@ -47,14 +47,20 @@ pub fn spawn(
     poll.registry()
         .register(&mut udp, SOCKET, Interest::READABLE)?;
     let (port, tx, counters) = channels.factory.port(id);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("mio-{id}"))
         .spawn(move || {
             pin(id, core);
+            let _ = ready_tx.send(());
             if let Err(e) = run(&port, poll, &udp) {
                 tracing::error!(worker = id, "mio worker stopped: {e}");
             }
         })?;
+    // Started (and pinned) before the bridge says it is ready.
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("worker {id}: exited during setup"))?;
     Ok(WorkerLink::new(tx, waker, counters, thread))
 }
 
@@ -66,6 +72,8 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
     let mut tx = SendBatch::new(SEND_BATCH);
     // Room for SRTP-protected copies: entry `j` belongs to the `j`-th queued send.
     let mut protected = vec![[0u8; PROTECTED_SIZE]; SEND_BATCH].into_boxed_slice();
+    // Sequence of this worker's relay packets (never reused with a link's key).
+    let mut relay_seq: u64 = 0;
     loop {
         if !drain_control(port, &mut core) {
             return Ok(());
@@ -99,7 +107,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                 let Ok(v) = core.handle(pkt, src) else {
                     continue;
                 };
-                let plain = &pkt[..v.len];
+                let plain = v.plain(pkt);
                 for peer in v.dests.iter() {
                     if tx.is_full() {
                         sent += tx.flush(fd);
@@ -121,6 +129,21 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                     // or in `protected[tx.len()]` (not written again until this batch is
                     // flushed); every path to either flushes `tx` first.
                     unsafe { tx.push(out, &peer.raw) };
+                }
+                for relay in v.relays {
+                    if tx.is_full() {
+                        sent += tx.flush(fd);
+                    }
+                    let buf = &mut protected[tx.len()];
+                    relay_seq += 1;
+                    let Some(n) = v.seal(relay, plain, port.id as u16, relay_seq, buf) else {
+                        sent.failed += 1;
+                        continue;
+                    };
+                    sent.relays += 1;
+                    // SAFETY: as above: `protected[tx.len()]` is not written again before the
+                    // flush that ends this batch.
+                    unsafe { tx.push(&buf[..n], &relay.raw) };
                 }
             }
             sent += tx.flush(fd);

@@ -170,6 +170,10 @@ struct Worker {
     pending: VecDeque<cqueue::Entry>,
     tx: Sent,
     sock_ref: SockRef,
+    /// This worker's id, in its relay packets' headers.
+    id: u16,
+    /// Sequence of this worker's relay packets (never reused with a link's key).
+    relay_seq: u64,
     rearm_recv: bool,
     rearm_wake: bool,
 }
@@ -244,6 +248,8 @@ impl Worker {
                 pending: VecDeque::with_capacity(CQ_ENTRIES as usize),
                 tx: Sent::default(),
                 sock_ref,
+                id: port.id as u16,
+                relay_seq: 0,
                 rearm_recv: true,
                 rearm_wake: true,
             },
@@ -373,7 +379,7 @@ impl Worker {
             self.bufs.push(bid);
             return Ok(());
         };
-        let plain = &payload[..v.len];
+        let plain = v.plain(payload);
         let fd = self.sock_ref;
         // One reference for this loop itself: sends of this buffer may complete while we wait
         // for a slot below, and the buffer must not return to the ring before the loop ends.
@@ -393,6 +399,23 @@ impl Worker {
             };
             match entry {
                 Some(e) => self.push(&e)?,
+                None => self.tx.failed += 1,
+            }
+        }
+        for relay in v.relays {
+            if self.slots.free.is_empty() {
+                self.wait_for_slot()?;
+            }
+            self.relay_seq += 1;
+            let (id, seq) = (self.id, self.relay_seq);
+            let entry = self
+                .slots
+                .take_protected(fd, &relay.raw, |out| v.seal(relay, plain, id, seq, out));
+            match entry {
+                Some(e) => {
+                    self.tx.relays += 1;
+                    self.push(&e)?
+                }
                 None => self.tx.failed += 1,
             }
         }

@@ -1,0 +1,340 @@
+//! Relays (Octo) between real bridge processes: a conference on two bridges, relayed both ways,
+//! delivers every participant's packets to every other participant exactly once, byte for byte,
+//! never back to the sender, plain and SRTP mixed across bridges. With a test socket posing as
+//! the remote bridge: forged, replayed and unknown-link relay packets are dropped and counted, a
+//! packet from one relay never goes to another, feedback about a remote sender crosses the relay,
+//! and bad relay requests name the field and change nothing.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::{Bridge, Party, collect};
+use ringbridge_dataplane::core::relay::{HEADER_LEN, Header, Relay};
+use ringbridge_dataplane::srtp::{Profile, Session};
+use ringbridge_dataplane::testkit;
+use ringbridge_proto::v1 as pb;
+use tonic::Code;
+
+const KA: [u8; 16] = [0xa1; 16];
+const KB: [u8; 16] = [0xb2; 16];
+
+fn relay_req(
+    conf: &str,
+    id: &str,
+    remote: SocketAddr,
+    link: u32,
+    tx: &[u8],
+    rx: &[u8],
+) -> pb::AddRelayRequest {
+    pb::AddRelayRequest {
+        conference_id: conf.into(),
+        relay_id: id.into(),
+        remote_addr: remote.to_string(),
+        link_conference: link,
+        tx_key: tx.to_vec(),
+        rx_key: rx.to_vec(),
+    }
+}
+
+const PROFILE: Profile = Profile::AeadAes128Gcm;
+
+/// A participant, its bridge's media address and, for SRTP, (protect own, unprotect received).
+type Member<'a> = (&'a Party, SocketAddr, Option<(Session, Session)>);
+
+fn session(key: &[u8]) -> Session {
+    let (k, s) = key.split_at(PROFILE.key_len());
+    Session::new(PROFILE, k, s).unwrap()
+}
+
+fn srtp_params(ep: &[u8], br: &[u8]) -> pb::SrtpParams {
+    pb::SrtpParams {
+        profile: PROFILE.name().into(),
+        endpoint_key: ep.to_vec(),
+        bridge_key: br.to_vec(),
+    }
+}
+
+async fn relayed_conference_delivers_every_packet_once(engine: &str) {
+    let mut a = Bridge::start(engine).await;
+    let mut b = Bridge::start(engine).await;
+    a.conference("c").await;
+    b.conference("c").await;
+    a.client
+        .add_relay(relay_req("c", "b", b.media, 7, &KA, &KB))
+        .await
+        .unwrap();
+    b.client
+        .add_relay(relay_req("c", "a", a.media, 7, &KB, &KA))
+        .await
+        .unwrap();
+    // a1, a2 (SRTP) on A; b1, b2 (SRTP) on B.
+    let (a1, a2, b1, b2) = (
+        Party::new("a1", 11),
+        Party::new("a2", 12),
+        Party::new("b1", 21),
+        Party::new("b2", 22),
+    );
+    let keys = |seed: u8| -> (Vec<u8>, Vec<u8>) {
+        let n = PROFILE.key_len() + PROFILE.salt_len();
+        (vec![seed; n], vec![seed ^ 0x55; n])
+    };
+    let (a2_ep, a2_br) = keys(1);
+    let (b2_ep, b2_br) = keys(2);
+    a.add("c", &a1, false).await;
+    a.add_with("c", &a2, false, Some(srtp_params(&a2_ep, &a2_br)))
+        .await;
+    b.add("c", &b1, false).await;
+    b.add_with("c", &b2, false, Some(srtp_params(&b2_ep, &b2_br)))
+        .await;
+    let l = b.list().await;
+    assert_eq!(l.conferences[0].relays[0].remote_addr, a.media.to_string());
+
+    // (party, its bridge, its SRTP keys: protect own, unprotect what it gets)
+    let parties: [Member; 4] = [
+        (&a1, a.media, None),
+        (&a2, a.media, Some((session(&a2_ep), session(&a2_br)))),
+        (&b1, b.media, None),
+        (&b2, b.media, Some((session(&b2_ep), session(&b2_br)))),
+    ];
+    const N: u16 = 40;
+    let got: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let rx: Vec<_> = parties
+            .iter()
+            .map(|(p, _, _)| {
+                s.spawn(move || collect(&p.sock, 3 * N as usize, Duration::from_millis(300)))
+            })
+            .collect();
+        for n in 0..N {
+            for (p, media, srtp) in &parties {
+                let plain = p.packet(n);
+                let wire = match srtp {
+                    None => plain,
+                    Some((tx, _)) => {
+                        let mut out = vec![0u8; plain.len() + 32];
+                        let m = tx.protect_rtp(&plain, u64::from(n), &mut out).unwrap();
+                        out.truncate(m);
+                        out
+                    }
+                };
+                p.send(*media, &wire);
+            }
+            if n % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        rx.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (p, _, srtp)) in parties.iter().enumerate() {
+        let mut plain: Vec<Vec<u8>> = got[i]
+            .iter()
+            .map(|w| match srtp {
+                None => w.clone(),
+                Some((_, rx)) => {
+                    let mut w = w.clone();
+                    let n = u16::from_be_bytes([w[2], w[3]]);
+                    let m = rx
+                        .unprotect_rtp(&mut w, u64::from(n))
+                        .expect("decrypts with its key");
+                    w.truncate(m);
+                    w
+                }
+            })
+            .collect();
+        plain.sort();
+        let mut want: Vec<Vec<u8>> = parties
+            .iter()
+            .filter(|(q, _, _)| q.name != p.name)
+            .flat_map(|(q, _, _)| (0..N).map(|n| q.packet(n)))
+            .collect();
+        want.sort();
+        assert_eq!(
+            plain.len(),
+            want.len(),
+            "{}: every other packet once",
+            p.name
+        );
+        assert!(
+            plain == want,
+            "{}: exactly the others' packets, byte for byte",
+            p.name
+        );
+    }
+    let (sa, sb) = (a.stats().await, b.stats().await);
+    let (ta, tb) = (sa.total.unwrap(), sb.total.unwrap());
+    assert_eq!(
+        ta.relay_tx,
+        2 * u64::from(N),
+        "each local packet once to the relay"
+    );
+    assert_eq!(tb.relay_rx, 2 * u64::from(N));
+    assert_eq!(tb.relay_tx, 2 * u64::from(N));
+    assert_eq!(ta.relay_rx, 2 * u64::from(N));
+    assert_eq!(ta.dropped_packets + tb.dropped_packets, 0);
+}
+
+per_engine!(relayed_conference_delivers_every_packet_once);
+
+/// Relay packets built by the test, which poses as the remote bridge.
+struct FakeBridge {
+    sock: UdpSocket,
+    relay: Relay,
+    seq: u64,
+}
+
+impl FakeBridge {
+    /// A fake bridge for link `link`, sealing with `KA` (the bridge under test opens with it).
+    fn new(link: u32, to: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let relay = Relay::new(1, to, link, &KA, &KB).unwrap();
+        FakeBridge {
+            sock,
+            relay,
+            seq: 0,
+        }
+    }
+
+    fn sealed(&mut self, inner: &[u8]) -> Vec<u8> {
+        self.seq += 1;
+        let mut out = vec![0u8; inner.len() + 64];
+        let n = self.relay.seal(0, self.seq, inner, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
+    let mut b = Bridge::start("mio").await;
+    b.conference("c").await;
+    let b1 = Party::new("b1", 21);
+    b1.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    b.add("c", &b1, false).await;
+    let mut fa = FakeBridge::new(9, b.media);
+    let mut fc = FakeBridge::new(9, b.media);
+    let (fa_addr, fc_addr) = (fa.sock.local_addr().unwrap(), fc.sock.local_addr().unwrap());
+    b.client
+        .add_relay(relay_req("c", "a", fa_addr, 9, &KB, &KA))
+        .await
+        .unwrap();
+    b.client
+        .add_relay(relay_req("c", "x", fc_addr, 9, &KB, &KA))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let pkt = testkit::rtp(31, 1, 0, b"from a remote participant");
+
+    // A valid relay packet reaches the local participant, and never the other relay.
+    let wire = fa.sealed(&pkt);
+    fa.sock.send_to(&wire, b.media).unwrap();
+    let n = b1.sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &pkt[..]);
+    assert!(
+        fc.sock.recv(&mut buf).is_err(),
+        "a relayed packet never goes to another relay"
+    );
+    // Replayed, forged, unknown link, unknown source.
+    fa.sock.send_to(&wire, b.media).unwrap();
+    let mut forged = fa.sealed(&pkt);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    fa.sock.send_to(&forged, b.media).unwrap();
+    let mut other = FakeBridge::new(10, b.media);
+    let w = other.sealed(&pkt);
+    other.sock.send_to(&w, b.media).unwrap();
+    assert!(
+        b1.sock.recv(&mut buf).is_err(),
+        "none of those is delivered"
+    );
+    let s = b.stats().await.total.unwrap();
+    let d = s.drops.unwrap();
+    assert_eq!(
+        (d.relay_replay, d.relay_auth_failed, d.unknown_relay),
+        (1, 1, 1)
+    );
+    assert_eq!(s.relay_rx, 1);
+
+    // A local participant's packet goes once to each relay; its PLI about a sender that is not
+    // local crosses the relays (the bridge hosting that sender delivers it to the sender only).
+    let mine = testkit::rtp(21, 1, 0, b"local");
+    b1.sock.send_to(&mine, b.media).unwrap();
+    b1.sock.send_to(&testkit::pli(21, 31), b.media).unwrap();
+    for f in [&fa, &fc] {
+        for want in [&mine, &testkit::pli(21, 31)] {
+            let n = f.sock.recv(&mut buf).unwrap();
+            let h = Header::parse(&buf[..n]).unwrap();
+            assert_eq!(h.link, 9);
+            // The fake bridge opens with the key the bridge under test seals with.
+            let back = Relay::new(2, b.media, 9, &KA, &KB).unwrap();
+            let m = back.open(&h, &mut buf[..n]).unwrap();
+            assert_eq!(&buf[HEADER_LEN..HEADER_LEN + m], &want[..]);
+        }
+    }
+    // Bad requests name the field and change nothing.
+    for (req, code, field) in [
+        (
+            relay_req("c", "y", fa_addr, 11, &[0; 15], &KA),
+            Code::InvalidArgument,
+            "tx_key",
+        ),
+        (
+            relay_req("c", "y", fa_addr, 11, &KB, &[0; 20]),
+            Code::InvalidArgument,
+            "rx_key",
+        ),
+        (
+            relay_req("c", "y", "0.0.0.0:1".parse().unwrap(), 11, &KB, &KA),
+            Code::InvalidArgument,
+            "remote_addr",
+        ),
+        (
+            relay_req("nope", "y", fa_addr, 11, &KB, &KA),
+            Code::NotFound,
+            "conference_id",
+        ),
+        (
+            relay_req("c", "a", fc_addr, 12, &KB, &KA),
+            Code::AlreadyExists,
+            "relay_id",
+        ),
+        (
+            relay_req("c", "z", fa_addr, 9, &KB, &KA),
+            Code::AlreadyExists,
+            "remote_addr",
+        ),
+    ] {
+        let e = b.client.add_relay(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().starts_with(field), "{}", e.message());
+    }
+    assert_eq!(b.list().await.conferences[0].relays.len(), 2);
+    b.client
+        .remove_relay(pb::RemoveRelayRequest {
+            conference_id: "c".into(),
+            relay_id: "x".into(),
+        })
+        .await
+        .unwrap();
+    let e = b
+        .client
+        .remove_relay(pb::RemoveRelayRequest {
+            conference_id: "c".into(),
+            relay_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // After removal, that relay's packets are unknown.
+    let w = fc.sealed(&pkt);
+    fc.sock.send_to(&w, b.media).unwrap();
+    assert!(b1.sock.recv(&mut buf).is_err());
+    assert_eq!(
+        b.stats().await.total.unwrap().drops.unwrap().unknown_relay,
+        2
+    );
+}
