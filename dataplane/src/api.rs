@@ -100,6 +100,15 @@ fn apply_change(s: &mut crate::state::BridgeState, c: &pb::Change) -> pb::Change
             .map(|_| ()),
         Some(C::RemoveEndpoint(r)) => s.remove_endpoint(&r.conference_id, &r.endpoint_id),
         Some(C::DeleteConference(r)) => s.delete_conference(&r.conference_id).map(|_| ()),
+        Some(C::AddRelay(r)) => s.add_relay(
+            &r.conference_id,
+            &r.relay_id,
+            &r.remote_addr,
+            r.link_conference,
+            &r.tx_key,
+            &r.rx_key,
+        ),
+        Some(C::RemoveRelay(r)) => s.remove_relay(&r.conference_id, &r.relay_id),
         None => {
             return pb::ChangeResult {
                 code: tonic::Code::InvalidArgument as i32,

@@ -313,13 +313,21 @@ async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
         assert!(e.message().starts_with(field), "{}", e.message());
     }
     assert_eq!(b.list().await.conferences[0].relays.len(), 2);
-    b.client
-        .remove_relay(pb::RemoveRelayRequest {
-            conference_id: "c".into(),
-            relay_id: "x".into(),
+    // Relay changes also go through Apply (as the control plane batches them).
+    let r = b
+        .client
+        .apply(pb::ApplyRequest {
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::RemoveRelay(pb::RemoveRelayRequest {
+                    conference_id: "c".into(),
+                    relay_id: "x".into(),
+                })),
+            }],
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].code, 0);
     let e = b
         .client
         .remove_relay(pb::RemoveRelayRequest {
