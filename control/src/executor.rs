@@ -89,6 +89,28 @@ fn change(call: &Call) -> pb::Change {
         Call::Delete { conference } => C::DeleteConference(pb::DeleteConferenceRequest {
             conference_id: conference.clone(),
         }),
+        Call::AddRelay {
+            conference,
+            relay_id,
+            remote_addr,
+            link,
+            tx_key,
+            rx_key,
+        } => C::AddRelay(pb::AddRelayRequest {
+            conference_id: conference.clone(),
+            relay_id: relay_id.clone(),
+            remote_addr: remote_addr.clone(),
+            link_conference: *link,
+            tx_key: tx_key.clone(),
+            rx_key: rx_key.clone(),
+        }),
+        Call::RemoveRelay {
+            conference,
+            relay_id,
+        } => C::RemoveRelay(pb::RemoveRelayRequest {
+            conference_id: conference.clone(),
+            relay_id: relay_id.clone(),
+        }),
     };
     pb::Change { change: Some(c) }
 }
@@ -296,7 +318,10 @@ fn classify(call: &Call, s: Status, deadline_ms: u64) -> CallResult {
                 if_absent: true, ..
             },
         ) => Ok(Applied::AlreadyThere),
-        (Code::NotFound, Call::Remove { .. } | Call::Delete { .. }) => Ok(Applied::AlreadyThere),
+        (Code::AlreadyExists, Call::AddRelay { .. }) => Ok(Applied::AlreadyThere),
+        (Code::NotFound, Call::Remove { .. } | Call::Delete { .. } | Call::RemoveRelay { .. }) => {
+            Ok(Applied::AlreadyThere)
+        }
         (Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition, _) => {
             Err(CallError::Invalid(msg))
         }
@@ -328,6 +353,7 @@ mod tests {
                 ssrcs: vec![],
                 remote_addr: String::new(),
                 srtp: None,
+                bridge: String::new(),
             },
             if_absent,
         };

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::bridges::{Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
-use crate::store::{Change, Participant, Placement, Snapshot, SrtpKeys};
+use crate::store::{Change, LinkKeys, Participant, Placement, Snapshot, SrtpKeys, link_key};
 
 /// Identifies an operation in flight.
 pub type OpId = u64;
@@ -54,6 +54,28 @@ pub enum Call {
     Delete {
         /// Conference.
         conference: String,
+    },
+    /// AddRelay to another bridge of the conference (Octo); an existing relay counts as done.
+    AddRelay {
+        /// Conference.
+        conference: String,
+        /// The remote bridge's id (the relay's id).
+        relay_id: String,
+        /// The remote bridge's media address.
+        remote_addr: String,
+        /// The conference's link number.
+        link: u32,
+        /// Key this bridge seals with.
+        tx_key: Vec<u8>,
+        /// Key the remote bridge seals with.
+        rx_key: Vec<u8>,
+    },
+    /// RemoveRelay; a missing relay counts as done.
+    RemoveRelay {
+        /// Conference.
+        conference: String,
+        /// The remote bridge's id.
+        relay_id: String,
     },
 }
 
@@ -242,7 +264,9 @@ pub struct Announcement {
     pub media_addr: String,
     /// Participant ids.
     pub participants: Vec<String>,
-    /// "current", "placed", "failover" or "ended".
+    /// Every bridge of the conference: id, media address, its participants.
+    pub bridges: Vec<(BridgeId, String, Vec<String>)>,
+    /// "current", "placed", "grown", "failover" or "ended".
     pub reason: &'static str,
 }
 
@@ -253,7 +277,12 @@ enum Op {
         participant_id: String,
         participant: Participant,
         bridge: BridgeId,
+        /// The conference is new.
         created: bool,
+        /// The conference grows onto `bridge` (created there, relays to `links`' bridges).
+        grown: bool,
+        link: u32,
+        links: Vec<(String, LinkKeys, BridgeId)>,
     },
     Leave {
         conference: String,
@@ -262,8 +291,10 @@ enum Op {
     },
     Move {
         conference: String,
-        from: BridgeId,
+        /// Bridges whose participants move.
+        from: Vec<BridgeId>,
         to: BridgeId,
+        links: Vec<(String, LinkKeys, BridgeId)>,
     },
     Cleanup,
 }
@@ -279,7 +310,15 @@ pub struct FocusConfig {
     pub probe_failures_down: u32,
     /// Packets/s one participant adds until the next report shows it.
     pub per_participant_pps: f64,
+    /// Participants of one conference a bridge takes before the conference grows onto another
+    /// bridge (Octo).
+    pub max_per_bridge: usize,
+    /// Stress at which a bridge counts as full for new participants.
+    pub stress_threshold: f64,
 }
+
+/// Relay key length (AES-128-GCM).
+const LINK_KEY_LEN: usize = 16;
 
 /// Fills a buffer with secret random bytes (SRTP keys).
 pub type KeySource = Box<dyn FnMut(&mut [u8]) + Send>;
@@ -298,6 +337,10 @@ pub struct Focus {
     /// Placements on bridges the fleet does not know yet (after a restart) wait until then.
     grace_until_ms: u64,
     failovers: u64,
+    max_per_bridge: usize,
+    stress_threshold: f64,
+    /// Next relay link number for a new conference.
+    next_link: u32,
 }
 
 impl std::fmt::Debug for Focus {
@@ -335,9 +378,20 @@ impl Focus {
             cfg.per_participant_pps,
         );
         fleet.probe_failures_down = cfg.probe_failures_down;
+        let mut conferences = restored.placements;
+        // State from before Octo: every participant is on the placement's bridge.
+        for p in conferences.values_mut() {
+            let b = p.bridge.clone();
+            for part in p.participants.values_mut() {
+                if part.bridge.is_empty() {
+                    part.bridge = b.clone();
+                }
+            }
+        }
+        let next_link = conferences.values().map(|p| p.link).max().unwrap_or(0) + 1;
         Self {
             fleet,
-            conferences: restored.placements,
+            conferences,
             ops: HashMap::new(),
             busy: HashSet::new(),
             next_op: 1,
@@ -347,6 +401,9 @@ impl Focus {
             announcements: Vec::new(),
             grace_until_ms: now_ms + cfg.report_interval_ms * cfg.missed_reports,
             failovers: 0,
+            max_per_bridge: cfg.max_per_bridge.max(1),
+            stress_threshold: cfg.stress_threshold,
+            next_link,
         }
     }
 
@@ -404,7 +461,103 @@ impl Focus {
             bridge: p.bridge.clone(),
             media_addr: self.media_addr(&p.bridge),
             participants: p.participants.keys().cloned().collect(),
+            bridges: p
+                .bridges()
+                .into_iter()
+                .map(|b| {
+                    let who = p.on(b).map(|(id, _)| id.clone()).collect();
+                    (b.to_string(), self.media_addr(b), who)
+                })
+                .collect(),
             reason,
+        }
+    }
+
+    /// Fresh keys for a relay link.
+    fn link_keys(&mut self) -> LinkKeys {
+        let mut a = vec![0u8; LINK_KEY_LEN];
+        let mut b = vec![0u8; LINK_KEY_LEN];
+        (self.keys)(&mut a);
+        (self.keys)(&mut b);
+        LinkKeys {
+            first_tx: a,
+            second_tx: b,
+        }
+    }
+
+    /// The two AddRelay calls that join bridges `a` and `b` of `conference` with `keys`.
+    fn relay_calls(
+        &self,
+        conference: &str,
+        link: u32,
+        a: &str,
+        b: &str,
+        keys: &LinkKeys,
+    ) -> [BridgeCall; 2] {
+        let (first_tx, second_tx) = (&keys.first_tx, &keys.second_tx);
+        let tx = |x: &str| if x <= a.min(b) { first_tx } else { second_tx };
+        let add = |on: &str, to: &str| {
+            self.call(
+                on,
+                Call::AddRelay {
+                    conference: conference.into(),
+                    relay_id: to.into(),
+                    remote_addr: self.media_addr(to),
+                    link,
+                    tx_key: tx(on).clone(),
+                    rx_key: tx(to).clone(),
+                },
+            )
+        };
+        [add(a, b), add(b, a)]
+    }
+
+    /// Where a new participant of `conference` (hosted by `hosting`) from `region` goes, never
+    /// to `exclude`: a bridge of the conference in its region with room; else the best bridge of
+    /// its region (the conference grows); else a bridge of the conference with room; else the
+    /// usual rules. Counts the placement against the bridge.
+    fn choose(
+        &mut self,
+        conference: &str,
+        region: &str,
+        hosting: &[BridgeId],
+        exclude: &[&str],
+    ) -> Result<BridgeId, NoBridge> {
+        let per = self.fleet.per_participant_pps;
+        let on = |b: &str| {
+            self.conferences
+                .get(conference)
+                .map_or(0, |p| p.on(b).count())
+        };
+        let can_take = |b: &Bridge| {
+            b.health == Health::Up
+                && !b.draining
+                && !b.shutting_down
+                && !exclude.contains(&b.id.as_str())
+                && on(&b.id) < self.max_per_bridge
+                && crate::bridges::corrected_stress(b, per) < self.stress_threshold
+        };
+        let hosts = |b: &Bridge| hosting.contains(&b.id);
+        let pick = |f: &dyn Fn(&Bridge) -> bool| {
+            self.fleet
+                .iter()
+                .filter(|b| can_take(b) && f(b))
+                .min_by(|a, b| {
+                    crate::bridges::corrected_stress(a, per)
+                        .total_cmp(&crate::bridges::corrected_stress(b, per))
+                        .then_with(|| a.id.cmp(&b.id))
+                })
+                .map(|b| b.id.clone())
+        };
+        let chosen = pick(&|b| hosts(b) && b.region == region)
+            .or_else(|| pick(&|b| !hosts(b) && b.region == region))
+            .or_else(|| pick(&|b| hosts(b)));
+        match chosen {
+            Some(id) => {
+                self.fleet.placed(&id);
+                Ok(id)
+            }
+            None => self.fleet.select(self.strategy.as_ref(), region, exclude),
         }
     }
 
@@ -508,11 +661,15 @@ impl Focus {
         }
         let existing = self.conferences.get(&req.conference).map(|p| {
             (
-                p.bridge.clone(),
+                p.bridges()
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
                 p.participants.contains_key(&req.participant_id),
+                p.link,
             )
         });
-        if let Some((_, true)) = existing {
+        if let Some((_, true, _)) = existing {
             return Err(FocusError::Exists(format!(
                 "participant_id: already in conference {:?}",
                 req.conference
@@ -522,45 +679,56 @@ impl Focus {
             Some(o) => Some(self.srtp_keys(o)?),
             None => None,
         };
-        let (bridge, created) = match existing {
-            Some((bridge, _)) => {
-                let b = self.fleet.get(&bridge);
-                match b.map(|b| b.health) {
-                    Some(Health::Up) => {}
-                    h => {
-                        return Err(FocusError::BridgeUnavailable {
-                            conference: req.conference,
-                            state: h.map_or("not registered", Health::name),
-                            why: b.map(|b| b.why.clone()).unwrap_or_default(),
-                            bridge,
-                        });
+        let (hosting, link) = match existing {
+            Some((hosting, _, link)) => {
+                // A conference with a bridge that is not answering is being repaired first.
+                for bridge in &hosting {
+                    let b = self.fleet.get(bridge);
+                    match b.map(|b| b.health) {
+                        Some(Health::Up) => {}
+                        h => {
+                            return Err(FocusError::BridgeUnavailable {
+                                conference: req.conference,
+                                state: h.map_or("not registered", Health::name),
+                                why: b.map(|b| b.why.clone()).unwrap_or_default(),
+                                bridge: bridge.clone(),
+                            });
+                        }
                     }
                 }
-                (bridge, false)
+                (hosting, link)
             }
-            None => (
-                self.fleet
-                    .select(self.strategy.as_ref(), &req.region, &[])?,
-                true,
-            ),
+            None => {
+                self.next_link = self.next_link.wrapping_add(1).max(1);
+                (Vec::new(), self.next_link)
+            }
         };
-        if !created {
-            self.fleet.placed(&bridge);
-        }
+        let created = hosting.is_empty();
+        let bridge = self.choose(&req.conference, &req.region, &hosting, &[])?;
+        let grown = !created && !hosting.contains(&bridge);
         let participant = Participant {
             region: req.region,
             ssrcs: req.ssrcs,
             remote_addr: req.remote_addr,
             srtp,
+            bridge: bridge.clone(),
         };
-        let mut calls = Vec::with_capacity(2);
-        if created {
+        let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
+        let mut links = Vec::new();
+        if created || grown {
             calls.push(self.call(
                 &bridge,
                 Call::Create {
                     conference: req.conference.clone(),
                 },
             ));
+        }
+        if grown {
+            for h in &hosting {
+                let keys = self.link_keys();
+                calls.extend(self.relay_calls(&req.conference, link, &bridge, h, &keys));
+                links.push((link_key(&bridge, h), keys, h.clone()));
+            }
         }
         calls.push(self.call(
             &bridge,
@@ -580,6 +748,9 @@ impl Focus {
                 participant,
                 bridge,
                 created,
+                grown,
+                link,
+                links,
             },
             calls,
         ))
@@ -601,29 +772,45 @@ impl Focus {
                 "participant_id: not in conference {conference:?}"
             )));
         }
-        let bridge = p.bridge.clone();
-        let last = p.participants.len() == 1;
+        let bridge = p.participants[participant_id].bridge.clone();
+        // The last participant of this bridge: the bridge leaves the conference (its relays go
+        // on the other bridges).
+        let bridge_empties = p.on(&bridge).count() == 1;
+        let others: Vec<BridgeId> = p
+            .bridges()
+            .into_iter()
+            .filter(|b| *b != bridge)
+            .map(String::from)
+            .collect();
         // A bridge that is down gets no call: its state is gone or will be cleaned up.
-        let reachable = self
-            .fleet
-            .get(&bridge)
-            .is_some_and(|b| b.health != Health::Down);
-        let calls = match (reachable, last) {
-            (false, _) => vec![],
-            (true, true) => vec![self.call(
+        let up = |b: &str| self.fleet.get(b).is_some_and(|b| b.health != Health::Down);
+        let mut calls = Vec::new();
+        if up(&bridge) {
+            calls.push(self.call(
                 &bridge,
-                Call::Delete {
-                    conference: conference.into(),
+                if bridge_empties {
+                    Call::Delete {
+                        conference: conference.into(),
+                    }
+                } else {
+                    Call::Remove {
+                        conference: conference.into(),
+                        endpoint: participant_id.into(),
+                    }
                 },
-            )],
-            (true, false) => vec![self.call(
-                &bridge,
-                Call::Remove {
-                    conference: conference.into(),
-                    endpoint: participant_id.into(),
-                },
-            )],
-        };
+            ));
+        }
+        if bridge_empties {
+            for o in others.iter().filter(|o| up(o)) {
+                calls.push(self.call(
+                    o,
+                    Call::RemoveRelay {
+                        conference: conference.into(),
+                        relay_id: bridge.clone(),
+                    },
+                ));
+            }
+        }
         Ok(self.start(
             Some(conference),
             Op::Leave {
@@ -656,10 +843,13 @@ impl Focus {
         let stale: Vec<String> = self
             .conferences
             .iter()
-            .filter(|(c, p)| p.bridge == id && !self.busy.contains(*c))
+            .filter(|(c, p)| p.bridges().contains(id.as_str()) && !self.busy.contains(*c))
             .map(|(c, _)| c.clone())
             .collect();
-        Ok(stale.into_iter().map(|c| self.move_plan(&c, &id)).collect())
+        Ok(stale
+            .into_iter()
+            .map(|c| self.move_plan(&c, std::slice::from_ref(&id), &id))
+            .collect())
     }
 
     /// Plans removing from `bridge` what it holds but the focus did not place there: conferences
@@ -675,9 +865,9 @@ impl Focus {
                 continue;
             }
             match self.conferences.get(&conference) {
-                Some(p) if p.bridge == bridge => {
+                Some(p) if p.bridges().contains(bridge) => {
                     for e in endpoints {
-                        if !p.participants.contains_key(&e) {
+                        if p.participants.get(&e).is_none_or(|x| x.bridge != bridge) {
                             calls.push(Call::Remove {
                                 conference: conference.clone(),
                                 endpoint: e,
@@ -716,69 +906,117 @@ impl Focus {
         for id in self.fleet.check(now_ms) {
             tracing::warn!(bridge = %id, "bridge missed its reports: down");
         }
-        let stranded: Vec<(String, BridgeId)> = self
+        // Conferences with participants on a bridge that is down (or, after the restart grace,
+        // unknown): only those participants move.
+        let gone = |b: &str| match self.fleet.get(b) {
+            Some(b) => b.health == Health::Down,
+            None => now_ms > self.grace_until_ms,
+        };
+        let stranded: Vec<(String, Vec<BridgeId>)> = self
             .conferences
             .iter()
-            .filter(|(c, p)| {
-                !self.busy.contains(*c)
-                    && match self.fleet.get(&p.bridge) {
-                        Some(b) => b.health == Health::Down,
-                        None => now_ms > self.grace_until_ms,
-                    }
+            .filter(|(c, _)| !self.busy.contains(*c))
+            .filter_map(|(c, p)| {
+                let dead: Vec<BridgeId> = p
+                    .bridges()
+                    .into_iter()
+                    .filter(|b| gone(b))
+                    .map(String::from)
+                    .collect();
+                (!dead.is_empty()).then(|| (c.clone(), dead))
             })
-            .map(|(c, p)| (c.clone(), p.bridge.clone()))
             .collect();
         let mut plans = Vec::new();
-        for (conference, from) in stranded {
-            let region = self.conferences[&conference]
+        for (conference, dead) in stranded {
+            let p = &self.conferences[&conference];
+            let region = p
                 .participants
                 .values()
-                .next()
+                .find(|x| dead.contains(&x.bridge))
                 .map(|x| x.region.clone())
                 .unwrap_or_default();
-            match self
-                .fleet
-                .select(self.strategy.as_ref(), &region, &[from.as_str()])
-            {
-                Ok(to) => plans.push(self.move_plan(&conference, &to)),
+            let survivors: Vec<BridgeId> = p
+                .bridges()
+                .into_iter()
+                .filter(|b| !dead.iter().any(|d| d == b))
+                .map(String::from)
+                .collect();
+            let exclude: Vec<&str> = dead.iter().map(String::as_str).collect();
+            match self.choose(&conference, &region, &survivors, &exclude) {
+                Ok(to) => plans.push(self.move_plan(&conference, &dead, &to)),
                 Err(e) => {
-                    tracing::warn!(%conference, %from, "cannot move the conference yet: {e}")
+                    tracing::warn!(%conference, ?dead, "cannot move its participants yet: {e}")
                 }
             }
         }
         plans
     }
 
-    /// Plans programming every participant of `conference` on `to`.
-    fn move_plan(&mut self, conference: &str, to: &str) -> Plan {
+    /// Plans moving the participants of `conference` on bridges `from` to `to` (which may be
+    /// one of them: a bridge that came back is programmed again): `to` joins the conference
+    /// with relays to the bridges that keep theirs, which drop their relays to `from`.
+    fn move_plan(&mut self, conference: &str, from: &[BridgeId], to: &str) -> Plan {
         let p = &self.conferences[conference];
-        let from = p.bridge.clone();
+        let link = p.link;
+        // Bridges that keep the conference (`to` among them when it already hosts it).
+        let keep: Vec<BridgeId> = p
+            .bridges()
+            .into_iter()
+            .filter(|b| !from.iter().any(|d| d == b))
+            .map(String::from)
+            .collect();
+        let moving: Vec<(String, Participant)> = p
+            .participants
+            .iter()
+            .filter(|(_, x)| from.contains(&x.bridge))
+            .map(|(id, x)| (id.clone(), x.clone()))
+            .collect();
+        let to_hosts = p.bridges().contains(to) && !from.iter().any(|d| d == to);
         let mut calls = vec![self.call(
             to,
             Call::Create {
                 conference: conference.into(),
             },
         )];
-        for (id, part) in &p.participants {
+        let mut links = Vec::new();
+        for s in &keep {
+            for d in from {
+                calls.push(self.call(
+                    s,
+                    Call::RemoveRelay {
+                        conference: conference.into(),
+                        relay_id: d.clone(),
+                    },
+                ));
+            }
+            if !to_hosts && s != to {
+                let keys = self.link_keys();
+                calls.extend(self.relay_calls(conference, link, to, s, &keys));
+                links.push((link_key(to, s), keys, s.clone()));
+            }
+        }
+        for (id, part) in &moving {
             calls.push(self.call(
                 to,
                 Call::Add {
                     conference: conference.into(),
                     endpoint: id.clone(),
-                    participant: part.clone(),
+                    participant: Participant {
+                        bridge: to.into(),
+                        ..part.clone()
+                    },
                     if_absent: true,
                 },
             ));
-        }
-        for _ in 0..p.participants.len() {
             self.fleet.placed(to);
         }
         self.start(
             Some(conference),
             Op::Move {
                 conference: conference.into(),
-                from,
+                from: from.to_vec(),
                 to: to.into(),
+                links,
             },
             calls,
         )
@@ -837,12 +1075,16 @@ impl Focus {
                 participant,
                 bridge,
                 created,
+                grown,
+                link,
+                links,
             } => {
                 self.busy.remove(&conference);
                 if let Some(e) = failure {
-                    // Undo only what this join added: the conference if it created it, the
-                    // endpoint if its add may have landed (timed out).
-                    let created_here = created
+                    // Undo only what this join added: the conference on the bridge it created
+                    // it on (with the relays it set up to it), or the endpoint if its add may
+                    // have landed (timed out).
+                    let created_here = (created || grown)
                         && match results.first() {
                             Some(Ok(Applied::Done)) => true,
                             Some(Err(e)) => e.blames_bridge(), // may have landed
@@ -852,19 +1094,32 @@ impl Focus {
                         results.last(),
                         Some(Err(CallError::Timeout { .. } | CallError::Unavailable(_)))
                     ) && results.len() == calls.len();
-                    let undo = if created_here {
-                        vec![self.call(&bridge, Call::Delete { conference })]
+                    let mut undo = Vec::new();
+                    if created_here {
+                        undo.push(self.call(
+                            &bridge,
+                            Call::Delete {
+                                conference: conference.clone(),
+                            },
+                        ));
+                        for (_, _, other) in &links {
+                            undo.push(self.call(
+                                other,
+                                Call::RemoveRelay {
+                                    conference: conference.clone(),
+                                    relay_id: bridge.clone(),
+                                },
+                            ));
+                        }
                     } else if add_unknown {
-                        vec![self.call(
+                        undo.push(self.call(
                             &bridge,
                             Call::Remove {
                                 conference,
                                 endpoint: participant_id,
                             },
-                        )]
-                    } else {
-                        vec![]
-                    };
+                        ));
+                    }
                     return Completion {
                         result: Err(e),
                         cleanup: self.cleanup(undo),
@@ -876,11 +1131,14 @@ impl Focus {
                         Placement {
                             bridge: bridge.clone(),
                             participants: BTreeMap::new(),
+                            link,
+                            links: BTreeMap::new(),
                         },
                     );
                     self.changes.push(Change::Placed {
                         conference: conference.clone(),
                         bridge: bridge.clone(),
+                        link,
                     });
                 }
                 let srtp = participant.srtp.clone();
@@ -890,14 +1148,22 @@ impl Focus {
                     .expect("a joined conference is placed");
                 p.participants
                     .insert(participant_id.clone(), participant.clone());
+                for (pair, keys, _) in links {
+                    p.links.insert(pair.clone(), keys.clone());
+                    self.changes.push(Change::Linked {
+                        conference: conference.clone(),
+                        pair,
+                        keys,
+                    });
+                }
                 self.changes.push(Change::Joined {
                     conference: conference.clone(),
                     participant_id,
                     participant,
                 });
-                if created {
-                    let a =
-                        self.announcement(&conference, &self.conferences[&conference], "placed");
+                if created || grown {
+                    let reason = if created { "placed" } else { "grown" };
+                    let a = self.announcement(&conference, &self.conferences[&conference], reason);
                     self.announcements.push(a);
                 }
                 Completion {
@@ -941,6 +1207,31 @@ impl Focus {
                     self.announcements.push(a);
                     self.changes.push(Change::Ended { conference });
                 } else {
+                    if p.on(&bridge).next().is_none() {
+                        let gone: Vec<String> = p
+                            .links
+                            .keys()
+                            .filter(|k| k.split('|').any(|b| b == bridge))
+                            .cloned()
+                            .collect();
+                        for pair in gone {
+                            p.links.remove(&pair);
+                            self.changes.push(Change::Unlinked {
+                                conference: conference.clone(),
+                                pair,
+                            });
+                        }
+                        if p.bridge == bridge {
+                            let first: String =
+                                p.bridges().into_iter().next().unwrap_or_default().into();
+                            p.bridge = first;
+                            self.changes.push(Change::Placed {
+                                conference: conference.clone(),
+                                bridge: p.bridge.clone(),
+                                link: p.link,
+                            });
+                        }
+                    }
                     self.changes.push(Change::Left {
                         conference,
                         participant_id,
@@ -955,12 +1246,29 @@ impl Focus {
                 conference,
                 from,
                 to,
+                links,
             } => {
                 self.busy.remove(&conference);
+                let same = from.len() == 1 && from[0] == to;
                 if let Some(e) = failure {
-                    tracing::warn!(%conference, %from, %to, "move failed, will retry: {e}");
-                    let undo = if matches!(results.first(), Some(Ok(Applied::Done))) && from != to {
-                        vec![self.call(&to, Call::Delete { conference })]
+                    tracing::warn!(%conference, ?from, %to, "move failed, will retry: {e}");
+                    let undo = if matches!(results.first(), Some(Ok(Applied::Done))) && !same {
+                        let mut u = vec![self.call(
+                            &to,
+                            Call::Delete {
+                                conference: conference.clone(),
+                            },
+                        )];
+                        for (_, _, other) in &links {
+                            u.push(self.call(
+                                other,
+                                Call::RemoveRelay {
+                                    conference: conference.clone(),
+                                    relay_id: to.clone(),
+                                },
+                            ));
+                        }
+                        u
                     } else {
                         vec![]
                     };
@@ -973,31 +1281,76 @@ impl Focus {
                     .conferences
                     .get_mut(&conference)
                     .expect("a busy conference stays placed");
-                p.bridge = to.clone();
+                let mut moved = Vec::new();
+                for (id, part) in p.participants.iter_mut() {
+                    if from.contains(&part.bridge) {
+                        part.bridge = to.clone();
+                        moved.push((id.clone(), part.clone()));
+                    }
+                }
+                let stale: Vec<String> = p
+                    .links
+                    .keys()
+                    .filter(|k| k.split('|').any(|b| from.iter().any(|d| d == b)))
+                    .cloned()
+                    .collect();
+                if !same {
+                    for pair in stale {
+                        p.links.remove(&pair);
+                        self.changes.push(Change::Unlinked {
+                            conference: conference.clone(),
+                            pair,
+                        });
+                    }
+                }
+                for (pair, keys, _) in links {
+                    p.links.insert(pair.clone(), keys.clone());
+                    self.changes.push(Change::Linked {
+                        conference: conference.clone(),
+                        pair,
+                        keys,
+                    });
+                }
+                if from.contains(&p.bridge) {
+                    p.bridge = to.clone();
+                }
                 self.changes.push(Change::Placed {
                     conference: conference.clone(),
-                    bridge: to.clone(),
+                    bridge: p.bridge.clone(),
+                    link: p.link,
                 });
-                let reason = if from == to { "current" } else { "failover" };
+                for (participant_id, participant) in moved {
+                    self.changes.push(Change::Joined {
+                        conference: conference.clone(),
+                        participant_id,
+                        participant,
+                    });
+                }
+                let reason = if same { "current" } else { "failover" };
                 let a = self.announcement(&conference, &self.conferences[&conference], reason);
                 self.announcements.push(a);
                 let mut tidy = vec![];
-                if from != to {
+                if !same {
                     self.failovers += 1;
-                    tracing::info!(%conference, %from, %to, "conference moved");
-                    // The old bridge may come back (a stopped process continued): remove what it
+                    tracing::info!(%conference, ?from, %to, "participants moved");
+                    // An old bridge may come back (a stopped process continued): remove what it
                     // still holds. Best effort; it fails fast or times out if it is gone.
-                    if self.fleet.get(&from).is_some() {
-                        tidy.push(self.call(
-                            &from,
-                            Call::Delete {
-                                conference: conference.clone(),
-                            },
-                        ));
+                    for d in &from {
+                        if self.fleet.get(d).is_some() {
+                            tidy.push(self.call(
+                                d,
+                                Call::Delete {
+                                    conference: conference.clone(),
+                                },
+                            ));
+                        }
                     }
                 }
                 Completion {
-                    result: Ok(Done::Moved { from, to }),
+                    result: Ok(Done::Moved {
+                        from: from.join(","),
+                        to,
+                    }),
                     cleanup: self.cleanup(tidy),
                 }
             }
@@ -1017,6 +1370,8 @@ mod tests {
             missed_reports: 3,
             probe_failures_down: 2,
             per_participant_pps: 10.0,
+            max_per_bridge: 80,
+            stress_threshold: 0.8,
         }
     }
 
@@ -1104,8 +1459,8 @@ mod tests {
         );
         let a = f.take_announcements();
         assert_eq!((a[0].conference.as_str(), a[0].reason), ("c1", "placed"));
-        // The second participant goes to the conference's bridge, one call (no create).
-        let plan = f.join(join("c1", "b", "eu"), 10).unwrap();
+        // A second participant of the same region goes to the conference's bridge, one call.
+        let plan = f.join(join("c1", "b", "us"), 10).unwrap();
         assert_eq!(plan.calls.len(), 1);
         assert_eq!(plan.calls[0].bridge, "us-1");
         run_ok(&mut f, plan);
@@ -1305,7 +1660,7 @@ mod tests {
         };
         assert_eq!(keys.bridge_key.len(), 28);
         assert_ne!(keys.bridge_key, keys.endpoint_key);
-        join_ok(&mut f, join("c1", "b", "us"));
+        join_ok(&mut f, join("c1", "b", "eu"));
         f.take_announcements();
         // Reports keep the others up; `from` goes silent and probes fail twice: down.
         for t in [900, 1800, 2700] {
@@ -1372,6 +1727,155 @@ mod tests {
         // Nothing more to move; a down bridge's report is refused until it registers again.
         assert!(f.tick(2900).is_empty());
         assert!(!f.report(&from, 0.0, false, 2900));
+    }
+
+    /// The Call kinds of a plan, e.g. ["create@eu-1", "relay eu-1->us-1@eu-1", ...].
+    fn shape(p: &Plan) -> Vec<String> {
+        p.calls
+            .iter()
+            .map(|c| {
+                let what = match &c.call {
+                    Call::Create { .. } => "create".to_string(),
+                    Call::Add { endpoint, .. } => format!("add {endpoint}"),
+                    Call::Remove { endpoint, .. } => format!("remove {endpoint}"),
+                    Call::Delete { .. } => "delete".to_string(),
+                    Call::AddRelay { relay_id, .. } => format!("relay to {relay_id}"),
+                    Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
+                };
+                format!("{what}@{}", c.bridge)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_conference_grows_by_region_with_full_mesh_relays() {
+        let mut f = focus();
+        f.register(
+            Bridge::new("ap-1", "ap-1:api", "ap-1:media", "ap", 1000.0),
+            0,
+        )
+        .unwrap();
+        join_ok(&mut f, join("c", "e1", "eu"));
+        let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+        // us joins: the conference grows onto us-1, relayed both ways with the eu bridge.
+        let p = f.join(join("c", "u1", "us"), 0).unwrap();
+        assert_eq!(
+            shape(&p),
+            [
+                "create@us-1".to_string(),
+                format!("relay to {eu}@us-1"),
+                format!("relay to us-1@{eu}"),
+                "add u1@us-1".into()
+            ]
+        );
+        // The two ends of the link seal with each other's receive key.
+        let keys: Vec<(&Vec<u8>, &Vec<u8>)> = p
+            .calls
+            .iter()
+            .filter_map(|c| match &c.call {
+                Call::AddRelay {
+                    tx_key,
+                    rx_key,
+                    link,
+                    ..
+                } => {
+                    assert_eq!(*link, f.conferences()["c"].link);
+                    Some((tx_key, rx_key))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!((keys[0].0, keys[0].1), (keys[1].1, keys[1].0));
+        assert_ne!(keys[0].0, keys[0].1);
+        run_ok(&mut f, p);
+        assert_eq!(f.take_announcements().last().unwrap().reason, "grown");
+        // ap joins: relays to both existing bridges (full mesh).
+        let p = f.join(join("c", "a1", "ap"), 0).unwrap();
+        assert_eq!(p.calls.len(), 1 + 4 + 1);
+        run_ok(&mut f, p);
+        let c = &f.conferences()["c"];
+        assert_eq!(c.links.len(), 3);
+        let a = f.placement("c", "current").unwrap();
+        assert_eq!(a.bridges.len(), 3);
+        assert!(
+            a.bridges
+                .iter()
+                .any(|(b, m, who)| b == "ap-1" && m == "ap-1:media" && who == &["a1".to_string()])
+        );
+        // A second us participant stays on us-1: one call.
+        assert_eq!(
+            f.join(join("c", "u2", "us"), 0).map(|p| shape(&p)).unwrap(),
+            ["add u2@us-1"]
+        );
+    }
+
+    #[test]
+    fn a_full_bridge_makes_the_conference_grow_in_the_region() {
+        let mut c = cfg();
+        c.max_per_bridge = 2;
+        let mut f = Focus::new(&c, Snapshot::default(), keys(), 0);
+        for (id, region) in [("eu-1", "eu"), ("eu-2", "eu")] {
+            f.register(Bridge::new(id, id, id, region, 1000.0), 0)
+                .unwrap();
+        }
+        for who in ["a", "b", "c"] {
+            join_ok(&mut f, join("conf", who, "eu"));
+        }
+        let c = &f.conferences()["conf"];
+        assert_eq!(
+            c.bridges().len(),
+            2,
+            "the third went to the other eu bridge"
+        );
+        assert_eq!(c.links.len(), 1);
+    }
+
+    #[test]
+    fn leaving_the_last_participant_of_a_bridge_removes_its_relays() {
+        let mut f = focus();
+        join_ok(&mut f, join("c", "e1", "eu"));
+        join_ok(&mut f, join("c", "u1", "us"));
+        let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+        let p = f.leave("c", "u1").unwrap();
+        assert_eq!(
+            shape(&p),
+            ["delete@us-1".to_string(), format!("unrelay us-1@{eu}")]
+        );
+        run_ok(&mut f, p);
+        let c = &f.conferences()["c"];
+        assert!(c.links.is_empty());
+        assert_eq!(c.bridges().into_iter().collect::<Vec<_>>(), [eu.as_str()]);
+    }
+
+    #[test]
+    fn failover_moves_only_the_dead_bridges_participants() {
+        let mut f = focus();
+        join_ok(&mut f, join("c", "e1", "eu"));
+        join_ok(&mut f, join("c", "e2", "eu"));
+        join_ok(&mut f, join("c", "u1", "us"));
+        let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+        f.take_announcements();
+        f.probe("us-1", Err("gone".into()));
+        assert_eq!(f.probe("us-1", Err("gone".into())), Some(Health::Down));
+        let plans = f.tick(10);
+        assert_eq!(plans.len(), 1);
+        // u1 joins the eu bridge that hosts the conference (no bridge left in us); the survivor
+        // drops its relay to us-1; e1 and e2 are not touched.
+        assert_eq!(
+            shape(&plans[0]),
+            [
+                format!("create@{eu}"),
+                format!("unrelay us-1@{eu}"),
+                format!("add u1@{eu}")
+            ]
+        );
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        let c = &f.conferences()["c"];
+        assert!(c.participants.values().all(|p| p.bridge == eu));
+        assert!(c.links.is_empty());
+        let a = f.take_announcements();
+        assert_eq!(a[0].reason, "failover");
+        assert_eq!(a[0].bridges.len(), 1);
     }
 
     #[test]
@@ -1489,9 +1993,12 @@ mod tests {
                         ssrcs: vec![1],
                         remote_addr: String::new(),
                         srtp: None,
+                        bridge: String::new(),
                     },
                 )]
                 .into(),
+                link: 1,
+                links: BTreeMap::new(),
             },
         );
         let mut f = Focus::new(&cfg(), snap, keys(), 0);

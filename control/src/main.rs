@@ -90,6 +90,13 @@ struct ServeArgs {
     /// shutdown) loses at most this much.
     #[arg(long, default_value_t = 250)]
     flush_interval_ms: u64,
+    /// Participants of one conference a bridge takes before the conference grows onto another
+    /// bridge of the region (Octo).
+    #[arg(long, default_value_t = 80)]
+    max_per_bridge: usize,
+    /// Stress at which a bridge counts as full for new participants.
+    #[arg(long, default_value_t = 0.8)]
+    stress_threshold: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +144,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             probe_timeout_ms: a.probe_timeout_ms.max(1),
             probe_failures: a.probe_failures.max(1),
             flush_interval_ms: a.flush_interval_ms.max(1),
+            max_per_bridge: a.max_per_bridge.max(1),
+            stress_threshold: a.stress_threshold,
         },
         Arc::new(store),
         health.clone(),

@@ -43,6 +43,10 @@ pub struct Config {
     /// Interval at which committed changes are appended to the store, ms (a crash loses at
     /// most this much).
     pub flush_interval_ms: u64,
+    /// Participants of one conference per bridge before the conference grows onto another.
+    pub max_per_bridge: usize,
+    /// Stress at which a bridge takes no new participants.
+    pub stress_threshold: f64,
 }
 
 /// Wall-clock milliseconds (routes persist their last use across restarts).
@@ -106,6 +110,17 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
         media_addr: a.media_addr,
         participants: a.participants,
         reason: a.reason.into(),
+        bridges: a
+            .bridges
+            .into_iter()
+            .map(
+                |(bridge_id, media_addr, participants)| pb::BridgePlacement {
+                    bridge_id,
+                    media_addr,
+                    participants,
+                },
+            )
+            .collect(),
     }
 }
 
@@ -131,6 +146,8 @@ impl Control {
                 missed_reports: cfg.missed_reports,
                 probe_failures_down: cfg.probe_failures,
                 per_participant_pps: cfg.per_participant_pps,
+                max_per_bridge: cfg.max_per_bridge,
+                stress_threshold: cfg.stress_threshold,
             },
             snap,
             Box::new(|buf: &mut [u8]| {

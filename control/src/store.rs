@@ -43,15 +43,68 @@ pub struct Participant {
     /// SRTP keys; `None` for plain RTP.
     #[serde(default)]
     pub srtp: Option<SrtpKeys>,
+    /// The bridge it is on (a conference may span several: Octo). Empty in state written before
+    /// Octo: then the placement's bridge.
+    #[serde(default)]
+    pub bridge: String,
+}
+
+/// The keys of the relay link between two bridges of a conference, one per direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkKeys {
+    /// What the first bridge of the pair (by id) seals with.
+    pub first_tx: Vec<u8>,
+    /// What the second bridge seals with.
+    pub second_tx: Vec<u8>,
+}
+
+/// The map key of the link between bridges `a` and `b` (ordered, so both spell it alike).
+pub fn link_key(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}|{b}")
+    } else {
+        format!("{b}|{a}")
+    }
 }
 
 /// Where a conference lives and who is in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
-    /// Bridge that hosts it.
+    /// The bridge it was first placed on (or moved to); participants say where each one is.
     pub bridge: String,
     /// Participants by id.
     pub participants: BTreeMap<String, Participant>,
+    /// The conference number of its relay links (the same on every link of the conference).
+    #[serde(default)]
+    pub link: u32,
+    /// Relay links between its bridges, by [`link_key`].
+    #[serde(default)]
+    pub links: BTreeMap<String, LinkKeys>,
+}
+
+impl Placement {
+    /// The bridges hosting participants (the placement's bridge while it has none).
+    pub fn bridges(&self) -> std::collections::BTreeSet<&str> {
+        let mut b: std::collections::BTreeSet<&str> = self
+            .participants
+            .values()
+            .map(|p| p.bridge.as_str())
+            .collect();
+        if b.is_empty() {
+            b.insert(&self.bridge);
+        }
+        b
+    }
+
+    /// Participants on `bridge`.
+    pub fn on<'a>(
+        &'a self,
+        bridge: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Participant)> {
+        self.participants
+            .iter()
+            .filter(move |(_, p)| p.bridge == bridge)
+    }
 }
 
 /// One change to the persisted state. Every change overwrites or removes one key, so replaying
@@ -65,6 +118,25 @@ pub enum Change {
         conference: String,
         /// Its bridge.
         bridge: String,
+        /// Its relay link number.
+        #[serde(default)]
+        link: u32,
+    },
+    /// A relay link between two bridges of a conference.
+    Linked {
+        /// Conference.
+        conference: String,
+        /// [`link_key`] of the pair.
+        pair: String,
+        /// Its keys.
+        keys: LinkKeys,
+    },
+    /// A relay link went.
+    Unlinked {
+        /// Conference.
+        conference: String,
+        /// [`link_key`] of the pair.
+        pair: String,
     },
     /// A participant joined.
     Joined {
@@ -114,14 +186,36 @@ impl Snapshot {
     /// Applies one change.
     pub fn apply(&mut self, c: &Change) {
         match c {
-            Change::Placed { conference, bridge } => {
-                self.placements
+            Change::Placed {
+                conference,
+                bridge,
+                link,
+            } => {
+                let p = self
+                    .placements
                     .entry(conference.clone())
                     .or_insert_with(|| Placement {
                         bridge: bridge.clone(),
                         participants: BTreeMap::new(),
-                    })
-                    .bridge = bridge.clone();
+                        link: *link,
+                        links: BTreeMap::new(),
+                    });
+                p.bridge = bridge.clone();
+                p.link = *link;
+            }
+            Change::Linked {
+                conference,
+                pair,
+                keys,
+            } => {
+                if let Some(p) = self.placements.get_mut(conference) {
+                    p.links.insert(pair.clone(), keys.clone());
+                }
+            }
+            Change::Unlinked { conference, pair } => {
+                if let Some(p) = self.placements.get_mut(conference) {
+                    p.links.remove(pair);
+                }
             }
             Change::Joined {
                 conference,
@@ -417,6 +511,7 @@ mod tests {
                     endpoint_key: vec![1; 28],
                     bridge_key: vec![2; 28],
                 }),
+                bridge: "b1".into(),
             },
         }
     }
@@ -438,6 +533,7 @@ mod tests {
             Change::Placed {
                 conference: "conf".into(),
                 bridge: "b1".into(),
+                link: 1,
             },
             joined("conf", "alice"),
             joined("conf", "bob"),
@@ -452,6 +548,7 @@ mod tests {
             changes.push(Change::Placed {
                 conference: c.clone(),
                 bridge: "b2".into(),
+                link: i,
             });
             changes.push(joined(&c, "p"));
             if i % 2 == 0 {
@@ -503,6 +600,7 @@ mod tests {
         let c = [Change::Placed {
             conference: "c".into(),
             bridge: "b".into(),
+            link: 1,
         }];
         assert!(store.append(&c).is_err());
         assert!(store.append(&c).is_err(), "log.2 is /dev/full too");
@@ -525,6 +623,7 @@ mod tests {
                 Change::Placed {
                     conference: "c".into(),
                     bridge: "b".into(),
+                    link: 1,
                 },
                 joined("c", "a"),
             ])

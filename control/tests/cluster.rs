@@ -35,7 +35,7 @@ async fn placement_failover_and_restart() {
         .into_inner();
     assert!(ja.bridge_id.starts_with("eu-"));
     let ja2 = focus
-        .join(a2.join("alpha", "a2", "us"))
+        .join(a2.join("alpha", "a2", "eu"))
         .await
         .unwrap()
         .into_inner();
