@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Control-plane demo (part of `make run`): a control plane and two bridges in two regions on
 # loopback; participants join through the control plane's CLI (one with SRTP: the focus returns
-# the bridge's key); one bridge hangs (SIGSTOP: connection open, no answers), the health probes
-# find it and its conference moves. Everything runs from target/release and is stopped on exit.
+# the bridge's key); a conference joined from both regions spans both bridges, relayed (Octo);
+# one bridge hangs (SIGSTOP: connection open, no answers), the health probes find it and only
+# its participants move. Everything runs from target/release and is stopped on exit.
 set -euo pipefail
 bin=${BIN:-target/release}
 data=$(mktemp -d)
@@ -39,11 +40,12 @@ ctl join --conference standup --participant ben --region us --ssrc 2 --remote-ad
 ctl join --conference standup --participant dee --region eu --ssrc 4 --remote-addr 127.0.0.1:41004 \
   --srtp-profile AEAD_AES_128_GCM --srtp-key 000102030405060708090a0b0c0d0e0f101112131415161718191a1b
 ctl join --conference webinar --participant cho --region us --ssrc 3 --remote-addr 127.0.0.1:41003
+echo "--- standup spans eu-1 (ana, dee) and us-1 (ben): each sends to its own bridge, the bridges relay"
 ctl conferences
 victim=$("$bin/ringbridge-control" --control "$url" --json conferences | grep -o '"bridge_id":"[^"]*"' | head -1 | cut -d'"' -f4)
 vpid=${pids[$([ "$victim" = eu-1 ] && echo 1 || echo 2)]}
 echo "--- SIGSTOP bridge $victim: it hangs with its connections open; health probes (every 250 ms,"
-echo "    500 ms deadline, down after 2 failures) declare it down and its conferences move"
+echo "    500 ms deadline, down after 2 failures) declare it down and only its participants move"
 kill -STOP "$vpid"
 t0=$(date +%s%N)
 for _ in $(seq 200); do # bounded: 10 s

@@ -308,7 +308,9 @@ impl Registry for RegistryService {
         let core = self.0.lock();
         let mut per_bridge = std::collections::HashMap::<&str, u32>::new();
         for p in core.focus.conferences().values() {
-            *per_bridge.entry(p.bridge.as_str()).or_default() += 1;
+            for b in p.bridges() {
+                *per_bridge.entry(b).or_default() += 1;
+            }
         }
         let bridges = core
             .focus

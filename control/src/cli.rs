@@ -146,18 +146,28 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                 "conference", "bridge", "media"
             );
             for c in &r.conferences {
-                text += &format!(
-                    "{:<24} {:<16} {:<22} {}\n",
-                    c.conference,
-                    c.bridge_id,
-                    c.media_addr,
-                    c.participants.join(",")
-                );
+                // One line per bridge of the conference (Octo: a conference may span several).
+                for (i, b) in c.bridges.iter().enumerate() {
+                    text += &format!(
+                        "{:<24} {:<16} {:<22} {}\n",
+                        if i == 0 { c.conference.as_str() } else { "" },
+                        b.bridge_id,
+                        b.media_addr,
+                        b.participants.join(",")
+                    );
+                }
             }
             let j: Vec<_> = r
                 .conferences
                 .iter()
-                .map(|c| json!({"conference": c.conference, "bridge_id": c.bridge_id, "media_addr": c.media_addr, "participants": c.participants}))
+                .map(|c| {
+                    let bridges: Vec<_> = c
+                        .bridges
+                        .iter()
+                        .map(|b| json!({"bridge_id": b.bridge_id, "media_addr": b.media_addr, "participants": b.participants}))
+                        .collect();
+                    json!({"conference": c.conference, "bridge_id": c.bridge_id, "media_addr": c.media_addr, "participants": c.participants, "bridges": bridges})
+                })
                 .collect();
             (json!(j), text.trim_end().to_string())
         }

@@ -172,6 +172,23 @@ async fn relayed_conference_delivers_every_packet_once(engine: &str) {
     assert_eq!(tb.relay_tx, 2 * u64::from(N));
     assert_eq!(ta.relay_rx, 2 * u64::from(N));
     assert_eq!(ta.dropped_packets + tb.dropped_packets, 0);
+
+    // A PLI from b1 (on B) about a1's SSRC (on A) crosses the relay and reaches a1 only.
+    for p in [&a1, &a2, &b2] {
+        p.sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    let pli = testkit::pli(b1.ssrc, a1.ssrc);
+    b1.send(b.media, &pli);
+    let mut buf = [0u8; 2048];
+    let n = a1
+        .sock
+        .recv(&mut buf)
+        .expect("the media owner gets the PLI");
+    assert_eq!(&buf[..n], &pli[..]);
+    assert!(a2.sock.recv(&mut buf).is_err(), "nobody else on A");
+    assert!(b2.sock.recv(&mut buf).is_err(), "nobody else on B");
 }
 
 per_engine!(relayed_conference_delivers_every_packet_once);
