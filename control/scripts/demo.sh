@@ -42,6 +42,25 @@ ctl join --conference standup --participant dee --region eu --ssrc 4 --remote-ad
 ctl join --conference webinar --participant cho --region us --ssrc 3 --remote-addr 127.0.0.1:41003
 echo "--- standup spans eu-1 (ana, dee) and us-1 (ben): each sends to its own bridge, the bridges relay"
 ctl conferences
+media_of() { "$bin/ringbridge-control" --control "$url" --json conferences |
+  python3 -c "import json,sys; print([b['media_addr'] for c in json.load(sys.stdin) for b in c['bridges'] if '$1' in b['participants']][0])"; }
+eu_media=$(media_of ana); us_media=$(media_of ben)
+echo "--- media across the relay: ana sends 5 RTP packets to eu-1 ($eu_media); ben listens on 127.0.0.1:41002 behind us-1"
+if ! python3 - "$eu_media" <<'PY'
+import socket, struct, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+ana = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); ana.bind(("127.0.0.1", 41001))
+ben = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); ben.bind(("127.0.0.1", 41002)); ben.settimeout(1.0)
+got = 0
+for seq in range(5):
+    ana.sendto(struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 1) + b"hello across the relay", (host, int(port)))
+    try:
+        data = ben.recv(2048); got += 1
+    except socket.timeout:
+        pass
+print(f"    ben received {got} of 5 packets from ana (eu-1 -> relay -> us-1), byte for byte: {data[12:].decode() if got else '-'}")
+PY
+then echo "    (media check skipped: ports 41001/41002 busy)"; fi
 victim=$("$bin/ringbridge-control" --control "$url" --json conferences | grep -o '"bridge_id":"[^"]*"' | head -1 | cut -d'"' -f4)
 vpid=${pids[$([ "$victim" = eu-1 ] && echo 1 || echo 2)]}
 echo "--- SIGSTOP bridge $victim: it hangs with its connections open; health probes (every 250 ms,"
