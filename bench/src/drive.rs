@@ -41,7 +41,7 @@ pub fn find_max(
     let mut best = (0.0, 0.0);
     for _ in 0..MAX_STEPS {
         let load = base.scaled(f);
-        let r = rig.run(target.media, None, &load, &opts, &Live::default())?;
+        let r = rig.run(target.media, &[], &load, &opts, &Live::default())?;
         let s = Step {
             offered_pps: r.offered_pps,
             forwarded_pps: r.forwarded_pps(),

@@ -23,6 +23,14 @@ use socket2::SockAddr;
 use crate::target::Member;
 use crate::traffic::{self, Load, MAX_PACKET, Stamp};
 
+/// CPU time of all of `pids` (None when there are none, or one cannot be read).
+fn group_ns(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| crate::cpu::process_ns(p)).sum()
+}
+
 /// Timer period of the senders.
 const TICK: Duration = Duration::from_millis(1);
 /// Most packets one participant sends per tick (more carries over: the rig is lagging).
@@ -250,7 +258,7 @@ impl Rig {
     pub fn run(
         &mut self,
         media: SocketAddr,
-        pid: Option<u32>,
+        pids: &[u32],
         load: &Load,
         opts: &RunOpts,
         live: &Live,
@@ -268,7 +276,7 @@ impl Rig {
         let warm_end_ns = self.now_ns() + opts.warmup.as_nanos() as u64;
         std::thread::scope(|s| {
             let rx = s.spawn(|| this.receive(run, warm_end_ns, &done, live));
-            let tx = this.send(run, media, pid, load, (warm_end_ns, opts), live);
+            let tx = this.send(run, media, pids, load, (warm_end_ns, opts), live);
             std::thread::sleep(opts.drain);
             done.store(true, Relaxed);
             let rx = rx.join().expect("receiver thread")?;
@@ -280,7 +288,7 @@ impl Rig {
         &self,
         run: u32,
         media: SocketAddr,
-        pid: Option<u32>,
+        pids: &[u32],
         load: &Load,
         (warm_end_ns, opts): (u64, &RunOpts),
         live: &Live,
@@ -309,7 +317,7 @@ impl Rig {
             if window_start.is_none() && (now_ns >= warm_end_ns || interrupted) {
                 window_start = Some(now);
                 at_window.copy_from_slice(&sent);
-                cpu0 = pid.and_then(crate::cpu::process_ns);
+                cpu0 = group_ns(pids);
             }
             if now_ns >= end_ns || interrupted {
                 window_end = now;
@@ -360,7 +368,7 @@ impl Rig {
                 next = now;
             }
         }
-        let cpu1 = pid.and_then(crate::cpu::process_ns);
+        let cpu1 = group_ns(pids);
         let start = window_start.unwrap_or(t0);
         let end = window_end;
         Sent {

@@ -85,6 +85,8 @@ pub struct Target {
     pub media: SocketAddr,
     /// Process to measure CPU of, when on this machine.
     pub pid: Option<u32>,
+    /// A second bridge relayed with this one (Octo runs); its CPU counts too.
+    peer: Option<Box<Target>>,
     child: Option<Child>,
     client: Option<BridgeClient<Channel>>,
     conferences: Vec<String>,
@@ -204,6 +206,7 @@ impl Target {
                     label: kind.label().into(),
                     media: field(&line, "media")?.parse()?,
                     pid: Some(child.id()),
+                    peer: None,
                     child: Some(child),
                     client: None,
                     conferences: Vec::new(),
@@ -251,6 +254,7 @@ impl Target {
             label: format!("ringbridge at {api}"),
             media: media.context("no participants to program")?,
             pid,
+            peer: None,
             child: None,
             client: Some(client),
             conferences: ids,
@@ -276,6 +280,55 @@ impl Target {
                     .await;
             }
         }
+    }
+}
+
+impl Target {
+    /// Every process whose CPU counts for this target.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.pid.into_iter().collect();
+        if let Some(p) = &self.peer {
+            v.extend(p.pids());
+        }
+        v
+    }
+
+    /// Two ringbridge (uring) bridges relayed to each other (Octo): the first `split` members of
+    /// the one conference on the first bridge, the rest on the second. Participants send to the
+    /// first bridge's media address, so senders must be among the first `split`.
+    pub async fn spawn_relayed(
+        members: &[Member],
+        split: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let (here, there) = members.split_at(split);
+        let mut a = Self::spawn_with(Kind::Uring, &[here.to_vec()], 1, false, extra).await?;
+        let mut b = Self::spawn_with(Kind::Uring, &[there.to_vec()], 1, false, extra).await?;
+        let (k1, k2) = (vec![0x11u8; 16], vec![0x22u8; 16]);
+        let (ma, mb) = (a.media, b.media);
+        for (t, remote, tx, rx) in [(&mut a, mb, &k1, &k2), (&mut b, ma, &k2, &k1)] {
+            let conference_id = t.conferences[0].clone();
+            t.client
+                .as_mut()
+                .context("a spawned bridge has a client")?
+                .add_relay(pb::AddRelayRequest {
+                    conference_id,
+                    relay_id: "peer".into(),
+                    remote_addr: remote.to_string(),
+                    link_conference: 1,
+                    tx_key: tx.clone(),
+                    rx_key: rx.clone(),
+                })
+                .await
+                .context("AddRelay")?;
+        }
+        a.label = format!(
+            "ringbridge uring, relayed {}+{} receivers",
+            here.len().saturating_sub(1),
+            there.len()
+        );
+        a.peer = Some(Box::new(b));
+        Ok(a)
     }
 }
 

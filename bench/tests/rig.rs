@@ -115,9 +115,8 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         .await
         .unwrap();
     let media = target.media;
-    let r =
-        tokio::task::block_in_place(|| rig.run(media, None, &load(), &opts(), &Live::default()))
-            .unwrap();
+    let r = tokio::task::block_in_place(|| rig.run(media, &[], &load(), &opts(), &Live::default()))
+        .unwrap();
     assert_exact(&r);
     target.close().await;
     let _ = stop_tx.send(());
@@ -133,7 +132,13 @@ async fn exact_counts_and_cpu_through_a_spawned_baseline() {
     let members = rig.members().unwrap();
     let target = Target::spawn(Kind::Floor, &members, 1, true).await.unwrap();
     let r = tokio::task::block_in_place(|| {
-        rig.run(target.media, target.pid, &load(), &opts(), &Live::default())
+        rig.run(
+            target.media,
+            &target.pids(),
+            &load(),
+            &opts(),
+            &Live::default(),
+        )
     })
     .unwrap();
     assert_exact(&r);
@@ -165,7 +170,13 @@ async fn one_sender_to_receive_only_participants_through_the_floor() {
         }],
     };
     let r = tokio::task::block_in_place(|| {
-        rig.run(target.media, target.pid, &load, &opts(), &Live::default())
+        rig.run(
+            target.media,
+            &target.pids(),
+            &load,
+            &opts(),
+            &Live::default(),
+        )
     })
     .unwrap();
     // One sender, 500 pps for 1 s, give or take a tick; every copy to each of 4 receivers.

@@ -195,7 +195,7 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         });
-        let r = rig.run(target.media, target.pid, &load, &opts, &live);
+        let r = rig.run(target.media, &target.pids(), &load, &opts, &live);
         if let Some(b) = &bar {
             b.finish_and_clear();
         }

@@ -107,6 +107,10 @@ struct Cli {
     /// Packet size of the video scenarios.
     #[arg(long, default_value_t = 1200)]
     video_size: usize,
+    /// Packets/s in of the relay (Octo) comparison: one sender to 8 receivers, on one bridge vs
+    /// 4 + 4 over two relayed bridges. 0 skips it.
+    #[arg(long, default_value_t = 10_000.0)]
+    relay_pps: f64,
     /// Skip the --find-max ramps and half-max runs.
     #[arg(long)]
     no_find_max: bool,
@@ -214,7 +218,7 @@ fn main() -> anyhow::Result<()> {
             pps_in: cli.copies_per_sec / f as f64,
         })
         .collect();
-    for v in &cli.video {
+    for v in cli.video.iter().filter(|v| !v.is_empty()) {
         let (f, pps) = v
             .split_once(':')
             .and_then(|(f, p)| Some((f.parse().ok()?, p.parse().ok()?)))
@@ -268,7 +272,7 @@ fn main() -> anyhow::Result<()> {
                     (&mut rig, &members, &topo)
                 };
                 let target = rt.block_on(v.spawn(members))?;
-                let r = rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
+                let r = rig.run(target.media, &target.pids(), &load, &opts, &Live::default())?;
                 let rep_ = Report::new(&v.label(), topo, &load, 0.5, &r);
                 eprintln!(
                     "  rep {} {:<17} cpu {:>7.0} ns/copy  loss {:.4}%  p99 {:.0} us",
@@ -302,7 +306,7 @@ fn main() -> anyhow::Result<()> {
             let Some(sampler) = target.pid.and_then(UserSampler::start) else {
                 break; // no perf here
             };
-            rig.run(target.media, target.pid, &load, &opts, &Live::default())?;
+            rig.run(target.media, &target.pids(), &load, &opts, &Live::default())?;
             let share = sampler.finish();
             eprintln!(
                 "  sampled {:<17} user share {:.1}%",
@@ -330,7 +334,7 @@ fn main() -> anyhow::Result<()> {
             if fm.max_clean_offered_pps > 0.0 {
                 let factor = 0.5 * fm.max_clean_offered_pps / sc.pps_in;
                 let half = load.scaled(factor);
-                let r = rig.run(target.media, target.pid, &half, &opts, &Live::default())?;
+                let r = rig.run(target.media, &target.pids(), &half, &opts, &Live::default())?;
                 row.half_max_loss = Some(r.loss_ratio());
                 row.half_max_p99_us = Some(r.latency_ns.value_at_quantile(0.99) as f64 / 1000.0);
             }
@@ -344,15 +348,26 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let md = markdown(&cli, &scenarios, &rows, started.elapsed());
+    let relay = if cli.relay_pps > 0.0 {
+        Some(relay_runs(&rt, &cli, &opts)?)
+    } else {
+        None
+    };
+    let mut md = markdown(&cli, &scenarios, &rows, started.elapsed());
+    if let Some(r) = &relay {
+        md += &relay_markdown(&cli, r);
+    }
     print!("{md}");
     std::fs::create_dir_all(&cli.out)?;
     let stem = cli.out.join(format!("{}-{}", today(), host()));
     std::fs::write(stem.with_extension("md"), &md)?;
-    let json: Vec<_> = rows
+    let mut json: Vec<_> = rows
         .iter()
         .map(|((si, k), r)| serde_json::json!({"scenario": scenarios[*si], "label": scenarios[*si].label(), "target": VARIANTS[*k].label(), "row": r}))
         .collect();
+    if let Some(r) = &relay {
+        json.push(serde_json::json!({"relay": r}));
+    }
     std::fs::write(
         stem.with_extension("json"),
         serde_json::to_string_pretty(&json)?,
@@ -360,6 +375,115 @@ fn main() -> anyhow::Result<()> {
     chart(&stem.with_extension("svg"), &scenarios, &rows).context("writing the chart")?;
     eprintln!("wrote {}.{{md,json,svg}}", stem.display());
     Ok(())
+}
+
+/// The relay (Octo) comparison: per repetition, (CPU ns per delivered copy summed over the
+/// bridges, loss ratio, p50 us, p99 us) on one bridge and relayed over two.
+#[derive(Default, serde::Serialize)]
+struct RelayRuns {
+    one_bridge: Vec<(f64, f64, f64, f64)>,
+    relayed: Vec<(f64, f64, f64, f64)>,
+}
+
+fn relay_runs(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    opts: &RunOpts,
+) -> anyhow::Result<RelayRuns> {
+    let topo = Topology {
+        conferences: 1,
+        participants: 9,
+        senders: 1,
+        bind_ip: IpAddr::from([127, 0, 0, 1]),
+        srtp: None,
+    };
+    let load = Load {
+        streams: vec![Stream {
+            pps: cli.relay_pps,
+            size: cli.video_size,
+        }],
+    };
+    let mut rig = Rig::new(topo.clone(), 1)?;
+    let members = rig.members()?;
+    eprintln!(
+        "relay: one sender x {:.0} pps of {} B to 8 receivers, one bridge vs 4 + 4 on two relayed bridges",
+        cli.relay_pps, cli.video_size
+    );
+    let mut out = RelayRuns::default();
+    for rep in 0..cli.reps {
+        for relayed in [false, true] {
+            let target = if relayed {
+                // The sender and 4 receivers on the first bridge, 4 receivers on the second.
+                rt.block_on(Target::spawn_relayed(&members[0], 5, &[]))?
+            } else {
+                rt.block_on(Target::spawn(Kind::Uring, &members, 1, false))?
+            };
+            let r = rig.run(target.media, &target.pids(), &load, opts, &Live::default())?;
+            let rep_ = Report::new(&target.label, &topo, &load, 0.5, &r);
+            let row = (
+                rep_.bridge_cpu_ns_per_forwarded_packet.unwrap_or(f64::NAN),
+                rep_.loss_ratio,
+                rep_.latency_us.p50,
+                rep_.latency_us.p99,
+            );
+            eprintln!(
+                "  rep {} {:<36} cpu {:>6.0} ns/copy  loss {:.4}%  p50 {:.0} us  p99 {:.0} us",
+                rep + 1,
+                target.label,
+                row.0,
+                row.1 * 100.0,
+                row.2,
+                row.3
+            );
+            if relayed {
+                out.relayed.push(row);
+            } else {
+                out.one_bridge.push(row);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn relay_markdown(cli: &Cli, r: &RelayRuns) -> String {
+    let m = |v: &[(f64, f64, f64, f64)], f: fn(&(f64, f64, f64, f64)) -> f64| {
+        mean(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    let (c1, c2) = (m(&r.one_bridge, |x| x.0), m(&r.relayed, |x| x.0));
+    let (p1, p2) = (m(&r.one_bridge, |x| x.2), m(&r.relayed, |x| x.2));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## Relay (Octo)\n\nOne sender of {} B packets at {:.0} pps to 8 receivers: all on one bridge, \
+         or the sender and 4 receivers on one bridge and 4 receivers on a second bridge reached \
+         through the relay (AES-128-GCM per link). CPU per delivered copy is summed over both \
+         bridges' processes; {} repetitions interleaved. Goal: relayed <= 1.10x one bridge.\n",
+        cli.video_size, cli.relay_pps, cli.reps
+    );
+    let _ = writeln!(
+        s,
+        "| layout | CPU ns / copy | vs one bridge | loss | p50 us | p99 us |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (name, v, c) in [
+        ("one bridge, 8 receivers", &r.one_bridge, c1),
+        ("relayed 4 + 4", &r.relayed, c2),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {c:.0} | {:.2} | {:.3}% | {:.0} | {:.0} |",
+            c / c1,
+            m(v, |x| x.1) * 100.0,
+            m(v, |x| x.2),
+            m(v, |x| x.3)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe relay hop adds {:.0} us at p50 (the 4 relayed receivers' latency is averaged with the 4 local ones in the relayed row).",
+        p2 - p1
+    );
+    s
 }
 
 fn markdown(
