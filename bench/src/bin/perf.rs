@@ -107,10 +107,10 @@ struct Cli {
     /// Packet size of the video scenarios.
     #[arg(long, default_value_t = 1200)]
     video_size: usize,
-    /// Packets/s in of the relay (Octo) comparison: one sender to 8 receivers, on one bridge vs
-    /// 4 + 4 over two relayed bridges. 0 skips it.
-    #[arg(long, default_value_t = 10_000.0)]
-    relay_pps: f64,
+    /// Packets/s in of the relay (Octo) comparisons: one sender to 8 receivers, on one bridge vs
+    /// 4 + 4 over two relayed bridges, at each rate. Empty skips them.
+    #[arg(long, value_delimiter = ',', default_value = "10000,30000")]
+    relay_pps: Vec<f64>,
     /// Skip the --find-max ramps and half-max runs.
     #[arg(long)]
     no_find_max: bool,
@@ -348,13 +348,12 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let relay = if cli.relay_pps > 0.0 {
-        Some(relay_runs(&rt, &cli, &opts)?)
-    } else {
-        None
-    };
+    let mut relay = Vec::new();
+    for &pps in cli.relay_pps.iter().filter(|p| **p > 0.0) {
+        relay.push(relay_runs(&rt, &cli, pps, &opts)?);
+    }
     let mut md = markdown(&cli, &scenarios, &rows, started.elapsed());
-    if let Some(r) = &relay {
+    for r in &relay {
         md += &relay_markdown(&cli, r);
     }
     print!("{md}");
@@ -365,7 +364,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|((si, k), r)| serde_json::json!({"scenario": scenarios[*si], "label": scenarios[*si].label(), "target": VARIANTS[*k].label(), "row": r}))
         .collect();
-    if let Some(r) = &relay {
+    for r in &relay {
         json.push(serde_json::json!({"relay": r}));
     }
     std::fs::write(
@@ -381,6 +380,8 @@ fn main() -> anyhow::Result<()> {
 /// bridges, loss ratio, p50 us, p99 us) on one bridge and relayed over two.
 #[derive(Default, serde::Serialize)]
 struct RelayRuns {
+    /// Packets/s in.
+    pps: f64,
     one_bridge: Vec<(f64, f64, f64, f64)>,
     relayed: Vec<(f64, f64, f64, f64)>,
 }
@@ -388,6 +389,7 @@ struct RelayRuns {
 fn relay_runs(
     rt: &tokio::runtime::Runtime,
     cli: &Cli,
+    pps: f64,
     opts: &RunOpts,
 ) -> anyhow::Result<RelayRuns> {
     let topo = Topology {
@@ -399,7 +401,7 @@ fn relay_runs(
     };
     let load = Load {
         streams: vec![Stream {
-            pps: cli.relay_pps,
+            pps,
             size: cli.video_size,
         }],
     };
@@ -407,9 +409,12 @@ fn relay_runs(
     let members = rig.members()?;
     eprintln!(
         "relay: one sender x {:.0} pps of {} B to 8 receivers, one bridge vs 4 + 4 on two relayed bridges",
-        cli.relay_pps, cli.video_size
+        pps, cli.video_size
     );
-    let mut out = RelayRuns::default();
+    let mut out = RelayRuns {
+        pps,
+        ..RelayRuns::default()
+    };
     for rep in 0..cli.reps {
         for relayed in [false, true] {
             let target = if relayed {
@@ -454,11 +459,11 @@ fn relay_markdown(cli: &Cli, r: &RelayRuns) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## Relay (Octo)\n\nOne sender of {} B packets at {:.0} pps to 8 receivers: all on one bridge, \
+        "\n## Relay (Octo), {:.0} pps in\n\nOne sender of {} B packets at {:.0} pps to 8 receivers: all on one bridge, \
          or the sender and 4 receivers on one bridge and 4 receivers on a second bridge reached \
          through the relay (AES-128-GCM per link). CPU per delivered copy is summed over both \
          bridges' processes; {} repetitions interleaved. Goal: relayed <= 1.10x one bridge.\n",
-        cli.video_size, cli.relay_pps, cli.reps
+        r.pps, cli.video_size, r.pps, cli.reps
     );
     let _ = writeln!(
         s,
