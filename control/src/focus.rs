@@ -512,6 +512,32 @@ impl Focus {
         [add(a, b), add(b, a)]
     }
 
+    /// The calls that take `bridge` out of `conference`: delete it there, and drop the relays to
+    /// it on `others`.
+    fn withdraw<'a>(
+        &self,
+        conference: &str,
+        bridge: &str,
+        others: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<BridgeCall> {
+        let mut calls = vec![self.call(
+            bridge,
+            Call::Delete {
+                conference: conference.into(),
+            },
+        )];
+        for o in others {
+            calls.push(self.call(
+                o,
+                Call::RemoveRelay {
+                    conference: conference.into(),
+                    relay_id: bridge.into(),
+                },
+            ));
+        }
+        calls
+    }
+
     /// Where a new participant of `conference` (hosted by `hosting`) from `region` goes, never
     /// to `exclude`: a bridge of the conference in its region with room; else the best bridge of
     /// its region (the conference grows); else a bridge of the conference with room; else the
@@ -1096,21 +1122,8 @@ impl Focus {
                     ) && results.len() == calls.len();
                     let mut undo = Vec::new();
                     if created_here {
-                        undo.push(self.call(
-                            &bridge,
-                            Call::Delete {
-                                conference: conference.clone(),
-                            },
-                        ));
-                        for (_, _, other) in &links {
-                            undo.push(self.call(
-                                other,
-                                Call::RemoveRelay {
-                                    conference: conference.clone(),
-                                    relay_id: bridge.clone(),
-                                },
-                            ));
-                        }
+                        let others = links.iter().map(|(_, _, o)| o.as_str());
+                        undo = self.withdraw(&conference, &bridge, others);
                     } else if add_unknown {
                         undo.push(self.call(
                             &bridge,
@@ -1253,22 +1266,7 @@ impl Focus {
                 if let Some(e) = failure {
                     tracing::warn!(%conference, ?from, %to, "move failed, will retry: {e}");
                     let undo = if matches!(results.first(), Some(Ok(Applied::Done))) && !same {
-                        let mut u = vec![self.call(
-                            &to,
-                            Call::Delete {
-                                conference: conference.clone(),
-                            },
-                        )];
-                        for (_, _, other) in &links {
-                            u.push(self.call(
-                                other,
-                                Call::RemoveRelay {
-                                    conference: conference.clone(),
-                                    relay_id: to.clone(),
-                                },
-                            ));
-                        }
-                        u
+                        self.withdraw(&conference, &to, links.iter().map(|(_, _, o)| o.as_str()))
                     } else {
                         vec![]
                     };
