@@ -15,6 +15,7 @@
 //! - [`api`]: the gRPC services; [`metrics`]: Prometheus; [`cli`]: the client commands.
 
 pub mod api;
+pub mod autoscaler;
 pub mod bridges;
 pub mod cli;
 pub mod executor;
