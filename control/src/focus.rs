@@ -341,6 +341,10 @@ pub struct Focus {
     stress_threshold: f64,
     /// Next relay link number for a new conference.
     next_link: u32,
+    /// Bridges that went down since the last [`Focus::take_downed`].
+    downed: Vec<BridgeId>,
+    /// Bridges the restored placements use that have not registered since the restart.
+    awaiting: HashSet<BridgeId>,
 }
 
 impl std::fmt::Debug for Focus {
@@ -389,6 +393,10 @@ impl Focus {
             }
         }
         let next_link = conferences.values().map(|p| p.link).max().unwrap_or(0) + 1;
+        let awaiting = conferences
+            .values()
+            .flat_map(|p| p.bridges().into_iter().map(String::from))
+            .collect();
         Self {
             fleet,
             conferences,
@@ -404,6 +412,8 @@ impl Focus {
             max_per_bridge: cfg.max_per_bridge.max(1),
             stress_threshold: cfg.stress_threshold,
             next_link,
+            downed: Vec::new(),
+            awaiting,
         }
     }
 
@@ -810,32 +820,23 @@ impl Focus {
             .collect();
         // A bridge that is down gets no call: its state is gone or will be cleaned up.
         let up = |b: &str| self.fleet.get(b).is_some_and(|b| b.health != Health::Down);
-        let mut calls = Vec::new();
-        if up(&bridge) {
-            calls.push(self.call(
+        let mut calls = if bridge_empties {
+            self.withdraw(
+                conference,
                 &bridge,
-                if bridge_empties {
-                    Call::Delete {
-                        conference: conference.into(),
-                    }
-                } else {
-                    Call::Remove {
-                        conference: conference.into(),
-                        endpoint: participant_id.into(),
-                    }
+                others.iter().map(String::as_str).filter(|o| up(o)),
+            )
+        } else {
+            vec![self.call(
+                &bridge,
+                Call::Remove {
+                    conference: conference.into(),
+                    endpoint: participant_id.into(),
                 },
-            ));
-        }
-        if bridge_empties {
-            for o in others.iter().filter(|o| up(o)) {
-                calls.push(self.call(
-                    o,
-                    Call::RemoveRelay {
-                        conference: conference.into(),
-                        relay_id: bridge.clone(),
-                    },
-                ));
-            }
+            )]
+        };
+        if !up(&bridge) {
+            calls.retain(|c| c.bridge != bridge);
         }
         Ok(self.start(
             Some(conference),
@@ -862,6 +863,7 @@ impl Focus {
             )));
         }
         let id = b.id.clone();
+        self.awaiting.remove(&id);
         let known = self.fleet.register(b, now_ms);
         if !known {
             return Ok(vec![]);
@@ -923,7 +925,17 @@ impl Focus {
 
     /// Records a health probe of a bridge; returns its new health if it changed.
     pub fn probe(&mut self, id: &str, result: Result<(), String>) -> Option<Health> {
-        self.fleet.probe(id, result)
+        let h = self.fleet.probe(id, result);
+        if h == Some(Health::Down) {
+            self.downed.push(id.into());
+        }
+        h
+    }
+
+    /// Bridges that went down (missed reports or probes) since the last call, once each: their
+    /// calls in flight can be abandoned.
+    pub fn take_downed(&mut self) -> Vec<BridgeId> {
+        std::mem::take(&mut self.downed)
     }
 
     /// Periodic work at `now_ms`: bridges that missed their reports go down, and every
@@ -931,25 +943,42 @@ impl Focus {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Plan> {
         for id in self.fleet.check(now_ms) {
             tracing::warn!(bridge = %id, "bridge missed its reports: down");
+            self.downed.push(id);
         }
-        // Conferences with participants on a bridge that is down (or, after the restart grace,
-        // unknown): only those participants move.
-        let gone = |b: &str| match self.fleet.get(b) {
-            Some(b) => b.health == Health::Down,
-            None => now_ms > self.grace_until_ms,
-        };
+        // Bridges whose participants must move: down ones, and after the restart grace the
+        // ones restored placements use that never registered again. Usually none: no scan.
+        let mut bad: HashSet<&str> = self
+            .fleet
+            .iter()
+            .filter(|b| b.health == Health::Down)
+            .map(|b| b.id.as_str())
+            .collect();
+        if now_ms > self.grace_until_ms {
+            bad.extend(self.awaiting.iter().map(String::as_str));
+        }
+        if bad.is_empty() {
+            return Vec::new();
+        }
+        // Conferences with participants on them: only those participants move.
         let stranded: Vec<(String, Vec<BridgeId>)> = self
             .conferences
             .iter()
-            .filter(|(c, _)| !self.busy.contains(*c))
-            .filter_map(|(c, p)| {
-                let dead: Vec<BridgeId> = p
+            .filter(|(c, p)| {
+                !self.busy.contains(*c)
+                    && (p
+                        .participants
+                        .values()
+                        .any(|x| bad.contains(x.bridge.as_str()))
+                        || (p.participants.is_empty() && bad.contains(p.bridge.as_str())))
+            })
+            .map(|(c, p)| {
+                let dead = p
                     .bridges()
                     .into_iter()
-                    .filter(|b| gone(b))
+                    .filter(|b| bad.contains(b))
                     .map(String::from)
                     .collect();
-                (!dead.is_empty()).then(|| (c.clone(), dead))
+                (c.clone(), dead)
             })
             .collect();
         let mut plans = Vec::new();

@@ -336,13 +336,7 @@ impl Control {
             let (plans, targets, down) = {
                 let mut core = self.lock();
                 let plans = core.focus.tick(now_ms());
-                let down: Vec<String> = core
-                    .focus
-                    .fleet()
-                    .iter()
-                    .filter(|b| b.health == Health::Down)
-                    .map(|b| b.id.clone())
-                    .collect();
+                let down = core.focus.take_downed();
                 let targets: Vec<(String, String)> = core
                     .focus
                     .fleet()
@@ -372,9 +366,15 @@ impl Control {
                     match changed {
                         Some(Health::Down) => {
                             tracing::warn!(bridge = %id, "bridge down: {}", r.unwrap_err());
-                            me.executor.abort(&id);
                             // Move its conferences now rather than at the next tick.
-                            let plans = me.lock().focus.tick(now_ms());
+                            let (plans, down) = {
+                                let mut core = me.lock();
+                                let plans = core.focus.tick(now_ms());
+                                (plans, core.focus.take_downed())
+                            };
+                            for d in down {
+                                me.executor.abort(&d);
+                            }
                             me.spawn(plans);
                         }
                         Some(h) => tracing::info!(bridge = %id, "bridge {}", h.name()),

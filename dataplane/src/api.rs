@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::{Counters, DropReason};
 use crate::publish::{PublishError, Publisher};
-use crate::state::{ErrorKind, SrtpRequest, StateError};
+use crate::state::{BridgeState, ErrorKind, SrtpRequest, StateError};
 
 /// An API failure: a refused request or a change that did not reach every worker.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ impl BridgeService {
     /// Runs a mutation off the async executor (it waits for worker acknowledgements).
     async fn apply<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut crate::state::BridgeState) -> Result<R, StateError> + Send + 'static,
+        f: impl FnOnce(&mut BridgeState) -> Result<R, StateError> + Send + 'static,
     ) -> Result<R, Status> {
         let p = self.publisher.clone();
         tokio::task::spawn_blocking(move || p.apply(|s| f(s).map_err(ApiError::from)))
@@ -76,38 +76,44 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Most changes one `Apply` may carry.
 pub const MAX_BATCH: usize = 4096;
 
-fn srtp_request(p: Option<&pb::SrtpParams>) -> Option<SrtpRequest> {
-    p.map(|p| SrtpRequest {
+/// An AddEndpoint request applied to the state (the single RPC and `Apply` alike).
+fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), StateError> {
+    let srtp = r.srtp.as_ref().map(|p| SrtpRequest {
         profile: p.profile.clone(),
         endpoint_key: p.endpoint_key.clone(),
         bridge_key: p.bridge_key.clone(),
-    })
+    });
+    s.add_endpoint(
+        &r.conference_id,
+        &r.endpoint_id,
+        &r.ssrcs,
+        &r.remote_addr,
+        srtp.as_ref(),
+    )
+    .map(|_| ())
+}
+
+/// An AddRelay request applied to the state (the single RPC and `Apply` alike).
+fn add_relay(s: &mut BridgeState, r: &pb::AddRelayRequest) -> Result<(), StateError> {
+    s.add_relay(
+        &r.conference_id,
+        &r.relay_id,
+        &r.remote_addr,
+        r.link_conference,
+        &r.tx_key,
+        &r.rx_key,
+    )
 }
 
 /// Applies one change of a batch; its failure is its own.
-fn apply_change(s: &mut crate::state::BridgeState, c: &pb::Change) -> pb::ChangeResult {
+fn apply_change(s: &mut BridgeState, c: &pb::Change) -> pb::ChangeResult {
     use pb::change::Change as C;
     let r = match &c.change {
         Some(C::CreateConference(r)) => s.create_conference(&r.conference_id),
-        Some(C::AddEndpoint(r)) => s
-            .add_endpoint(
-                &r.conference_id,
-                &r.endpoint_id,
-                &r.ssrcs,
-                &r.remote_addr,
-                srtp_request(r.srtp.as_ref()).as_ref(),
-            )
-            .map(|_| ()),
+        Some(C::AddEndpoint(r)) => add_endpoint(s, r),
         Some(C::RemoveEndpoint(r)) => s.remove_endpoint(&r.conference_id, &r.endpoint_id),
         Some(C::DeleteConference(r)) => s.delete_conference(&r.conference_id).map(|_| ()),
-        Some(C::AddRelay(r)) => s.add_relay(
-            &r.conference_id,
-            &r.relay_id,
-            &r.remote_addr,
-            r.link_conference,
-            &r.tx_key,
-            &r.rx_key,
-        ),
+        Some(C::AddRelay(r)) => add_relay(s, r),
         Some(C::RemoveRelay(r)) => s.remove_relay(&r.conference_id, &r.relay_id),
         None => {
             return pb::ChangeResult {
@@ -183,17 +189,7 @@ impl Bridge for BridgeService {
         req: Request<pb::AddEndpointRequest>,
     ) -> Result<Response<pb::AddEndpointResponse>, Status> {
         let r = req.into_inner();
-        let srtp = srtp_request(r.srtp.as_ref());
-        self.apply(move |s| {
-            s.add_endpoint(
-                &r.conference_id,
-                &r.endpoint_id,
-                &r.ssrcs,
-                &r.remote_addr,
-                srtp.as_ref(),
-            )
-        })
-        .await?;
+        self.apply(move |s| add_endpoint(s, &r)).await?;
         Ok(Response::new(pb::AddEndpointResponse {
             media_addr: self.media.to_string(),
         }))
@@ -231,17 +227,7 @@ impl Bridge for BridgeService {
         req: Request<pb::AddRelayRequest>,
     ) -> Result<Response<pb::AddRelayResponse>, Status> {
         let r = req.into_inner();
-        self.apply(move |s| {
-            s.add_relay(
-                &r.conference_id,
-                &r.relay_id,
-                &r.remote_addr,
-                r.link_conference,
-                &r.tx_key,
-                &r.rx_key,
-            )
-        })
-        .await?;
+        self.apply(move |s| add_relay(s, &r)).await?;
         Ok(Response::new(pb::AddRelayResponse {}))
     }
 

@@ -40,28 +40,21 @@ fn start(extra: &[&str], taskset: Option<&str>) -> (Vec<String>, String) {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("ready"), "{line}");
-    // A thread takes its name when it first runs (on a busy CPU that may be a moment after the
-    // ready line): look for the worker for up to 5 s.
+    // The ready line comes after every worker has started and pinned itself.
     let mut affinity = Vec::new();
-    for _ in 0..100 {
-        for t in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
-            let dir = t.unwrap().path();
-            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            if comm.trim() == "mio-0" {
-                let status = std::fs::read_to_string(dir.join("status")).unwrap();
-                let list = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .unwrap()
-                    .trim()
-                    .to_string();
-                affinity.push(list);
-            }
+    for t in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "mio-0" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            affinity.push(list);
         }
-        if !affinity.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -342,10 +342,7 @@ impl Core {
             }
             self.table.apply(op);
         }
-        self.table.apply_delta(&Delta {
-            generation: delta.generation,
-            ops: Vec::new(),
-        });
+        self.table.set_generation(delta.generation);
     }
 
     /// Drops the per-stream state and pending latch of an endpoint that is being removed.
@@ -513,13 +510,12 @@ fn decide<'t>(
     } else {
         let s = rtcp::summarize(plain)?;
         if s.feedback {
-            let (select, elsewhere) = feedback_targets(table, ep.conf, Some(idx), s.targets());
-            let relays = if elsewhere { &conf.relays[..] } else { &[] };
-            let owned_here = s.targets().iter().any(|t| conf.ssrc_owner.contains_key(t));
-            if !owned_here && relays.is_empty() {
+            let f = feedback_targets(table, ep.conf, Some(idx), s.targets());
+            let relays = if f.elsewhere { &conf.relays[..] } else { &[] };
+            if !f.here && relays.is_empty() {
                 return Err(DropReason::UnknownSsrc);
             }
-            (select, relays)
+            (f.select, relays)
         } else {
             (Select::AllBut(skip), &conf.relays[..])
         }
@@ -549,24 +545,28 @@ fn decide<'t>(
     })
 }
 
-/// Peers that send the media SSRCs feedback is about (never the feedback's own sender), in
-/// conference `conf`; and whether some target SSRC has no local sender (it may be behind a
-/// relay).
-fn feedback_targets(
-    table: &Table,
-    conf: u32,
-    sender: Option<u32>,
-    targets: &[u32],
-) -> (Select, bool) {
+/// What feedback is about, seen from one bridge.
+struct Feedback {
+    /// The local peers that send its media SSRCs (never the feedback's own sender).
+    select: Select,
+    /// Some target SSRC has a local sender (the feedback's own sender included).
+    here: bool,
+    /// Some target SSRC has no local sender (it may be behind a relay).
+    elsewhere: bool,
+}
+
+/// Where feedback about `targets` goes in conference `conf`.
+fn feedback_targets(table: &Table, conf: u32, sender: Option<u32>, targets: &[u32]) -> Feedback {
     let conf = table.conf(conf);
     let mut slots = [0u32; rtcp::MAX_TARGETS];
     let mut n = 0u8;
-    let mut elsewhere = false;
+    let (mut here, mut elsewhere) = (false, false);
     for ssrc in targets {
         let Some(&owner) = conf.ssrc_owner.get(ssrc) else {
             elsewhere = true;
             continue;
         };
+        here = true;
         if Some(owner) == sender {
             continue;
         }
@@ -577,7 +577,11 @@ fn feedback_targets(
             n += 1;
         }
     }
-    (Select::Only { slots, n }, elsewhere)
+    Feedback {
+        select: Select::Only { slots, n },
+        here,
+        elsewhere,
+    }
 }
 
 /// A packet from a relay: authenticated, replay-checked and opened in place; its inner packet
@@ -622,7 +626,7 @@ fn decide_relay<'t>(
             counters.rx_rtcp += 1;
             let s = rtcp::summarize(inner)?;
             let select = if s.feedback {
-                feedback_targets(table, *conf_idx, None, s.targets()).0
+                feedback_targets(table, *conf_idx, None, s.targets()).select
             } else {
                 Select::AllBut(usize::MAX)
             };

@@ -239,7 +239,12 @@ impl Table {
         for op in &d.ops {
             self.apply(op);
         }
-        self.generation = d.generation;
+        self.set_generation(d.generation);
+    }
+
+    /// Takes `generation` as the one in force (after applying its ops one by one).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// Adds an empty conference.
