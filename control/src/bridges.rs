@@ -4,7 +4,9 @@
 //! *suspect* (no new conferences), [`Fleet::probe_failures_down`] failed probes in a row make it
 //! down. Selection follows Jicofo: never a down, suspect, shutting-down or draining bridge;
 //! prefer the participant's region; among candidates the lowest stress, corrected for
-//! participants placed since the last report.
+//! participants placed since the last report. A draining bridge (ordered by the control plane
+//! or reported by the bridge on SIGTERM) takes nothing new; draining is one-way: the bridge is
+//! removed once empty, and a process that registers again under its id starts afresh.
 
 use std::collections::BTreeMap;
 
@@ -48,10 +50,13 @@ pub struct Bridge {
     pub capacity: f64,
     /// Last reported load / capacity.
     pub stress: f64,
-    /// Takes no new conferences; keeps its existing ones.
+    /// Takes no new conferences or participants; keeps its existing ones until they leave or
+    /// are moved.
     pub draining: bool,
-    /// Shutting down: takes nothing new.
-    pub shutting_down: bool,
+    /// When the drain began, ms.
+    pub drain_since_ms: u64,
+    /// It has sent a load report since it registered (before that its stress is unknown).
+    pub reported: bool,
     /// Up or down.
     pub health: Health,
     /// When the last report (or the registration) arrived, ms.
@@ -75,7 +80,8 @@ impl Bridge {
             capacity,
             stress: 0.0,
             draining: false,
-            shutting_down: false,
+            drain_since_ms: 0,
+            reported: false,
             health: Health::Up,
             last_report_ms: 0,
             placed_since_report: 0,
@@ -102,8 +108,8 @@ pub enum NoBridge {
     /// All registered bridges are down or not answering.
     #[error("all {0} registered bridges are down or not answering")]
     AllDown(usize),
-    /// All live bridges drain or shut down.
-    #[error("all {0} live bridges are draining or shutting down")]
+    /// All live bridges drain.
+    #[error("all {0} live bridges are draining")]
     AllDraining(usize),
     /// All candidates are at or over capacity.
     #[error("all {0} candidate bridges are overloaded (stress >= 1)")]
@@ -189,6 +195,8 @@ impl Fleet {
         b.last_report_ms = now_ms;
         b.placed_since_report = 0;
         b.probe_failures = 0;
+        b.draining = false;
+        b.reported = false;
         b.why.clear();
         self.bridges.insert(b.id.clone(), b).is_some()
     }
@@ -204,10 +212,32 @@ impl Fleet {
             return false;
         };
         b.stress = stress;
-        b.draining = draining;
+        if draining && !b.draining {
+            b.draining = true;
+            b.drain_since_ms = now_ms;
+        }
         b.last_report_ms = now_ms;
         b.placed_since_report = 0;
+        b.reported = true;
         true
+    }
+
+    /// Starts draining `id` at `now_ms` (no new conferences or participants). Returns false for
+    /// an unknown bridge; a bridge already draining keeps its start time.
+    pub fn drain(&mut self, id: &str, now_ms: u64) -> bool {
+        let Some(b) = self.bridges.get_mut(id) else {
+            return false;
+        };
+        if !b.draining {
+            b.draining = true;
+            b.drain_since_ms = now_ms;
+        }
+        true
+    }
+
+    /// Forgets a removed bridge.
+    pub fn remove(&mut self, id: &str) -> Option<Bridge> {
+        self.bridges.remove(id)
     }
 
     /// A call to `id` timed out or could not reach it: no new conferences until a probe
@@ -301,7 +331,7 @@ impl Fleet {
         let open: Vec<&Bridge> = live
             .iter()
             .copied()
-            .filter(|b| !b.draining && !b.shutting_down)
+            .filter(|b| !b.draining)
             .collect();
         if open.is_empty() {
             return Err(NoBridge::AllDraining(live.len()));

@@ -295,6 +295,9 @@ enum Op {
         from: Vec<BridgeId>,
         to: BridgeId,
         links: Vec<(String, LinkKeys, BridgeId)>,
+        /// "failover" (off a down bridge), "drained" (off a draining one) or "current" (back
+        /// onto a bridge that registered again).
+        reason: &'static str,
     },
     Cleanup,
 }
@@ -315,6 +318,8 @@ pub struct FocusConfig {
     pub max_per_bridge: usize,
     /// Stress at which a bridge counts as full for new participants.
     pub stress_threshold: f64,
+    /// How long a draining bridge keeps its participants before they are moved, ms.
+    pub drain_grace_ms: u64,
 }
 
 /// Relay key length (AES-128-GCM).
@@ -337,6 +342,9 @@ pub struct Focus {
     /// Placements on bridges the fleet does not know yet (after a restart) wait until then.
     grace_until_ms: u64,
     failovers: u64,
+    /// Participants moved off draining bridges so far.
+    drain_moves: u64,
+    drain_grace_ms: u64,
     max_per_bridge: usize,
     stress_threshold: f64,
     /// Next relay link number for a new conference.
@@ -409,6 +417,8 @@ impl Focus {
             announcements: Vec::new(),
             grace_until_ms: now_ms + cfg.report_interval_ms * cfg.missed_reports,
             failovers: 0,
+            drain_moves: 0,
+            drain_grace_ms: cfg.drain_grace_ms,
             max_per_bridge: cfg.max_per_bridge.max(1),
             stress_threshold: cfg.stress_threshold,
             next_link,
@@ -430,6 +440,66 @@ impl Focus {
     /// Conferences moved off failed bridges so far.
     pub fn failovers(&self) -> u64 {
         self.failovers
+    }
+
+    /// Participants moved off draining bridges so far.
+    pub fn drain_moves(&self) -> u64 {
+        self.drain_moves
+    }
+
+    /// Participants per bridge (bridges without any are absent).
+    pub fn participants_per_bridge(&self) -> HashMap<&str, usize> {
+        let mut n = HashMap::new();
+        for p in self.conferences.values() {
+            for x in p.participants.values() {
+                *n.entry(x.bridge.as_str()).or_default() += 1;
+            }
+        }
+        n
+    }
+
+    /// Starts draining `bridge` at `now_ms`: it takes no new conferences or participants, and
+    /// after the drain grace the participants still on it are moved.
+    pub fn drain(&mut self, bridge: &str, now_ms: u64) -> Result<(), FocusError> {
+        check_id("bridge_id", bridge)?;
+        if !self.fleet.drain(bridge, now_ms) {
+            return Err(FocusError::NotFound(format!(
+                "bridge_id: {bridge:?} is not registered"
+            )));
+        }
+        tracing::info!(%bridge, grace_ms = self.drain_grace_ms, "bridge draining");
+        Ok(())
+    }
+
+    /// Draining (or down) bridges that no participant uses any more and no operation touches:
+    /// they can be stopped. The caller removes them with [`Focus::forget`].
+    pub fn drained(&self) -> Vec<BridgeId> {
+        let candidates: Vec<&Bridge> = self
+            .fleet
+            .iter()
+            .filter(|b| b.draining || b.health == Health::Down)
+            .collect();
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let used = self.participants_per_bridge();
+        let busy: HashSet<&str> = self
+            .busy
+            .iter()
+            .filter_map(|c| self.conferences.get(c))
+            .flat_map(|p| p.bridges())
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|b| !used.contains_key(b.id.as_str()) && !busy.contains(b.id.as_str()))
+            .filter(|b| !self.awaiting.contains(&b.id))
+            .map(|b| b.id.clone())
+            .collect()
+    }
+
+    /// Forgets a bridge that was stopped (drained, or down and empty).
+    pub fn forget(&mut self, bridge: &str) -> bool {
+        self.fleet.remove(bridge).is_some()
     }
 
     /// Operations in flight.
@@ -568,7 +638,6 @@ impl Focus {
         let can_take = |b: &Bridge| {
             b.health == Health::Up
                 && !b.draining
-                && !b.shutting_down
                 && !exclude.contains(&b.id.as_str())
                 && on(&b.id) < self.max_per_bridge
                 && crate::bridges::corrected_stress(b, per) < self.stress_threshold
@@ -876,7 +945,7 @@ impl Focus {
             .collect();
         Ok(stale
             .into_iter()
-            .map(|c| self.move_plan(&c, std::slice::from_ref(&id), &id))
+            .map(|c| self.move_plan(&c, std::slice::from_ref(&id), &id, "current"))
             .collect())
     }
 
@@ -956,11 +1025,23 @@ impl Focus {
         if now_ms > self.grace_until_ms {
             bad.extend(self.awaiting.iter().map(String::as_str));
         }
+        // Draining bridges past their grace: their participants move too (make before break).
+        let expired: HashSet<&str> = self
+            .fleet
+            .iter()
+            .filter(|b| {
+                b.draining
+                    && b.health != Health::Down
+                    && now_ms >= b.drain_since_ms.saturating_add(self.drain_grace_ms)
+            })
+            .map(|b| b.id.as_str())
+            .collect();
+        bad.extend(expired.iter().copied());
         if bad.is_empty() {
             return Vec::new();
         }
         // Conferences with participants on them: only those participants move.
-        let stranded: Vec<(String, Vec<BridgeId>)> = self
+        let stranded: Vec<(String, Vec<BridgeId>, &'static str)> = self
             .conferences
             .iter()
             .filter(|(c, p)| {
@@ -972,17 +1053,22 @@ impl Focus {
                         || (p.participants.is_empty() && bad.contains(p.bridge.as_str())))
             })
             .map(|(c, p)| {
-                let dead = p
+                let dead: Vec<BridgeId> = p
                     .bridges()
                     .into_iter()
                     .filter(|b| bad.contains(b))
                     .map(String::from)
                     .collect();
-                (c.clone(), dead)
+                let reason = if dead.iter().all(|d| expired.contains(d.as_str())) {
+                    "drained"
+                } else {
+                    "failover"
+                };
+                (c.clone(), dead, reason)
             })
             .collect();
         let mut plans = Vec::new();
-        for (conference, dead) in stranded {
+        for (conference, dead, reason) in stranded {
             let p = &self.conferences[&conference];
             let region = p
                 .participants
@@ -998,7 +1084,7 @@ impl Focus {
                 .collect();
             let exclude: Vec<&str> = dead.iter().map(String::as_str).collect();
             match self.choose(&conference, &region, &survivors, &exclude) {
-                Ok(to) => plans.push(self.move_plan(&conference, &dead, &to)),
+                Ok(to) => plans.push(self.move_plan(&conference, &dead, &to, reason)),
                 Err(e) => {
                     tracing::warn!(%conference, ?dead, "cannot move its participants yet: {e}")
                 }
@@ -1010,7 +1096,13 @@ impl Focus {
     /// Plans moving the participants of `conference` on bridges `from` to `to` (which may be
     /// one of them: a bridge that came back is programmed again): `to` joins the conference
     /// with relays to the bridges that keep theirs, which drop their relays to `from`.
-    fn move_plan(&mut self, conference: &str, from: &[BridgeId], to: &str) -> Plan {
+    fn move_plan(
+        &mut self,
+        conference: &str,
+        from: &[BridgeId],
+        to: &str,
+        reason: &'static str,
+    ) -> Plan {
         let p = &self.conferences[conference];
         let link = p.link;
         // Bridges that keep the conference (`to` among them when it already hosts it).
@@ -1072,6 +1164,7 @@ impl Focus {
                 from: from.to_vec(),
                 to: to.into(),
                 links,
+                reason,
             },
             calls,
         )
@@ -1289,6 +1382,7 @@ impl Focus {
                 from,
                 to,
                 links,
+                reason,
             } => {
                 self.busy.remove(&conference);
                 let same = from.len() == 1 && from[0] == to;
@@ -1315,6 +1409,7 @@ impl Focus {
                         moved.push((id.clone(), part.clone()));
                     }
                 }
+                let moved_count = moved.len() as u64;
                 let stale: Vec<String> = p
                     .links
                     .keys()
@@ -1353,13 +1448,16 @@ impl Focus {
                         participant,
                     });
                 }
-                let reason = if same { "current" } else { "failover" };
                 let a = self.announcement(&conference, &self.conferences[&conference], reason);
                 self.announcements.push(a);
                 let mut tidy = vec![];
                 if !same {
-                    self.failovers += 1;
-                    tracing::info!(%conference, ?from, %to, "participants moved");
+                    if reason == "drained" {
+                        self.drain_moves += moved_count;
+                    } else {
+                        self.failovers += 1;
+                    }
+                    tracing::info!(%conference, ?from, %to, reason, "participants moved");
                     // An old bridge may come back (a stopped process continued): remove what it
                     // still holds. Best effort; it fails fast or times out if it is gone.
                     for d in &from {
@@ -1399,6 +1497,7 @@ mod tests {
             per_participant_pps: 10.0,
             max_per_bridge: 80,
             stress_threshold: 0.8,
+            drain_grace_ms: 2 * T,
         }
     }
 
@@ -1903,6 +2002,53 @@ mod tests {
         let a = f.take_announcements();
         assert_eq!(a[0].reason, "failover");
         assert_eq!(a[0].bridges.len(), 1);
+    }
+
+    #[test]
+    fn a_draining_bridge_takes_nothing_new_then_its_participants_move_after_the_grace() {
+        let mut f = focus();
+        join_ok(&mut f, join("c", "e1", "eu"));
+        let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+        let other = if eu == "eu-1" { "eu-2" } else { "eu-1" };
+        join_ok(&mut f, join("d", "x1", "eu"));
+        assert_eq!(
+            f.drain("nope", 0),
+            Err(FocusError::NotFound(
+                "bridge_id: \"nope\" is not registered".into()
+            ))
+        );
+        f.drain(&eu, 100).unwrap();
+        assert_eq!(f.fleet().get(&eu).unwrap().state(), "draining");
+        // A new participant of its conference goes to another bridge of the region (Octo);
+        // a new conference never lands on it.
+        join_ok(&mut f, join("c", "e2", "eu"));
+        assert_eq!(f.conferences()["c"].participants["e2"].bridge, other);
+        join_ok(&mut f, join("n", "y1", "eu"));
+        assert_eq!(f.conferences()["n"].participants["y1"].bridge, other);
+        // Within the grace nothing moves; after it, only the draining bridge's participants do,
+        // and the old bridge's copy is deleted once the move is committed (make before break).
+        assert!(f.tick(100 + 2 * T - 1).is_empty());
+        assert!(f.drained().is_empty(), "still has participants");
+        f.take_announcements();
+        let plans = f.tick(100 + 2 * T);
+        assert!(!plans.is_empty());
+        for p in plans {
+            let r = ok(&p);
+            let c = f.complete(p.op, &p.calls, &r);
+            assert!(c.result.is_ok(), "{:?}", c.result);
+            let tidy = c.cleanup.expect("the drained bridge's copy is deleted");
+            assert_eq!(shape(&tidy), [format!("delete@{eu}")]);
+        }
+        assert!(f.participants_per_bridge().get(eu.as_str()).is_none());
+        assert!(
+            f.take_announcements().iter().all(|a| a.reason == "drained"),
+            "announced as drained"
+        );
+        assert_eq!(f.failovers(), 0);
+        assert!(f.drain_moves() >= 1);
+        assert_eq!(f.drained(), vec![eu.clone()]);
+        assert!(f.forget(&eu));
+        assert!(f.fleet().get(&eu).is_none());
     }
 
     #[test]

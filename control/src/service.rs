@@ -47,6 +47,8 @@ pub struct Config {
     pub max_per_bridge: usize,
     /// Stress at which a bridge takes no new participants.
     pub stress_threshold: f64,
+    /// How long a draining bridge keeps its participants before they are moved, ms.
+    pub drain_grace_ms: u64,
 }
 
 /// Wall-clock milliseconds (routes persist their last use across restarts).
@@ -148,6 +150,7 @@ impl Control {
                 per_participant_pps: cfg.per_participant_pps,
                 max_per_bridge: cfg.max_per_bridge,
                 stress_threshold: cfg.stress_threshold,
+                drain_grace_ms: cfg.drain_grace_ms,
             },
             snap,
             Box::new(|buf: &mut [u8]| {
