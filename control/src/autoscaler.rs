@@ -15,6 +15,9 @@
 
 use std::collections::VecDeque;
 
+use crate::bridges::{BridgeId, Health};
+use crate::focus::Focus;
+
 /// Settings (all flags of `ringbridge-control serve` once the autoscaler is wired in).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HpaConfig {
@@ -139,6 +142,16 @@ impl Hpa {
             .map_or(current, |(_, before, _)| *before)
     }
 
+    /// The settings.
+    pub fn config(&self) -> &HpaConfig {
+        &self.cfg
+    }
+
+    /// Recent raw recommendations (time ms, bridges), oldest first: the stabilization window.
+    pub fn window(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.recs.iter().copied()
+    }
+
     /// Evaluates `s`; records the decision when it changes the fleet.
     pub fn decide(&mut self, s: Sample) -> Decision {
         let c = &self.cfg;
@@ -261,6 +274,153 @@ impl Hpa {
             raw,
             desired,
             reason,
+        }
+    }
+}
+
+/// What the autoscaler asks the actuator to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this many bridges.
+    Start(u32),
+    /// Stop this bridge: it was drained and is empty (or went down empty).
+    Remove(BridgeId),
+}
+
+/// One evaluation of the [`Scaler`]: the decision and what to do about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The HPA decision with its inputs and reason.
+    pub decision: Decision,
+    /// Bridges put to drain by this evaluation.
+    pub drained: Vec<BridgeId>,
+    /// Work for the actuator.
+    pub actions: Vec<Action>,
+}
+
+/// The autoscaler over a [`Focus`]: reads the fleet, decides with [`Hpa`], drains the bridges a
+/// scale-down removes (fewest participants first) and hands the actuator what to start and
+/// stop. Sans-IO: the service and the simulator drive the same code.
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    hpa: Hpa,
+    /// Recent decisions that changed something or said why not, newest last.
+    history: VecDeque<Decision>,
+    last: Option<Decision>,
+}
+
+/// Decisions the [`Scaler`] keeps for the API.
+pub const HISTORY: usize = 32;
+
+impl Scaler {
+    /// A scaler with `cfg` (validated by the caller).
+    pub fn new(cfg: HpaConfig) -> Self {
+        Self {
+            hpa: Hpa::new(cfg),
+            history: VecDeque::new(),
+            last: None,
+        }
+    }
+
+    /// The HPA state (settings and window).
+    pub fn hpa(&self) -> &Hpa {
+        &self.hpa
+    }
+
+    /// The last evaluation's decision.
+    pub fn last(&self) -> Option<&Decision> {
+        self.last.as_ref()
+    }
+
+    /// Recent decisions that changed the fleet, newest last.
+    pub fn history(&self) -> impl Iterator<Item = &Decision> {
+        self.history.iter()
+    }
+
+    /// What the autoscaler sees in `focus` at `now_ms`, with `booting` bridges started by the
+    /// actuator that have not registered yet.
+    pub fn sample(focus: &Focus, booting: u32, now_ms: u64) -> Sample {
+        let fleet = focus.fleet();
+        let stale_after = fleet.report_interval_ms.saturating_mul(2).max(1);
+        let (mut ready, mut starting, mut load, mut capacity, mut stale) =
+            (0, booting, 0.0, 0.0, false);
+        for b in fleet.iter() {
+            if b.health != Health::Up || b.draining {
+                continue;
+            }
+            if !b.reported {
+                // Registered, no load report yet: capacity coming, not measured.
+                starting += 1;
+                continue;
+            }
+            ready += 1;
+            load += b.stress * b.capacity;
+            capacity += b.capacity;
+            stale |= now_ms.saturating_sub(b.last_report_ms) > stale_after;
+        }
+        Sample {
+            now_ms,
+            ready,
+            starting,
+            metric: if capacity > 0.0 { load / capacity } else { 0.0 },
+            stale,
+        }
+    }
+
+    /// One evaluation at `now_ms`: drained bridges are forgotten and handed over for removal;
+    /// the HPA decides; a scale-up asks for bridges, a scale-down drains the `removable`
+    /// bridges whose removal moves the fewest participants.
+    pub fn evaluate(
+        &mut self,
+        focus: &mut Focus,
+        booting: u32,
+        removable: &dyn Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Evaluation {
+        let mut actions = Vec::new();
+        for id in focus.drained() {
+            focus.forget(&id);
+            actions.push(Action::Remove(id));
+        }
+        let sample = Self::sample(focus, booting, now_ms);
+        let decision = self.hpa.decide(sample);
+        let mut drained = Vec::new();
+        if decision.desired > decision.current {
+            actions.push(Action::Start(decision.desired - decision.current));
+        } else if decision.desired < decision.current {
+            let per = focus.participants_per_bridge();
+            let mut candidates: Vec<(usize, f64, BridgeId)> = focus
+                .fleet()
+                .iter()
+                .filter(|b| b.health == Health::Up && !b.draining && b.reported)
+                .filter(|b| removable(&b.id))
+                .map(|b| {
+                    (
+                        per.get(b.id.as_str()).copied().unwrap_or(0),
+                        b.stress,
+                        b.id.clone(),
+                    )
+                })
+                .collect();
+            candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let n = (decision.current - decision.desired) as usize;
+            for (_, _, id) in candidates.into_iter().take(n) {
+                if focus.drain(&id, now_ms).is_ok() {
+                    drained.push(id);
+                }
+            }
+        }
+        if decision.desired != decision.current {
+            self.history.push_back(decision.clone());
+            while self.history.len() > HISTORY {
+                self.history.pop_front();
+            }
+        }
+        self.last = Some(decision.clone());
+        Evaluation {
+            decision,
+            drained,
+            actions,
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct Bridge {
     pub health: Health,
     /// When the last report (or the registration) arrived, ms.
     pub last_report_ms: u64,
-    /// Participants placed on it since that report.
+    /// Streams placed on it since that report (see [`Fleet::placed`]).
     pub placed_since_report: u32,
     /// Health probes failed in a row.
     pub probe_failures: u32,
@@ -328,11 +328,7 @@ impl Fleet {
         if live.is_empty() {
             return Err(NoBridge::AllDown(all.len()));
         }
-        let open: Vec<&Bridge> = live
-            .iter()
-            .copied()
-            .filter(|b| !b.draining)
-            .collect();
+        let open: Vec<&Bridge> = live.iter().copied().filter(|b| !b.draining).collect();
         if open.is_empty() {
             return Err(NoBridge::AllDraining(live.len()));
         }
@@ -350,14 +346,16 @@ impl Fleet {
             .expect("non-empty candidates")
             .id
             .clone();
-        self.placed(&id);
+        self.placed(&id, 1);
         Ok(id)
     }
 
-    /// Counts a participant placed on `id` (its load shows in the next report).
-    pub fn placed(&mut self, id: &str) {
+    /// Counts `streams` new streams on `id` (their load shows in the next report). A
+    /// participant joining `k` others of its conference on a bridge adds `2k + 1`: its own
+    /// stream in, its stream out to each of them, and each of theirs out to it.
+    pub fn placed(&mut self, id: &str, streams: u32) {
         if let Some(b) = self.bridges.get_mut(id) {
-            b.placed_since_report += 1;
+            b.placed_since_report = b.placed_since_report.saturating_add(streams);
         }
     }
 }

@@ -10,7 +10,7 @@
 //! [`FocusError::Busy`] until the first completes); different conferences proceed in parallel.
 //! Committed changes come out as [`Change`]s for the store and [`Announcement`]s for watchers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::bridges::{Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
 use crate::store::{Change, LinkKeys, Participant, Placement, Snapshot, SrtpKeys, link_key};
@@ -322,6 +322,14 @@ pub struct FocusConfig {
     pub drain_grace_ms: u64,
 }
 
+/// Streams `group` participants add to a bridge holding `on` of their conference: each sends
+/// one stream in, gets every other local one, and every local one gets theirs
+/// (`(on + group)^2 - on^2`).
+fn streams(on: usize, group: usize) -> u32 {
+    let (a, b) = (on as u64, (on + group) as u64);
+    (b * b - a * a).min(u64::from(u32::MAX)) as u32
+}
+
 /// Relay key length (AES-128-GCM).
 const LINK_KEY_LEN: usize = 16;
 
@@ -345,6 +353,8 @@ pub struct Focus {
     /// Participants moved off draining bridges so far.
     drain_moves: u64,
     drain_grace_ms: u64,
+    /// Drains are retried from this time on (see [`Focus::tick`]).
+    next_drain_scan_ms: u64,
     max_per_bridge: usize,
     stress_threshold: f64,
     /// Next relay link number for a new conference.
@@ -353,6 +363,9 @@ pub struct Focus {
     downed: Vec<BridgeId>,
     /// Bridges the restored placements use that have not registered since the restart.
     awaiting: HashSet<BridgeId>,
+    /// Bridge -> conference -> its participants there: what a failover or a drain touches,
+    /// without scanning every conference.
+    index: HashMap<BridgeId, HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Focus {
@@ -405,6 +418,16 @@ impl Focus {
             .values()
             .flat_map(|p| p.bridges().into_iter().map(String::from))
             .collect();
+        let mut index: HashMap<BridgeId, HashMap<String, usize>> = HashMap::new();
+        for (c, p) in &conferences {
+            for x in p.participants.values() {
+                *index
+                    .entry(x.bridge.clone())
+                    .or_default()
+                    .entry(c.clone())
+                    .or_default() += 1;
+            }
+        }
         Self {
             fleet,
             conferences,
@@ -419,11 +442,26 @@ impl Focus {
             failovers: 0,
             drain_moves: 0,
             drain_grace_ms: cfg.drain_grace_ms,
+            next_drain_scan_ms: 0,
             max_per_bridge: cfg.max_per_bridge.max(1),
             stress_threshold: cfg.stress_threshold,
             next_link,
             downed: Vec::new(),
             awaiting,
+            index,
+        }
+    }
+
+    /// Counts `delta` participants of `conference` on `bridge` in the index.
+    fn index(&mut self, bridge: &str, conference: &str, delta: isize) {
+        let confs = self.index.entry(bridge.to_string()).or_default();
+        let n = confs.entry(conference.to_string()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            confs.remove(conference);
+            if confs.is_empty() {
+                self.index.remove(bridge);
+            }
         }
     }
 
@@ -449,13 +487,10 @@ impl Focus {
 
     /// Participants per bridge (bridges without any are absent).
     pub fn participants_per_bridge(&self) -> HashMap<&str, usize> {
-        let mut n = HashMap::new();
-        for p in self.conferences.values() {
-            for x in p.participants.values() {
-                *n.entry(x.bridge.as_str()).or_default() += 1;
-            }
-        }
-        n
+        self.index
+            .iter()
+            .map(|(b, confs)| (b.as_str(), confs.values().sum()))
+            .collect()
     }
 
     /// Starts draining `bridge` at `now_ms`: it takes no new conferences or participants, and
@@ -482,7 +517,6 @@ impl Focus {
         if candidates.is_empty() {
             return Vec::new();
         }
-        let used = self.participants_per_bridge();
         let busy: HashSet<&str> = self
             .busy
             .iter()
@@ -491,7 +525,7 @@ impl Focus {
             .collect();
         candidates
             .into_iter()
-            .filter(|b| !used.contains_key(b.id.as_str()) && !busy.contains(b.id.as_str()))
+            .filter(|b| !self.index.contains_key(&b.id) && !busy.contains(b.id.as_str()))
             .filter(|b| !self.awaiting.contains(&b.id))
             .map(|b| b.id.clone())
             .collect()
@@ -618,50 +652,73 @@ impl Focus {
         calls
     }
 
-    /// Where a new participant of `conference` (hosted by `hosting`) from `region` goes, never
-    /// to `exclude`: a bridge of the conference in its region with room; else the best bridge of
-    /// its region (the conference grows); else a bridge of the conference with room; else the
-    /// usual rules. Counts the placement against the bridge.
+    /// Where `group` new participants of `conference` (hosted by `hosting`) from `region` go,
+    /// never to `exclude`: a bridge of the conference in its region with room; else the best
+    /// bridge of its region (the conference grows); else a bridge of the conference with room;
+    /// else (unless `must_fit`) the usual rules. Room means the streams the group adds keep the
+    /// bridge under the stress threshold. Counts the placement against the bridge.
     fn choose(
         &mut self,
         conference: &str,
         region: &str,
         hosting: &[BridgeId],
         exclude: &[&str],
+        group: usize,
+        must_fit: bool,
     ) -> Result<BridgeId, NoBridge> {
         let per = self.fleet.per_participant_pps;
-        let on = |b: &str| {
-            self.conferences
-                .get(conference)
-                .map_or(0, |p| p.on(b).count())
-        };
+        // This conference's participants per bridge, counted once.
+        let mut counts: Vec<(&str, usize)> = Vec::with_capacity(hosting.len());
+        if let Some(p) = self.conferences.get(conference) {
+            for x in p.participants.values() {
+                match counts.iter_mut().find(|(b, _)| *b == x.bridge) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((x.bridge.as_str(), 1)),
+                }
+            }
+        }
+        let on = |b: &str| counts.iter().find(|(x, _)| *x == b).map_or(0, |(_, n)| *n);
         let can_take = |b: &Bridge| {
             b.health == Health::Up
                 && !b.draining
                 && !exclude.contains(&b.id.as_str())
-                && on(&b.id) < self.max_per_bridge
-                && crate::bridges::corrected_stress(b, per) < self.stress_threshold
+                && on(&b.id) + group <= self.max_per_bridge
+                && crate::bridges::corrected_stress(b, per)
+                    + streams(on(&b.id), group) as f64 * per / b.capacity.max(1.0)
+                    < self.stress_threshold
         };
-        let hosts = |b: &Bridge| hosting.contains(&b.id);
-        let pick = |f: &dyn Fn(&Bridge) -> bool| {
-            self.fleet
+        let least = |a: &&Bridge, b: &&Bridge| {
+            crate::bridges::corrected_stress(a, per)
+                .total_cmp(&crate::bridges::corrected_stress(b, per))
+                .then_with(|| a.id.cmp(&b.id))
+        };
+        // The conference's own bridges are few: look them up instead of scanning the fleet.
+        let among_hosts = |f: &dyn Fn(&Bridge) -> bool| {
+            hosting
                 .iter()
+                .filter_map(|h| self.fleet.get(h))
                 .filter(|b| can_take(b) && f(b))
-                .min_by(|a, b| {
-                    crate::bridges::corrected_stress(a, per)
-                        .total_cmp(&crate::bridges::corrected_stress(b, per))
-                        .then_with(|| a.id.cmp(&b.id))
-                })
+                .min_by(least)
                 .map(|b| b.id.clone())
         };
-        let chosen = pick(&|b| hosts(b) && b.region == region)
-            .or_else(|| pick(&|b| !hosts(b) && b.region == region))
-            .or_else(|| pick(&|b| hosts(b)));
+        let chosen = among_hosts(&|b| b.region == region)
+            .or_else(|| {
+                self.fleet
+                    .iter()
+                    .filter(|b| b.region == region && !hosting.contains(&b.id) && can_take(b))
+                    .min_by(least)
+                    .map(|b| b.id.clone())
+            })
+            .or_else(|| among_hosts(&|_| true));
         match chosen {
             Some(id) => {
-                self.fleet.placed(&id);
+                let n = streams(on(&id), group);
+                self.fleet.placed(&id, n);
                 Ok(id)
             }
+            None if must_fit => Err(NoBridge::AllOverloaded(
+                self.fleet.iter().filter(|b| can_take(b)).count(),
+            )),
             None => self.fleet.select(self.strategy.as_ref(), region, exclude),
         }
     }
@@ -809,7 +866,7 @@ impl Focus {
             }
         };
         let created = hosting.is_empty();
-        let bridge = self.choose(&req.conference, &req.region, &hosting, &[])?;
+        let bridge = self.choose(&req.conference, &req.region, &hosting, &[], 1, false)?;
         let grown = !created && !hosting.contains(&bridge);
         let participant = Participant {
             region: req.region,
@@ -1026,9 +1083,12 @@ impl Focus {
             bad.extend(self.awaiting.iter().map(String::as_str));
         }
         // Draining bridges past their grace: their participants move too (make before break).
+        // Only when new load reports may have made room: once per report interval.
+        let drain_scan = now_ms >= self.next_drain_scan_ms;
         let expired: HashSet<&str> = self
             .fleet
             .iter()
+            .filter(|_| drain_scan)
             .filter(|b| {
                 b.draining
                     && b.health != Health::Down
@@ -1036,22 +1096,24 @@ impl Focus {
             })
             .map(|b| b.id.as_str())
             .collect();
+        if !expired.is_empty() {
+            self.next_drain_scan_ms = now_ms + self.fleet.report_interval_ms;
+        }
         bad.extend(expired.iter().copied());
         if bad.is_empty() {
             return Vec::new();
         }
-        // Conferences with participants on them: only those participants move.
-        let stranded: Vec<(String, Vec<BridgeId>, &'static str)> = self
-            .conferences
+        // Conferences with participants on them (found through the index): only those
+        // participants move.
+        let touched: BTreeSet<&String> = bad
             .iter()
-            .filter(|(c, p)| {
-                !self.busy.contains(*c)
-                    && (p
-                        .participants
-                        .values()
-                        .any(|x| bad.contains(x.bridge.as_str()))
-                        || (p.participants.is_empty() && bad.contains(p.bridge.as_str())))
-            })
+            .filter_map(|b| self.index.get(*b))
+            .flat_map(|confs| confs.keys())
+            .filter(|c| !self.busy.contains(*c))
+            .collect();
+        let stranded: Vec<(String, Vec<BridgeId>, &'static str)> = touched
+            .into_iter()
+            .filter_map(|c| self.conferences.get(c).map(|p| (c, p)))
             .map(|(c, p)| {
                 let dead: Vec<BridgeId> = p
                     .bridges()
@@ -1083,8 +1145,18 @@ impl Focus {
                 .map(String::from)
                 .collect();
             let exclude: Vec<&str> = dead.iter().map(String::as_str).collect();
-            match self.choose(&conference, &region, &survivors, &exclude) {
+            // A drain can wait for room; a failover cannot.
+            let group = p
+                .participants
+                .values()
+                .filter(|x| dead.contains(&x.bridge))
+                .count();
+            let must_fit = reason == "drained";
+            match self.choose(&conference, &region, &survivors, &exclude, group, must_fit) {
                 Ok(to) => plans.push(self.move_plan(&conference, &dead, &to, reason)),
+                Err(e) if must_fit => {
+                    tracing::debug!(%conference, ?dead, "drain waits for room: {e}")
+                }
                 Err(e) => {
                     tracing::warn!(%conference, ?dead, "cannot move its participants yet: {e}")
                 }
@@ -1155,7 +1227,6 @@ impl Focus {
                     if_absent: true,
                 },
             ));
-            self.fleet.placed(to);
         }
         self.start(
             Some(conference),
@@ -1283,6 +1354,11 @@ impl Focus {
                     .expect("a joined conference is placed");
                 p.participants
                     .insert(participant_id.clone(), participant.clone());
+                self.index(&participant.bridge, &conference, 1);
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a joined conference is placed");
                 for (pair, keys, _) in links {
                     p.links.insert(pair.clone(), keys.clone());
                     self.changes.push(Change::Linked {
@@ -1336,7 +1412,13 @@ impl Focus {
                     .get_mut(&conference)
                     .expect("a busy conference stays placed");
                 p.participants.remove(&participant_id);
-                if p.participants.is_empty() {
+                let ended = p.participants.is_empty();
+                self.index(&bridge, &conference, -1);
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a busy conference stays placed");
+                if ended {
                     let p = self.conferences.remove(&conference).expect("present");
                     let a = self.announcement(&conference, &p, "ended");
                     self.announcements.push(a);
@@ -1403,13 +1485,22 @@ impl Focus {
                     .get_mut(&conference)
                     .expect("a busy conference stays placed");
                 let mut moved = Vec::new();
+                let mut left = Vec::new();
                 for (id, part) in p.participants.iter_mut() {
                     if from.contains(&part.bridge) {
-                        part.bridge = to.clone();
+                        left.push(std::mem::replace(&mut part.bridge, to.clone()));
                         moved.push((id.clone(), part.clone()));
                     }
                 }
                 let moved_count = moved.len() as u64;
+                for old in left {
+                    self.index(&old, &conference, -1);
+                    self.index(&to, &conference, 1);
+                }
+                let p = self
+                    .conferences
+                    .get_mut(&conference)
+                    .expect("a busy conference stays placed");
                 let stale: Vec<String> = p
                     .links
                     .keys()
@@ -2039,7 +2130,7 @@ mod tests {
             let tidy = c.cleanup.expect("the drained bridge's copy is deleted");
             assert_eq!(shape(&tidy), [format!("delete@{eu}")]);
         }
-        assert!(f.participants_per_bridge().get(eu.as_str()).is_none());
+        assert!(!f.participants_per_bridge().contains_key(eu.as_str()));
         assert!(
             f.take_announcements().iter().all(|a| a.reason == "drained"),
             "announced as drained"

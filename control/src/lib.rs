@@ -7,6 +7,8 @@
 //!   pluggable selection of a bridge.
 //! - [`router`]: sticky conference -> shard routes, HAProxy stick-table style.
 //! - [`store`]: what survives a restart, behind a trait; an append-only log with compaction.
+//! - [`autoscaler`]: HPA arithmetic and the scaler that drains and removes bridges.
+//! - [`sim`]: the cost simulation: focus and autoscaler in virtual time over a day.
 //!
 //! I/O at the edges:
 //! - [`executor`]: runs plans against the bridges' gRPC APIs with a deadline per call.
@@ -23,4 +25,5 @@ pub mod focus;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod sim;
 pub mod store;

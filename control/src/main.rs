@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringbridge_control::api::{FocusService, RegistryService, RouterService};
+use ringbridge_control::autoscaler::HpaConfig;
 use ringbridge_control::cli;
 use ringbridge_control::service::{Config, Control};
+use ringbridge_control::sim::{self, SimConfig};
 use ringbridge_control::store::FileStore;
 use ringbridge_edge::ready::Ready;
 use ringbridge_proto::v1::focus_server::FocusServer;
@@ -42,6 +44,9 @@ struct Cli {
 enum Cmd {
     /// Run the control plane.
     Serve(ServeArgs),
+    /// Run the focus and the autoscaler in virtual time over a day of conferences and report
+    /// bridge-hours saved against a fleet provisioned for the peak.
+    Simulate(SimArgs),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -97,16 +102,191 @@ struct ServeArgs {
     /// Stress at which a bridge counts as full for new participants.
     #[arg(long, default_value_t = 0.8)]
     stress_threshold: f64,
+    /// How long a draining bridge keeps its participants before they are moved, ms.
+    #[arg(long, default_value_t = 300_000)]
+    drain_grace_ms: u64,
+}
+
+/// The autoscaler's settings (Kubernetes HPA semantics), shared by `serve` and `simulate`.
+#[derive(clap::Args, Debug, Clone)]
+struct HpaArgs {
+    /// Target utilization of the serving bridges: (packets in + out) / capacity.
+    #[arg(long, default_value_t = 0.6)]
+    target_utilization: f64,
+    /// No change while utilization / target is within 1 +- this.
+    #[arg(long, default_value_t = 0.1)]
+    tolerance: f64,
+    /// Fewest bridges.
+    #[arg(long, default_value_t = 1)]
+    min_bridges: u32,
+    /// Most bridges.
+    #[arg(long, default_value_t = 100)]
+    max_bridges: u32,
+    /// Scale-up stabilization window, ms (the lowest recommendation in it wins).
+    #[arg(long, default_value_t = 0)]
+    scale_up_window_ms: u64,
+    /// Scale-down stabilization window, ms (the highest recommendation in it wins).
+    #[arg(long, default_value_t = 300_000)]
+    scale_down_window_ms: u64,
+    /// Scale-up policy: at most this percentage more bridges per period...
+    #[arg(long, default_value_t = 100)]
+    scale_up_percent: u32,
+    /// ...or this many more, whichever allows more.
+    #[arg(long, default_value_t = 4)]
+    scale_up_bridges: u32,
+    /// Scale-up policy period, ms.
+    #[arg(long, default_value_t = 15_000)]
+    scale_up_period_ms: u64,
+    /// Scale-down policy: at most this many fewer bridges per period.
+    #[arg(long, default_value_t = 1)]
+    scale_down_bridges: u32,
+    /// Scale-down policy period, ms.
+    #[arg(long, default_value_t = 60_000)]
+    scale_down_period_ms: u64,
+}
+
+impl HpaArgs {
+    fn config(&self) -> anyhow::Result<HpaConfig> {
+        let c = HpaConfig {
+            target: self.target_utilization,
+            tolerance: self.tolerance,
+            min: self.min_bridges,
+            max: self.max_bridges,
+            up_window_ms: self.scale_up_window_ms,
+            down_window_ms: self.scale_down_window_ms,
+            up_percent: self.scale_up_percent,
+            up_bridges: self.scale_up_bridges,
+            up_period_ms: self.scale_up_period_ms,
+            down_bridges: self.scale_down_bridges,
+            down_period_ms: self.scale_down_period_ms,
+        };
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Random seed of the trace.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// Scale the day to about this many participants (default: the 100-1000 users day).
+    #[arg(long)]
+    participants: Option<u64>,
+    /// Extra users of the flash crowd at 13:30.
+    #[arg(long, default_value_t = 300)]
+    flash_users: u32,
+    /// Packets/s (in + out) one bridge carries at stress 1.
+    #[arg(long, default_value_t = 200_000.0)]
+    capacity_pps: f64,
+    /// Packets/s each participant sends.
+    #[arg(long, default_value_t = 100.0)]
+    participant_pps: f64,
+    /// Seconds from asking for a bridge until it reports.
+    #[arg(long, default_value_t = 60)]
+    boot_secs: u64,
+    /// Autoscaler evaluation interval, s.
+    #[arg(long, default_value_t = 15)]
+    eval_secs: u64,
+    /// Drain grace, s.
+    #[arg(long, default_value_t = 300)]
+    drain_grace_secs: u64,
+    /// Write the day as an SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    #[command(flatten)]
+    hpa: HpaArgs,
+}
+
+fn simulate(a: SimArgs, json: bool) -> anyhow::Result<()> {
+    let hpa = a.hpa.config()?;
+    if !(a.capacity_pps > 0.0) {
+        anyhow::bail!("--capacity-pps: must be > 0, got {}", a.capacity_pps);
+    }
+    let target = hpa.target;
+    let cfg = SimConfig {
+        seed: a.seed,
+        duration_s: a.hours.max(1) * 3600,
+        flash_users: a.flash_users,
+        capacity_pps: a.capacity_pps,
+        participant_pps: a.participant_pps,
+        boot_s: a.boot_secs,
+        eval_s: a.eval_secs.max(1),
+        drain_grace_s: a.drain_grace_secs,
+        hpa,
+        ..SimConfig::default()
+    };
+    let r = sim::run(&cfg, a.participants, &mut |h| {
+        eprint!("\rsimulated {h:>2} of {} hours", a.hours.max(1));
+    });
+    eprintln!();
+    if let Some(path) = &a.svg {
+        let title = format!(
+            "ringbridge autoscaler over {} h: {} participants, seed {}",
+            a.hours, r.participants, a.seed
+        );
+        std::fs::write(path, sim::svg(&r, target, &title))
+            .with_context(|| format!("writing --svg {}", path.display()))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "simulated {:.0} h in {:.1} s (wall clock)",
+        r.hours, r.wall_s
+    );
+    println!(
+        "  participants        {:>10} (refused {}, peak at once {})",
+        r.participants, r.refused, r.peak_participants
+    );
+    println!(
+        "  bridge-hours        {:>10.1} with the autoscaler",
+        r.bridge_hours
+    );
+    println!(
+        "  peak fleet          {:>10} bridges -> {:.1} bridge-hours all day",
+        r.peak_bridges, r.peak_bridge_hours
+    );
+    println!("  saved               {:>9.1} %", r.saved * 100.0);
+    println!(
+        "  overload-seconds    {:>10} (highest stress {:.2})",
+        r.overload_seconds, r.max_stress
+    );
+    println!(
+        "  moved by drains     {:>10} participants",
+        r.moved_by_drains
+    );
+    println!(
+        "  bridges             {:>10} started, {} removed, {} scaling decisions",
+        r.started, r.removed, r.decisions
+    );
+    if let Some(p) = &a.svg {
+        println!("  plot                {}", p.display());
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The simulator's focus would log every virtual drain: warnings only, unless asked.
+    let level = if matches!(cli.cmd, Cmd::Simulate(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if let Cmd::Simulate(a) = cli.cmd {
+        return simulate(a, cli.json);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
@@ -114,6 +294,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve(a).await,
+            Cmd::Simulate(_) => unreachable!("runs without a runtime"),
             Cmd::Client(c) => cli::run(&cli.control, cli.json, c).await,
         }
     })
@@ -146,6 +327,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             flush_interval_ms: a.flush_interval_ms.max(1),
             max_per_bridge: a.max_per_bridge.max(1),
             stress_threshold: a.stress_threshold,
+            drain_grace_ms: a.drain_grace_ms,
         },
         Arc::new(store),
         health.clone(),
