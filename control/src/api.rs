@@ -1,10 +1,11 @@
-//! The control plane's gRPC services (Focus, Router, Registry): thin adapters that validate
+//! The control plane's gRPC services (Focus, Router, Registry, Autoscaler): thin adapters that validate
 //! and convert requests, submit them to the [`Control`], and map results to statuses.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::autoscaler_server::Autoscaler as AutoscalerApi;
 use ringbridge_proto::v1::focus_server::Focus;
 use ringbridge_proto::v1::registry_server::Registry;
 use ringbridge_proto::v1::router_server::Router as RouterApi;
@@ -306,6 +307,7 @@ impl Registry for RegistryService {
         _req: Request<pb::ListBridgesRequest>,
     ) -> Result<Response<pb::ListBridgesResponse>, Status> {
         let core = self.0.lock();
+        let participants = core.focus.participants_per_bridge();
         let mut per_bridge = std::collections::HashMap::<&str, u32>::new();
         for p in core.focus.conferences().values() {
             for b in p.bridges() {
@@ -324,8 +326,90 @@ impl Registry for RegistryService {
                 state: b.state().into(),
                 stress: b.stress,
                 conferences: per_bridge.get(b.id.as_str()).copied().unwrap_or(0),
+                participants: participants.get(b.id.as_str()).copied().unwrap_or(0) as u32,
             })
             .collect();
         Ok(Response::new(pb::ListBridgesResponse { bridges }))
+    }
+
+    async fn drain_bridge(
+        &self,
+        req: Request<pb::DrainBridgeRequest>,
+    ) -> Result<Response<pb::DrainBridgeResponse>, Status> {
+        let r = req.into_inner();
+        need("bridge_id", &r.bridge_id)?;
+        let mut core = self.0.lock();
+        core.focus.drain(&r.bridge_id, now_ms()).map_err(status)?;
+        let participants = core
+            .focus
+            .participants_per_bridge()
+            .get(r.bridge_id.as_str())
+            .copied()
+            .unwrap_or(0) as u32;
+        let since = core
+            .focus
+            .fleet()
+            .get(&r.bridge_id)
+            .map_or(0, |b| b.drain_since_ms);
+        let grace_ms = (since + self.0.cfg.drain_grace_ms).saturating_sub(now_ms());
+        Ok(Response::new(pb::DrainBridgeResponse {
+            participants,
+            grace_ms,
+        }))
+    }
+}
+
+/// The Autoscaler service.
+pub struct AutoscalerService(pub Arc<Control>);
+
+/// A decision as the API shows it (wall-clock time).
+pub fn decision_msg(d: &crate::autoscaler::Decision) -> pb::ScalingDecision {
+    pb::ScalingDecision {
+        at_ms: d.sample.now_ms,
+        ready: d.sample.ready,
+        starting: d.sample.starting,
+        metric: d.sample.metric,
+        current: d.current,
+        raw: d.raw,
+        desired: d.desired,
+        reason: d.reason.clone(),
+        stale: d.sample.stale,
+    }
+}
+
+#[tonic::async_trait]
+impl AutoscalerApi for AutoscalerService {
+    async fn get_autoscaler(
+        &self,
+        _req: Request<pb::GetAutoscalerRequest>,
+    ) -> Result<Response<pb::AutoscalerStatus>, Status> {
+        let core = self.0.lock();
+        let Some(scaler) = &core.scaler else {
+            return Ok(Response::new(pb::AutoscalerStatus::default()));
+        };
+        let cfg = scaler.hpa().config();
+        Ok(Response::new(pb::AutoscalerStatus {
+            enabled: true,
+            actuator: self.0.actuator_name().unwrap_or_default().into(),
+            last: scaler.last().map(decision_msg),
+            target_utilization: cfg.target,
+            tolerance: cfg.tolerance,
+            min_bridges: cfg.min,
+            max_bridges: cfg.max,
+            scale_down_window_ms: cfg.down_window_ms,
+            window: scaler
+                .hpa()
+                .window()
+                .map(|(at_ms, bridges)| pb::Recommendation { at_ms, bridges })
+                .collect(),
+            decisions: scaler.history().map(decision_msg).collect(),
+            draining: core
+                .focus
+                .fleet()
+                .iter()
+                .filter(|b| b.draining)
+                .map(|b| b.id.clone())
+                .collect(),
+        }))
     }
 }

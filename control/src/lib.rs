@@ -16,12 +16,14 @@
 //!   monitor (ticks and health probes) and the store flusher.
 //! - [`api`]: the gRPC services; [`metrics`]: Prometheus; [`cli`]: the client commands.
 
+pub mod actuator;
 pub mod api;
 pub mod autoscaler;
 pub mod bridges;
 pub mod cli;
 pub mod executor;
 pub mod focus;
+pub mod kubernetes;
 pub mod metrics;
 pub mod router;
 pub mod service;

@@ -6,16 +6,21 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ringbridge_control::actuator::{Actuator, ProcessActuator, ProcessConfig};
+use ringbridge_control::api::AutoscalerService;
 use ringbridge_control::api::{FocusService, RegistryService, RouterService};
 use ringbridge_control::autoscaler::HpaConfig;
 use ringbridge_control::cli;
+use ringbridge_control::kubernetes::{KubernetesActuator, KubernetesConfig};
 use ringbridge_control::service::{Config, Control};
 use ringbridge_control::sim::{self, SimConfig};
 use ringbridge_control::store::FileStore;
 use ringbridge_edge::ready::Ready;
+use ringbridge_proto::v1::autoscaler_server::AutoscalerServer;
 use ringbridge_proto::v1::focus_server::FocusServer;
 use ringbridge_proto::v1::registry_server::RegistryServer;
 use ringbridge_proto::v1::router_server::RouterServer;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// Largest request the control plane decodes: every limited field at its limit fits easily.
@@ -105,6 +110,53 @@ struct ServeArgs {
     /// How long a draining bridge keeps its participants before they are moved, ms.
     #[arg(long, default_value_t = 300_000)]
     drain_grace_ms: u64,
+    /// Size the bridge fleet on measured traffic: off, process (local ringbridge processes)
+    /// or kubernetes (the replicas of a bridge StatefulSet).
+    #[arg(long, default_value = "off")]
+    autoscale: Autoscale,
+    /// Interval between autoscaler evaluations, ms (the HPA's sync period).
+    #[arg(long, default_value_t = 15_000)]
+    autoscale_interval_ms: u64,
+    #[command(flatten)]
+    hpa: HpaArgs,
+    /// process actuator: the ringbridge binary (default: next to this one).
+    #[arg(long)]
+    bridge_binary: Option<PathBuf>,
+    /// process actuator: region of the bridges it starts.
+    #[arg(long, default_value = "default")]
+    bridge_region: String,
+    /// process actuator: packets/s (in + out) at which its bridges report stress 1.
+    #[arg(long, default_value_t = 200_000.0)]
+    bridge_capacity_pps: f64,
+    /// process actuator: ids of its bridges are this prefix, a dash and a counter.
+    #[arg(long, default_value = "auto")]
+    bridge_id_prefix: String,
+    /// process actuator: one more argument for each bridge (repeat it), e.g.
+    /// --bridge-arg=--engine --bridge-arg=mio.
+    #[arg(long, allow_hyphen_values = true)]
+    bridge_arg: Vec<String>,
+    /// kubernetes actuator: namespace of the bridge StatefulSet.
+    #[arg(long, default_value = "default")]
+    k8s_namespace: String,
+    /// kubernetes actuator: name of the bridge StatefulSet (pods are NAME-0, NAME-1, ...; each
+    /// registers with its pod name as bridge id).
+    #[arg(long, default_value = "ringbridge")]
+    k8s_statefulset: String,
+    /// kubernetes actuator: API server URL (default: in-cluster service account, else the
+    /// kubeconfig).
+    #[arg(long)]
+    k8s_api: Option<String>,
+}
+
+/// Which actuator the autoscaler drives.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Autoscale {
+    /// No autoscaler.
+    Off,
+    /// Local ringbridge processes.
+    Process,
+    /// A Kubernetes StatefulSet's scale subresource.
+    Kubernetes,
 }
 
 /// The autoscaler's settings (Kubernetes HPA semantics), shared by `serve` and `simulate`.
@@ -203,7 +255,7 @@ struct SimArgs {
 
 fn simulate(a: SimArgs, json: bool) -> anyhow::Result<()> {
     let hpa = a.hpa.config()?;
-    if !(a.capacity_pps > 0.0) {
+    if a.capacity_pps.is_nan() || a.capacity_pps <= 0.0 {
         anyhow::bail!("--capacity-pps: must be > 0, got {}", a.capacity_pps);
     }
     let target = hpa.target;
@@ -301,6 +353,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // Bad settings stop here, naming the flag, before anything binds.
+    let hpa = a.hpa.config()?;
+    if a.autoscale_interval_ms == 0 {
+        anyhow::bail!("--autoscale-interval-ms: must be > 0");
+    }
+    if a.bridge_capacity_pps.is_nan() || a.bridge_capacity_pps < 1.0 {
+        anyhow::bail!(
+            "--bridge-capacity-pps: must be >= 1, got {}",
+            a.bridge_capacity_pps
+        );
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
@@ -328,12 +391,43 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             max_per_bridge: a.max_per_bridge.max(1),
             stress_threshold: a.stress_threshold,
             drain_grace_ms: a.drain_grace_ms,
+            autoscale: (a.autoscale != Autoscale::Off).then_some(hpa),
+            autoscale_interval_ms: a.autoscale_interval_ms.max(10),
         },
         Arc::new(store),
         health.clone(),
     )
     .with_context(|| format!("loading state from --data-dir {}", a.data_dir.display()))?;
     let monitor = tokio::spawn(control.clone().monitor());
+    let actuator: Option<Arc<dyn Actuator>> = match a.autoscale {
+        Autoscale::Off => None,
+        Autoscale::Process => {
+            let binary = match &a.bridge_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?.with_file_name("ringbridge"),
+            };
+            Some(Arc::new(ProcessActuator::new(ProcessConfig {
+                binary,
+                control_url: format!("http://{listen}"),
+                region: a.bridge_region.clone(),
+                capacity_pps: a.bridge_capacity_pps,
+                id_prefix: a.bridge_id_prefix.clone(),
+                extra_args: a.bridge_arg.clone(),
+                boot_timeout: Duration::from_secs(30),
+                stop_timeout: Duration::from_secs(10),
+            })?))
+        }
+        Autoscale::Kubernetes => Some(Arc::new(
+            KubernetesActuator::connect(KubernetesConfig {
+                namespace: a.k8s_namespace.clone(),
+                statefulset: a.k8s_statefulset.clone(),
+                api_url: a.k8s_api.clone(),
+                timeout: Duration::from_secs(10),
+            })
+            .await?,
+        )),
+    };
+    let autoscaler = actuator.map(|act| tokio::spawn(control.clone().autoscale(act)));
     let flusher = tokio::spawn(control.clone().flusher());
     let mut metrics_addr = None;
     if let Some(m) = a.metrics {
@@ -352,12 +446,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     health
         .set_serving::<RegistryServer<RegistryService>>()
         .await;
+    health
+        .set_serving::<AutoscalerServer<AutoscalerService>>()
+        .await;
     println!(
         "{}",
         Ready::new("ringbridge-control")
             .field("listen", listen)
             .field("shard", &a.shard_id)
             .field("data_dir", a.data_dir.display())
+            .field("autoscale", format!("{:?}", a.autoscale).to_lowercase())
             .field_opt("metrics", metrics_addr)
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -374,6 +472,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .add_service(
                 RegistryServer::new(RegistryService(control.clone()))
                     .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                AutoscalerServer::new(AutoscalerService(control.clone()))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
             ),
         listener,
         async {
@@ -384,6 +486,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // No failover decisions while stopping.
     monitor.abort();
     flusher.abort();
+    if let Some(a) = autoscaler {
+        a.abort();
+    }
     let saved = control.flush().await;
     let _ = stop_tx.send(());
     // Long-lived watch streams would hold a graceful stop open: give calls a moment, then go.

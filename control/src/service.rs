@@ -3,14 +3,17 @@
 //! plans, the monitor (periodic focus tick, route expiry and a health probe of every bridge with
 //! a deadline), and the flusher that appends committed changes to the [`Store`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringbridge_proto::v1 as pb;
 use tokio::sync::{Notify, broadcast};
 use tonic::Status;
 
+use crate::actuator::Actuator;
+use crate::autoscaler::{Action, HpaConfig, Scaler};
 use crate::bridges::Health;
 use crate::executor::Executor;
 use crate::focus::{Announcement, CallError, Completion, Focus, FocusConfig, FocusError, Plan};
@@ -49,6 +52,10 @@ pub struct Config {
     pub stress_threshold: f64,
     /// How long a draining bridge keeps its participants before they are moved, ms.
     pub drain_grace_ms: u64,
+    /// The autoscaler's settings; `None`: the fleet is whatever registers.
+    pub autoscale: Option<HpaConfig>,
+    /// Interval between autoscaler evaluations, ms.
+    pub autoscale_interval_ms: u64,
 }
 
 /// Wall-clock milliseconds (routes persist their last use across restarts).
@@ -65,6 +72,8 @@ pub struct Core {
     pub focus: Focus,
     /// Conference -> shard routes.
     pub router: Router,
+    /// The autoscaler, when enabled.
+    pub scaler: Option<Scaler>,
 }
 
 /// The control plane shared by the gRPC services, the monitor and the flusher.
@@ -82,6 +91,12 @@ pub struct Control {
     pub cfg: Config,
     /// Participants placed since start.
     pub placements_total: AtomicU64,
+    /// The autoscaler's actuator, once it runs.
+    actuator: OnceLock<Arc<dyn Actuator>>,
+    /// Scaling decisions that added bridges, and that drained one.
+    pub scale_ups: AtomicU64,
+    /// Scaling decisions that drained bridges.
+    pub scale_downs: AtomicU64,
 }
 
 /// The gRPC status for a focus error.
@@ -160,7 +175,11 @@ impl Control {
         );
         let (events, _) = broadcast::channel(4096);
         Ok(Arc::new(Self {
-            core: Mutex::new(Core { focus, router }),
+            core: Mutex::new(Core {
+                focus,
+                router,
+                scaler: cfg.autoscale.clone().map(Scaler::new),
+            }),
             executor: Executor::new(Duration::from_millis(cfg.bridge_timeout_ms)),
             events,
             idle: Notify::new(),
@@ -169,6 +188,9 @@ impl Control {
             health,
             cfg,
             placements_total: AtomicU64::new(0),
+            actuator: OnceLock::new(),
+            scale_ups: AtomicU64::new(0),
+            scale_downs: AtomicU64::new(0),
         }))
     }
 
@@ -424,6 +446,100 @@ impl Control {
                 Err(e) => tracing::warn!(%bridge, "cannot list its conferences to reconcile: {e}"),
             }
         });
+    }
+
+    /// The actuator's name while the autoscaler runs.
+    pub fn actuator_name(&self) -> Option<&'static str> {
+        self.actuator.get().map(|a| a.name())
+    }
+
+    /// Evaluates the autoscaler every interval and has `actuator` start and stop bridges,
+    /// until the task is dropped. No lock is held while the actuator works.
+    pub async fn autoscale(self: Arc<Self>, actuator: Arc<dyn Actuator>) {
+        let _ = self.actuator.set(actuator.clone());
+        let every = Duration::from_millis(self.cfg.autoscale_interval_ms.max(10));
+        // Drained bridges this actuator does not run: said once, left in the fleet as draining.
+        let mut not_ours: HashSet<String> = HashSet::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let eval = {
+                let mut core = self.lock();
+                let Core { focus, scaler, .. } = &mut *core;
+                let Some(scaler) = scaler.as_mut() else {
+                    return;
+                };
+                let registered: HashSet<String> =
+                    focus.fleet().iter().map(|b| b.id.clone()).collect();
+                let booting = actuator.booting(&registered);
+                scaler.evaluate(focus, booting, &|b| actuator.removable(b), now_ms())
+            };
+            let d = &eval.decision;
+            if d.desired != d.current {
+                if d.desired > d.current {
+                    self.scale_ups.fetch_add(1, Relaxed);
+                } else {
+                    self.scale_downs.fetch_add(1, Relaxed);
+                }
+                tracing::info!(
+                    ready = d.sample.ready,
+                    starting = d.sample.starting,
+                    metric = format!("{:.3}", d.sample.metric),
+                    current = d.current,
+                    raw = d.raw,
+                    desired = d.desired,
+                    drained = ?eval.drained,
+                    "autoscaler: {}",
+                    d.reason
+                );
+            } else {
+                tracing::debug!(current = d.current, "autoscaler: {}", d.reason);
+            }
+            for a in eval.actions {
+                match a {
+                    Action::Start(n) => {
+                        match tokio::time::timeout(Duration::from_secs(30), actuator.start(n)).await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!("autoscaler: starting {n} bridges: {e:#}"),
+                            Err(_) => tracing::warn!("autoscaler: starting {n} bridges timed out"),
+                        }
+                    }
+                    Action::Remove(id) => {
+                        if not_ours.contains(&id) {
+                            continue;
+                        }
+                        let stopped =
+                            tokio::time::timeout(Duration::from_secs(30), actuator.remove(&id))
+                                .await;
+                        let mut core = self.lock();
+                        let down = core
+                            .focus
+                            .fleet()
+                            .get(&id)
+                            .is_some_and(|b| b.health == Health::Down);
+                        match stopped {
+                            Ok(Ok(true)) => {
+                                core.focus.forget(&id);
+                                tracing::info!(bridge = %id, "autoscaler: drained bridge removed");
+                            }
+                            Ok(Ok(false)) if down => {
+                                core.focus.forget(&id);
+                            }
+                            Ok(Ok(false)) => {
+                                tracing::info!(bridge = %id, "drained and empty; not started by the {} actuator: stop it yourself", actuator.name());
+                                not_ours.insert(id);
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(bridge = %id, "autoscaler: removing: {e:#}")
+                            }
+                            Err(_) => {
+                                tracing::warn!(bridge = %id, "autoscaler: removing timed out")
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Participants placed, for metrics.
