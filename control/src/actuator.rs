@@ -2,7 +2,8 @@
 //! actuator carries it out.
 //!
 //! - [`ProcessActuator`] (the embedded default): local `ringbridge` processes on free loopback
-//!   ports that register with this control plane.
+//!   ports that register with this control plane. They are its children and stop with it
+//!   (`--exit-with-parent`); their logs go to the data directory.
 //! - [`crate::kubernetes::KubernetesActuator`]: the replica count of a bridge StatefulSet.
 //!
 //! [`Scaler`]: crate::autoscaler::Scaler
@@ -51,6 +52,8 @@ pub struct ProcessConfig {
     pub boot_timeout: Duration,
     /// How long a stopped bridge gets to exit on SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// Each bridge's log goes to `ID.log` here (none: discarded).
+    pub log_dir: Option<PathBuf>,
 }
 
 struct Running {
@@ -113,6 +116,7 @@ impl ProcessActuator {
             "127.0.0.1:0",
             "--api",
             "127.0.0.1:0",
+            "--exit-with-parent",
         ])
         .args(&self.cfg.extra_args)
         .env(
@@ -121,6 +125,12 @@ impl ProcessActuator {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(match &self.cfg.log_dir {
+            Some(dir) => std::fs::File::create(dir.join(format!("{id}.log")))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        })
         .kill_on_drop(true);
         let child = cmd
             .spawn()

@@ -1,7 +1,9 @@
-//! The `ringbridge-control` client commands (join, leave, route, conferences, bridges), so a
+//! The `ringbridge-control` client commands (join, leave, route, conferences, bridges, drain,
+//! autoscaler), so a
 //! person needs no gRPC tooling. Human output by default, JSON with `--json`.
 
 use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::autoscaler_client::AutoscalerClient;
 use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::registry_client::RegistryClient;
 use ringbridge_proto::v1::router_client::RouterClient;
@@ -57,6 +59,15 @@ pub enum Command {
     Conferences,
     /// Registered bridges and their state.
     Bridges,
+    /// Drain a bridge: no new conferences or participants; after the drain grace the ones
+    /// still there move; the autoscaler stops it when empty.
+    Drain {
+        /// Bridge id.
+        bridge: String,
+    },
+    /// The autoscaler: current and desired bridges, the metric, the scale-down window and
+    /// recent decisions with their reasons.
+    Autoscaler,
 }
 
 /// Runs `cmd` against the control plane at `url`; prints the result.
@@ -178,21 +189,102 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                 .await?
                 .into_inner();
             let mut text = format!(
-                "{:<16} {:<10} {:<9} {:>7} {:>6} media\n",
-                "bridge", "region", "state", "stress", "confs"
+                "{:<16} {:<10} {:<9} {:>7} {:>6} {:>7} media\n",
+                "bridge", "region", "state", "stress", "confs", "people"
             );
             for b in &r.bridges {
                 text += &format!(
-                    "{:<16} {:<10} {:<9} {:>7.3} {:>6} {}\n",
-                    b.bridge_id, b.region, b.state, b.stress, b.conferences, b.media_addr
+                    "{:<16} {:<10} {:<9} {:>7.3} {:>6} {:>7} {}\n",
+                    b.bridge_id,
+                    b.region,
+                    b.state,
+                    b.stress,
+                    b.conferences,
+                    b.participants,
+                    b.media_addr
                 );
             }
             let j: Vec<_> = r
                 .bridges
                 .iter()
-                .map(|b| json!({"bridge_id": b.bridge_id, "region": b.region, "state": b.state, "stress": b.stress, "conferences": b.conferences, "media_addr": b.media_addr, "api_addr": b.api_addr}))
+                .map(|b| json!({"bridge_id": b.bridge_id, "region": b.region, "state": b.state, "stress": b.stress, "conferences": b.conferences, "participants": b.participants, "media_addr": b.media_addr, "api_addr": b.api_addr}))
                 .collect();
             (json!(j), text.trim_end().to_string())
+        }
+        Command::Drain { bridge } => {
+            let r = RegistryClient::new(ch)
+                .drain_bridge(pb::DrainBridgeRequest {
+                    bridge_id: bridge.clone(),
+                })
+                .await?
+                .into_inner();
+            (
+                json!({"bridge_id": bridge, "participants": r.participants, "grace_ms": r.grace_ms}),
+                format!(
+                    "{bridge} draining: {} participants, moved in {:.1} s if still there",
+                    r.participants,
+                    r.grace_ms as f64 / 1000.0
+                ),
+            )
+        }
+        Command::Autoscaler => {
+            let s = AutoscalerClient::new(ch)
+                .get_autoscaler(pb::GetAutoscalerRequest {})
+                .await?
+                .into_inner();
+            let d = |d: &pb::ScalingDecision| {
+                json!({"at_ms": d.at_ms, "ready": d.ready, "starting": d.starting, "metric": d.metric,
+                       "current": d.current, "raw": d.raw, "desired": d.desired, "reason": d.reason, "stale": d.stale})
+            };
+            let j = json!({
+                "enabled": s.enabled, "actuator": s.actuator, "last": s.last.as_ref().map(d),
+                "target_utilization": s.target_utilization, "tolerance": s.tolerance,
+                "min_bridges": s.min_bridges, "max_bridges": s.max_bridges,
+                "scale_down_window_ms": s.scale_down_window_ms,
+                "window": s.window.iter().map(|r| json!({"at_ms": r.at_ms, "bridges": r.bridges})).collect::<Vec<_>>(),
+                "decisions": s.decisions.iter().map(d).collect::<Vec<_>>(),
+                "draining": s.draining,
+            });
+            let text = if !s.enabled {
+                "autoscaler off (serve --autoscale process|kubernetes)".to_string()
+            } else {
+                let mut t = format!(
+                    "actuator {}  target {:.2} +- {:.0} %  bridges {}..={}  scale-down window {} s\n",
+                    s.actuator,
+                    s.target_utilization,
+                    s.tolerance * 100.0,
+                    s.min_bridges,
+                    s.max_bridges,
+                    s.scale_down_window_ms / 1000
+                );
+                if let Some(l) = &s.last {
+                    t += &format!(
+                        "now: {} ready + {} starting = {} current, metric {:.3}, desired {}: {}\n",
+                        l.ready, l.starting, l.current, l.metric, l.desired, l.reason
+                    );
+                }
+                let newest = s.window.last().map_or(0, |r| r.at_ms);
+                let recs: Vec<String> = s
+                    .window
+                    .iter()
+                    .rev()
+                    .take(12)
+                    .map(|r| format!("{}@-{:.0}s", r.bridges, (newest - r.at_ms) as f64 / 1000.0))
+                    .collect();
+                t += &format!("window (newest first): {}\n", recs.join(" "));
+                if !s.draining.is_empty() {
+                    t += &format!("draining: {}\n", s.draining.join(", "));
+                }
+                t += "recent decisions:\n";
+                for x in s.decisions.iter().rev() {
+                    t += &format!(
+                        "  {} -> {} (metric {:.3}, {} ready, {} starting): {}\n",
+                        x.current, x.desired, x.metric, x.ready, x.starting, x.reason
+                    );
+                }
+                t
+            };
+            (j, text.trim_end().to_string())
         }
     };
     if json_out {

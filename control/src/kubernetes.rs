@@ -155,7 +155,10 @@ mod tests {
 
     /// A local HTTP server that answers the StatefulSet scale endpoints like an API server and
     /// records (method, path, body) of each request.
-    fn api_server(replicas: u32) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {
+    /// (method, path, body) of each request the fake API server saw.
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    fn api_server(replicas: u32) -> (String, Seen) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -48,7 +48,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the control plane.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the focus and the autoscaler in virtual time over a day of conferences and report
     /// bridge-hours saved against a fleet provisioned for the peak.
     Simulate(SimArgs),
@@ -345,7 +345,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Serve(a) => serve(a).await,
+            Cmd::Serve(a) => serve(*a).await,
             Cmd::Simulate(_) => unreachable!("runs without a runtime"),
             Cmd::Client(c) => cli::run(&cli.control, cli.json, c).await,
         }
@@ -415,6 +415,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 extra_args: a.bridge_arg.clone(),
                 boot_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(10),
+                log_dir: {
+                    let d = a.data_dir.join("bridges");
+                    std::fs::create_dir_all(&d).ok().map(|_| d)
+                },
             })?))
         }
         Autoscale::Kubernetes => Some(Arc::new(

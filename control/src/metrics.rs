@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use ringbridge_edge::metrics::{Registry, counter, gauge, labelled_gauges};
+use std::sync::atomic::Ordering::Relaxed;
+
+use ringbridge_edge::metrics::{Registry, counter, gauge, labelled_counters, labelled_gauges};
 
 use crate::service::Control;
 
@@ -41,6 +43,53 @@ pub fn render(c: &Arc<Control>, r: &mut Registry) {
         "Conferences moved off failed bridges.",
         f.failovers(),
     );
+    counter(
+        r,
+        "ringbridge_control_drain_moves",
+        "Participants moved off draining bridges.",
+        f.drain_moves(),
+    );
+    if let Some(d) = core.scaler.as_ref().and_then(|s| s.last()) {
+        for (name, help, v) in [
+            (
+                "ringbridge_autoscaler_current_bridges",
+                "Bridges counted as current (ready + starting) at the last evaluation.",
+                f64::from(d.current),
+            ),
+            (
+                "ringbridge_autoscaler_desired_bridges",
+                "Bridges the last evaluation wanted.",
+                f64::from(d.desired),
+            ),
+            (
+                "ringbridge_autoscaler_ready_bridges",
+                "Bridges up, reporting and not draining.",
+                f64::from(d.sample.ready),
+            ),
+            (
+                "ringbridge_autoscaler_starting_bridges",
+                "Bridges asked for that have not reported yet.",
+                f64::from(d.sample.starting),
+            ),
+            (
+                "ringbridge_autoscaler_utilization",
+                "Reported packets in + out over capacity of the ready bridges.",
+                d.sample.metric,
+            ),
+        ] {
+            gauge(r, name, help, v);
+        }
+        labelled_counters(
+            r,
+            "ringbridge_autoscaler_decisions",
+            "Scaling decisions that changed the fleet.",
+            "direction",
+            [
+                ("up", c.scale_ups.load(Relaxed)),
+                ("down", c.scale_downs.load(Relaxed)),
+            ],
+        );
+    }
     let states = ["up", "suspect", "down", "draining"];
     labelled_gauges(
         r,

@@ -1,8 +1,10 @@
 //! The bridge's side of the control plane (`--control URL`): register with the Registry, then
 //! report load every interval; register again when the control plane does not know us (it
-//! restarted, or declared us down).
+//! restarted, or declared us down). On SIGTERM the bridge drains: its reports say so at once,
+//! the control plane sends it nothing new and moves what is left after its grace.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ringbridge_proto::v1 as pb;
@@ -27,6 +29,28 @@ pub struct Agent {
     pub api_addr: String,
     /// The media address to announce.
     pub media_addr: String,
+    /// Set when the bridge drains.
+    pub drain: Arc<Drain>,
+}
+
+/// The bridge's drain state, shared by the shutdown path and the agent.
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Drain {
+    /// Starts draining: the next report (sent now) says so.
+    pub fn start(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether the bridge drains.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 impl Agent {
@@ -66,7 +90,10 @@ impl Agent {
                     Err(e) => tracing::warn!("registering with {}: {}", self.control, e.message()),
                 }
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.drain.wake.notified() => {}
+            }
             if !registered {
                 continue;
             }
@@ -88,7 +115,7 @@ impl Agent {
                 conferences,
                 endpoints,
                 stress: (rx_pps + tx_pps) / self.capacity_pps.max(1.0),
-                draining: false,
+                draining: self.drain.is_draining(),
             };
             last = now;
             match client.report_load(report).await {

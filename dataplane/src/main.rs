@@ -66,6 +66,15 @@ struct BridgeArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// With --control, SIGTERM drains: the bridge reports draining and exits once its
+    /// endpoints have left or been moved, or after this many seconds (a second signal exits
+    /// at once).
+    #[arg(long, default_value_t = 360)]
+    drain_timeout_secs: u64,
+    /// Stop (SIGKILL) when the process that started this bridge exits: the control plane's
+    /// process actuator sets it, so its bridges never outlive it.
+    #[arg(long)]
+    exit_with_parent: bool,
     /// Most endpoints over all conferences (AddEndpoint beyond it: RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 1_000_000, global = true)]
     max_endpoints: usize,
@@ -85,6 +94,39 @@ enum Cmd {
     },
 }
 
+/// Drains (reports draining, takes nothing new) until no endpoint is left, `timeout` passes or
+/// a second signal arrives.
+async fn drain_then_stop(
+    d: &agent::Drain,
+    publisher: &ringbridge_dataplane::publish::Publisher,
+    timeout: std::time::Duration,
+) {
+    d.start();
+    let until = tokio::time::Instant::now() + timeout;
+    tracing::info!(
+        endpoints = publisher.counts().1,
+        "draining: waiting for endpoints to leave or be moved (at most {} s; signal again to stop now)",
+        timeout.as_secs()
+    );
+    let second = ringbridge_edge::shutdown::signal();
+    tokio::pin!(second);
+    loop {
+        let (_, endpoints) = publisher.counts();
+        if endpoints == 0 {
+            tracing::info!("drained: no endpoint left");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = &mut second => return,
+            _ = tokio::time::sleep_until(until) => {
+                tracing::warn!(endpoints, "drain timed out: stopping with endpoints left");
+                return;
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -94,6 +136,16 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let a = cli.bridge;
+    if a.exit_with_parent {
+        use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+        let parent = getppid();
+        set_parent_process_death_signal(Some(Signal::KILL))
+            .context("--exit-with-parent: prctl(PR_SET_PDEATHSIG)")?;
+        // The parent may have gone before the call: then we were reparented already.
+        if getppid() != parent {
+            anyhow::bail!("--exit-with-parent: the parent process is gone");
+        }
+    }
     let config = bridge::Config {
         media: a.media,
         api: a.api,
@@ -125,6 +177,8 @@ fn main() -> anyhow::Result<()> {
         match cli.cmd {
             None => {
                 let running = bridge::start(config).await?;
+                let drain = std::sync::Arc::new(agent::Drain::default());
+                let draining = a.control.is_some().then(|| drain.clone());
                 if let Some(control) = a.control {
                     let agent = agent::Agent {
                         control,
@@ -135,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                         capacity_pps: a.capacity_pps,
                         api_addr: running.api.to_string(),
                         media_addr: running.advertise.to_string(),
+                        drain,
                     };
                     tokio::spawn(agent.run(running.publisher()));
                 }
@@ -167,7 +222,16 @@ fn main() -> anyhow::Result<()> {
                         .field("workers", running.workers)
                         .field_opt("metrics", metrics_addr)
                 );
-                running.serve(ringbridge_edge::shutdown::signal()).await
+                let publisher = running.publisher();
+                let timeout = std::time::Duration::from_secs(a.drain_timeout_secs);
+                running
+                    .serve(async move {
+                        ringbridge_edge::shutdown::signal().await;
+                        if let Some(d) = draining {
+                            drain_then_stop(&d, &publisher, timeout).await;
+                        }
+                    })
+                    .await
             }
             Some(Cmd::Demo { packets }) => demo::run(config, packets).await,
         }

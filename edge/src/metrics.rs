@@ -92,6 +92,25 @@ pub fn labelled_gauges<'a>(
     registry.register(name, self::help(help), family);
 }
 
+/// A counter family labelled by one label (`_total` is appended to `name` by the encoder).
+pub fn labelled_counters<'a>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    let family = Family::<Vec<(String, Escaped)>, Counter>::default();
+    for (v, x) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), Escaped(v.to_string()))])
+            .inc_by(x);
+    }
+    registry.register(name, self::help(help), family);
+}
+
 /// A gauge without labels.
 pub fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
     use prometheus_client::metrics::gauge::ConstGauge;
