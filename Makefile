@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain
+.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain sim
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand).
 toolchain:
@@ -20,6 +20,18 @@ run: build
 	RUST_LOG=$${RUST_LOG:-warn} ./target/release/ringbridge --media 127.0.0.1:0 --api 127.0.0.1:0 demo
 	@echo; echo "=== control plane ==="
 	bash control/scripts/demo.sh
+	@echo; echo "=== autoscaler ==="
+	bash control/scripts/autoscale-demo.sh
+	@echo; echo "=== cost simulation (24 h in virtual time) ==="
+	./target/release/ringbridge-control simulate --svg /tmp/ringbridge-day.svg
+
+## The autoscaler's cost simulation: default day and a 1 000 000-participant day ->
+## perf/results/sim-<date>.{json,svg}
+sim: toolchain
+	$(CARGO) build --release -p ringbridge-control
+	./target/release/ringbridge-control --json simulate --svg perf/results/sim-$(shell date +%F)-day.svg > perf/results/sim-$(shell date +%F)-day.json
+	./target/release/ringbridge-control --json simulate --participants 1000000 --max-bridges 5000 --svg perf/results/sim-$(shell date +%F)-1m.svg > perf/results/sim-$(shell date +%F)-1m.json
+	@cat perf/results/sim-$(shell date +%F)-day.json
 
 ## Python venv with pylibsrtp for the SRTP interop test (python3-venv via apt-get if missing).
 VENV := .venv

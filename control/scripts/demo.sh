@@ -9,7 +9,7 @@ bin=${BIN:-target/release}
 data=$(mktemp -d)
 pids=()
 cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
+  kill -INT "${pids[@]}" 2>/dev/null || true # INT: bridges stop at once (TERM would drain)
   kill -CONT "${pids[@]}" 2>/dev/null || true # a stopped process acts on SIGTERM only once continued
   wait 2>/dev/null || true
   rm -rf "$data"

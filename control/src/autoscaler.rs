@@ -222,7 +222,7 @@ impl Hpa {
                 )
             };
             (d, r)
-        } else {
+        } else if (ratio - 1.0).abs() <= c.tolerance {
             (
                 current,
                 format!(
@@ -230,6 +230,14 @@ impl Hpa {
                     s.metric,
                     c.tolerance * 100.0,
                     c.target
+                ),
+            )
+        } else {
+            (
+                current,
+                format!(
+                    "metric {:.3} against target {:.3}: {raw} wanted, as many as now",
+                    s.metric, c.target
                 ),
             )
         };

@@ -709,7 +709,14 @@ impl Focus {
                     .min_by(least)
                     .map(|b| b.id.clone())
             })
-            .or_else(|| among_hosts(&|_| true));
+            .or_else(|| among_hosts(&|_| true))
+            .or_else(|| {
+                // A drain must fit, but any region will do.
+                must_fit
+                    .then(|| self.fleet.iter().filter(|b| can_take(b)).min_by(least))
+                    .flatten()
+                    .map(|b| b.id.clone())
+            });
         match chosen {
             Some(id) => {
                 let n = streams(on(&id), group);

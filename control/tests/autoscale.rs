@@ -338,3 +338,65 @@ async fn bad_autoscaler_flags_name_the_flag_and_an_unknown_drain_is_not_found() 
         .into_inner();
     assert!(!s.enabled);
 }
+
+#[tokio::test]
+async fn a_bridge_on_sigterm_drains_its_participants_move_and_it_exits_when_empty() {
+    let data = data_dir("sigterm-drain");
+    let control = control_with(
+        &data,
+        "127.0.0.1:0",
+        &["--report-interval-ms", "200", "--drain-grace-ms", "500"],
+    );
+    let url = format!("http://{}", control.field("listen"));
+    let mut x = bridge(&url, "x", "eu");
+    wait_bridges(&url, 1).await;
+    let mut focus = FocusClient::new(channel(&url).await);
+    let p: Vec<Party> = (21..=22).map(Party::new).collect();
+    for (i, q) in p.iter().enumerate() {
+        let r = focus
+            .join(q.join("c", &format!("p{i}"), "eu"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.bridge_id, "x");
+    }
+    let _y = bridge(&url, "y", "eu");
+    wait_bridges(&url, 2).await;
+    let mut w = watch(&mut focus, "c").await;
+    assert_eq!(w.message().await.unwrap().unwrap().reason, "current");
+    signal(&x.child, "TERM");
+    // It reports draining at once: nothing new goes there.
+    wait_for(&url, "x draining", |b| {
+        b.iter().any(|b| b.bridge_id == "x" && b.state == "draining")
+    })
+    .await;
+    let n = focus
+        .join(Party::new(23).join("new", "n1", "eu"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.bridge_id, "y", "a draining bridge gets no new conference");
+    // After the grace its participants move (announced), then it exits by itself.
+    let moved = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = w.message().await.unwrap().unwrap();
+            if m.reason == "drained" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("moved off the draining bridge");
+    assert_eq!(moved.bridges.len(), 1);
+    assert_eq!(moved.bridges[0].bridge_id, "y");
+    assert!(flows(&p[0], &p[1], &moved.bridges[0].media_addr, 7));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = x.child.try_wait().unwrap() {
+            assert!(status.success(), "drained bridge exits cleanly: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drained bridge never exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

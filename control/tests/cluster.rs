@@ -102,7 +102,7 @@ async fn placement_failover_and_restart() {
         (current.bridge_id.as_str(), current.reason.as_str()),
         (ja.bridge_id.as_str(), "current")
     );
-    eu[dead].stop();
+    eu[dead].kill();
     let moved = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .expect("failover announced")

@@ -68,7 +68,7 @@ struct BridgeArgs {
     metrics: Option<SocketAddr>,
     /// With --control, SIGTERM drains: the bridge reports draining and exits once its
     /// endpoints have left or been moved, or after this many seconds (a second signal exits
-    /// at once).
+    /// at once). SIGINT (Ctrl-C) stops at once.
     #[arg(long, default_value_t = 360)]
     drain_timeout_secs: u64,
     /// Stop (SIGKILL) when the process that started this bridge exits: the control plane's
@@ -226,8 +226,11 @@ fn main() -> anyhow::Result<()> {
                 let timeout = std::time::Duration::from_secs(a.drain_timeout_secs);
                 running
                     .serve(async move {
-                        ringbridge_edge::shutdown::signal().await;
-                        if let Some(d) = draining {
+                        let sig = ringbridge_edge::shutdown::stop_signal().await;
+                        // SIGTERM drains (an orchestrator stopping us); Ctrl-C stops now.
+                        if let (Some(d), ringbridge_edge::shutdown::Stop::Terminate) =
+                            (draining, sig)
+                        {
                             drain_then_stop(&d, &publisher, timeout).await;
                         }
                     })

@@ -80,7 +80,7 @@ impl Proc {
     }
 
     pub fn stop(&mut self) {
-        // SIGTERM lets the control plane save its state; bridges just die.
+        // SIGTERM lets the control plane save its state (a bridge with --control would drain).
         signal(&self.child, "TERM");
         let _ = self.child.wait();
     }
