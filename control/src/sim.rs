@@ -575,7 +575,7 @@ pub fn svg(r: &Report, target: f64, title: &str) -> String {
             Box::new(|p: &Point| p.running as f64),
         ),
         (
-            "bridges serving",
+            "capacity (bridges serving)",
             "#ff9896",
             Box::new(|p: &Point| p.serving as f64),
         ),

@@ -367,7 +367,8 @@ async fn a_bridge_on_sigterm_drains_its_participants_move_and_it_exits_when_empt
     signal(&x.child, "TERM");
     // It reports draining at once: nothing new goes there.
     wait_for(&url, "x draining", |b| {
-        b.iter().any(|b| b.bridge_id == "x" && b.state == "draining")
+        b.iter()
+            .any(|b| b.bridge_id == "x" && b.state == "draining")
     })
     .await;
     let n = focus
