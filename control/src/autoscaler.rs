@@ -166,6 +166,10 @@ impl Hpa {
         if s.stale {
             return keep("no decision: a bridge's load report is stale".into());
         }
+        if s.ready == 0 && current > 0 {
+            // Nothing measured yet: the bridges coming are the capacity.
+            return keep("no decision: no bridge has reported load yet".into());
+        }
         if !s.metric.is_finite() || s.metric < 0.0 {
             return keep(format!(
                 "no decision: metric {} is not a utilization",
@@ -544,5 +548,116 @@ mod tests {
                 .starts_with("--target-utilization")
         );
         assert!(HpaConfig::default().validate().is_ok());
+    }
+
+    mod scaler {
+        use super::super::*;
+        use crate::bridges::Bridge;
+        use crate::focus::{Applied, CallResult, FocusConfig, JoinRequest};
+        use crate::store::Snapshot;
+
+        fn focus() -> Focus {
+            let cfg = FocusConfig {
+                report_interval_ms: 1000,
+                missed_reports: 3,
+                probe_failures_down: 2,
+                per_participant_pps: 1.0,
+                max_per_bridge: 80,
+                stress_threshold: 0.8,
+                drain_grace_ms: 2000,
+            };
+            let mut f = Focus::new(
+                &cfg,
+                Snapshot::default(),
+                Box::new(|b: &mut [u8]| b.fill(7)),
+                0,
+            );
+            for id in ["a", "b", "c"] {
+                f.register(Bridge::new(id, "x:1", "x:2", "eu", 1000.0), 0)
+                    .unwrap();
+            }
+            f
+        }
+
+        fn join(f: &mut Focus, conf: &str, who: &str) -> String {
+            let p = f
+                .join(
+                    JoinRequest {
+                        conference: conf.into(),
+                        participant_id: who.into(),
+                        region: "eu".into(),
+                        ssrcs: vec![1],
+                        remote_addr: String::new(),
+                        srtp: None,
+                    },
+                    0,
+                )
+                .unwrap();
+            let ok: Vec<CallResult> = p.calls.iter().map(|_| Ok(Applied::Done)).collect();
+            f.complete(p.op, &p.calls, &ok).result.unwrap();
+            f.conferences()[conf].participants[who].bridge.clone()
+        }
+
+        fn report(f: &mut Focus, stress: f64, now: u64) {
+            for id in ["a", "b", "c"] {
+                f.report(id, stress, false, now);
+            }
+        }
+
+        #[test]
+        fn scale_down_drains_the_bridge_with_the_fewest_participants_then_removes_it() {
+            let mut f = focus();
+            let x = join(&mut f, "big", "p1");
+            join(&mut f, "big", "p2");
+            join(&mut f, "big", "p3");
+            let y = join(&mut f, "small", "q1");
+            assert_ne!(x, y);
+            let empty = ["a", "b", "c"]
+                .into_iter()
+                .find(|b| *b != x && *b != y)
+                .unwrap()
+                .to_string();
+            let mut s = Scaler::new(HpaConfig {
+                down_window_ms: 0,
+                ..HpaConfig::default()
+            });
+            // Registered but never reported: capacity coming, no decision yet to shrink.
+            let e = s.evaluate(&mut f, 0, &|_| true, 0);
+            assert_eq!(
+                (e.decision.sample.ready, e.decision.sample.starting),
+                (0, 3)
+            );
+            // 3 bridges at 0.1 want 1: one per period, the emptiest first.
+            report(&mut f, 0.1, 500);
+            let e = s.evaluate(&mut f, 0, &|_| true, 1000);
+            assert_eq!(e.decision.desired, 2, "{:?}", e.decision);
+            assert_eq!(e.drained, vec![empty.clone()]);
+            // Empty: handed to the actuator at the next evaluation.
+            report(&mut f, 0.1, 1500);
+            let e = s.evaluate(&mut f, 0, &|_| true, 2000);
+            assert_eq!(e.actions, vec![Action::Remove(empty.clone())]);
+            f.forget(&empty);
+            // Next period: the bridge with 1 participant, never one the actuator cannot stop.
+            report(&mut f, 0.1, 61_500);
+            let e = s.evaluate(&mut f, 0, &|b| b != y, 62_000);
+            assert_eq!(e.drained, vec![x.clone()], "{:?}", e.decision);
+            assert_eq!(s.history().count(), 2);
+        }
+
+        #[test]
+        fn a_scale_up_asks_for_bridges_and_counts_booting_ones() {
+            let mut f = focus();
+            report(&mut f, 0.9, 500);
+            let mut s = Scaler::new(HpaConfig::default());
+            let e = s.evaluate(&mut f, 0, &|_| true, 1000);
+            // 3 at 0.9 against 0.6: ceil(4.5) = 5.
+            assert_eq!(e.actions, vec![Action::Start(2)]);
+            // The 2 are booting: nothing more.
+            let e = s.evaluate(&mut f, 2, &|_| true, 2000);
+            assert!(e.actions.is_empty(), "{e:?}");
+            // A stale report: no decision.
+            let e = s.evaluate(&mut f, 0, &|_| true, 10_000);
+            assert!(e.decision.sample.stale && e.actions.is_empty(), "{e:?}");
+        }
     }
 }
