@@ -3,13 +3,23 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain sim
+.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain sim etcd
 
-## Ensure a Rust toolchain (CI machines may have none installed by hand).
+## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
+## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
 toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
 	  echo "installing rustup toolchain"; \
 	  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
+	@command -v protoc >/dev/null 2>&1 || { \
+	  echo "installing protobuf-compiler (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }
+
+## A real etcd for the etcd store's tests (Debian's etcd-server), via apt-get when missing.
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd-server (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
 
 build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
@@ -43,7 +53,7 @@ $(VENV)/.ready:
 	@touch $@
 
 ## Unit and end-to-end tests (both engines, libsrtp interop), then lints.
-test: toolchain $(VENV)/.ready
+test: toolchain etcd $(VENV)/.ready
 	RINGBRIDGE_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -11,10 +11,11 @@ use ringbridge_control::api::AutoscalerService;
 use ringbridge_control::api::{FocusService, RegistryService, RouterService};
 use ringbridge_control::autoscaler::HpaConfig;
 use ringbridge_control::cli;
+use ringbridge_control::etcd::{self, EtcdStore};
 use ringbridge_control::kubernetes::{KubernetesActuator, KubernetesConfig};
 use ringbridge_control::service::{Config, Control};
 use ringbridge_control::sim::{self, SimConfig};
-use ringbridge_control::store::FileStore;
+use ringbridge_control::store::{FileStore, Store};
 use ringbridge_edge::ready::Ready;
 use ringbridge_proto::v1::autoscaler_server::AutoscalerServer;
 use ringbridge_proto::v1::focus_server::FocusServer;
@@ -61,9 +62,17 @@ struct ServeArgs {
     /// gRPC address (Focus, Router, Registry, health, reflection).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
-    /// Directory of the embedded store (routes and placements survive restarts).
+    /// Directory of the embedded store (routes and placements survive restarts), and of the
+    /// process actuator's bridge logs.
     #[arg(long, default_value = "ringbridge-control-data")]
     data_dir: PathBuf,
+    /// Where routes and placements live: `file` (the embedded store in --data-dir) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, default_value = "file")]
+    store: String,
+    /// Deadline of each etcd call, ms.
+    #[arg(long, default_value_t = 2000)]
+    etcd_timeout_ms: u64,
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -368,12 +377,24 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
     let listen = listener.local_addr()?;
-    let store = FileStore::new(&a.data_dir).with_context(|| {
-        format!(
-            "--data-dir {} must be a writable directory",
-            a.data_dir.display()
-        )
-    })?;
+    let store: Arc<dyn Store> = if a.store == "file" {
+        Arc::new(FileStore::new(&a.data_dir).with_context(|| {
+            format!(
+                "--data-dir {} must be a writable directory",
+                a.data_dir.display()
+            )
+        })?)
+    } else {
+        let eps = etcd::endpoints(&a.store).map_err(anyhow::Error::msg)?;
+        let timeout = Duration::from_millis(a.etcd_timeout_ms.max(1));
+        let s = tokio::task::spawn_blocking({
+            let shard = a.shard_id.clone();
+            move || EtcdStore::connect(&eps, &shard, timeout)
+        })
+        .await?
+        .with_context(|| format!("--store {}", a.store))?;
+        Arc::new(s)
+    };
     let (health, router) = ringbridge_edge::grpc::router()?;
     let control = Control::new(
         Config {
@@ -394,10 +415,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             autoscale: (a.autoscale != Autoscale::Off).then_some(hpa),
             autoscale_interval_ms: a.autoscale_interval_ms.max(10),
         },
-        Arc::new(store),
+        store,
         health.clone(),
     )
-    .with_context(|| format!("loading state from --data-dir {}", a.data_dir.display()))?;
+    .with_context(|| match a.store.as_str() {
+        "file" => format!("loading state from --data-dir {}", a.data_dir.display()),
+        other => format!("loading state from --store {other}"),
+    })?;
     let monitor = tokio::spawn(control.clone().monitor());
     let actuator: Option<Arc<dyn Actuator>> = match a.autoscale {
         Autoscale::Off => None,

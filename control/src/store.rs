@@ -173,6 +173,22 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The conference it is about.
+    pub fn conference(&self) -> &str {
+        match self {
+            Self::Placed { conference, .. }
+            | Self::Linked { conference, .. }
+            | Self::Unlinked { conference, .. }
+            | Self::Joined { conference, .. }
+            | Self::Left { conference, .. }
+            | Self::Ended { conference }
+            | Self::Routed { conference, .. }
+            | Self::Unrouted { conference } => conference,
+        }
+    }
+}
+
 /// Everything the store keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -267,6 +283,9 @@ pub enum StoreError {
         /// Why.
         why: String,
     },
+    /// A remote store (etcd) failed or did not answer in time.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// Persistent state.

@@ -275,3 +275,82 @@ pub async fn watch(
         .unwrap()
         .into_inner()
 }
+
+/// A real etcd server on free loopback ports with a temporary data directory (`make test`
+/// installs Debian's etcd-server when it is missing).
+pub struct Etcd {
+    pub child: Child,
+    pub endpoint: String,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    pub fn start(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ringbridge-etcd-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, peer) = (free_port(), free_port());
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd not found: `make test` installs etcd-server (apt-get) when missing");
+        let endpoint = format!("127.0.0.1:{client}");
+        // Up means its /health says so (it has elected itself leader), not just a listening port.
+        let healthy = |ep: &str| {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(ep) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains("\"health\":\"true\"")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !healthy(&endpoint) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            child,
+            endpoint,
+            dir,
+        }
+    }
+
+    /// `--store` value for the control plane.
+    pub fn store(&self) -> String {
+        format!("etcd://{}", self.endpoint)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
