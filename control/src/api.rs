@@ -50,6 +50,7 @@ impl Focus for FocusService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        self.0.check_active().await?;
         let r = req.into_inner();
         let c = &self.0;
         c.check_store()?;
@@ -94,6 +95,7 @@ impl Focus for FocusService {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
+        self.0.check_active().await?;
         let r = req.into_inner();
         let c = &self.0;
         c.check_store()?;
@@ -110,6 +112,7 @@ impl Focus for FocusService {
         &self,
         req: Request<pb::GetConferenceRequest>,
     ) -> Result<Response<pb::ConferencePlacement>, Status> {
+        self.0.check_active().await?;
         let conf = req.into_inner().conference;
         need("conference", &conf)?;
         let p = self.0.lock().focus.placement(&conf, "current");
@@ -121,6 +124,7 @@ impl Focus for FocusService {
         &self,
         _req: Request<pb::ListPlacementsRequest>,
     ) -> Result<Response<pb::ListPlacementsResponse>, Status> {
+        self.0.check_active().await?;
         let core = self.0.lock();
         let conferences = core
             .focus
@@ -179,6 +183,17 @@ impl RouterApi for RouterService {
     ) -> Result<Response<pb::RouteResponse>, Status> {
         let conference = req.into_inner().conference;
         need("conference", &conference)?;
+        if let Some(c) = self.0.cluster() {
+            // Shared sticky routes in etcd: every router agrees.
+            let (shard_id, shard_addr) = c
+                .route(&conference, now_ms())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            return Ok(Response::new(pb::RouteResponse {
+                shard_id,
+                shard_addr,
+            }));
+        }
         self.0.check_store()?;
         let mut core = self.0.lock();
         let (s, persist) = core
@@ -201,6 +216,11 @@ impl RouterApi for RouterService {
         let r = req.into_inner();
         need("shard_id", &r.shard_id)?;
         need("addr", &r.addr)?;
+        if self.0.cluster().is_some() {
+            return Err(Status::failed_precondition(
+                "shards register themselves in etcd (each instance under its lease)",
+            ));
+        }
         self.0.lock().router.register_shard(Shard {
             id: r.shard_id,
             addr: r.addr,
@@ -213,6 +233,25 @@ impl RouterApi for RouterService {
         &self,
         _req: Request<pb::ListShardsRequest>,
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        if let Some(c) = self.0.cluster() {
+            let live = c
+                .shards()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut shards = Vec::new();
+            for (id, addrs) in live {
+                let addr = match c.leader(&id).await {
+                    Ok(Some(l)) => l,
+                    _ => addrs.first().cloned().unwrap_or_default(),
+                };
+                shards.push(pb::ShardInfo {
+                    shard_id: id,
+                    addr,
+                    healthy: true,
+                });
+            }
+            return Ok(Response::new(pb::ListShardsResponse { shards }));
+        }
         let core = self.0.lock();
         let shards = core
             .router
@@ -239,6 +278,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::RegisterBridgeRequest>,
     ) -> Result<Response<pb::RegisterBridgeResponse>, Status> {
+        self.0.check_active().await?;
         let r = req.into_inner();
         need("bridge_id", &r.bridge_id)?;
         addr("api_addr", &r.api_addr)?;
@@ -274,6 +314,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::LoadReport>,
     ) -> Result<Response<pb::LoadReportResponse>, Status> {
+        self.0.check_active().await?;
         let r = req.into_inner();
         need("bridge_id", &r.bridge_id)?;
         for (field, v) in [
@@ -306,6 +347,7 @@ impl Registry for RegistryService {
         &self,
         _req: Request<pb::ListBridgesRequest>,
     ) -> Result<Response<pb::ListBridgesResponse>, Status> {
+        self.0.check_active().await?;
         let core = self.0.lock();
         let participants = core.focus.participants_per_bridge();
         let mut per_bridge = std::collections::HashMap::<&str, u32>::new();
@@ -336,6 +378,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::DrainBridgeRequest>,
     ) -> Result<Response<pb::DrainBridgeResponse>, Status> {
+        self.0.check_active().await?;
         let r = req.into_inner();
         need("bridge_id", &r.bridge_id)?;
         let mut core = self.0.lock();

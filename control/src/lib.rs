@@ -21,6 +21,7 @@ pub mod api;
 pub mod autoscaler;
 pub mod bridges;
 pub mod cli;
+pub mod cluster;
 pub mod etcd;
 pub mod executor;
 pub mod focus;

@@ -11,6 +11,7 @@ use ringbridge_control::api::AutoscalerService;
 use ringbridge_control::api::{FocusService, RegistryService, RouterService};
 use ringbridge_control::autoscaler::HpaConfig;
 use ringbridge_control::cli;
+use ringbridge_control::cluster::Cluster;
 use ringbridge_control::etcd::{self, EtcdStore};
 use ringbridge_control::kubernetes::{KubernetesActuator, KubernetesConfig};
 use ringbridge_control::service::{Config, Control};
@@ -377,6 +378,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
     let listen = listener.local_addr()?;
+    let mut etcd_endpoints = None;
     let store: Arc<dyn Store> = if a.store == "file" {
         Arc::new(FileStore::new(&a.data_dir).with_context(|| {
             format!(
@@ -386,6 +388,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         })?)
     } else {
         let eps = etcd::endpoints(&a.store).map_err(anyhow::Error::msg)?;
+        etcd_endpoints = Some(eps.clone());
         let timeout = Duration::from_millis(a.etcd_timeout_ms.max(1));
         let s = tokio::task::spawn_blocking({
             let shard = a.shard_id.clone();
@@ -422,6 +425,34 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         "file" => format!("loading state from --data-dir {}", a.data_dir.display()),
         other => format!("loading state from --store {other}"),
     })?;
+    if let Some(eps) = &etcd_endpoints {
+        // Several instances on etcd: register under a lease, stand by until elected.
+        let cluster = Arc::new(
+            Cluster::join(
+                eps,
+                &a.shard_id,
+                &listen.to_string(),
+                Duration::from_millis(a.etcd_timeout_ms.max(1)),
+                a.route_ttl_secs * 1000,
+            )
+            .await
+            .with_context(|| format!("--store {}", a.store))?,
+        );
+        control.set_cluster(cluster.clone());
+        tokio::spawn(cluster.clone().keep_alive());
+        let c = control.clone();
+        tokio::spawn(async move {
+            if cluster.campaign().await.is_ok() {
+                match c.take_over().await {
+                    Ok(()) => cluster.set_active(),
+                    Err(e) => {
+                        tracing::error!("taking over: {e:#}; exiting");
+                        std::process::exit(3);
+                    }
+                }
+            }
+        });
+    }
     let monitor = tokio::spawn(control.clone().monitor());
     let actuator: Option<Arc<dyn Actuator>> = match a.autoscale {
         Autoscale::Off => None,

@@ -15,6 +15,7 @@ use tonic::Status;
 use crate::actuator::Actuator;
 use crate::autoscaler::{Action, HpaConfig, Scaler};
 use crate::bridges::Health;
+use crate::cluster::Cluster;
 use crate::executor::Executor;
 use crate::focus::{Announcement, CallError, Completion, Focus, FocusConfig, FocusError, Plan};
 use crate::router::{Router, Shard};
@@ -93,6 +94,8 @@ pub struct Control {
     pub placements_total: AtomicU64,
     /// The autoscaler's actuator, once it runs.
     actuator: OnceLock<Arc<dyn Actuator>>,
+    /// Instances sharing etcd, when the store is etcd.
+    cluster: OnceLock<Arc<Cluster>>,
     /// Scaling decisions that added bridges, and that drained one.
     pub scale_ups: AtomicU64,
     /// Scaling decisions that drained bridges.
@@ -141,7 +144,72 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
     }
 }
 
+/// A focus with `cfg`'s settings over `snap`.
+fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
+    Focus::new(
+        &FocusConfig {
+            report_interval_ms: cfg.report_interval_ms,
+            missed_reports: cfg.missed_reports,
+            probe_failures_down: cfg.probe_failures,
+            per_participant_pps: cfg.per_participant_pps,
+            max_per_bridge: cfg.max_per_bridge,
+            stress_threshold: cfg.stress_threshold,
+            drain_grace_ms: cfg.drain_grace_ms,
+        },
+        snap,
+        Box::new(|buf: &mut [u8]| {
+            aws_lc_rs::rand::fill(buf).expect("system randomness for SRTP keys")
+        }),
+        now_ms(),
+    )
+}
+
 impl Control {
+    /// Joins a cluster of instances on etcd: this instance stands by until elected.
+    pub fn set_cluster(&self, c: Arc<Cluster>) {
+        let _ = self.cluster.set(c);
+    }
+
+    /// The cluster, when the store is etcd.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Whether this instance is its shard's active focus (always, without a cluster).
+    pub fn is_active(&self) -> bool {
+        self.cluster.get().is_none_or(|c| c.is_active())
+    }
+
+    /// `UNAVAILABLE` naming the active focus while this instance stands by.
+    pub async fn check_active(&self) -> Result<(), Status> {
+        let Some(c) = self.cluster.get() else {
+            return Ok(());
+        };
+        if c.is_active() {
+            return Ok(());
+        }
+        let leader = match c.leader(&c.shard).await {
+            Ok(Some(l)) => format!("the active focus is at {l}"),
+            Ok(None) => "no active focus yet (election in progress)".into(),
+            Err(e) => format!("the active focus is unknown ({e})"),
+        };
+        Err(Status::unavailable(format!(
+            "standby instance of shard {}: {leader}",
+            c.shard
+        )))
+    }
+
+    /// Becomes the active focus: starts from every placement in the store.
+    pub async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        let snap = tokio::task::spawn_blocking(move || store.load()).await??;
+        let n = snap.placements.len();
+        let focus = focus_from(&self.cfg, snap);
+        self.lock().focus = focus;
+        tracing::info!(placements = n, "took over as the active focus");
+        Ok(())
+    }
+
     /// A control plane with state restored from `store`; `health` is the server's health
     /// reporter (the Focus goes NOT_SERVING while the store cannot be written).
     pub fn new(
@@ -157,22 +225,7 @@ impl Control {
             healthy: true,
         });
         router.restore(std::mem::take(&mut snap.routes));
-        let focus = Focus::new(
-            &FocusConfig {
-                report_interval_ms: cfg.report_interval_ms,
-                missed_reports: cfg.missed_reports,
-                probe_failures_down: cfg.probe_failures,
-                per_participant_pps: cfg.per_participant_pps,
-                max_per_bridge: cfg.max_per_bridge,
-                stress_threshold: cfg.stress_threshold,
-                drain_grace_ms: cfg.drain_grace_ms,
-            },
-            snap,
-            Box::new(|buf: &mut [u8]| {
-                aws_lc_rs::rand::fill(buf).expect("system randomness for SRTP keys")
-            }),
-            now_ms(),
-        );
+        let focus = focus_from(&cfg, snap);
         let (events, _) = broadcast::channel(4096);
         Ok(Arc::new(Self {
             core: Mutex::new(Core {
@@ -189,6 +242,7 @@ impl Control {
             cfg,
             placements_total: AtomicU64::new(0),
             actuator: OnceLock::new(),
+            cluster: OnceLock::new(),
             scale_ups: AtomicU64::new(0),
             scale_downs: AtomicU64::new(0),
         }))
@@ -358,6 +412,9 @@ impl Control {
         let probing = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
         loop {
             tokio::time::sleep(every).await;
+            if !self.is_active() {
+                continue; // a standby neither fails bridges over nor probes them
+            }
             let (plans, targets, down) = {
                 let mut core = self.lock();
                 let plans = core.focus.tick(now_ms());
@@ -462,6 +519,9 @@ impl Control {
         let mut not_ours: HashSet<String> = HashSet::new();
         loop {
             tokio::time::sleep(every).await;
+            if !self.is_active() {
+                continue;
+            }
             let eval = {
                 let mut core = self.lock();
                 let Core { focus, scaler, .. } = &mut *core;

@@ -17,7 +17,8 @@ use crate::publish::Publisher;
 /// How this bridge presents itself.
 #[derive(Debug, Clone)]
 pub struct Agent {
-    /// Control plane URL, e.g. "http://127.0.0.1:7000".
+    /// Control plane URL, e.g. "http://127.0.0.1:7000", or several separated by commas (the
+    /// instances of one shard: the agent moves to the next when one stands by or fails).
     pub control: String,
     /// This bridge's id.
     pub bridge_id: String,
@@ -66,20 +67,34 @@ impl Agent {
 
     /// Registers and reports until the task is dropped.
     pub async fn run(self, publisher: Arc<Publisher>) {
-        let channel = match Channel::from_shared(self.control.clone()) {
-            Ok(c) => c.connect_lazy(),
-            Err(e) => {
-                tracing::error!("--control {}: {e}", self.control);
-                return;
+        let mut clients = Vec::new();
+        for url in self
+            .control
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            match Channel::from_shared(url.to_string()) {
+                Ok(c) => clients.push((url.to_string(), RegistryClient::new(c.connect_lazy()))),
+                Err(e) => {
+                    tracing::error!("--control {url}: {e}");
+                    return;
+                }
             }
-        };
-        let mut client = RegistryClient::new(channel);
+        }
+        if clients.is_empty() {
+            tracing::error!("--control: no URL");
+            return;
+        }
+        let mut at = 0;
+        let n = clients.len();
         let mut interval = Duration::from_secs(1);
         let mut registered = false;
         // Log an unreachable control plane once, not every interval.
         let mut failing = false;
         let mut last = (Instant::now(), total(&publisher));
         loop {
+            let (url, client) = &mut clients[at];
             if !registered {
                 match client.register_bridge(self.register_request()).await {
                     Ok(r) => {
@@ -87,7 +102,10 @@ impl Agent {
                         registered = true;
                         tracing::info!(control = %self.control, id = %self.bridge_id, "registered");
                     }
-                    Err(e) => tracing::warn!("registering with {}: {}", self.control, e.message()),
+                    Err(e) => {
+                        tracing::warn!("registering with {url}: {}", e.message());
+                        at = (at + 1) % clients.len();
+                    }
                 }
             }
             tokio::select! {
@@ -118,16 +136,22 @@ impl Agent {
                 draining: self.drain.is_draining(),
             };
             last = now;
+            let (url, client) = &mut clients[at];
             match client.report_load(report).await {
                 Ok(_) => failing = false,
                 Err(e) if e.code() == tonic::Code::NotFound => registered = false,
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(
-                        "load report to {}: {} (retrying quietly)",
-                        self.control,
+                Err(e) if n > 1 => {
+                    // A standby, or an instance that is gone: the next one may be active.
+                    tracing::info!(
+                        "load report to {url}: {} (trying the next control instance)",
                         e.message()
                     );
+                    registered = false;
+                    at = (at + 1) % n;
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!("load report to {url}: {} (retrying quietly)", e.message());
                 }
                 Err(_) => {}
             }

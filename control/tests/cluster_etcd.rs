@@ -1,0 +1,205 @@
+//! Several control instances on a real etcd: two of shard s1 (one active, one standby) and one
+//! of shard s2, with bridges. Concurrent first joins through both routers agree on one shard and
+//! one bridge per conference; killing the active focus of s1 hands it to the standby within 5 s
+//! with every placement, and a bridge killed after that still fails over.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::focus_client::FocusClient;
+use ringbridge_proto::v1::router_client::RouterClient;
+
+fn instance(etcd: &Etcd, shard: &str, tag: &str) -> Proc {
+    control_with(
+        &data_dir(tag),
+        "127.0.0.1:0",
+        &[
+            "--report-interval-ms",
+            "200",
+            "--store",
+            &etcd.store(),
+            "--etcd-timeout-ms",
+            "1000",
+            "--shard-id",
+            shard,
+        ],
+    )
+}
+
+async fn active_of(urls: &[String]) -> Option<usize> {
+    for (i, u) in urls.iter().enumerate() {
+        let mut f = FocusClient::new(channel(u).await);
+        let r = f.list_placements(pb::ListPlacementsRequest {}).await;
+        if r.is_ok() {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
+    let etcd = Etcd::start("cluster");
+    let mut a = instance(&etcd, "s1", "ce-a");
+    tokio::time::sleep(Duration::from_millis(300)).await; // a campaigns first
+    let b = instance(&etcd, "s1", "ce-b");
+    let c = instance(&etcd, "s2", "ce-c");
+    let url = |p: &Proc| format!("http://{}", p.field("listen"));
+    let (ua, ub, uc) = (url(&a), url(&b), url(&c));
+    let s1 = format!("{ua},{ub}");
+    let mut s1_bridges = [bridge(&s1, "s1-b1", "eu"), bridge(&s1, "s1-b2", "eu")];
+    let _s2_bridge = bridge(&uc, "s2-b1", "eu");
+    // One active focus in s1: a; b stands by and says where the active one is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active_of(std::slice::from_ref(&ua)).await.is_none() {
+        assert!(Instant::now() < deadline, "no active focus");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = FocusClient::new(channel(&ub).await)
+        .list_placements(pb::ListPlacementsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(
+        e.message().contains("standby") && e.message().contains(&a.field("listen")),
+        "{}",
+        e.message()
+    );
+    wait_bridges(&ua, 2).await;
+    wait_bridges(&uc, 1).await;
+    let shards = RouterClient::new(channel(&uc).await)
+        .list_shards(pb::ListShardsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .shards;
+    assert_eq!(
+        shards
+            .iter()
+            .map(|s| s.shard_id.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2"]
+    );
+
+    // 1 000 concurrent first joins of 100 new conferences, routed alternately by a and c.
+    let routers = Arc::new([ua.clone(), uc.clone()]);
+    let mut tasks = Vec::new();
+    for i in 0..1000u32 {
+        let routers = routers.clone();
+        tasks.push(tokio::spawn(async move {
+            let conf = format!("conf-{}", i % 100);
+            let mut r = RouterClient::new(channel(&routers[(i % 2) as usize]).await);
+            let route = route_of(&mut r, &conf).await.unwrap();
+            let mut f = FocusClient::new(channel(&format!("http://{}", route.shard_addr)).await);
+            let req = pb::JoinRequest {
+                conference: conf.clone(),
+                participant_id: format!("p{i}"),
+                region: "eu".into(),
+                ssrcs: vec![10_000 + i],
+                remote_addr: String::new(), // latched by the bridge: no socket per participant
+                srtp: None,
+            };
+            let mut tries = 0;
+            let j = loop {
+                match f.join(req.clone()).await {
+                    Ok(j) => break j.into_inner(),
+                    // Joins to one conference are serialized: a long queue may time out.
+                    Err(e) if e.code() == tonic::Code::Unavailable && tries < 20 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("join {conf} p{i}: {e}"),
+                }
+            };
+            (conf, route.shard_id, j.bridge_id)
+        }));
+    }
+    let mut seen: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    for t in tasks {
+        let (conf, shard, bridge) = t.await.unwrap();
+        let e = seen.entry(conf).or_default();
+        e.0.insert(shard);
+        e.1.insert(bridge);
+    }
+    assert_eq!(seen.len(), 100);
+    // One shard per conference, and its bridges are that shard's (a burst of joins may grow a
+    // conference onto both bridges of s1: one placement, one bridge set).
+    for (conf, (shards, bridges)) in &seen {
+        assert_eq!(shards.len(), 1, "{conf} routed to {shards:?}");
+        let shard = shards.first().unwrap();
+        assert!(
+            bridges.iter().all(|b| b.starts_with(&format!("{shard}-"))),
+            "{conf} of {shard} placed on {bridges:?}"
+        );
+    }
+    for (shard_url, shard) in [(&ua, "s1"), (&uc, "s2")] {
+        let mut f = FocusClient::new(channel(shard_url).await);
+        for (conf, (shards, bridges)) in &seen {
+            let got = get(&mut f, conf).await;
+            if shards.contains(shard) {
+                let p = got.unwrap();
+                assert_eq!(p.participants.len(), 10, "{conf}");
+                let on: BTreeSet<String> = p.bridges.iter().map(|b| b.bridge_id.clone()).collect();
+                assert_eq!(&on, bridges, "{conf}: one bridge set");
+            } else {
+                assert_eq!(
+                    got.unwrap_err().code(),
+                    tonic::Code::NotFound,
+                    "{conf} only on its shard"
+                );
+            }
+        }
+    }
+    let on_s1: Vec<&String> = seen
+        .iter()
+        .filter(|(_, (s, _))| s.contains("s1"))
+        .map(|(c, _)| c)
+        .collect();
+    assert!(
+        !on_s1.is_empty() && on_s1.len() < 100,
+        "both shards get conferences"
+    );
+
+    // Kill s1's active focus: the standby takes over within 5 s with every placement.
+    tokio::time::sleep(Duration::from_millis(600)).await; // flushed to etcd
+    a.kill();
+    let t0 = Instant::now();
+    let mut fb = FocusClient::new(channel(&ub).await);
+    let placements = loop {
+        match fb.list_placements(pb::ListPlacementsRequest {}).await {
+            Ok(r) => break r.into_inner().conferences,
+            Err(_) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "no takeover within 5 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    eprintln!("standby took over after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(placements.len(), on_s1.len(), "every placement of s1");
+    for p in &placements {
+        assert_eq!(p.participants.len(), 10, "{}", p.conference);
+    }
+    // The bridges report to the new active focus; a bridge killed now still fails over.
+    wait_bridges(&ub, 2).await;
+    let victim = placements[0].bridge_id.clone();
+    let mut w = watch(&mut fb, &placements[0].conference).await;
+    assert_eq!(w.message().await.unwrap().unwrap().reason, "current");
+    s1_bridges[usize::from(victim == "s1-b2")].kill();
+    let moved = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .expect("failover after the takeover")
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.reason, "failover");
+    assert_ne!(moved.bridge_id, victim);
+    drop(c);
+}
