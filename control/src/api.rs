@@ -144,6 +144,39 @@ impl Focus for FocusService {
     ) -> Result<Response<Self::WatchConferenceStream>, Status> {
         let conf = req.into_inner().conference;
         need("conference", &conf)?;
+        if let Some(c) = self.0.cluster().filter(|c| !c.is_active()) {
+            // A standby follows the active focus's announcements in etcd.
+            let (current, mut stream) = c
+                .watch(&conf)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                if let Some(mut m) = current {
+                    m.reason = "current".into();
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                while let Ok(Some(r)) = stream.message().await {
+                    for ev in r.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        if let Ok(m) =
+                            <pb::ConferencePlacement as prost::Message>::decode(kv.value())
+                            && tx.send(Ok(m)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the etcd watch ended; watch again",
+                    )))
+                    .await;
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         let mut events = self.0.subscribe();
         let current = self.0.lock().focus.placement(&conf, "current");
         let (tx, rx) = mpsc::channel(16);

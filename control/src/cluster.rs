@@ -4,13 +4,19 @@
 //! (the others stand by and take over when the leader's lease expires).
 //!
 //! Keys under `/ringbridge/`: `members/SHARD/ADDR` -> ADDR (leased), `routes/CONFERENCE` ->
-//! the route as JSON, `elections/SHARD` -> the etcd election of the shard's active focus.
+//! the route as JSON, `elections/SHARD` -> the etcd election of the shard's active focus,
+//! `shards/SHARD/events/CONFERENCE` -> its last placement announcement (protobuf), which a
+//! WatchConference on a standby follows with an etcd watch.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use prost::Message;
+use ringbridge_proto::v1 as pb;
 
 use crate::etcd::ROOT;
 use crate::router::Route;
@@ -309,6 +315,42 @@ impl Cluster {
         Err(ClusterError::Etcd(format!(
             "route of {conference:?} kept changing under contention"
         )))
+    }
+
+    fn event_key(&self, conference: &str) -> String {
+        format!("{ROOT}shards/{}/events/{conference}", self.shard)
+    }
+
+    /// Publishes a placement announcement of this shard (the active focus does), so a watch on
+    /// any instance of the shard sees it.
+    pub async fn publish(&self, msg: &pb::ConferencePlacement) -> Result<(), ClusterError> {
+        let mut c = self.client.clone();
+        c.put(self.event_key(&msg.conference), msg.encode_to_vec(), None)
+            .await
+            .map_err(etcd)?;
+        Ok(())
+    }
+
+    /// The last announcement of `conference` and a stream of the next ones (for a watch on a
+    /// standby).
+    pub async fn watch(
+        &self,
+        conference: &str,
+    ) -> Result<(Option<pb::ConferencePlacement>, etcd_client::WatchStream), ClusterError> {
+        let key = self.event_key(conference);
+        let mut c = self.client.clone();
+        let got = c.get(key.clone(), None).await.map_err(etcd)?;
+        let current = got
+            .kvs()
+            .first()
+            .and_then(|kv| pb::ConferencePlacement::decode(kv.value()).ok());
+        let rev = got.header().map_or(0, |h| h.revision());
+        let mut w = self.elect.clone(); // no request deadline: the stream lives long
+        let stream = w
+            .watch(key, Some(WatchOptions::new().with_start_revision(rev + 1)))
+            .await
+            .map_err(etcd)?;
+        Ok((current, stream))
     }
 
     /// Where clients reach `shard`: its active focus, else one of its instances.

@@ -439,6 +439,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--store {}", a.store))?,
         );
         control.set_cluster(cluster.clone());
+        tokio::spawn(control.clone().publish_events());
         tokio::spawn(cluster.clone().keep_alive());
         let c = control.clone();
         tokio::spawn(async move {

@@ -199,6 +199,30 @@ impl Control {
         )))
     }
 
+    /// Publishes this shard's placement announcements to etcd while active, so watches on
+    /// standbys see them; until the task is dropped.
+    pub async fn publish_events(self: Arc<Self>) {
+        let Some(c) = self.cluster.get().cloned() else {
+            return;
+        };
+        let mut events = self.subscribe();
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if c.is_active()
+                        && let Err(err) = c.publish(&e).await
+                    {
+                        tracing::warn!(conference = %e.conference, "publishing the placement: {err}");
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("{n} placement announcements not published (lagged)")
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
     /// Becomes the active focus: starts from every placement in the store.
     pub async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = self.store.clone();

@@ -44,7 +44,7 @@ async fn active_of(urls: &[String]) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
-    let etcd = Etcd::start("cluster");
+    let mut etcd = Etcd::start("cluster");
     let mut a = instance(&etcd, "s1", "ce-a");
     tokio::time::sleep(Duration::from_millis(300)).await; // a campaigns first
     let b = instance(&etcd, "s1", "ce-b");
@@ -52,7 +52,11 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     let url = |p: &Proc| format!("http://{}", p.field("listen"));
     let (ua, ub, uc) = (url(&a), url(&b), url(&c));
     let s1 = format!("{ua},{ub}");
-    let mut s1_bridges = [bridge(&s1, "s1-b1", "eu"), bridge(&s1, "s1-b2", "eu")];
+    let mut s1_bridges = [
+        bridge(&s1, "s1-b1", "eu"),
+        bridge(&s1, "s1-b2", "eu"),
+        bridge(&s1, "s1-b3", "eu"),
+    ];
     let _s2_bridge = bridge(&uc, "s2-b1", "eu");
     // One active focus in s1: a; b stands by and says where the active one is.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -70,7 +74,7 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
         "{}",
         e.message()
     );
-    wait_bridges(&ua, 2).await;
+    wait_bridges(&ua, 3).await;
     wait_bridges(&uc, 1).await;
     let shards = RouterClient::new(channel(&uc).await)
         .list_shards(pb::ListShardsRequest {})
@@ -165,11 +169,38 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
         "both shards get conferences"
     );
 
+    // A watch on the standby sees a failover made by the active focus.
+    let on_b1 = seen
+        .iter()
+        .find(|(_, (sh, b))| sh.contains("s1") && b.contains("s1-b1"))
+        .map(|(c, _)| c.clone())
+        .expect("a conference on s1-b1");
+    let mut fb = FocusClient::new(channel(&ub).await);
+    let mut on_standby = watch(&mut fb, &on_b1).await;
+    assert_eq!(
+        on_standby.message().await.unwrap().unwrap().reason,
+        "current"
+    );
+    s1_bridges[0].kill();
+    let moved = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = on_standby.message().await.unwrap().unwrap();
+            if m.reason == "failover" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the standby's watch sees the failover");
+    assert!(
+        moved.bridges.iter().all(|b| b.bridge_id != "s1-b1"),
+        "{moved:?}"
+    );
+
     // Kill s1's active focus: the standby takes over within 5 s with every placement.
     tokio::time::sleep(Duration::from_millis(600)).await; // flushed to etcd
     a.kill();
     let t0 = Instant::now();
-    let mut fb = FocusClient::new(channel(&ub).await);
     let placements = loop {
         match fb.list_placements(pb::ListPlacementsRequest {}).await {
             Ok(r) => break r.into_inner().conferences,
@@ -187,19 +218,52 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     assert_eq!(placements.len(), on_s1.len(), "every placement of s1");
     for p in &placements {
         assert_eq!(p.participants.len(), 10, "{}", p.conference);
+        assert!(p.bridges.iter().all(|b| b.bridge_id != "s1-b1"));
     }
     // The bridges report to the new active focus; a bridge killed now still fails over.
     wait_bridges(&ub, 2).await;
-    let victim = placements[0].bridge_id.clone();
+    let victim = placements[0].bridges[0].bridge_id.clone();
     let mut w = watch(&mut fb, &placements[0].conference).await;
     assert_eq!(w.message().await.unwrap().unwrap().reason, "current");
-    s1_bridges[usize::from(victim == "s1-b2")].kill();
-    let moved = tokio::time::timeout(Duration::from_secs(5), w.message())
-        .await
-        .expect("failover after the takeover")
-        .unwrap()
-        .unwrap();
-    assert_eq!(moved.reason, "failover");
-    assert_ne!(moved.bridge_id, victim);
+    s1_bridges[if victim == "s1-b2" { 1 } else { 2 }].kill();
+    let moved = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = w.message().await.unwrap().unwrap();
+            if m.reason == "failover" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("failover after the takeover");
+    assert!(moved.bridges.iter().all(|b| b.bridge_id != victim));
+
+    // etcd stopped and started again: the instances recover by themselves, nothing lost.
+    etcd.restart(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    let mut r = RouterClient::new(channel(&uc).await);
+    loop {
+        match route_of(&mut r, "after-etcd").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(15),
+                    "never recovered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let after = loop {
+        match fb.list_placements(pb::ListPlacementsRequest {}).await {
+            Ok(r) => break r.into_inner().conferences,
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(15), "{e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(after.len(), placements.len(), "nothing lost");
     drop(c);
 }

@@ -282,6 +282,7 @@ pub struct Etcd {
     pub child: Child,
     pub endpoint: String,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -300,24 +301,56 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let c = format!("http://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &format!("t={p}")])
-            .args(["--log-level", "error"])
+        let args: Vec<String> = [
+            "--name",
+            "t",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen-client-urls",
+            &c,
+            "--advertise-client-urls",
+            &c,
+            "--listen-peer-urls",
+            &p,
+            "--initial-advertise-peer-urls",
+            &p,
+            "--initial-cluster",
+            &format!("t={p}"),
+            "--log-level",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec();
+        let e = Etcd {
+            child: Self::spawn(&args),
+            endpoint: format!("127.0.0.1:{client}"),
+            dir,
+            args,
+        };
+        e.wait_healthy();
+        e
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new("etcd")
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("etcd not found: `make test` installs etcd-server (apt-get) when missing");
-        let endpoint = format!("127.0.0.1:{client}");
-        // Up means its /health says so (it has elected itself leader), not just a listening port.
+            .expect("etcd not found: `make test` installs etcd-server (apt-get) when missing")
+    }
+
+    /// Stops etcd (SIGKILL), waits `down`, starts it again on the same data and ports.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(&self.args);
+        self.wait_healthy();
+    }
+
+    /// Up means its /health says so (it has elected itself leader), not just a listening port.
+    fn wait_healthy(&self) {
         let healthy = |ep: &str| {
             use std::io::{Read, Write};
             let Ok(mut s) = std::net::TcpStream::connect(ep) else {
@@ -330,14 +363,9 @@ impl Etcd {
             out.contains("\"health\":\"true\"")
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !healthy(&endpoint) {
+        while !healthy(&self.endpoint) {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcd {
-            child,
-            endpoint,
-            dir,
         }
     }
 
