@@ -53,6 +53,8 @@ pub struct Cluster {
     route_ttl_ms: u64,
     next: AtomicUsize,
     active: AtomicBool,
+    /// The last lease renewal failed: etcd is unreachable (or hung) right now.
+    unreachable: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -100,6 +102,7 @@ impl Cluster {
             route_ttl_ms,
             next: AtomicUsize::new(0),
             active: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
         };
         me.register().await?;
         Ok(me)
@@ -125,6 +128,12 @@ impl Cluster {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether etcd failed to renew the lease at the last attempt (checked every
+    /// `LEASE_TTL_S / 3`): changes are refused meanwhile rather than half applied.
+    pub fn etcd_unreachable(&self) -> bool {
+        self.unreachable.load(Relaxed)
+    }
+
     /// Whether this instance is its shard's active focus.
     pub fn is_active(&self) -> bool {
         self.active.load(Relaxed)
@@ -141,14 +150,17 @@ impl Cluster {
             tokio::time::sleep(every).await;
             let lease = self.lease();
             let mut c = self.client.clone();
-            let alive = async {
+            let alive = tokio::time::timeout(every * 2, async {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
-            }
-            .await;
+            })
+            .await
+            .map_err(|_| "no answer".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
             match alive {
                 Ok(Some(ttl)) if ttl > 0 => {
+                    self.unreachable.store(false, Relaxed);
                     if failing {
                         tracing::info!("etcd reachable again; lease kept");
                     }
@@ -167,6 +179,7 @@ impl Cluster {
                     }
                 }
                 Err(e) => {
+                    self.unreachable.store(true, Relaxed);
                     if !failing {
                         tracing::warn!("keeping the etcd lease alive: {e} (retrying)");
                     }

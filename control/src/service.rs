@@ -292,6 +292,13 @@ impl Control {
     /// `UNAVAILABLE` while the store cannot be written: nothing is acknowledged that could be
     /// lost.
     pub fn check_store(&self) -> Result<(), Status> {
+        if let Some(c) = self.cluster.get()
+            && c.etcd_unreachable()
+        {
+            return Err(Status::unavailable(
+                "etcd is unreachable (the last lease renewal failed); refusing changes until it answers",
+            ));
+        }
         match &*self.store_error.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
             Some(e) => Err(Status::unavailable(format!(
