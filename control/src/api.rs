@@ -334,6 +334,18 @@ impl Registry for RegistryService {
             &r.region,
             r.capacity_pps,
         );
+        if let Some(cl) = c.cluster() {
+            // Kept in etcd before it counts: a standby that takes over knows it.
+            cl.save_bridge(&crate::cluster::BridgeRecord {
+                id: r.bridge_id.clone(),
+                api_addr: r.api_addr.clone(),
+                media_addr: r.media_addr.clone(),
+                region: r.region.clone(),
+                capacity: r.capacity_pps,
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
         let plans = c.lock().focus.register(b, now_ms()).map_err(status)?;
         tracing::info!(bridge = %r.bridge_id, api = %r.api_addr, "bridge registered");
         c.spawn(plans);

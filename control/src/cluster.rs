@@ -6,7 +6,8 @@
 //! Keys under `/ringbridge/`: `members/SHARD/ADDR` -> ADDR (leased), `routes/CONFERENCE` ->
 //! the route as JSON, `elections/SHARD` -> the etcd election of the shard's active focus,
 //! `shards/SHARD/events/CONFERENCE` -> its last placement announcement (protobuf), which a
-//! WatchConference on a standby follows with an etcd watch.
+//! WatchConference on a standby follows with an etcd watch; `shards/SHARD/bridges/ID` -> the
+//! bridge's registration (placements are under `shards/SHARD/placements/`, see [`crate::etcd`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -24,6 +25,21 @@ use crate::router::Route;
 /// Lease time to live, s: an instance that stops answering leaves the rotation, and its
 /// standby takes over, within about this.
 pub const LEASE_TTL_S: i64 = 3;
+
+/// A bridge registration as kept in etcd.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BridgeRecord {
+    /// Bridge id.
+    pub id: String,
+    /// Bridge API address.
+    pub api_addr: String,
+    /// Media address.
+    pub media_addr: String,
+    /// Region.
+    pub region: String,
+    /// Capacity, packets/s.
+    pub capacity: f64,
+}
 
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +344,38 @@ impl Cluster {
         Err(ClusterError::Etcd(format!(
             "route of {conference:?} kept changing under contention"
         )))
+    }
+
+    fn bridge_key(&self, id: &str) -> String {
+        format!("{ROOT}shards/{}/bridges/{id}", self.shard)
+    }
+
+    /// Records a bridge registration of this shard (so a standby that takes over knows the
+    /// fleet before the bridges find it, and fails a dead one over).
+    pub async fn save_bridge(&self, b: &BridgeRecord) -> Result<(), ClusterError> {
+        let mut c = self.client.clone();
+        c.put(
+            self.bridge_key(&b.id),
+            serde_json::to_vec(b).map_err(etcd)?,
+            None,
+        )
+        .await
+        .map_err(etcd)?;
+        Ok(())
+    }
+
+    /// The bridge registrations of this shard.
+    pub async fn bridges(&self) -> Result<Vec<BridgeRecord>, ClusterError> {
+        let prefix = self.bridge_key("");
+        let mut c = self.client.clone();
+        let r = c
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd)?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
     }
 
     fn event_key(&self, conference: &str) -> String {

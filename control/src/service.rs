@@ -228,9 +228,32 @@ impl Control {
         let store = self.store.clone();
         let snap = tokio::task::spawn_blocking(move || store.load()).await??;
         let n = snap.placements.len();
-        let focus = focus_from(&self.cfg, snap);
+        let mut focus = focus_from(&self.cfg, snap);
+        // The shard's bridges as registered with the previous active focus: known at once, so
+        // one that died meanwhile misses its reports here and is failed over.
+        let bridges = match self.cluster.get() {
+            Some(c) => c.bridges().await?,
+            None => Vec::new(),
+        };
+        let now = now_ms();
+        for b in &bridges {
+            let _ = focus.register(
+                crate::bridges::Bridge::new(
+                    &b.id,
+                    &b.api_addr,
+                    &b.media_addr,
+                    &b.region,
+                    b.capacity,
+                ),
+                now,
+            );
+        }
         self.lock().focus = focus;
-        tracing::info!(placements = n, "took over as the active focus");
+        tracing::info!(
+            placements = n,
+            bridges = bridges.len(),
+            "took over as the active focus"
+        );
         Ok(())
     }
 

@@ -31,17 +31,6 @@ fn instance(etcd: &Etcd, shard: &str, tag: &str) -> Proc {
     )
 }
 
-async fn active_of(urls: &[String]) -> Option<usize> {
-    for (i, u) in urls.iter().enumerate() {
-        let mut f = FocusClient::new(channel(u).await);
-        let r = f.list_placements(pb::ListPlacementsRequest {}).await;
-        if r.is_ok() {
-            return Some(i);
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     let mut etcd = Etcd::start("cluster");
@@ -59,11 +48,7 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     ];
     let _s2_bridge = bridge(&uc, "s2-b1", "eu");
     // One active focus in s1: a; b stands by and says where the active one is.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while active_of(std::slice::from_ref(&ua)).await.is_none() {
-        assert!(Instant::now() < deadline, "no active focus");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_active(&ua).await;
     let e = FocusClient::new(channel(&ub).await)
         .list_placements(pb::ListPlacementsRequest {})
         .await

@@ -31,6 +31,7 @@ async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
     let etcd = Etcd::start("store");
     let mut first = control_on(&etcd, "etcd-a");
     let url = format!("http://{}", first.field("listen"));
+    wait_active(&url).await;
     let _b = bridge(&url, "eu-1", "eu");
     wait_bridges(&url, 1).await;
     let mut focus = FocusClient::new(channel(&url).await);

@@ -163,6 +163,17 @@ pub async fn channel(url: &str) -> Channel {
         .unwrap()
 }
 
+/// Waits until the control plane at `url` is its shard's active focus (on etcd, an instance
+/// answers UNAVAILABLE while it stands by or takes over).
+pub async fn wait_active(url: &str) {
+    let mut f = FocusClient::new(channel(url).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = f.list_placements(pb::ListPlacementsRequest {}).await {
+        assert!(Instant::now() < deadline, "never active: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_bridges(url: &str, up: usize) {
     let mut reg = RegistryClient::new(channel(url).await);
     let deadline = Instant::now() + Duration::from_secs(10);
