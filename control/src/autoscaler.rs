@@ -379,7 +379,8 @@ impl Scaler {
         }
     }
 
-    /// One evaluation at `now_ms`: drained bridges are forgotten and handed over for removal;
+    /// One evaluation at `now_ms`: drained bridges are handed over for removal (the caller
+    /// forgets them with [`Focus::forget`] once stopped);
     /// the HPA decides; a scale-up asks for bridges, a scale-down drains the `removable`
     /// bridges whose removal moves the fewest participants.
     pub fn evaluate(
@@ -390,10 +391,9 @@ impl Scaler {
         now_ms: u64,
     ) -> Evaluation {
         let mut actions = Vec::new();
-        for id in focus.drained() {
-            focus.forget(&id);
-            actions.push(Action::Remove(id));
-        }
+        // Forgotten by the caller once stopped: a bridge forgotten while it still runs would
+        // register again as a new one.
+        actions.extend(focus.drained().into_iter().map(Action::Remove));
         let sample = Self::sample(focus, booting, now_ms);
         let decision = self.hpa.decide(sample);
         let mut drained = Vec::new();

@@ -455,6 +455,7 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                 match a {
                     Action::Start(n) => start(n, clock, &mut booting, &mut running),
                     Action::Remove(id) => {
+                        w.focus.forget(&id);
                         w.load.remove(&id);
                         running -= 1;
                         r.removed += u64::from(accounted);
