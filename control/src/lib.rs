@@ -9,12 +9,17 @@
 //! - [`store`]: what survives a restart, behind a trait; an append-only log with compaction.
 //! - [`autoscaler`]: HPA arithmetic and the scaler that drains and removes bridges.
 //! - [`sim`]: the cost simulation: focus and autoscaler in virtual time over a day.
+//! - [`stream`]: live streams: edge choice, the pull tree with bounded origin fan-out, keyframe
+//!   request throttling (not wired into the service yet).
 //!
 //! I/O at the edges:
 //! - [`executor`]: runs plans against the bridges' gRPC APIs with a deadline per call.
 //! - [`service`]: the run-time glue: one short-held lock, per-conference serialization, the
 //!   monitor (ticks and health probes) and the store flusher.
 //! - [`api`]: the gRPC services; [`metrics`]: Prometheus; [`cli`]: the client commands.
+//! - [`actuator`], [`kubernetes`]: what starts and stops bridges for the autoscaler.
+//! - [`etcd`], [`cluster`]: the etcd store, shared routes, shard leases and the election of the
+//!   active focus.
 
 pub mod actuator;
 pub mod api;
@@ -31,3 +36,4 @@ pub mod router;
 pub mod service;
 pub mod sim;
 pub mod store;
+pub mod stream;
