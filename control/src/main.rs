@@ -54,6 +54,9 @@ enum Cmd {
     /// Run the focus and the autoscaler in virtual time over a day of conferences and report
     /// bridge-hours saved against a fleet provisioned for the peak.
     Simulate(SimArgs),
+    /// Place one live stream's viewers on edges in virtual time (origin, pull tree with bounded
+    /// fan-out) and report bridges used, origin fan-out, the deepest tier and placement time.
+    SimulateStream(StreamSimArgs),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -263,6 +266,69 @@ struct SimArgs {
     hpa: HpaArgs,
 }
 
+#[derive(clap::Args, Debug)]
+struct StreamSimArgs {
+    /// Viewers of the stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    viewers: u64,
+    /// Regions the viewers come from (round-robin), comma-separated.
+    #[arg(long, default_value = "eu,us,ap", value_delimiter = ',')]
+    regions: Vec<String>,
+    /// Packets/s (in + out) one bridge carries at stress 1.
+    #[arg(long, default_value_t = 200_000.0)]
+    capacity_pps: f64,
+    /// Packets/s of the stream (600 kbps video + audio is about 55).
+    #[arg(long, default_value_t = 55.0)]
+    stream_pps: f64,
+    /// Edges one bridge feeds at most (the origin's fan-out limit).
+    #[arg(long, default_value_t = 8)]
+    max_fanout: usize,
+    /// Stress at which an edge takes no more viewers.
+    #[arg(long, default_value_t = 0.8)]
+    stress_threshold: f64,
+}
+
+fn simulate_stream(a: StreamSimArgs, json: bool) -> anyhow::Result<()> {
+    if a.regions.is_empty() {
+        anyhow::bail!("--regions: at least one");
+    }
+    if a.capacity_pps.is_nan()
+        || a.capacity_pps < 1.0
+        || a.stream_pps.is_nan()
+        || a.stream_pps <= 0.0
+    {
+        anyhow::bail!("--capacity-pps and --stream-pps: must be > 0");
+    }
+    let r = ringbridge_control::stream::simulate(
+        a.viewers,
+        &a.regions,
+        a.capacity_pps,
+        a.stream_pps,
+        a.max_fanout,
+        a.stress_threshold,
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "one stream, {} viewers over {}",
+        r.viewers,
+        a.regions.join(", ")
+    );
+    println!("  bridges used        {:>10} (origin + edges)", r.bridges);
+    println!(
+        "  origin fan-out      {:>10} edges (limit {})",
+        r.origin_fanout, a.max_fanout
+    );
+    println!("  deepest tier        {:>10}", r.deepest_tier);
+    println!(
+        "  placement           {:>10.0} ns per viewer",
+        r.placement_ns
+    );
+    Ok(())
+}
+
 fn simulate(a: SimArgs, json: bool) -> anyhow::Result<()> {
     let hpa = a.hpa.config()?;
     if a.capacity_pps.is_nan() || a.capacity_pps <= 0.0 {
@@ -335,7 +401,7 @@ fn simulate(a: SimArgs, json: bool) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The simulator's focus would log every virtual drain: warnings only, unless asked.
-    let level = if matches!(cli.cmd, Cmd::Simulate(_)) {
+    let level = if matches!(cli.cmd, Cmd::Simulate(_) | Cmd::SimulateStream(_)) {
         "warn"
     } else {
         "info"
@@ -346,8 +412,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Cmd::Simulate(a) = cli.cmd {
-        return simulate(a, cli.json);
+    match cli.cmd {
+        Cmd::Simulate(a) => return simulate(a, cli.json),
+        Cmd::SimulateStream(a) => return simulate_stream(a, cli.json),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
@@ -356,7 +424,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(a) => serve(*a).await,
-            Cmd::Simulate(_) => unreachable!("runs without a runtime"),
+            Cmd::Simulate(_) | Cmd::SimulateStream(_) => unreachable!("runs without a runtime"),
             Cmd::Client(c) => cli::run(&cli.control, cli.json, c).await,
         }
     })
