@@ -48,6 +48,10 @@ struct Cli {
     /// Default: all. `--senders 1` is one publisher fanned out to participants - 1 receivers.
     #[arg(long)]
     senders: Option<usize>,
+    /// A live stream instead: one publisher per conference (stream) and this many receive-only
+    /// viewers (sets --participants to N + 1 and --senders to 1).
+    #[arg(long, conflicts_with_all = ["participants", "senders"])]
+    viewers: Option<usize>,
     /// Each participant sends an audio stream: 50 pps of 160 bytes.
     #[arg(long)]
     audio: bool,
@@ -123,7 +127,14 @@ impl Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(v) = cli.viewers {
+        if v == 0 {
+            bail!("--viewers: at least 1");
+        }
+        cli.participants = v + 1;
+        cli.senders = Some(1);
+    }
     if cli.participants < 2 || cli.conferences == 0 {
         bail!("need at least 1 conference of 2 participants");
     }
