@@ -318,6 +318,7 @@ impl Target {
                     link_conference: 1,
                     tx_key: tx.clone(),
                     rx_key: rx.clone(),
+                    downstream: false,
                 })
                 .await
                 .context("AddRelay")?;

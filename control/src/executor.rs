@@ -97,6 +97,7 @@ fn change(call: &Call) -> pb::Change {
             tx_key,
             rx_key,
         } => C::AddRelay(pb::AddRelayRequest {
+            downstream: false,
             conference_id: conference.clone(),
             relay_id: relay_id.clone(),
             remote_addr: remote_addr.clone(),

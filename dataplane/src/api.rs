@@ -98,10 +98,13 @@ fn add_relay(s: &mut BridgeState, r: &pb::AddRelayRequest) -> Result<(), StateEr
     s.add_relay(
         &r.conference_id,
         &r.relay_id,
-        &r.remote_addr,
-        r.link_conference,
-        &r.tx_key,
-        &r.rx_key,
+        crate::state::NewRelay {
+            remote_addr: &r.remote_addr,
+            link: r.link_conference,
+            tx_key: &r.tx_key,
+            rx_key: &r.rx_key,
+            downstream: r.downstream,
+        },
     )
 }
 

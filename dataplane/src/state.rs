@@ -272,6 +272,23 @@ pub struct EndpointState {
     pub srtp: Option<EndpointSrtp>,
 }
 
+/// A relay to add: the bridge at `remote_addr`, link conference number `link`, sealing with
+/// `tx_key` and opening with `rx_key`; `downstream` when the remote bridge pulls from this one
+/// (a stream's next tier).
+#[derive(Debug, Clone, Copy)]
+pub struct NewRelay<'a> {
+    /// "ip:port" of the remote bridge's media socket.
+    pub remote_addr: &'a str,
+    /// The link's conference number.
+    pub link: u32,
+    /// Key this bridge seals with.
+    pub tx_key: &'a [u8],
+    /// Key the remote bridge seals with.
+    pub rx_key: &'a [u8],
+    /// The remote bridge pulls this conference's media from this one.
+    pub downstream: bool,
+}
+
 /// All conferences of the bridge, keyed by id.
 #[derive(Debug, Clone)]
 pub struct BridgeState {
@@ -621,17 +638,20 @@ impl BridgeState {
         true
     }
 
-    /// Adds a relay of `conference` to the bridge at `remote_addr` for link conference number
-    /// `link`, sealing with `tx_key` and opening with `rx_key`.
+    /// Adds relay `relay_id` of `conference` as `r` describes.
     pub fn add_relay(
         &mut self,
         conference: &str,
         relay_id: &str,
-        remote_addr: &str,
-        link: u32,
-        tx_key: &[u8],
-        rx_key: &[u8],
+        r: NewRelay<'_>,
     ) -> Result<(), StateError> {
+        let NewRelay {
+            remote_addr,
+            link,
+            tx_key,
+            rx_key,
+            downstream,
+        } = r;
         need("conference_id", conference)?;
         need("relay_id", relay_id)?;
         if remote_addr.is_empty() {
@@ -657,12 +677,12 @@ impl BridgeState {
             });
         }
         let uid = self.next_uid;
-        let relay = crate::core::relay::Relay::new(uid, addr, link, tx_key, rx_key).map_err(
-            |(field, e)| StateError::BadSrtp {
+        let relay = crate::core::relay::Relay::new(uid, addr, link, tx_key, rx_key)
+            .map_err(|(field, e)| StateError::BadSrtp {
                 field,
                 why: e.to_string(),
-            },
-        )?;
+            })?
+            .pulling(downstream);
         self.next_uid += 1;
         let idx = conf.idx;
         self.record(Op::AddRelay {

@@ -35,6 +35,7 @@ fn relay_req(
         link_conference: link,
         tx_key: tx.to_vec(),
         rx_key: rx.to_vec(),
+        downstream: false,
     }
 }
 

@@ -511,7 +511,12 @@ fn decide<'t>(
         let s = rtcp::summarize(plain)?;
         if s.feedback {
             let f = feedback_targets(table, ep.conf, Some(idx), s.targets());
-            let relays = if f.elsewhere { &conf.relays[..] } else { &[] };
+            // Towards the media owner: never down a stream's pull tree.
+            let relays = if f.elsewhere {
+                conf.upstream_relays()
+            } else {
+                &[]
+            };
             if !f.here && relays.is_empty() {
                 return Err(DropReason::UnknownSsrc);
             }
@@ -585,7 +590,9 @@ fn feedback_targets(table: &Table, conf: u32, sender: Option<u32>, targets: &[u3
 }
 
 /// A packet from a relay: authenticated, replay-checked and opened in place; its inner packet
-/// goes to local endpoints only (never to another relay).
+/// goes to local endpoints, and to no other relay in Octo's full mesh. In a stream's pull tree,
+/// media from upstream also goes on to the downstream relays (the next tier), and feedback from
+/// a downstream relay about a sender that is not local goes up towards it.
 fn decide_relay<'t>(
     table: &'t Table,
     streams: &mut StreamState,
@@ -607,6 +614,8 @@ fn decide_relay<'t>(
     counters.relay_rx += 1;
     let inner = &pkt[relay::HEADER_LEN..relay::HEADER_LEN + n];
     let conf = table.conf(*conf_idx);
+    // Feedback that must go up the pull tree; whether the packet is feedback at all.
+    let (mut up, mut feedback) = (false, false);
     let (class, select, index, rtp_header_len) = match classify::classify(inner) {
         Class::Rtp => {
             counters.rx_rtp += 1;
@@ -626,10 +635,15 @@ fn decide_relay<'t>(
             counters.rx_rtcp += 1;
             let s = rtcp::summarize(inner)?;
             let select = if s.feedback {
-                feedback_targets(table, *conf_idx, None, s.targets()).select
+                let f = feedback_targets(table, *conf_idx, None, s.targets());
+                if f.elsewhere && r.downstream {
+                    up = true;
+                }
+                f.select
             } else {
                 Select::AllBut(usize::MAX)
             };
+            feedback = s.feedback;
             let index = if conf.srtp_out() {
                 let n = streams.rtcp_out.entry((r.uid, s.sender_ssrc)).or_insert(0);
                 *n = (*n + 1) & 0x7fff_ffff;
@@ -645,13 +659,20 @@ fn decide_relay<'t>(
         peers: &conf.peers,
         select,
     };
-    if dests.is_empty() {
+    let relays = if up {
+        conf.upstream_relays()
+    } else if !feedback && !r.downstream {
+        conf.downstream_relays()
+    } else {
+        &[]
+    };
+    if dests.is_empty() && relays.is_empty() {
         return Err(DropReason::NoReceivers);
     }
     Ok(Verdict {
         class,
         dests,
-        relays: &[],
+        relays,
         offset: relay::HEADER_LEN,
         len: n,
         index,

@@ -87,6 +87,8 @@ pub struct Relay {
     pub raw: SockAddr,
     /// The link's conference number.
     pub link: u32,
+    /// The remote bridge pulls the conference's media from this one (a stream's next tier).
+    pub downstream: bool,
     tx: LessSafeKey,
     rx: LessSafeKey,
 }
@@ -115,9 +117,16 @@ impl Relay {
             addr,
             raw: SockAddr::from(addr),
             link,
+            downstream: false,
             tx: key(tx_key).map_err(|e| ("tx_key", e))?,
             rx: key(rx_key).map_err(|e| ("rx_key", e))?,
         })
+    }
+
+    /// Marks the remote bridge as pulling from this one (see [`Relay::downstream`]).
+    pub fn pulling(mut self, downstream: bool) -> Self {
+        self.downstream = downstream;
+        self
     }
 
     /// Seals the plain packet `inner` into `out` as relay packet `seq` of `worker`; returns its

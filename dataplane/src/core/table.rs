@@ -61,8 +61,11 @@ pub(crate) struct Conference {
     pub ssrc_owner: FxHashMap<u32, u32>,
     /// Peers that receive SRTP (plain senders' packet indices must then be tracked).
     pub srtp_peers: u32,
-    /// Relays to the other bridges of the conference (Octo).
+    /// Relays to the other bridges of the conference (Octo), those that do not pull from
+    /// this bridge first (`relays[..upstream]`), then the downstream ones (a stream's tiers).
     pub relays: Vec<Arc<Relay>>,
+    /// How many of `relays` come first as not downstream.
+    pub upstream: usize,
 }
 
 impl Conference {
@@ -70,6 +73,18 @@ impl Conference {
     #[inline]
     pub fn srtp_out(&self) -> bool {
         self.srtp_peers > 0
+    }
+
+    /// Relays that do not pull from this bridge (all of them in Octo's full mesh).
+    #[inline]
+    pub fn upstream_relays(&self) -> &[Arc<Relay>] {
+        &self.relays[..self.upstream]
+    }
+
+    /// Relays that pull this conference's media from this bridge.
+    #[inline]
+    pub fn downstream_relays(&self) -> &[Arc<Relay>] {
+        &self.relays[self.upstream..]
     }
 }
 
@@ -222,12 +237,22 @@ impl Table {
             Op::AddRelay { conf, relay } => {
                 self.relay_by
                     .insert((relay.addr, relay.link), (conf.0, relay.clone()));
-                self.conf_mut(conf.0).relays.push(relay.clone());
+                let c = self.conf_mut(conf.0);
+                if relay.downstream {
+                    c.relays.push(relay.clone());
+                } else {
+                    c.relays.insert(c.upstream, relay.clone());
+                    c.upstream += 1;
+                }
             }
             Op::RemoveRelay { conf, uid } => {
                 let c = self.conf_mut(conf.0);
                 if let Some(i) = c.relays.iter().position(|r| r.uid == *uid) {
-                    let r = c.relays.swap_remove(i);
+                    // Order-preserving: upstream relays stay first.
+                    let r = c.relays.remove(i);
+                    if i < c.upstream {
+                        c.upstream -= 1;
+                    }
                     self.relay_by.remove(&(r.addr, r.link));
                 }
             }
@@ -383,6 +408,7 @@ impl Table {
         for &uid in members {
             self.unindex(uid);
         }
+        self.conf_mut(conf.0).upstream = 0;
         for r in std::mem::take(&mut self.conf_mut(conf.0).relays) {
             self.relay_by.remove(&(r.addr, r.link));
         }

@@ -1,0 +1,110 @@
+//! A live stream's pull tree over real bridge processes: origin O -> edge E1 -> edge E2 (E2
+//! pulls through E1, a second tier). Media from the publisher on O reaches the viewers on both
+//! edges exactly once, byte for byte, and never goes back up; a keyframe request from a viewer
+//! on E2 climbs E2 -> E1 -> O and reaches only the publisher.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Bridge, Party, collect};
+use ringbridge_dataplane::testkit;
+use ringbridge_proto::v1 as pb;
+
+const K1: [u8; 16] = [0x11; 16];
+const K2: [u8; 16] = [0x22; 16];
+const K3: [u8; 16] = [0x33; 16];
+const K4: [u8; 16] = [0x44; 16];
+
+fn pull(
+    remote: std::net::SocketAddr,
+    id: &str,
+    tx: &[u8],
+    rx: &[u8],
+    downstream: bool,
+) -> pb::AddRelayRequest {
+    pb::AddRelayRequest {
+        conference_id: "s".into(),
+        relay_id: id.into(),
+        remote_addr: remote.to_string(),
+        link_conference: 5,
+        tx_key: tx.to_vec(),
+        rx_key: rx.to_vec(),
+        downstream,
+    }
+}
+
+async fn media_climbs_down_and_keyframe_requests_climb_up(engine: &str) {
+    let mut o = Bridge::start(engine).await;
+    let mut e1 = Bridge::start(engine).await;
+    let mut e2 = Bridge::start(engine).await;
+    for b in [&mut o, &mut e1, &mut e2] {
+        b.conference("s").await;
+    }
+    // O feeds E1 (downstream); E1 pulls from O and feeds E2; E2 pulls from E1.
+    o.client
+        .add_relay(pull(e1.media, "e1", &K1, &K2, true))
+        .await
+        .unwrap();
+    e1.client
+        .add_relay(pull(o.media, "o", &K2, &K1, false))
+        .await
+        .unwrap();
+    e1.client
+        .add_relay(pull(e2.media, "e2", &K3, &K4, true))
+        .await
+        .unwrap();
+    e2.client
+        .add_relay(pull(e1.media, "e1", &K4, &K3, false))
+        .await
+        .unwrap();
+    let (p, v1, v2) = (
+        Party::new("pub", 1),
+        Party::new("v1", 2),
+        Party::new("v2", 3),
+    );
+    o.add("s", &p, false).await;
+    e1.add("s", &v1, false).await;
+    e2.add("s", &v2, false).await;
+
+    const N: u16 = 50;
+    let (got1, got2, back) = std::thread::scope(|s| {
+        let r1 = s.spawn(|| collect(&v1.sock, N as usize, Duration::from_millis(300)));
+        let r2 = s.spawn(|| collect(&v2.sock, N as usize, Duration::from_millis(300)));
+        let rp = s.spawn(|| collect(&p.sock, 0, Duration::from_millis(800)));
+        for n in 0..N {
+            p.send(o.media, &p.packet(n));
+            if n % 10 == 9 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        (r1.join().unwrap(), r2.join().unwrap(), rp.join().unwrap())
+    });
+    let want: Vec<Vec<u8>> = (0..N).map(|n| p.packet(n)).collect();
+    for (name, mut got) in [("tier 1", got1), ("tier 2", got2)] {
+        got.sort_by_key(|g| u16::from_be_bytes([g[2], g[3]]));
+        assert_eq!(got, want, "{name}: every packet once, byte for byte");
+    }
+    assert!(back.is_empty(), "nothing goes back to the publisher");
+
+    // A PLI from v2 about the publisher climbs both tiers to the publisher alone.
+    let pli = testkit::pli(v2.ssrc, p.ssrc);
+    let (at_pub, at_v1) = std::thread::scope(|s| {
+        let rp = s.spawn(|| collect(&p.sock, 1, Duration::from_millis(300)));
+        let r1 = s.spawn(|| collect(&v1.sock, 0, Duration::from_millis(500)));
+        v2.send(e2.media, &pli);
+        (rp.join().unwrap(), r1.join().unwrap())
+    });
+    assert_eq!(at_pub, [pli], "the publisher gets the keyframe request");
+    assert!(at_v1.is_empty(), "no other viewer does");
+}
+
+#[tokio::test]
+async fn tiers_mio() {
+    media_climbs_down_and_keyframe_requests_climb_up("mio").await;
+}
+
+#[tokio::test]
+async fn tiers_uring() {
+    media_climbs_down_and_keyframe_requests_climb_up("uring").await;
+}
