@@ -170,7 +170,8 @@ pub struct Fleet {
     pub report_interval_ms: u64,
     /// Intervals a bridge may miss before it is down.
     pub missed_reports: u64,
-    /// Estimated packets/s one participant adds (used until the next report shows the load).
+    /// Estimated packets/s of one stream placed (see [`Fleet::placed`]), until the next report
+    /// shows the load.
     pub per_participant_pps: f64,
     /// Failed health probes in a row after which a bridge is down.
     pub probe_failures_down: u32,

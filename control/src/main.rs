@@ -92,8 +92,8 @@ struct ServeArgs {
     /// Idle seconds after which a conference's route is forgotten.
     #[arg(long, default_value_t = 3600)]
     route_ttl_secs: u64,
-    /// Packets/s (in + out) one participant is assumed to add until its bridge's next report
-    /// shows the real load (the stress correction for placements between reports).
+    /// Packets/s of one stream, for the stress correction of placements between reports: a
+    /// participant joining k others of its conference on a bridge adds 2k + 1 streams.
     #[arg(long, default_value_t = 100.0)]
     participant_pps: f64,
     /// Deadline of every call to a bridge's API, ms. A call that misses it makes the bridge
