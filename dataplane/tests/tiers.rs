@@ -1,7 +1,8 @@
 //! A live stream's pull tree over real bridge processes: origin O -> edge E1 -> edge E2 (E2
 //! pulls through E1, a second tier). Media from the publisher on O reaches the viewers on both
 //! edges exactly once, byte for byte, and never goes back up; a keyframe request from a viewer
-//! on E2 climbs E2 -> E1 -> O and reaches only the publisher.
+//! on E2 climbs E2 -> E1 -> O and reaches only the publisher; RTP from a receive-only viewer is
+//! dropped and counted.
 
 mod common;
 
@@ -97,6 +98,35 @@ async fn media_climbs_down_and_keyframe_requests_climb_up(engine: &str) {
     });
     assert_eq!(at_pub, [pli], "the publisher gets the keyframe request");
     assert!(at_v1.is_empty(), "no other viewer does");
+
+    // A receive-only viewer (no SSRCs declared) that sends RTP anyway: dropped and counted,
+    // never forwarded, up or down.
+    let rogue = Party::new("rogue", 9);
+    e1.client
+        .add_endpoint(pb::AddEndpointRequest {
+            conference_id: "s".into(),
+            endpoint_id: "rogue".into(),
+            ssrcs: vec![],
+            remote_addr: rogue.addr().to_string(),
+            srtp: None,
+        })
+        .await
+        .unwrap();
+    let before = e1.stats().await.total.unwrap().drops.unwrap().unknown_ssrc;
+    let (at_pub, at_v2) = std::thread::scope(|s| {
+        let rp = s.spawn(|| collect(&p.sock, 0, Duration::from_millis(500)));
+        let r2 = s.spawn(|| collect(&v2.sock, 0, Duration::from_millis(500)));
+        for n in 0..5 {
+            rogue.send(e1.media, &rogue.packet(n));
+        }
+        (rp.join().unwrap(), r2.join().unwrap())
+    });
+    assert!(
+        at_pub.is_empty() && at_v2.is_empty(),
+        "a viewer's RTP goes nowhere"
+    );
+    let after = e1.stats().await.total.unwrap().drops.unwrap().unknown_ssrc;
+    assert_eq!(after - before, 5, "and is counted");
 }
 
 #[tokio::test]
