@@ -394,26 +394,23 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::ListBridgesResponse>, Status> {
         self.0.check_active().await?;
         let core = self.0.lock();
-        let participants = core.focus.participants_per_bridge();
-        let mut per_bridge = std::collections::HashMap::<&str, u32>::new();
-        for p in core.focus.conferences().values() {
-            for b in p.bridges() {
-                *per_bridge.entry(b).or_default() += 1;
-            }
-        }
         let bridges = core
             .focus
             .fleet()
             .iter()
-            .map(|b| pb::BridgeInfo {
-                bridge_id: b.id.clone(),
-                region: b.region.clone(),
-                api_addr: b.api_addr.clone(),
-                media_addr: b.media_addr.clone(),
-                state: b.state().into(),
-                stress: b.stress,
-                conferences: per_bridge.get(b.id.as_str()).copied().unwrap_or(0),
-                participants: participants.get(b.id.as_str()).copied().unwrap_or(0) as u32,
+            .map(|b| {
+                // From the focus's bridge index: no scan of every conference.
+                let (conferences, participants) = core.focus.load_of(&b.id);
+                pb::BridgeInfo {
+                    bridge_id: b.id.clone(),
+                    region: b.region.clone(),
+                    api_addr: b.api_addr.clone(),
+                    media_addr: b.media_addr.clone(),
+                    state: b.state().into(),
+                    stress: b.stress,
+                    conferences: conferences as u32,
+                    participants: participants as u32,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListBridgesResponse { bridges }))
@@ -428,12 +425,7 @@ impl Registry for RegistryService {
         need("bridge_id", &r.bridge_id)?;
         let mut core = self.0.lock();
         core.focus.drain(&r.bridge_id, now_ms()).map_err(status)?;
-        let participants = core
-            .focus
-            .participants_per_bridge()
-            .get(r.bridge_id.as_str())
-            .copied()
-            .unwrap_or(0) as u32;
+        let participants = core.focus.load_of(&r.bridge_id).1 as u32;
         let since = core
             .focus
             .fleet()

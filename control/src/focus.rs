@@ -485,6 +485,13 @@ impl Focus {
         self.drain_moves
     }
 
+    /// Conferences and participants the focus placed on `bridge`.
+    pub fn load_of(&self, bridge: &str) -> (usize, usize) {
+        self.index
+            .get(bridge)
+            .map_or((0, 0), |c| (c.len(), c.values().sum()))
+    }
+
     /// Participants per bridge (bridges without any are absent).
     pub fn participants_per_bridge(&self) -> HashMap<&str, usize> {
         self.index
@@ -945,12 +952,7 @@ impl Focus {
         // The last participant of this bridge: the bridge leaves the conference (its relays go
         // on the other bridges).
         let bridge_empties = p.on(&bridge).count() == 1;
-        let others: Vec<BridgeId> = p
-            .bridges()
-            .into_iter()
-            .filter(|b| *b != bridge)
-            .map(String::from)
-            .collect();
+        let others = p.bridges_except(std::slice::from_ref(&bridge));
         // A bridge that is down gets no call: its state is gone or will be cleaned up.
         let up = |b: &str| self.fleet.get(b).is_some_and(|b| b.health != Health::Down);
         let mut calls = if bridge_empties {
@@ -1145,12 +1147,7 @@ impl Focus {
                 .find(|x| dead.contains(&x.bridge))
                 .map(|x| x.region.clone())
                 .unwrap_or_default();
-            let survivors: Vec<BridgeId> = p
-                .bridges()
-                .into_iter()
-                .filter(|b| !dead.iter().any(|d| d == b))
-                .map(String::from)
-                .collect();
+            let survivors = p.bridges_except(&dead);
             let exclude: Vec<&str> = dead.iter().map(String::as_str).collect();
             // A drain can wait for room; a failover cannot.
             let group = p
@@ -1185,12 +1182,7 @@ impl Focus {
         let p = &self.conferences[conference];
         let link = p.link;
         // Bridges that keep the conference (`to` among them when it already hosts it).
-        let keep: Vec<BridgeId> = p
-            .bridges()
-            .into_iter()
-            .filter(|b| !from.iter().any(|d| d == b))
-            .map(String::from)
-            .collect();
+        let keep = p.bridges_except(from);
         let moving: Vec<(String, Participant)> = p
             .participants
             .iter()

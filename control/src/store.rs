@@ -96,6 +96,15 @@ impl Placement {
         b
     }
 
+    /// Its bridges but those in `except`.
+    pub fn bridges_except(&self, except: &[String]) -> Vec<String> {
+        self.bridges()
+            .into_iter()
+            .filter(|b| !except.iter().any(|x| x == b))
+            .map(String::from)
+            .collect()
+    }
+
     /// Participants on `bridge`.
     pub fn on<'a>(
         &'a self,

@@ -140,17 +140,7 @@ async fn the_fleet_follows_the_traffic_and_a_drained_bridge_is_moved_off_then_re
     let mut focus = FocusClient::new(channel(&url).await);
     // Conference A: a1 sends, a2 and a3 receive.
     let a: Vec<Party> = (1..=3).map(Party::new).collect();
-    let mut first = None;
-    for (i, p) in a.iter().enumerate() {
-        let r = focus
-            .join(p.join("a", &format!("a{}", i + 1), "default"))
-            .await
-            .unwrap()
-            .into_inner();
-        first = Some((r.bridge_id, r.media_addr));
-    }
-    let (bridge_a, media_a) = first.unwrap();
-    let media_a: SocketAddr = media_a.parse().unwrap();
+    let (bridge_a, media_a) = join_all(&mut focus, "a", "a", "default", &a).await;
 
     // Load rises: ~450 pps in, twice that out, against 2000 pps of capacity at a 0.5 target.
     let heavy_stop = Arc::new(AtomicBool::new(false));
@@ -191,16 +181,7 @@ async fn the_fleet_follows_the_traffic_and_a_drained_bridge_is_moved_off_then_re
     );
     // A new conference lands on the new bridge.
     let b: Vec<Party> = (11..=12).map(Party::new).collect();
-    let mut placed_b = None;
-    for (i, p) in b.iter().enumerate() {
-        let r = focus
-            .join(p.join("b", &format!("b{}", i + 1), "default"))
-            .await
-            .unwrap()
-            .into_inner();
-        placed_b = Some((r.bridge_id, r.media_addr));
-    }
-    let (bridge_b, media_b) = placed_b.unwrap();
+    let (bridge_b, media_b) = join_all(&mut focus, "b", "b", "default", &b).await;
     assert_ne!(
         bridge_b, bridge_a,
         "the new conference goes to the new bridge"
@@ -229,7 +210,7 @@ async fn the_fleet_follows_the_traffic_and_a_drained_bridge_is_moved_off_then_re
         stop.clone(),
         sent_a.clone(),
     );
-    let target_b = Arc::new(Mutex::new(media_b.parse::<SocketAddr>().unwrap()));
+    let target_b = Arc::new(Mutex::new(media_b));
     let rx_b = receiver(b[1].sock.try_clone().unwrap(), b[0].ssrc, 0, stop.clone());
     let tx_b = sender(
         b[0].sock.try_clone().unwrap(),
@@ -242,16 +223,7 @@ async fn the_fleet_follows_the_traffic_and_a_drained_bridge_is_moved_off_then_re
     );
     // After the scale-down window, B's bridge (fewest participants) drains; after the grace
     // its participants are moved to A's bridge and the move is announced.
-    let moved = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let m = watch_b.message().await.unwrap().unwrap();
-            if m.reason == "drained" {
-                return m;
-            }
-        }
-    })
-    .await
-    .expect("B is moved off its draining bridge");
+    let moved = next_with_reason(&mut watch_b, "drained", 20).await;
     let announced = Instant::now();
     assert_eq!(moved.bridges.len(), 1, "{moved:?}");
     assert_eq!(moved.bridges[0].bridge_id, bridge_a);
@@ -378,16 +350,7 @@ async fn a_bridge_on_sigterm_drains_its_participants_move_and_it_exits_when_empt
         .into_inner();
     assert_eq!(n.bridge_id, "y", "a draining bridge gets no new conference");
     // After the grace its participants move (announced), then it exits by itself.
-    let moved = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let m = w.message().await.unwrap().unwrap();
-            if m.reason == "drained" {
-                return m;
-            }
-        }
-    })
-    .await
-    .expect("moved off the draining bridge");
+    let moved = next_with_reason(&mut w, "drained", 10).await;
     assert_eq!(moved.bridges.len(), 1);
     assert_eq!(moved.bridges[0].bridge_id, "y");
     assert!(flows(&p[0], &p[1], &moved.bridges[0].media_addr, 7));

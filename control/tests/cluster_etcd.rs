@@ -14,30 +14,13 @@ use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::router_client::RouterClient;
 
-fn instance(etcd: &Etcd, shard: &str, tag: &str) -> Proc {
-    control_with(
-        &data_dir(tag),
-        "127.0.0.1:0",
-        &[
-            "--report-interval-ms",
-            "200",
-            "--store",
-            &etcd.store(),
-            "--etcd-timeout-ms",
-            "1000",
-            "--shard-id",
-            shard,
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     let mut etcd = Etcd::start("cluster");
-    let mut a = instance(&etcd, "s1", "ce-a");
+    let mut a = control_on_etcd(&etcd, "s1", "ce-a");
     tokio::time::sleep(Duration::from_millis(300)).await; // a campaigns first
-    let b = instance(&etcd, "s1", "ce-b");
-    let c = instance(&etcd, "s2", "ce-c");
+    let b = control_on_etcd(&etcd, "s1", "ce-b");
+    let c = control_on_etcd(&etcd, "s2", "ce-c");
     let url = |p: &Proc| format!("http://{}", p.field("listen"));
     let (ua, ub, uc) = (url(&a), url(&b), url(&c));
     let s1 = format!("{ua},{ub}");
@@ -167,16 +150,8 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
         "current"
     );
     s1_bridges[0].kill();
-    let moved = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let m = on_standby.message().await.unwrap().unwrap();
-            if m.reason == "failover" {
-                return m;
-            }
-        }
-    })
-    .await
-    .expect("the standby's watch sees the failover");
+    // The standby's watch sees the failover.
+    let moved = next_with_reason(&mut on_standby, "failover", 5).await;
     assert!(
         moved.bridges.iter().all(|b| b.bridge_id != "s1-b1"),
         "{moved:?}"
@@ -211,16 +186,7 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
     let mut w = watch(&mut fb, &placements[0].conference).await;
     assert_eq!(w.message().await.unwrap().unwrap().reason, "current");
     s1_bridges[if victim == "s1-b2" { 1 } else { 2 }].kill();
-    let moved = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let m = w.message().await.unwrap().unwrap();
-            if m.reason == "failover" {
-                return m;
-            }
-        }
-    })
-    .await
-    .expect("failover after the takeover");
+    let moved = next_with_reason(&mut w, "failover", 5).await;
     assert!(moved.bridges.iter().all(|b| b.bridge_id != victim));
 
     // etcd stopped and started again: the instances recover by themselves, nothing lost.

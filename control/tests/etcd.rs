@@ -10,26 +10,10 @@ use common::*;
 use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::router_client::RouterClient;
 
-fn control_on(etcd: &Etcd, tag: &str) -> Proc {
-    let data = data_dir(tag);
-    control_with(
-        &data,
-        "127.0.0.1:0",
-        &[
-            "--report-interval-ms",
-            "200",
-            "--store",
-            &etcd.store(),
-            "--etcd-timeout-ms",
-            "500",
-        ],
-    )
-}
-
 #[tokio::test]
 async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
     let etcd = Etcd::start("store");
-    let mut first = control_on(&etcd, "etcd-a");
+    let mut first = control_on_etcd(&etcd, "shard-0", "etcd-a");
     let url = format!("http://{}", first.field("listen"));
     wait_active(&url).await;
     let _b = bridge(&url, "eu-1", "eu");
@@ -79,7 +63,7 @@ async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
     tokio::time::sleep(Duration::from_millis(600)).await; // a flush interval or two
     first.kill(); // a crash: only what reached etcd counts
     // Another instance of the shard, with an empty data directory, starts from etcd.
-    let second = control_on(&etcd, "etcd-b");
+    let second = control_on_etcd(&etcd, "shard-0", "etcd-b");
     let url2 = format!("http://{}", second.field("listen"));
     let mut focus2 = FocusClient::new(channel(&url2).await);
     // It stands by until the first one's lease has expired, then takes over from etcd.

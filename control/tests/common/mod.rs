@@ -273,6 +273,64 @@ pub fn data_dir(tag: &str) -> String {
     d.to_string_lossy().into_owned()
 }
 
+/// Joins every party of `parties` to `conference` as `PREFIX1`, `PREFIX2`, ...; returns the
+/// last answer's bridge and media address.
+pub async fn join_all(
+    focus: &mut FocusClient<Channel>,
+    conference: &str,
+    prefix: &str,
+    region: &str,
+    parties: &[Party],
+) -> (String, SocketAddr) {
+    let mut last = None;
+    for (i, p) in parties.iter().enumerate() {
+        let r = focus
+            .join(p.join(conference, &format!("{prefix}{}", i + 1), region))
+            .await
+            .unwrap()
+            .into_inner();
+        last = Some((r.bridge_id, r.media_addr.parse().unwrap()));
+    }
+    last.expect("at least one party")
+}
+
+/// The next placement on `watch` announced with `reason` (others are skipped), within `secs`.
+pub async fn next_with_reason(
+    watch: &mut tonic::Streaming<pb::ConferencePlacement>,
+    reason: &str,
+    secs: u64,
+) -> pb::ConferencePlacement {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            let m = watch.message().await.unwrap().unwrap();
+            if m.reason == reason {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {reason:?} announcement within {secs} s"))
+}
+
+/// A control plane on `etcd` for shard `shard`, its own data directory named after `tag`.
+pub fn control_on_etcd(etcd: &Etcd, shard: &str, tag: &str) -> Proc {
+    control_with(
+        &data_dir(tag),
+        "127.0.0.1:0",
+        &[
+            "--report-interval-ms",
+            "200",
+            "--store",
+            &etcd.store(),
+            // 1 000 concurrent first routes need more than 500 ms of etcd on this VM.
+            "--etcd-timeout-ms",
+            "1000",
+            "--shard-id",
+            shard,
+        ],
+    )
+}
+
 /// Opens a WatchConference stream on `conference`.
 pub async fn watch(
     focus: &mut FocusClient<Channel>,
