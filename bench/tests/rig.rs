@@ -100,6 +100,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         advertise: None,
         tuning: Default::default(),
         limits: Default::default(),
+        keyframe_interval_ms: 500,
     })
     .await
     .unwrap();

@@ -17,7 +17,7 @@ use crate::bridges::Bridge;
 use crate::focus::{Done, JoinRequest, MAX_ID_LEN, SrtpOffer};
 use crate::router::Shard;
 use crate::service::{Control, now_ms, placement_msg, status};
-use crate::store::Change;
+use crate::store::{Change, Role};
 
 fn need(field: &str, v: &str) -> Result<(), Status> {
     if v.is_empty() {
@@ -54,7 +54,14 @@ impl Focus for FocusService {
         let r = req.into_inner();
         let c = &self.0;
         c.check_store()?;
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role: {:?} is not one of participant, publisher, viewer",
+                r.role
+            ))
+        })?;
         let join = JoinRequest {
+            role,
             conference: r.conference,
             participant_id: r.participant_id,
             region: r.region,

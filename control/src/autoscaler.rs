@@ -563,6 +563,8 @@ mod tests {
                 probe_failures_down: 2,
                 per_participant_pps: 1.0,
                 max_per_bridge: 80,
+                stream_fanout: 8,
+                max_viewers_per_edge: 1000,
                 stress_threshold: 0.8,
                 drain_grace_ms: 2000,
             };
@@ -589,6 +591,7 @@ mod tests {
                         ssrcs: vec![1],
                         remote_addr: String::new(),
                         srtp: None,
+                        role: Default::default(),
                     },
                     0,
                 )

@@ -39,6 +39,10 @@ pub enum Command {
         /// The participant's SRTP master key + salt, hex. The bridge's key comes back.
         #[arg(long, requires = "srtp_profile")]
         srtp_key: Option<String>,
+        /// "participant" in a conference, or "publisher" / "viewer" of a broadcast (a live
+        /// stream; a viewer declares no --ssrc and needs --remote-addr).
+        #[arg(long, default_value = "participant")]
+        role: String,
     },
     /// Remove a participant.
     Leave {
@@ -82,6 +86,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
             remote_addr,
             srtp_profile,
             srtp_key,
+            role,
         } => {
             let srtp = match (srtp_profile, srtp_key) {
                 (Some(profile), Some(key)) => Some(pb::SrtpParams {
@@ -101,6 +106,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                     ssrcs,
                     remote_addr,
                     srtp,
+                    role,
                 })
                 .await?
                 .into_inner();
@@ -167,6 +173,9 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                         b.participants.join(",")
                     );
                 }
+                if let Some(s) = &c.stream {
+                    text += &pull_tree(s);
+                }
             }
             let j: Vec<_> = r
                 .conferences
@@ -177,7 +186,15 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                         .iter()
                         .map(|b| json!({"bridge_id": b.bridge_id, "media_addr": b.media_addr, "participants": b.participants}))
                         .collect();
-                    json!({"conference": c.conference, "bridge_id": c.bridge_id, "media_addr": c.media_addr, "participants": c.participants, "bridges": bridges})
+                    let stream = c.stream.as_ref().map(|s| {
+                        let pulls: Vec<_> = s
+                            .pulls
+                            .iter()
+                            .map(|p| json!({"edge": p.edge, "from": p.from, "tier": p.tier, "viewers": p.viewers}))
+                            .collect();
+                        json!({"origin": s.origin, "publisher": s.publisher, "deepest_tier": s.deepest_tier, "pulls": pulls})
+                    });
+                    json!({"conference": c.conference, "kind": c.kind, "bridge_id": c.bridge_id, "media_addr": c.media_addr, "participants": c.participants, "bridges": bridges, "stream": stream})
                 })
                 .collect();
             (json!(j), text.trim_end().to_string())
@@ -307,4 +324,31 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// A broadcast's pull tree as indented lines: the origin, then each edge under what it pulls
+/// from.
+pub fn pull_tree(s: &pb::StreamTree) -> String {
+    fn below(s: &pb::StreamTree, node: &str, depth: usize, out: &mut String) {
+        for p in s.pulls.iter().filter(|p| p.from == node) {
+            *out += &format!(
+                "{:width$}<- {} (tier {}, {} viewers)\n",
+                "",
+                p.edge,
+                p.tier,
+                p.viewers,
+                width = 26 + 2 * depth
+            );
+            below(s, &p.edge, depth + 1, out);
+        }
+    }
+    if s.origin.is_empty() {
+        return format!("{:26}(no publisher yet: viewers wait)\n", "");
+    }
+    let mut out = format!(
+        "{:26}origin {} (publisher {}), deepest tier {}\n",
+        "", s.origin, s.publisher, s.deepest_tier
+    );
+    below(s, &s.origin, 0, &mut out);
+    out
 }

@@ -96,8 +96,9 @@ fn change(call: &Call) -> pb::Change {
             link,
             tx_key,
             rx_key,
+            downstream,
         } => C::AddRelay(pb::AddRelayRequest {
-            downstream: false,
+            downstream: *downstream,
             conference_id: conference.clone(),
             relay_id: relay_id.clone(),
             remote_addr: remote_addr.clone(),
@@ -355,6 +356,7 @@ mod tests {
                 remote_addr: String::new(),
                 srtp: None,
                 bridge: String::new(),
+                role: Default::default(),
             },
             if_absent,
         };

@@ -117,6 +117,15 @@ struct ServeArgs {
     /// bridge of the region (Octo).
     #[arg(long, default_value_t = 80)]
     max_per_bridge: usize,
+    /// Edges one bridge feeds per broadcast (the origin, and an edge for the next tier): the
+    /// next edge pulls from an edge with room, so the origin's fan-out stays bounded.
+    #[arg(long, default_value_t = 8)]
+    stream_fanout: usize,
+    /// Viewers of one broadcast an edge takes before the next viewer of its region goes to
+    /// another edge (which then pulls too); when every edge is full or over the stress
+    /// threshold, the least loaded edge takes it anyway.
+    #[arg(long, default_value_t = 1000)]
+    max_viewers_per_edge: usize,
     /// Stress at which a bridge counts as full for new participants.
     #[arg(long, default_value_t = 0.8)]
     stress_threshold: f64,
@@ -481,6 +490,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             probe_failures: a.probe_failures.max(1),
             flush_interval_ms: a.flush_interval_ms.max(1),
             max_per_bridge: a.max_per_bridge.max(1),
+            stream_fanout: a.stream_fanout.max(1),
+            max_viewers_per_edge: a.max_viewers_per_edge.max(1),
             stress_threshold: a.stress_threshold,
             drain_grace_ms: a.drain_grace_ms,
             autoscale: (a.autoscale != Autoscale::Off).then_some(hpa),

@@ -49,6 +49,10 @@ pub struct Config {
     pub flush_interval_ms: u64,
     /// Participants of one conference per bridge before the conference grows onto another.
     pub max_per_bridge: usize,
+    /// Edges one bridge feeds per broadcast.
+    pub stream_fanout: usize,
+    /// Viewers of one broadcast per edge before the next goes to another edge.
+    pub max_viewers_per_edge: usize,
     /// Stress at which a bridge takes no new participants.
     pub stress_threshold: f64,
     /// How long a draining bridge keeps its participants before they are moved, ms.
@@ -124,7 +128,28 @@ pub fn status(e: FocusError) -> Status {
 
 /// The API form of an announcement.
 pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
+    let kind = if a.stream.is_some() {
+        "broadcast"
+    } else {
+        "conference"
+    };
     pb::ConferencePlacement {
+        kind: kind.into(),
+        stream: a.stream.map(|s| pb::StreamTree {
+            deepest_tier: s.pulls.iter().map(|p| p.2 as u32).max().unwrap_or(0),
+            origin: s.origin,
+            publisher: s.publisher,
+            pulls: s
+                .pulls
+                .into_iter()
+                .map(|(edge, from, tier, viewers)| pb::StreamPull {
+                    edge,
+                    from,
+                    tier: tier as u32,
+                    viewers: viewers as u32,
+                })
+                .collect(),
+        }),
         conference: a.conference,
         bridge_id: a.bridge,
         media_addr: a.media_addr,
@@ -153,6 +178,8 @@ fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
             probe_failures_down: cfg.probe_failures,
             per_participant_pps: cfg.per_participant_pps,
             max_per_bridge: cfg.max_per_bridge,
+            stream_fanout: cfg.stream_fanout,
+            max_viewers_per_edge: cfg.max_viewers_per_edge,
             stress_threshold: cfg.stress_threshold,
             drain_grace_ms: cfg.drain_grace_ms,
         },

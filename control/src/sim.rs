@@ -316,6 +316,8 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
             probe_failures_down: 2,
             per_participant_pps: cfg.participant_pps * MEAN_SIZE * 2.0,
             max_per_bridge: cfg.max_per_bridge,
+            stream_fanout: 8,
+            max_viewers_per_edge: 1000,
             stress_threshold: cfg.stress_threshold,
             drain_grace_ms: cfg.drain_grace_s * 1000,
         },
@@ -400,6 +402,7 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                         ssrcs: vec![who],
                         remote_addr: String::new(),
                         srtp: None,
+                        role: Default::default(),
                     };
                     let ok = w.focus.join(req, now_ms).is_ok_and(|plan| w.run(plan));
                     if ok {

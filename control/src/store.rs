@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::router::Route;
+use crate::stream::PullTree;
 
 /// SRTP keys of one participant (RFC 4568 style: each side sends with its own key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,49 @@ pub struct SrtpKeys {
     pub endpoint_key: Vec<u8>,
     /// Master key + salt the bridge protects packets to the participant with.
     pub bridge_key: Vec<u8>,
+}
+
+/// What a participant does: takes part in a conference, or publishes or views a broadcast
+/// (a live stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sends and receives in a conference (the default).
+    #[default]
+    Participant,
+    /// Sends a broadcast's media (one per broadcast).
+    Publisher,
+    /// Receives a broadcast; sends RTCP only.
+    Viewer,
+}
+
+impl Role {
+    /// The API's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Participant => "participant",
+            Self::Publisher => "publisher",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// Parses the API's name (empty: participant).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "participant" => Some(Self::Participant),
+            "publisher" => Some(Self::Publisher),
+            "viewer" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// A broadcast's state beside its participants: the pull tree, while it has a publisher.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broadcast {
+    /// The origin (the publisher's bridge) and which edge pulls from which bridge; `None`
+    /// while there is no publisher (viewers then wait on their edges).
+    pub tree: Option<PullTree>,
 }
 
 /// One participant of a placed conference, enough to program it on another bridge.
@@ -47,6 +91,9 @@ pub struct Participant {
     /// Octo: then the placement's bridge.
     #[serde(default)]
     pub bridge: String,
+    /// What it does (state from before broadcasts: a participant).
+    #[serde(default)]
+    pub role: Role,
 }
 
 /// The keys of the relay link between two bridges of a conference, one per direction.
@@ -80,20 +127,33 @@ pub struct Placement {
     /// Relay links between its bridges, by [`link_key`].
     #[serde(default)]
     pub links: BTreeMap<String, LinkKeys>,
+    /// Set for a broadcast (a live stream) rather than a conference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<Broadcast>,
 }
 
 impl Placement {
-    /// The bridges hosting participants (the placement's bridge while it has none).
+    /// The bridges hosting participants, and a broadcast's origin and pulling edges (the
+    /// placement's bridge while there are none).
     pub fn bridges(&self) -> std::collections::BTreeSet<&str> {
         let mut b: std::collections::BTreeSet<&str> = self
             .participants
             .values()
             .map(|p| p.bridge.as_str())
             .collect();
+        if let Some(t) = self.tree() {
+            b.insert(t.origin());
+            b.extend(t.edges().map(|(e, _)| e));
+        }
         if b.is_empty() {
             b.insert(&self.bridge);
         }
         b
+    }
+
+    /// A broadcast's pull tree, when it has a publisher.
+    pub fn tree(&self) -> Option<&PullTree> {
+        self.broadcast.as_ref().and_then(|b| b.tree.as_ref())
     }
 
     /// Its bridges but those in `except`.
@@ -130,6 +190,13 @@ pub enum Change {
         /// Its relay link number.
         #[serde(default)]
         link: u32,
+    },
+    /// A conference is a broadcast, with this pull tree now.
+    Broadcast {
+        /// Conference.
+        conference: String,
+        /// Its broadcast state.
+        broadcast: Broadcast,
     },
     /// A relay link between two bridges of a conference.
     Linked {
@@ -187,6 +254,7 @@ impl Change {
     pub fn conference(&self) -> &str {
         match self {
             Self::Placed { conference, .. }
+            | Self::Broadcast { conference, .. }
             | Self::Linked { conference, .. }
             | Self::Unlinked { conference, .. }
             | Self::Joined { conference, .. }
@@ -224,9 +292,18 @@ impl Snapshot {
                         participants: BTreeMap::new(),
                         link: *link,
                         links: BTreeMap::new(),
+                        broadcast: None,
                     });
                 p.bridge = bridge.clone();
                 p.link = *link;
+            }
+            Change::Broadcast {
+                conference,
+                broadcast,
+            } => {
+                if let Some(p) = self.placements.get_mut(conference) {
+                    p.broadcast = Some(broadcast.clone());
+                }
             }
             Change::Linked {
                 conference,
@@ -540,6 +617,7 @@ mod tests {
                     bridge_key: vec![2; 28],
                 }),
                 bridge: "b1".into(),
+                role: Role::Participant,
             },
         }
     }

@@ -1,4 +1,4 @@
-//! Live streams, sans-IO (issue 14; not wired into the service yet): one publisher on an
+//! Live streams, sans-IO: one publisher on an
 //! *origin* bridge, viewers on *edge* bridges near them, as in SRS's origin/edge clusters.
 //!
 //! - [`pick_edge`]: a viewer goes to an edge in its region, then the least loaded; never to the
@@ -9,8 +9,9 @@
 //!   the origin's fan-out stays bounded however many edges there are. An edge that serves other
 //!   edges keeps its pull while they need it. A lost edge's children re-attach; a new origin
 //!   takes the first tier.
-//! - [`Throttle`]: at most one keyframe request per stream per interval, whatever the number of
-//!   viewers asking.
+//!
+//! Keyframe requests are throttled in the data plane (one per stream per interval, at every
+//! bridge of the tree), not here.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +37,7 @@ pub enum Pull {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Edge {
     parent: BridgeId,
     region: String,
@@ -44,7 +45,7 @@ struct Edge {
 }
 
 /// The pull tree of one stream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PullTree {
     origin: BridgeId,
     max_fanout: usize,
@@ -64,6 +65,16 @@ impl PullTree {
     /// The origin.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Viewers on `edge` as the tree counts them (0 for a relay-only edge or the origin).
+    pub fn viewers(&self, edge: &str) -> usize {
+        self.edges.get(edge).map_or(0, |e| e.viewers)
+    }
+
+    /// Whether `bridge` is the origin or pulls.
+    pub fn contains(&self, bridge: &str) -> bool {
+        bridge == self.origin || self.edges.contains_key(bridge)
     }
 
     /// Edges pulling from `node` (the origin or an edge).
@@ -179,7 +190,7 @@ impl PullTree {
     }
 
     /// `edge` is gone (its viewers move elsewhere and join again): the edges that pulled from
-    /// it pull from another parent.
+    /// it drop that pull and pull from another parent.
     pub fn edge_lost(&mut self, edge: &str) -> Vec<Pull> {
         let Some(gone) = self.edges.remove(edge) else {
             return Vec::new();
@@ -198,14 +209,18 @@ impl PullTree {
             let region = self.edges[&o].region.clone();
             let from = self.parent_for(&region, &o);
             self.edges.get_mut(&o).expect("present").parent = from.clone();
+            out.push(Pull::Remove {
+                edge: o.clone(),
+                from: edge.into(),
+            });
             out.push(Pull::Add { edge: o, from });
         }
         out
     }
 
-    /// The origin is gone and the publisher now publishes on `origin`: the first tier pulls
-    /// from it (an edge that becomes the origin stops pulling; its children pull from it as
-    /// from the origin).
+    /// The origin is gone and the publisher now publishes on `origin`: the first tier drops
+    /// its pulls from the old origin and pulls from the new one (an edge that becomes the
+    /// origin stops pulling; its children pull from it as from the origin).
     pub fn origin_moved(&mut self, origin: &str) -> Vec<Pull> {
         let old = std::mem::replace(&mut self.origin, origin.into());
         let mut out = Vec::new();
@@ -223,6 +238,10 @@ impl PullTree {
             .collect();
         for e in first {
             self.edges.get_mut(&e).expect("present").parent = origin.into();
+            out.push(Pull::Remove {
+                edge: e.clone(),
+                from: old.clone(),
+            });
             out.push(Pull::Add {
                 edge: e,
                 from: origin.into(),
@@ -260,35 +279,6 @@ pub fn pick_edge<'a>(
     best(&|b| b.id != origin && b.region == region)
         .or_else(|| best(&|b| b.id != origin))
         .or_else(|| best(&|b| b.id == origin))
-}
-
-/// At most one event per interval: keyframe requests (PLI/FIR) towards a publisher, whatever
-/// the number of viewers asking.
-#[derive(Debug, Clone, Copy)]
-pub struct Throttle {
-    interval_ms: u64,
-    last_ms: Option<u64>,
-}
-
-impl Throttle {
-    /// One per `interval_ms`.
-    pub fn new(interval_ms: u64) -> Self {
-        Self {
-            interval_ms,
-            last_ms: None,
-        }
-    }
-
-    /// Whether an event at `now_ms` goes through (and counts).
-    pub fn allow(&mut self, now_ms: u64) -> bool {
-        match self.last_ms {
-            Some(t) if now_ms.saturating_sub(t) < self.interval_ms => false,
-            _ => {
-                self.last_ms = Some(now_ms);
-                true
-            }
-        }
-    }
 }
 
 /// What [`simulate`] found.
@@ -446,7 +436,10 @@ mod tests {
         t.viewer_joined("b", "eu");
         t.viewer_joined("c", "eu");
         // b dies: c re-attaches to the shallowest edge with room (a has room once b is gone).
-        assert_eq!(t.edge_lost("b"), [remove("b", "a"), add("c", "a")]);
+        assert_eq!(
+            t.edge_lost("b"),
+            [remove("b", "a"), remove("c", "b"), add("c", "a")]
+        );
         assert_eq!(t.tier("c"), Some(2));
     }
 
@@ -457,11 +450,19 @@ mod tests {
         t.viewer_joined("b", "eu");
         t.viewer_joined("c", "eu"); // pulls from a
         let p = t.origin_moved("n");
-        assert_eq!(p, [add("a", "n"), add("b", "n")]);
+        assert_eq!(
+            p,
+            [
+                remove("a", "o"),
+                add("a", "n"),
+                remove("b", "o"),
+                add("b", "n")
+            ]
+        );
         assert_eq!(t.tier("c"), Some(2));
         // The publisher moved onto an edge: it stops pulling, its children pull from it.
         let p = t.origin_moved("a");
-        assert_eq!(p, [remove("a", "n"), add("b", "a")]);
+        assert_eq!(p, [remove("a", "n"), remove("b", "n"), add("b", "a")]);
         assert_eq!(t.tier("c"), Some(1));
     }
 
@@ -501,15 +502,5 @@ mod tests {
         // ~2 900 viewers per edge at 0.8 of 200 000 pps: about 35 edges, plus the origin.
         assert!((30..=45).contains(&r.bridges), "{r:?}");
         assert_eq!(r.per_region["eu"], 33_334);
-    }
-
-    #[test]
-    fn keyframe_requests_are_throttled_per_interval() {
-        let mut t = Throttle::new(1000);
-        // 20 viewers joining at once ask for a keyframe: one goes through.
-        let sent = (0..20).filter(|i| t.allow(100 + i)).count();
-        assert_eq!(sent, 1);
-        assert!(!t.allow(1099));
-        assert!(t.allow(1100));
     }
 }

@@ -75,6 +75,7 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
                 ssrcs: vec![10_000 + i],
                 remote_addr: String::new(), // latched by the bridge: no socket per participant
                 srtp: None,
+                role: String::new(),
             };
             let mut tries = 0;
             let j = loop {

@@ -159,6 +159,7 @@ fn counters(c: &Counters) -> pb::Counters {
             relay_auth_failed: d(DropReason::RelayAuth),
             relay_replay: d(DropReason::RelayReplay),
             unknown_relay: d(DropReason::UnknownRelay),
+            keyframe_throttled: d(DropReason::KeyframeThrottled),
         }),
         relay_rx: c.relay_rx,
         relay_tx: c.relay_tx,

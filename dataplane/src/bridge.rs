@@ -26,6 +26,9 @@ pub struct Config {
     pub tuning: Tuning,
     /// Capacity limits of the API.
     pub limits: crate::state::Limits,
+    /// At most one keyframe request (PLI/FIR) per media stream per this many ms goes on
+    /// towards its sender (0: no throttling).
+    pub keyframe_interval_ms: u32,
 }
 
 /// A started bridge whose API is not serving yet.
@@ -47,7 +50,7 @@ pub struct Running {
 
 /// Binds the sockets and starts the workers.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let channels = Channels::new();
+    let channels = Channels::with_keyframe_interval(config.keyframe_interval_ms);
     let started = engine::start(
         config.engine,
         config.media,

@@ -75,6 +75,11 @@ struct BridgeArgs {
     /// process actuator sets it, so its bridges never outlive it.
     #[arg(long)]
     exit_with_parent: bool,
+    /// At most one keyframe request (PLI/FIR) per media stream goes on towards its sender per
+    /// this many ms, whatever the number of receivers asking (the rest are dropped and counted
+    /// as keyframe_throttled); 0 forwards every one.
+    #[arg(long, default_value_t = 500)]
+    keyframe_interval_ms: u32,
     /// Most endpoints over all conferences (AddEndpoint beyond it: RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 1_000_000, global = true)]
     max_endpoints: usize,
@@ -167,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             endpoints: a.max_endpoints,
             endpoints_per_conference: a.max_endpoints_per_conference,
         },
+        keyframe_interval_ms: a.keyframe_interval_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

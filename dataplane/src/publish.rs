@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::core::{Delta, Event};
+use crate::core::{Delta, Event, KeyframeGate};
 use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
 
@@ -47,6 +47,8 @@ pub struct WorkerPort {
     pub events: Sender<Event>,
     /// Where the worker publishes its counters.
     pub counters: Arc<SharedCounters>,
+    /// The bridge's keyframe-request throttle, shared by its workers.
+    pub keyframes: Arc<KeyframeGate>,
 }
 
 impl WorkerPort {
@@ -86,6 +88,7 @@ impl WorkerLink {
 pub struct PortFactory {
     acks: Sender<(usize, u64)>,
     events: Sender<Event>,
+    keyframes: Arc<KeyframeGate>,
 }
 
 impl PortFactory {
@@ -99,6 +102,7 @@ impl PortFactory {
             acks: self.acks.clone(),
             events: self.events.clone(),
             counters: counters.clone(),
+            keyframes: self.keyframes.clone(),
         };
         (port, tx, counters)
     }
@@ -133,14 +137,21 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Fresh channels.
+    /// Fresh channels, without keyframe throttling.
     pub fn new() -> Self {
+        Self::with_keyframe_interval(0)
+    }
+
+    /// Fresh channels; the workers let one keyframe request per stream through every
+    /// `interval_ms` (0: all).
+    pub fn with_keyframe_interval(interval_ms: u32) -> Self {
         let (ack_tx, acks) = crossbeam_channel::unbounded();
         let (ev_tx, events) = crossbeam_channel::unbounded();
         Self {
             factory: PortFactory {
                 acks: ack_tx,
                 events: ev_tx,
+                keyframes: Arc::new(KeyframeGate::new(interval_ms)),
             },
             acks,
             events,

@@ -95,6 +95,7 @@ async fn joins(
                             ssrcs: vec![n + 1],
                             remote_addr: format!("{}.{}.{}.{}:5000", ip[0], ip[1], ip[2], ip[3]),
                             srtp: None,
+                            role: String::new(),
                         })
                         .await?;
                     h.record(t.elapsed().as_micros() as u64)?;

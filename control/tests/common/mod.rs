@@ -212,6 +212,7 @@ impl Party {
             ssrcs: vec![self.ssrc],
             remote_addr: self.sock.local_addr().unwrap().to_string(),
             srtp: None,
+            role: String::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! verdicts.
 
 pub mod classify;
+pub mod keyframe;
 pub mod relay;
 pub mod rtcp;
 pub mod rtp;
@@ -19,6 +20,7 @@ use rustc_hash::FxHashMap;
 
 use crate::srtp::{self, replay};
 pub use classify::Class;
+pub use keyframe::KeyframeGate;
 pub use table::{ConfIdx, Delta, EndpointUid, Op, Peer, Table, TableBuilder};
 
 /// Why a packet was not forwarded.
@@ -46,11 +48,13 @@ pub enum DropReason {
     RelayReplay = 9,
     /// A relay packet no relay matches (source address and link conference number).
     UnknownRelay = 10,
+    /// A keyframe request (PLI/FIR) for a stream that had one go through within the interval.
+    KeyframeThrottled = 11,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -64,6 +68,7 @@ impl DropReason {
         Self::RelayAuth,
         Self::RelayReplay,
         Self::UnknownRelay,
+        Self::KeyframeThrottled,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -80,6 +85,7 @@ impl DropReason {
             Self::RelayAuth => "relay_auth_failed",
             Self::RelayReplay => "relay_replay",
             Self::UnknownRelay => "unknown_relay",
+            Self::KeyframeThrottled => "keyframe_throttled",
         }
     }
 }
@@ -296,6 +302,10 @@ pub struct Core {
     latched: FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: VecDeque<Event>,
     streams: StreamState,
+    /// Keyframe requests, throttled per stream (shared with the bridge's other workers).
+    keyframes: Arc<KeyframeGate>,
+    /// The engine's clock at the start of the batch, ms on the gate's clock.
+    now_ms: u32,
     /// What this core has counted.
     pub counters: Counters,
 }
@@ -308,8 +318,23 @@ impl Core {
             latched: FxHashMap::default(),
             events: VecDeque::with_capacity(16),
             streams: StreamState::default(),
+            keyframes: Arc::new(KeyframeGate::default()),
+            now_ms: 0,
             counters: Counters::default(),
         }
+    }
+
+    /// Throttles keyframe requests with `gate` (shared by the bridge's workers).
+    pub fn with_keyframe_gate(mut self, gate: Arc<KeyframeGate>) -> Self {
+        self.keyframes = gate;
+        self
+    }
+
+    /// Sets the time (ms on the keyframe gate's clock) for the packets that follow; engines
+    /// call it once per batch.
+    #[inline]
+    pub fn set_now(&mut self, now_ms: u32) {
+        self.now_ms = now_ms;
     }
 
     /// The table in force.
@@ -401,12 +426,17 @@ impl Core {
     pub fn handle(&mut self, pkt: &mut [u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += pkt.len() as u64;
+        let keyframes = Throttle {
+            gate: &self.keyframes,
+            now_ms: self.now_ms,
+        };
         let r = decide(
             &self.table,
             &mut self.latched,
             &mut self.events,
             &mut self.streams,
             &mut self.counters,
+            keyframes,
             pkt,
             src,
         );
@@ -417,19 +447,44 @@ impl Core {
     }
 }
 
+/// The keyframe gate at the batch's time.
+#[derive(Clone, Copy)]
+struct Throttle<'a> {
+    gate: &'a KeyframeGate,
+    now_ms: u32,
+}
+
+impl Throttle<'_> {
+    /// Whether feedback `s` in conference `conf` goes on: anything but a keyframe request does;
+    /// a keyframe request does when its (first) media stream had none within the interval.
+    #[inline]
+    fn pass(self, conf: u32, s: &rtcp::Summary) -> Result<(), DropReason> {
+        match s.targets().first() {
+            Some(&ssrc) if s.keyframe_only => self
+                .gate
+                .allow(keyframe::stream_key(conf, ssrc), self.now_ms)
+                .then_some(())
+                .ok_or(DropReason::KeyframeThrottled),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The decision itself, over split borrows of [`Core`].
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn decide<'t>(
     table: &'t Table,
     latched: &mut FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: &mut VecDeque<Event>,
     streams: &mut StreamState,
     counters: &mut Counters,
+    keyframes: Throttle<'_>,
     pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
     if pkt.first() == Some(&relay::TYPE) {
-        return decide_relay(table, streams, counters, pkt, src);
+        return decide_relay(table, streams, counters, keyframes, pkt, src);
     }
     let class = classify::classify(pkt);
     // The SSRC is in the clear even under SRTP: RTP header (parsed once, here, and handed to
@@ -520,6 +575,7 @@ fn decide<'t>(
             if !f.here && relays.is_empty() {
                 return Err(DropReason::UnknownSsrc);
             }
+            keyframes.pass(ep.conf, &s)?;
             (f.select, relays)
         } else {
             (Select::AllBut(skip), &conf.relays[..])
@@ -597,6 +653,7 @@ fn decide_relay<'t>(
     table: &'t Table,
     streams: &mut StreamState,
     counters: &mut Counters,
+    keyframes: Throttle<'_>,
     pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
@@ -639,6 +696,7 @@ fn decide_relay<'t>(
                 if f.elsewhere && r.downstream {
                     up = true;
                 }
+                keyframes.pass(*conf_idx, &s)?;
                 f.select
             } else {
                 Select::AllBut(usize::MAX)
@@ -746,6 +804,29 @@ mod tests {
         );
         assert_eq!(c.counters.dropped(), 6);
         assert_eq!(c.counters.rx_packets, 6);
+    }
+
+    #[test]
+    fn keyframe_requests_are_throttled_per_stream_other_feedback_never() {
+        let mut c = core().with_keyframe_gate(Arc::new(KeyframeGate::new(500)));
+        c.set_now(1_000);
+        assert_eq!(dests(&mut c, &pli(20, 11), a(2)), Ok(vec![1]));
+        // Another receiver asks for the same stream's keyframe: held back, counted.
+        assert_eq!(
+            dests(&mut c, &fir(30, &[11]), a(3)),
+            Err(DropReason::KeyframeThrottled)
+        );
+        // Another stream of the same sender, and NACKs, go on.
+        assert_eq!(dests(&mut c, &pli(20, 10), a(2)), Ok(vec![1]));
+        assert_eq!(dests(&mut c, &nack(30, 11, 3), a(3)), Ok(vec![1]));
+        c.set_now(1_499);
+        assert_eq!(
+            dests(&mut c, &pli(30, 11), a(3)),
+            Err(DropReason::KeyframeThrottled)
+        );
+        c.set_now(1_500);
+        assert_eq!(dests(&mut c, &pli(30, 11), a(3)), Ok(vec![1]));
+        assert_eq!(c.counters.drops[DropReason::KeyframeThrottled as usize], 2);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use super::DropReason;
 pub const RTPFB: u8 = 205;
 /// Packet type of payload-specific feedback (RFC 4585): PLI, SLI, FIR, REMB and others.
 pub const PSFB: u8 = 206;
+/// PSFB format of a Picture Loss Indication (RFC 4585).
+const FMT_PLI: u8 = 1;
 /// PSFB format of a Full Intra Request (RFC 5104), whose media SSRCs are in the FCI entries.
 const FMT_FIR: u8 = 4;
 /// PSFB format of application-layer feedback; REMB lists its media SSRCs in the FCI.
@@ -22,6 +24,8 @@ pub struct Summary {
     pub sender_ssrc: u32,
     /// True when the compound holds at least one RTPFB or PSFB packet.
     pub feedback: bool,
+    /// True when all its feedback asks for keyframes (PLI, FIR): it may be throttled.
+    pub keyframe_only: bool,
     targets: [u32; MAX_TARGETS],
     n_targets: u8,
 }
@@ -57,6 +61,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
     let mut s = Summary {
         sender_ssrc: be32(pkt, 4),
         feedback: false,
+        keyframe_only: true,
         targets: [0; MAX_TARGETS],
         n_targets: 0,
     };
@@ -78,6 +83,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
                     return Err(DropReason::Malformed);
                 }
                 s.feedback = true;
+                s.keyframe_only &= one[1] == PSFB && (fmt == FMT_PLI || fmt == FMT_FIR);
                 let fci = &one[12..];
                 match (one[1], fmt) {
                     (PSFB, FMT_FIR) => {
@@ -98,6 +104,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
         }
         rest = tail;
     }
+    s.keyframe_only &= s.feedback;
     Ok(s)
 }
 
@@ -130,6 +137,18 @@ mod tests {
         let s = summarize(&p).unwrap();
         assert!(s.feedback);
         assert_eq!(s.targets(), &[5, 6]);
+    }
+
+    #[test]
+    fn keyframe_requests_are_told_apart() {
+        let mut p = sr(1);
+        p.extend(pli(1, 5));
+        assert!(summarize(&p).unwrap().keyframe_only);
+        assert!(summarize(&fir(1, &[5])).unwrap().keyframe_only);
+        p.extend(nack(1, 5, 3));
+        assert!(!summarize(&p).unwrap().keyframe_only);
+        assert!(!summarize(&sr(1)).unwrap().keyframe_only);
+        assert!(!summarize(&remb(1, &[5])).unwrap().keyframe_only);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn spawn(
 
 fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Result<()> {
     let fd = udp.as_raw_fd();
-    let mut core = Core::new(Table::default());
+    let mut core = Core::new(Table::default()).with_keyframe_gate(port.keyframes.clone());
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);
@@ -94,6 +94,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                 }
             };
             let mut sent = Sent::default();
+            core.set_now(port.keyframes.now_ms());
             for i in 0..n {
                 let (pkt, src) = match rx.get_mut(i) {
                     Ok(p) => p,

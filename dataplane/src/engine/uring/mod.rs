@@ -258,7 +258,7 @@ impl Worker {
     }
 
     fn run(&mut self, port: &WorkerPort) -> io::Result<()> {
-        let mut core = Core::new(Table::default());
+        let mut core = Core::new(Table::default()).with_keyframe_gate(port.keyframes.clone());
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();
@@ -270,6 +270,7 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             self.reap();
+            core.set_now(port.keyframes.now_ms());
             while let Some(cqe) = self.pending.pop_front() {
                 self.complete(&mut core, cqe)?;
             }

@@ -10,10 +10,14 @@
 //! [`FocusError::Busy`] until the first completes); different conferences proceed in parallel.
 //! Committed changes come out as [`Change`]s for the store and [`Announcement`]s for watchers.
 
+mod broadcast;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::bridges::{Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
-use crate::store::{Change, LinkKeys, Participant, Placement, Snapshot, SrtpKeys, link_key};
+use crate::store::{Change, LinkKeys, Participant, Placement, Role, Snapshot, SrtpKeys, link_key};
+
+pub use broadcast::StreamView;
 
 /// Identifies an operation in flight.
 pub type OpId = u64;
@@ -69,6 +73,8 @@ pub enum Call {
         tx_key: Vec<u8>,
         /// Key the remote bridge seals with.
         rx_key: Vec<u8>,
+        /// The remote bridge pulls a broadcast from this one (it is downstream in the pull tree).
+        downstream: bool,
     },
     /// RemoveRelay; a missing relay counts as done.
     RemoveRelay {
@@ -217,6 +223,8 @@ pub struct JoinRequest {
     pub remote_addr: String,
     /// SRTP offer, or plain.
     pub srtp: Option<SrtpOffer>,
+    /// Participant of a conference, or publisher or viewer of a broadcast.
+    pub role: Role,
 }
 
 /// What a committed operation produced.
@@ -266,8 +274,11 @@ pub struct Announcement {
     pub participants: Vec<String>,
     /// Every bridge of the conference: id, media address, its participants.
     pub bridges: Vec<(BridgeId, String, Vec<String>)>,
-    /// "current", "placed", "grown", "failover" or "ended".
+    /// "current", "placed", "grown", "failover", "drained", "ended"; for a broadcast also
+    /// "published", "unpublished" and "pulled" (its pull tree changed).
     pub reason: &'static str,
+    /// A broadcast's publisher and pull tree (`None` for a conference).
+    pub stream: Option<StreamView>,
 }
 
 #[derive(Debug)]
@@ -300,6 +311,8 @@ enum Op {
         reason: &'static str,
     },
     Cleanup,
+    /// An operation on a broadcast.
+    Stream(Box<broadcast::StreamOp>),
 }
 
 /// Settings of the focus.
@@ -320,6 +333,10 @@ pub struct FocusConfig {
     pub stress_threshold: f64,
     /// How long a draining bridge keeps its participants before they are moved, ms.
     pub drain_grace_ms: u64,
+    /// Edges one bridge (the origin, or an edge for the next tier) feeds per broadcast.
+    pub stream_fanout: usize,
+    /// Viewers of one broadcast an edge takes before the next viewer goes to another edge.
+    pub max_viewers_per_edge: usize,
 }
 
 /// Streams `group` participants add to a bridge holding `on` of their conference: each sends
@@ -366,6 +383,10 @@ pub struct Focus {
     /// Bridge -> conference -> its participants there: what a failover or a drain touches,
     /// without scanning every conference.
     index: HashMap<BridgeId, HashMap<String, usize>>,
+    /// Broadcasts among the conferences (their relay-only edges are in no index).
+    broadcasts: BTreeSet<String>,
+    stream_fanout: usize,
+    max_viewers_per_edge: usize,
 }
 
 impl std::fmt::Debug for Focus {
@@ -428,8 +449,16 @@ impl Focus {
                     .or_default() += 1;
             }
         }
+        let broadcasts = conferences
+            .iter()
+            .filter(|(_, p)| p.broadcast.is_some())
+            .map(|(c, _)| c.clone())
+            .collect();
         Self {
             fleet,
+            broadcasts,
+            stream_fanout: cfg.stream_fanout.max(1),
+            max_viewers_per_edge: cfg.max_viewers_per_edge.max(1),
             conferences,
             ops: HashMap::new(),
             busy: HashSet::new(),
@@ -530,9 +559,11 @@ impl Focus {
             .filter_map(|c| self.conferences.get(c))
             .flat_map(|p| p.bridges())
             .collect();
+        let relaying = self.tree_nodes();
         candidates
             .into_iter()
             .filter(|b| !self.index.contains_key(&b.id) && !busy.contains(b.id.as_str()))
+            .filter(|b| !relaying.contains(b.id.as_str()))
             .filter(|b| !self.awaiting.contains(&b.id))
             .map(|b| b.id.clone())
             .collect()
@@ -591,6 +622,7 @@ impl Focus {
                 })
                 .collect(),
             reason,
+            stream: self.stream_view(p),
         }
     }
 
@@ -627,6 +659,7 @@ impl Focus {
                     link,
                     tx_key: tx(on).clone(),
                     rx_key: tx(to).clone(),
+                    downstream: false,
                 },
             )
         };
@@ -855,6 +888,13 @@ impl Focus {
             Some(o) => Some(self.srtp_keys(o)?),
             None => None,
         };
+        let is_broadcast = self
+            .conferences
+            .get(&req.conference)
+            .is_some_and(|p| p.broadcast.is_some());
+        if is_broadcast || req.role != Role::Participant {
+            return self.join_broadcast(req, srtp, existing.is_some());
+        }
         let (hosting, link) = match existing {
             Some((hosting, _, link)) => {
                 // A conference with a bridge that is not answering is being repaired first.
@@ -888,6 +928,7 @@ impl Focus {
             remote_addr: req.remote_addr,
             srtp,
             bridge: bridge.clone(),
+            role: Role::Participant,
         };
         let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
         let mut links = Vec::new();
@@ -947,6 +988,9 @@ impl Focus {
             return Err(FocusError::NotFound(format!(
                 "participant_id: not in conference {conference:?}"
             )));
+        }
+        if p.broadcast.is_some() {
+            return Ok(self.leave_broadcast(conference, participant_id));
         }
         let bridge = p.participants[participant_id].bridge.clone();
         // The last participant of this bridge: the bridge leaves the conference (its relays go
@@ -1011,7 +1055,13 @@ impl Focus {
             .collect();
         Ok(stale
             .into_iter()
-            .map(|c| self.move_plan(&c, std::slice::from_ref(&id), &id, "current"))
+            .map(|c| {
+                if self.broadcasts.contains(&c) {
+                    self.reprogram_broadcast(&c, &id)
+                } else {
+                    self.move_plan(&c, std::slice::from_ref(&id), &id, "current")
+                }
+            })
             .collect())
     }
 
@@ -1114,12 +1164,19 @@ impl Focus {
         }
         // Conferences with participants on them (found through the index): only those
         // participants move.
-        let touched: BTreeSet<&String> = bad
+        let mut touched: BTreeSet<&String> = bad
             .iter()
             .filter_map(|b| self.index.get(*b))
             .flat_map(|confs| confs.keys())
             .filter(|c| !self.busy.contains(*c))
             .collect();
+        // A broadcast's relay-only edges hold no participant: found through its tree.
+        touched.extend(self.broadcasts.iter().filter(|c| {
+            !self.busy.contains(*c)
+                && self.conferences[*c]
+                    .tree()
+                    .is_some_and(|t| bad.iter().any(|b| t.contains(b)))
+        }));
         let stranded: Vec<(String, Vec<BridgeId>, &'static str)> = touched
             .into_iter()
             .filter_map(|c| self.conferences.get(c).map(|p| (c, p)))
@@ -1140,6 +1197,10 @@ impl Focus {
             .collect();
         let mut plans = Vec::new();
         for (conference, dead, reason) in stranded {
+            if self.broadcasts.contains(&conference) {
+                plans.extend(self.move_broadcast(&conference, &dead, reason));
+                continue;
+            }
             let p = &self.conferences[&conference];
             let region = p
                 .participants
@@ -1280,6 +1341,7 @@ impl Focus {
             }))
         };
         match state {
+            Op::Stream(op) => self.complete_stream(*op, failure),
             Op::Cleanup => Completion {
                 result: match failure {
                     None => Ok(Done::CleanedUp),
@@ -1338,6 +1400,7 @@ impl Focus {
                             participants: BTreeMap::new(),
                             link,
                             links: BTreeMap::new(),
+                            broadcast: None,
                         },
                     );
                     self.changes.push(Change::Placed {
@@ -1574,25 +1637,27 @@ impl Focus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const T: u64 = 1_000; // report interval in the tests, ms
+    pub(super) const T: u64 = 1_000; // report interval in the tests, ms
 
-    fn cfg() -> FocusConfig {
+    pub(super) fn cfg() -> FocusConfig {
         FocusConfig {
             report_interval_ms: T,
             missed_reports: 3,
             probe_failures_down: 2,
             per_participant_pps: 10.0,
             max_per_bridge: 80,
+            stream_fanout: 2,
+            max_viewers_per_edge: 1000,
             stress_threshold: 0.8,
             drain_grace_ms: 2 * T,
         }
     }
 
     /// Deterministic "random" keys: a counter.
-    fn keys() -> KeySource {
+    pub(super) fn keys() -> KeySource {
         let mut n = 0u8;
         Box::new(move |buf: &mut [u8]| {
             for b in buf {
@@ -1602,7 +1667,7 @@ mod tests {
         })
     }
 
-    fn focus() -> Focus {
+    pub(super) fn focus() -> Focus {
         let mut f = Focus::new(&cfg(), Snapshot::default(), keys(), 0);
         for (id, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")] {
             f.register(
@@ -1620,7 +1685,7 @@ mod tests {
         f
     }
 
-    fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
+    pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
         JoinRequest {
             conference: conf.into(),
             participant_id: who.into(),
@@ -1628,21 +1693,22 @@ mod tests {
             ssrcs: vec![1],
             remote_addr: "127.0.0.1:5000".into(),
             srtp: None,
+            role: Role::Participant,
         }
     }
 
-    fn ok(plan: &Plan) -> Vec<CallResult> {
+    pub(super) fn ok(plan: &Plan) -> Vec<CallResult> {
         plan.calls.iter().map(|_| Ok(Applied::Done)).collect()
     }
 
     /// Joins with every call succeeding.
-    fn join_ok(f: &mut Focus, r: JoinRequest) -> Done {
+    pub(super) fn join_ok(f: &mut Focus, r: JoinRequest) -> Done {
         let p = f.join(r, 0).unwrap();
         run_ok(f, p)
     }
 
     /// Runs a plan as if every call succeeded; returns the result.
-    fn run_ok(f: &mut Focus, plan: Plan) -> Done {
+    pub(super) fn run_ok(f: &mut Focus, plan: Plan) -> Done {
         let r = ok(&plan);
         f.complete(plan.op, &plan.calls, &r).result.unwrap()
     }
@@ -2257,11 +2323,13 @@ mod tests {
                         remote_addr: String::new(),
                         srtp: None,
                         bridge: String::new(),
+                        role: Role::Participant,
                     },
                 )]
                 .into(),
                 link: 1,
                 links: BTreeMap::new(),
+                broadcast: None,
             },
         );
         let mut f = Focus::new(&cfg(), snap, keys(), 0);

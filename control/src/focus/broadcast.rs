@@ -1,0 +1,1318 @@
+//! Broadcasts (live streams) in the focus: one publisher on an *origin* bridge, viewers on
+//! *edge* bridges near them, as in SRS's origin/edge clusters. A broadcast is a placement with
+//! [`Broadcast`] state; its participants are its publisher and viewers, and its relays follow
+//! the [`PullTree`] instead of Octo's full mesh:
+//!
+//! - A viewer goes to a bridge of the broadcast in its region that has room, else to an edge
+//!   by [`stream::pick_edge`] (region, then load; the origin only when nothing else can take
+//!   it). An edge pulls (a relay, `downstream` on the parent's side) on its first viewer and
+//!   stops with its last; beyond `stream_fanout` pulls per bridge new edges pull from an edge.
+//! - A viewer that joins before the publisher waits on its edge: the join succeeds, and the
+//!   pulls are programmed when the publisher arrives.
+//! - Failover: an edge's viewers move to another edge and the edges that pulled from it
+//!   re-attach; a dead origin's publisher moves to a new origin and the first tier pulls from it.
+//!
+//! Every operation is one [`StreamOp`]: the participants, tree and links it sets, the calls
+//! that undo it if it fails, and what to announce. Committing applies exactly that.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::{
+    BridgeCall, Call, CallError, Completion, Done, Focus, FocusError, JoinRequest, Op, Plan,
+};
+use crate::bridges::{BridgeId, Health, NoBridge};
+use crate::store::{Broadcast, Change, LinkKeys, Participant, Placement, Role, SrtpKeys, link_key};
+use crate::stream::{self, Pull, PullTree};
+
+/// A broadcast's publisher and pull tree, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamView {
+    /// The publisher's bridge; empty while there is no publisher.
+    pub origin: String,
+    /// The publisher's id; empty while there is none.
+    pub publisher: String,
+    /// Who pulls from whom: (edge, from, tier, viewers on the edge).
+    pub pulls: Vec<(BridgeId, BridgeId, usize, usize)>,
+}
+
+/// What a broadcast operation produced.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Joined {
+        bridge: BridgeId,
+        participant_id: String,
+    },
+    Left,
+    Moved {
+        from: Vec<BridgeId>,
+        to: BridgeId,
+    },
+}
+
+/// One planned operation on a broadcast; see the module docs.
+#[derive(Debug)]
+pub(super) struct StreamOp {
+    conference: String,
+    /// The broadcast is new (first join).
+    created: bool,
+    link: u32,
+    /// Participants set (joined or moved) or removed.
+    people: Vec<(String, Option<Participant>)>,
+    /// The pull tree after the operation.
+    tree: Option<PullTree>,
+    /// Relay links added or removed.
+    links: Vec<(String, Option<LinkKeys>)>,
+    /// Calls that undo what the plan added, if it fails.
+    undo: Vec<BridgeCall>,
+    outcome: Outcome,
+    /// Announced on WatchConference.
+    reason: Option<&'static str>,
+    /// Commit even if a bridge did not answer (a leave: nobody stays in on a dead bridge).
+    lenient: bool,
+    /// Participants moved, for the failover/drain counters.
+    moved: u64,
+    /// Bridges to clear after the commit (best effort: they may be gone).
+    tidy: Vec<BridgeId>,
+}
+
+/// The calls and link changes of a set of [`Pull`]s.
+#[derive(Default)]
+struct PullCalls {
+    adds: Vec<BridgeCall>,
+    removes: Vec<BridgeCall>,
+    undo: Vec<BridgeCall>,
+    links: Vec<(String, Option<LinkKeys>)>,
+}
+
+/// What planning needs from a broadcast's placement, copied out of it.
+struct Facts {
+    link: u32,
+    bridges: BTreeSet<String>,
+    tree: Option<PullTree>,
+    /// (id, participant) of its publisher.
+    publisher: Option<(String, Participant)>,
+    /// Bridges with viewers.
+    viewer_bridges: Vec<(BridgeId, String)>,
+}
+
+impl Facts {
+    fn of(p: &Placement) -> Self {
+        Self {
+            link: p.link,
+            bridges: p.bridges().into_iter().map(String::from).collect(),
+            tree: p.tree().cloned(),
+            publisher: p
+                .participants
+                .iter()
+                .find(|(_, x)| x.role == Role::Publisher)
+                .map(|(id, x)| (id.clone(), x.clone())),
+            viewer_bridges: p
+                .participants
+                .values()
+                .filter(|x| x.role == Role::Viewer)
+                .map(|x| (x.bridge.clone(), x.region.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl Focus {
+    /// Bridges that are the origin or an edge of some broadcast's pull tree.
+    pub(super) fn tree_nodes(&self) -> HashSet<&str> {
+        self.broadcasts
+            .iter()
+            .filter_map(|c| self.conferences.get(c)?.tree())
+            .flat_map(|t| std::iter::once(t.origin()).chain(t.edges().map(|(e, _)| e)))
+            .collect()
+    }
+
+    /// The stream part of an announcement.
+    pub(super) fn stream_view(&self, p: &Placement) -> Option<StreamView> {
+        p.broadcast.as_ref()?;
+        let publisher = p
+            .participants
+            .iter()
+            .find(|(_, x)| x.role == Role::Publisher);
+        Some(StreamView {
+            origin: p.tree().map(|t| t.origin().to_string()).unwrap_or_default(),
+            publisher: publisher.map(|(id, _)| id.clone()).unwrap_or_default(),
+            pulls: p
+                .tree()
+                .map(|t| {
+                    t.edges()
+                        .map(|(e, f)| {
+                            let viewers = p.on(e).count();
+                            (e.into(), f.into(), t.tier(e).unwrap_or(0), viewers)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The calls of `pulls` for `conference`: a pull is a relay whose parent side is
+    /// `downstream`. Calls to `skip` bridges (dead ones) and to down bridges are left out.
+    fn pull_calls(
+        &mut self,
+        conference: &str,
+        link: u32,
+        pulls: &[Pull],
+        skip: &[BridgeId],
+    ) -> PullCalls {
+        let mut out = PullCalls::default();
+        let reachable = |f: &Self, b: &str| {
+            !skip.iter().any(|s| s == b) && f.fleet.get(b).is_some_and(|b| b.health != Health::Down)
+        };
+        for pull in pulls {
+            match pull {
+                Pull::Add { edge, from } => {
+                    let keys = self.link_keys();
+                    let [mut on_parent, on_edge] =
+                        self.relay_calls(conference, link, from, edge, &keys);
+                    if let Call::AddRelay { downstream, .. } = &mut on_parent.call {
+                        *downstream = true;
+                    }
+                    out.adds.extend([on_parent, on_edge]);
+                    for (on, other) in [(from, edge), (edge, from)] {
+                        out.undo.push(self.call(
+                            on,
+                            Call::RemoveRelay {
+                                conference: conference.into(),
+                                relay_id: other.clone(),
+                            },
+                        ));
+                    }
+                    out.links.push((link_key(edge, from), Some(keys)));
+                }
+                Pull::Remove { edge, from } => {
+                    for (on, other) in [(from, edge), (edge, from)] {
+                        if reachable(self, on) {
+                            out.removes.push(self.call(
+                                on,
+                                Call::RemoveRelay {
+                                    conference: conference.into(),
+                                    relay_id: other.clone(),
+                                },
+                            ));
+                        }
+                    }
+                    out.links.push((link_key(edge, from), None));
+                }
+            }
+        }
+        out
+    }
+
+    /// The edge for a viewer from `region`: a bridge of the broadcast in the region with room
+    /// (under the stress threshold and `max_viewers_per_edge`: its pull is shared), else
+    /// [`stream::pick_edge`]; never one of `exclude`. With `must_fit` (a drain) nothing
+    /// without room; otherwise, as for conferences, the least loaded when none has room.
+    fn viewer_edge(
+        &mut self,
+        facts: &Facts,
+        origin: &str,
+        region: &str,
+        exclude: &[BridgeId],
+        must_fit: bool,
+    ) -> Result<BridgeId, FocusError> {
+        let per = self.fleet.per_participant_pps;
+        let threshold = self.stress_threshold;
+        let cap = self.max_viewers_per_edge;
+        let open = |b: &&crate::bridges::Bridge| {
+            b.health == Health::Up && !b.draining && !exclude.iter().any(|x| *x == b.id)
+        };
+        let room = |b: &&crate::bridges::Bridge| {
+            open(b)
+                && facts
+                    .viewer_bridges
+                    .iter()
+                    .filter(|(x, _)| *x == b.id)
+                    .count()
+                    < cap
+        };
+        let fits =
+            |b: &crate::bridges::Bridge| crate::bridges::corrected_stress(b, per) < threshold;
+        let hosting = self
+            .fleet
+            .iter()
+            .filter(room)
+            .filter(|b| b.id != origin && b.region == region && facts.bridges.contains(&b.id))
+            .filter(|b| fits(b))
+            .min_by(|a, b| {
+                crate::bridges::corrected_stress(a, per)
+                    .total_cmp(&crate::bridges::corrected_stress(b, per))
+                    .then_with(|| a.id.cmp(&b.id))
+            })
+            .map(|b| b.id.clone());
+        // The origin only when no edge can take the viewer at all.
+        let not_origin = |b: &&crate::bridges::Bridge| b.id != origin;
+        let chosen = hosting
+            .or_else(|| {
+                let edges = self.fleet.iter().filter(room).filter(not_origin);
+                stream::pick_edge(edges, origin, region, per, threshold)
+            })
+            .or_else(|| {
+                let edges = self.fleet.iter().filter(open).filter(not_origin);
+                (!must_fit)
+                    .then(|| stream::pick_edge(edges, origin, region, per, f64::INFINITY))
+                    .flatten()
+            })
+            .or_else(|| {
+                let all = self.fleet.iter().filter(room);
+                stream::pick_edge(all, origin, region, per, threshold)
+            })
+            .or_else(|| {
+                let all = self.fleet.iter().filter(open);
+                (!must_fit)
+                    .then(|| stream::pick_edge(all, origin, region, per, f64::INFINITY))
+                    .flatten()
+            });
+        match chosen {
+            Some(id) => {
+                // A viewer adds one stream out; a new pull one in.
+                let n = if facts.bridges.contains(&id) { 1 } else { 2 };
+                self.fleet.placed(&id, n);
+                Ok(id)
+            }
+            None if self.fleet.iter().next().is_none() => Err(NoBridge::NoneRegistered.into()),
+            None => Err(NoBridge::AllOverloaded(self.fleet.iter().filter(open).count()).into()),
+        }
+    }
+
+    /// The origin for a publisher from `region`: a bridge in its region by the usual rules,
+    /// one without viewers of the broadcast if possible; never one of `exclude`.
+    fn origin_for(
+        &mut self,
+        facts: &Facts,
+        region: &str,
+        exclude: &[BridgeId],
+    ) -> Result<BridgeId, FocusError> {
+        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
+        let strict = ex
+            .iter()
+            .copied()
+            .chain(facts.viewer_bridges.iter().map(|(b, _)| b.as_str()))
+            .collect::<Vec<_>>();
+        match self.fleet.select(self.strategy.as_ref(), region, &strict) {
+            Ok(b) => Ok(b),
+            Err(_) => Ok(self.fleet.select(self.strategy.as_ref(), region, &ex)?),
+        }
+    }
+
+    /// Creates the broadcast on `bridges` that do not host it yet.
+    fn creates(
+        &self,
+        conference: &str,
+        facts: &Facts,
+        bridges: &BTreeSet<&str>,
+    ) -> Vec<BridgeCall> {
+        bridges
+            .iter()
+            .filter(|b| !facts.bridges.contains(**b))
+            .map(|b| {
+                self.call(
+                    b,
+                    Call::Create {
+                        conference: conference.into(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Plans a Join of a broadcast's publisher or viewer (`exists`: the broadcast is placed).
+    pub(super) fn join_broadcast(
+        &mut self,
+        req: JoinRequest,
+        srtp: Option<SrtpKeys>,
+        exists: bool,
+    ) -> Result<Plan, FocusError> {
+        let placed = self.conferences.get(&req.conference);
+        if placed.is_some_and(|p| p.broadcast.is_none()) {
+            return Err(FocusError::Invalid {
+                field: "role",
+                why: format!(
+                    "{:?} is a conference, not a broadcast: join it as a participant",
+                    req.conference
+                ),
+            });
+        }
+        let facts = placed.map(Facts::of);
+        match req.role {
+            Role::Participant => {
+                return Err(FocusError::Invalid {
+                    field: "role",
+                    why: format!(
+                        "{:?} is a broadcast: join it as a publisher or a viewer",
+                        req.conference
+                    ),
+                });
+            }
+            Role::Viewer if !req.ssrcs.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "ssrcs",
+                    why: "a viewer sends no media: declare none (its RTCP needs none)".into(),
+                });
+            }
+            Role::Viewer if req.remote_addr.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "remote_addr",
+                    why: "a viewer needs its address: it sends no RTP to be latched by".into(),
+                });
+            }
+            Role::Publisher if req.ssrcs.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "ssrcs",
+                    why: "a publisher declares the SSRCs it sends".into(),
+                });
+            }
+            Role::Publisher => {
+                if let Some((id, _)) = facts.as_ref().and_then(|f| f.publisher.as_ref()) {
+                    return Err(FocusError::Exists(format!(
+                        "role: broadcast {:?} already has publisher {id:?}",
+                        req.conference
+                    )));
+                }
+            }
+            Role::Viewer => {}
+        }
+        let facts = facts.unwrap_or(Facts {
+            link: 0,
+            bridges: BTreeSet::new(),
+            tree: None,
+            publisher: None,
+            viewer_bridges: Vec::new(),
+        });
+        // A broadcast with a bridge that is not answering is being repaired first.
+        for bridge in &facts.bridges {
+            let b = self.fleet.get(bridge);
+            if b.map(|b| b.health) != Some(Health::Up) {
+                return Err(FocusError::BridgeUnavailable {
+                    conference: req.conference,
+                    state: b.map_or("not registered", |b| b.health.name()),
+                    why: b.map(|b| b.why.clone()).unwrap_or_default(),
+                    bridge: bridge.clone(),
+                });
+            }
+        }
+        let link = if exists {
+            facts.link
+        } else {
+            self.next_link = self.next_link.wrapping_add(1).max(1);
+            self.next_link
+        };
+        let mut tree = facts.tree.clone();
+        let (bridge, pulls) = if req.role == Role::Publisher {
+            let origin = self.origin_for(&facts, &req.region, &[])?;
+            let mut t = PullTree::new(&origin, self.stream_fanout);
+            let mut pulls = Vec::new();
+            let mut waiting = facts.viewer_bridges.clone();
+            waiting.sort();
+            for (edge, region) in &waiting {
+                pulls.extend(t.viewer_joined(edge, region));
+            }
+            tree = Some(t);
+            (origin, pulls)
+        } else {
+            let origin = tree
+                .as_ref()
+                .map(|t| t.origin().to_string())
+                .unwrap_or_default();
+            let edge = self.viewer_edge(&facts, &origin, &req.region, &[], false)?;
+            let pulls = tree
+                .as_mut()
+                .map(|t| t.viewer_joined(&edge, &req.region))
+                .unwrap_or_default();
+            (edge, pulls)
+        };
+        let mut new_bridges: BTreeSet<&str> = BTreeSet::from([bridge.as_str()]);
+        for p in &pulls {
+            if let Pull::Add { edge, from } = p {
+                new_bridges.extend([edge.as_str(), from.as_str()]);
+            }
+        }
+        let mut calls = self.creates(&req.conference, &facts, &new_bridges);
+        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
+        let pc = self.pull_calls(&req.conference, link, &pulls, &[]);
+        calls.extend(pc.adds);
+        let participant = Participant {
+            region: req.region,
+            ssrcs: req.ssrcs,
+            remote_addr: req.remote_addr,
+            srtp,
+            bridge: bridge.clone(),
+            role: req.role,
+        };
+        calls.push(self.call(
+            &bridge,
+            Call::Add {
+                conference: req.conference.clone(),
+                endpoint: req.participant_id.clone(),
+                participant: participant.clone(),
+                if_absent: false,
+            },
+        ));
+        let mut undo = pc.undo;
+        if !created_on.contains(&bridge) {
+            undo.push(self.call(
+                &bridge,
+                Call::Remove {
+                    conference: req.conference.clone(),
+                    endpoint: req.participant_id.clone(),
+                },
+            ));
+        }
+        for b in &created_on {
+            undo.push(self.call(
+                b,
+                Call::Delete {
+                    conference: req.conference.clone(),
+                },
+            ));
+        }
+        let reason = if !exists {
+            Some("placed")
+        } else if req.role == Role::Publisher {
+            Some("published")
+        } else if !pulls.is_empty() || !created_on.is_empty() {
+            Some("pulled")
+        } else {
+            None
+        };
+        let op = StreamOp {
+            conference: req.conference.clone(),
+            created: !exists,
+            link,
+            people: vec![(req.participant_id.clone(), Some(participant))],
+            tree,
+            links: pc.links,
+            undo,
+            outcome: Outcome::Joined {
+                bridge,
+                participant_id: req.participant_id.clone(),
+            },
+            reason,
+            lenient: false,
+            moved: 0,
+            tidy: Vec::new(),
+        };
+        Ok(self.start(Some(&req.conference), Op::Stream(Box::new(op)), calls))
+    }
+
+    /// Plans a Leave from a broadcast: a viewer's edge stops pulling with its last viewer; the
+    /// publisher's leaving takes the whole tree down (its viewers wait for the next one).
+    pub(super) fn leave_broadcast(&mut self, conference: &str, participant_id: &str) -> Plan {
+        let p = &self.conferences[conference];
+        let part = p.participants[participant_id].clone();
+        let facts = Facts::of(p);
+        let mut tree = facts.tree.clone();
+        let mut pulls = Vec::new();
+        if part.role == Role::Publisher {
+            if let Some(t) = tree.take() {
+                pulls = t
+                    .edges()
+                    .map(|(e, f)| Pull::Remove {
+                        edge: e.into(),
+                        from: f.into(),
+                    })
+                    .collect();
+            }
+        } else if let Some(t) = tree.as_mut() {
+            pulls = t.viewer_left(&part.bridge);
+        }
+        // Bridges left with neither participants nor a place in the tree leave the broadcast.
+        let mut after: BTreeSet<&str> = p
+            .participants
+            .iter()
+            .filter(|(id, _)| id.as_str() != participant_id)
+            .map(|(_, x)| x.bridge.as_str())
+            .collect();
+        if let Some(t) = &tree {
+            after.insert(t.origin());
+            after.extend(t.edges().map(|(e, _)| e));
+        }
+        let gone: Vec<BridgeId> = facts
+            .bridges
+            .iter()
+            .filter(|b| !after.contains(b.as_str()))
+            .cloned()
+            .collect();
+        let up = |f: &Self, b: &str| f.fleet.get(b).is_some_and(|b| b.health != Health::Down);
+        let mut calls = Vec::new();
+        if !gone.contains(&part.bridge) && up(self, &part.bridge) {
+            calls.push(self.call(
+                &part.bridge,
+                Call::Remove {
+                    conference: conference.into(),
+                    endpoint: participant_id.into(),
+                },
+            ));
+        }
+        let pc = self.pull_calls(conference, facts.link, &pulls, &gone);
+        calls.extend(pc.removes);
+        for b in &gone {
+            if up(self, b) {
+                calls.push(self.call(
+                    b,
+                    Call::Delete {
+                        conference: conference.into(),
+                    },
+                ));
+            }
+        }
+        let reason = if part.role == Role::Publisher {
+            Some("unpublished")
+        } else if !pulls.is_empty() {
+            Some("pulled")
+        } else {
+            None
+        };
+        let op = StreamOp {
+            conference: conference.into(),
+            created: false,
+            link: facts.link,
+            people: vec![(participant_id.into(), None)],
+            tree,
+            links: pc.links,
+            undo: Vec::new(),
+            outcome: Outcome::Left,
+            reason,
+            lenient: true,
+            moved: 0,
+            tidy: Vec::new(),
+        };
+        self.start(Some(conference), Op::Stream(Box::new(op)), calls)
+    }
+
+    /// Plans moving a broadcast off `dead` bridges (down, or drained past the grace): edges'
+    /// viewers go to another edge and the edges that pulled from a dead one re-attach; a dead
+    /// origin's publisher goes to a new origin, which the first tier pulls from. `None` when
+    /// there is nowhere to go yet (a drain waits for room; a failover retries on the next tick).
+    pub(super) fn move_broadcast(
+        &mut self,
+        conference: &str,
+        dead: &[BridgeId],
+        reason: &'static str,
+    ) -> Option<Plan> {
+        let p = &self.conferences[conference];
+        let facts = Facts::of(p);
+        let must_fit = reason == "drained";
+        let moving: Vec<(String, Participant)> = p
+            .participants
+            .iter()
+            .filter(|(_, x)| dead.contains(&x.bridge))
+            .map(|(id, x)| (id.clone(), x.clone()))
+            .collect();
+        let mut tree = facts.tree.clone();
+        let mut pulls = Vec::new();
+        // Dead edges first: their children re-attach.
+        if let Some(t) = tree.as_mut() {
+            for d in dead {
+                if d != t.origin() {
+                    pulls.extend(t.edge_lost(d));
+                }
+            }
+        }
+        let mut people = Vec::new();
+        let mut targets: Vec<BridgeId> = Vec::new();
+        if let (Some(t), Some((pub_id, publisher))) = (tree.as_mut(), &facts.publisher)
+            && dead.iter().any(|d| d == t.origin())
+        {
+            let origin = match self.origin_for(&facts, &publisher.region, dead) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(%conference, ?dead, "cannot move the publisher yet: {e}");
+                    return None;
+                }
+            };
+            pulls.extend(t.origin_moved(&origin));
+            people.push((
+                pub_id.clone(),
+                Some(Participant {
+                    bridge: origin.clone(),
+                    ..publisher.clone()
+                }),
+            ));
+            targets.push(origin);
+        }
+        let viewers: Vec<&(String, Participant)> = moving
+            .iter()
+            .filter(|(_, x)| x.role == Role::Viewer)
+            .collect();
+        if let Some((_, first)) = viewers.first() {
+            let origin = tree
+                .as_ref()
+                .map(|t| t.origin().to_string())
+                .unwrap_or_default();
+            let to = match self.viewer_edge(&facts, &origin, &first.region, dead, must_fit) {
+                Ok(to) => to,
+                Err(e) if must_fit => {
+                    tracing::debug!(%conference, ?dead, "drain waits for room: {e}");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(%conference, ?dead, "cannot move its viewers yet: {e}");
+                    return None;
+                }
+            };
+            for (id, v) in &viewers {
+                if let Some(t) = tree.as_mut() {
+                    pulls.extend(t.viewer_joined(&to, &v.region));
+                }
+                people.push((
+                    id.clone(),
+                    Some(Participant {
+                        bridge: to.clone(),
+                        ..v.clone()
+                    }),
+                ));
+            }
+            targets.push(to);
+        }
+        let mut new_bridges: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
+        for p in &pulls {
+            if let Pull::Add { edge, from } = p {
+                new_bridges.extend([edge.as_str(), from.as_str()]);
+            }
+        }
+        let mut calls = self.creates(conference, &facts, &new_bridges);
+        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
+        let pc = self.pull_calls(conference, facts.link, &pulls, dead);
+        calls.extend(pc.adds);
+        for (id, x) in people.iter().filter_map(|(id, x)| Some((id, x.as_ref()?))) {
+            calls.push(self.call(
+                &x.bridge,
+                Call::Add {
+                    conference: conference.into(),
+                    endpoint: id.clone(),
+                    participant: x.clone(),
+                    if_absent: true,
+                },
+            ));
+        }
+        // Make before break: the old pulls go last.
+        calls.extend(pc.removes);
+        let mut undo = pc.undo;
+        for b in &created_on {
+            undo.push(self.call(
+                b,
+                Call::Delete {
+                    conference: conference.into(),
+                },
+            ));
+        }
+        let moved = people.len() as u64;
+        let op = StreamOp {
+            conference: conference.into(),
+            created: false,
+            link: facts.link,
+            people,
+            tree,
+            links: pc.links,
+            undo,
+            outcome: Outcome::Moved {
+                from: dead.to_vec(),
+                to: targets.join(","),
+            },
+            reason: Some(reason),
+            lenient: false,
+            moved,
+            tidy: dead.to_vec(),
+        };
+        Some(self.start(Some(conference), Op::Stream(Box::new(op)), calls))
+    }
+
+    /// Plans programming a broadcast again on `bridge`, which registered again (empty): the
+    /// broadcast, its pulls to and from the bridge with their keys, its participants there.
+    pub(super) fn reprogram_broadcast(&mut self, conference: &str, bridge: &str) -> Plan {
+        let p = &self.conferences[conference];
+        let link = p.link;
+        let mut calls = vec![self.call(
+            bridge,
+            Call::Create {
+                conference: conference.into(),
+            },
+        )];
+        if let Some(t) = p.tree() {
+            for (edge, from) in t.edges().filter(|(e, f)| *e == bridge || *f == bridge) {
+                let Some(keys) = p.links.get(&link_key(edge, from)) else {
+                    continue;
+                };
+                let [mut on_parent, on_edge] = self.relay_calls(conference, link, from, edge, keys);
+                if let Call::AddRelay { downstream, .. } = &mut on_parent.call {
+                    *downstream = true;
+                }
+                calls.extend([on_parent, on_edge]);
+            }
+        }
+        for (id, x) in p.on(bridge) {
+            calls.push(self.call(
+                bridge,
+                Call::Add {
+                    conference: conference.into(),
+                    endpoint: id.clone(),
+                    participant: x.clone(),
+                    if_absent: true,
+                },
+            ));
+        }
+        let op = StreamOp {
+            conference: conference.into(),
+            created: false,
+            link,
+            people: Vec::new(),
+            tree: p.tree().cloned(),
+            links: Vec::new(),
+            undo: Vec::new(),
+            outcome: Outcome::Moved {
+                from: vec![bridge.into()],
+                to: bridge.into(),
+            },
+            reason: Some("current"),
+            lenient: false,
+            moved: 0,
+            tidy: Vec::new(),
+        };
+        self.start(Some(conference), Op::Stream(Box::new(op)), calls)
+    }
+
+    /// Commits a broadcast operation, or rolls it back with its undo calls.
+    pub(super) fn complete_stream(
+        &mut self,
+        op: StreamOp,
+        failure: Option<FocusError>,
+    ) -> Completion {
+        let conference = op.conference.clone();
+        self.busy.remove(&conference);
+        if let Some(e) = failure {
+            let unreachable = matches!(&e, FocusError::Bridge { error, .. }
+                if matches!(error, CallError::Unavailable(_) | CallError::Timeout { .. }));
+            if !(op.lenient && unreachable) {
+                tracing::warn!(%conference, "broadcast operation failed: {e}");
+                return Completion {
+                    result: Err(e),
+                    cleanup: self.cleanup(op.undo),
+                };
+            }
+            tracing::warn!(%conference, "leave committed without the bridge: {e}");
+        }
+        if op.created {
+            let first = op
+                .people
+                .iter()
+                .find_map(|(_, x)| x.as_ref().map(|x| x.bridge.clone()))
+                .unwrap_or_default();
+            self.conferences.insert(
+                conference.clone(),
+                Placement {
+                    bridge: first.clone(),
+                    participants: Default::default(),
+                    link: op.link,
+                    links: Default::default(),
+                    broadcast: Some(Broadcast::default()),
+                },
+            );
+            self.broadcasts.insert(conference.clone());
+            self.changes.push(Change::Placed {
+                conference: conference.clone(),
+                bridge: first,
+                link: op.link,
+            });
+        }
+        let p = self
+            .conferences
+            .get_mut(&conference)
+            .expect("a busy broadcast stays placed");
+        let mut counts: Vec<(String, isize)> = Vec::new();
+        for (id, x) in op.people {
+            let old = match &x {
+                Some(x) => p.participants.insert(id.clone(), x.clone()),
+                None => p.participants.remove(&id),
+            };
+            if let Some(o) = old {
+                counts.push((o.bridge, -1));
+            }
+            match x {
+                Some(x) => {
+                    counts.push((x.bridge.clone(), 1));
+                    self.changes.push(Change::Joined {
+                        conference: conference.clone(),
+                        participant_id: id,
+                        participant: x,
+                    });
+                }
+                None => self.changes.push(Change::Left {
+                    conference: conference.clone(),
+                    participant_id: id,
+                }),
+            }
+        }
+        for (pair, keys) in op.links {
+            match keys {
+                Some(k) => {
+                    p.links.insert(pair.clone(), k.clone());
+                    self.changes.push(Change::Linked {
+                        conference: conference.clone(),
+                        pair,
+                        keys: k,
+                    });
+                }
+                None => {
+                    p.links.remove(&pair);
+                    self.changes.push(Change::Unlinked {
+                        conference: conference.clone(),
+                        pair,
+                    });
+                }
+            }
+        }
+        let broadcast = Broadcast { tree: op.tree };
+        p.broadcast = Some(broadcast.clone());
+        self.changes.push(Change::Broadcast {
+            conference: conference.clone(),
+            broadcast,
+        });
+        let ended = p.participants.is_empty();
+        let bridge = p
+            .tree()
+            .map(|t| t.origin().to_string())
+            .or_else(|| p.participants.values().next().map(|x| x.bridge.clone()))
+            .unwrap_or_else(|| p.bridge.clone());
+        let moved_bridge = p.bridge != bridge;
+        p.bridge = bridge.clone();
+        for (b, d) in counts {
+            self.index(&b, &conference, d);
+        }
+        if ended {
+            let p = self.conferences.remove(&conference).expect("present");
+            self.broadcasts.remove(&conference);
+            let a = self.announcement(&conference, &p, "ended");
+            self.announcements.push(a);
+            self.changes.push(Change::Ended {
+                conference: conference.clone(),
+            });
+        } else {
+            if moved_bridge {
+                self.changes.push(Change::Placed {
+                    conference: conference.clone(),
+                    bridge,
+                    link: op.link,
+                });
+            }
+            if let Some(reason) = op.reason {
+                let a = self.announcement(&conference, &self.conferences[&conference], reason);
+                self.announcements.push(a);
+            }
+        }
+        if op.moved > 0 {
+            if op.reason == Some("drained") {
+                self.drain_moves += op.moved;
+            } else {
+                self.failovers += 1;
+            }
+        }
+        let tidy: Vec<BridgeCall> = op
+            .tidy
+            .iter()
+            .filter(|b| self.fleet.get(b).is_some())
+            .map(|b| {
+                self.call(
+                    b,
+                    Call::Delete {
+                        conference: conference.clone(),
+                    },
+                )
+            })
+            .collect();
+        let result = match op.outcome {
+            Outcome::Joined {
+                bridge,
+                participant_id,
+            } => {
+                let srtp = self.conferences[&conference].participants[&participant_id]
+                    .srtp
+                    .clone();
+                Ok(Done::Joined {
+                    media_addr: self.media_addr(&bridge),
+                    bridge,
+                    srtp,
+                })
+            }
+            Outcome::Left => Ok(Done::Left),
+            Outcome::Moved { from, to } => {
+                if from.len() != 1 || from[0] != to {
+                    tracing::info!(%conference, ?from, %to, "broadcast moved off bridges");
+                }
+                Ok(Done::Moved {
+                    from: from.join(","),
+                    to,
+                })
+            }
+        };
+        Completion {
+            result,
+            cleanup: self.cleanup(tidy),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{T, focus, ok, run_ok};
+    use super::super::{Applied, Bridge, CallResult, JoinRequest};
+    use super::*;
+
+    fn shape(p: &Plan) -> Vec<String> {
+        p.calls
+            .iter()
+            .map(|c| {
+                let what = match &c.call {
+                    Call::Create { .. } => "create".to_string(),
+                    Call::Add { endpoint, .. } => format!("add {endpoint}"),
+                    Call::Remove { endpoint, .. } => format!("remove {endpoint}"),
+                    Call::Delete { .. } => "delete".to_string(),
+                    Call::AddRelay {
+                        relay_id,
+                        downstream: true,
+                        ..
+                    } => format!("feed {relay_id}"),
+                    Call::AddRelay { relay_id, .. } => format!("pull from {relay_id}"),
+                    Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
+                };
+                format!("{what}@{}", c.bridge)
+            })
+            .collect()
+    }
+
+    fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
+        JoinRequest {
+            conference: s.into(),
+            participant_id: who.into(),
+            region: region.into(),
+            ssrcs: vec![],
+            remote_addr: "127.0.0.1:6000".into(),
+            srtp: None,
+            role: Role::Viewer,
+        }
+    }
+
+    fn publisher(s: &str, who: &str, region: &str) -> JoinRequest {
+        JoinRequest {
+            ssrcs: vec![100, 101],
+            role: Role::Publisher,
+            ..viewer(s, who, region)
+        }
+    }
+
+    fn tree(f: &Focus, s: &str) -> Vec<(String, String, usize)> {
+        let v = f.stream_view(&f.conferences()[s]).unwrap();
+        v.pulls.into_iter().map(|(e, p, t, _)| (e, p, t)).collect()
+    }
+
+    fn pull(e: &str, p: &str, tier: usize) -> (String, String, usize) {
+        (e.into(), p.into(), tier)
+    }
+
+    fn with_ap(mut f: Focus) -> Focus {
+        for id in ["ap-1", "ap-2"] {
+            f.register(
+                Bridge::new(
+                    id,
+                    &format!("{id}:api"),
+                    &format!("{id}:media"),
+                    "ap",
+                    1000.0,
+                ),
+                0,
+            )
+            .unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn viewers_wait_for_the_publisher_then_edges_pull_on_demand_in_tiers() {
+        let mut f = with_ap(focus()); // stream_fanout 2
+        // A viewer before any publisher: placed on an edge, and waits.
+        let p = f.join(viewer("s", "v1", "eu"), 0).unwrap();
+        assert_eq!(shape(&p), ["create@eu-1", "add v1@eu-1"]);
+        run_ok(&mut f, p);
+        assert_eq!(f.take_announcements()[0].reason, "placed");
+        assert!(
+            f.stream_view(&f.conferences()["s"])
+                .unwrap()
+                .origin
+                .is_empty()
+        );
+        // The publisher: an origin in its region without viewers; the waiting edge pulls.
+        let p = f.join(publisher("s", "pub", "eu"), 10).unwrap();
+        assert_eq!(
+            shape(&p),
+            [
+                "create@eu-2",
+                "feed eu-1@eu-2",
+                "pull from eu-2@eu-1",
+                "add pub@eu-2"
+            ]
+        );
+        run_ok(&mut f, p);
+        let a = f.take_announcements();
+        assert_eq!(a[0].reason, "published");
+        assert_eq!(a[0].stream.as_ref().unwrap().origin, "eu-2");
+        // A second eu viewer shares eu-1's pull: one call, nothing announced.
+        let p = f.join(viewer("s", "v2", "eu"), 20).unwrap();
+        assert_eq!(shape(&p), ["add v2@eu-1"]);
+        run_ok(&mut f, p);
+        assert!(f.take_announcements().is_empty());
+        // A us viewer: us-1 pulls from the origin (its second and last pull).
+        let p = f.join(viewer("s", "v3", "us"), 30).unwrap();
+        assert_eq!(
+            shape(&p),
+            [
+                "create@us-1",
+                "feed us-1@eu-2",
+                "pull from eu-2@us-1",
+                "add v3@us-1"
+            ]
+        );
+        run_ok(&mut f, p);
+        // The origin feeds 2 edges: an ap edge pulls from an edge (tier 2).
+        let p = f.join(viewer("s", "v4", "ap"), 40).unwrap();
+        assert_eq!(
+            shape(&p),
+            [
+                "create@ap-1",
+                "feed ap-1@eu-1",
+                "pull from eu-1@ap-1",
+                "add v4@ap-1"
+            ]
+        );
+        run_ok(&mut f, p);
+        assert_eq!(
+            tree(&f, "s"),
+            [
+                pull("ap-1", "eu-1", 2),
+                pull("eu-1", "eu-2", 1),
+                pull("us-1", "eu-2", 1)
+            ]
+        );
+        assert_eq!(f.take_announcements()[0].reason, "pulled");
+        // Its last viewer leaves: the pull goes, and the broadcast leaves the bridge.
+        let p = f.leave("s", "v4").unwrap();
+        assert_eq!(shape(&p), ["unrelay ap-1@eu-1", "delete@ap-1"]);
+        run_ok(&mut f, p);
+        assert_eq!(tree(&f, "s").len(), 2);
+        assert!(!f.conferences()["s"].links.contains_key("ap-1|eu-1"));
+        // The publisher leaves: the tree goes; viewers stay and wait; relay-free edges keep
+        // their viewers.
+        let p = f.leave("s", "pub").unwrap();
+        let s = shape(&p);
+        assert!(s.contains(&"delete@eu-2".to_string()), "{s:?}");
+        assert!(s.contains(&"unrelay eu-2@eu-1".to_string()), "{s:?}");
+        run_ok(&mut f, p);
+        assert_eq!(f.take_announcements().last().unwrap().reason, "unpublished");
+        assert!(f.conferences()["s"].links.is_empty());
+        assert!(f.conferences()["s"].tree().is_none());
+        for who in ["v1", "v2", "v3"] {
+            let p = f.leave("s", who).unwrap();
+            run_ok(&mut f, p);
+        }
+        assert!(f.conferences().is_empty());
+        assert_eq!(f.take_announcements().last().unwrap().reason, "ended");
+    }
+
+    #[test]
+    fn a_dead_edge_moves_its_viewers_and_a_dead_origin_its_publisher() {
+        let mut f = with_ap(focus());
+        for (who, region) in [("v1", "eu"), ("v2", "us"), ("v3", "ap")] {
+            let p = f.join(viewer("s", who, region), 0).unwrap();
+            run_ok(&mut f, p);
+        }
+        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let origin = f.conferences()["s"].bridge.clone();
+        assert_eq!(origin, "eu-2");
+        // Fan-out 2: the waiting edges pull in id order, the third from an edge.
+        assert_eq!(
+            tree(&f, "s"),
+            [
+                pull("ap-1", "eu-2", 1),
+                pull("eu-1", "eu-2", 1),
+                pull("us-1", "ap-1", 2)
+            ]
+        );
+        f.take_announcements();
+        // ap-1 dies: its viewer moves to an edge (not the origin), and us-1 re-attaches.
+        f.probe("ap-1", Err("gone".into()));
+        assert_eq!(f.probe("ap-1", Err("gone".into())), Some(Health::Down));
+        let plans = f.tick(5);
+        assert_eq!(plans.len(), 1);
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        // v3 stays in its region (ap-2), which pulls from an edge since the origin is full.
+        assert_eq!(f.conferences()["s"].participants["v3"].bridge, "ap-2");
+        assert_eq!(
+            tree(&f, "s"),
+            [
+                pull("ap-2", "eu-1", 2),
+                pull("eu-1", "eu-2", 1),
+                pull("us-1", "eu-2", 1)
+            ]
+        );
+        // eu-1 dies too.
+        f.probe("eu-1", Err("gone".into()));
+        assert_eq!(f.probe("eu-1", Err("gone".into())), Some(Health::Down));
+        let plans = f.tick(10);
+        assert_eq!(plans.len(), 1);
+        let s = shape(&plans[0]);
+        assert!(
+            s.iter().all(|c| !c.ends_with("@eu-1")),
+            "no call to the dead bridge: {s:?}"
+        );
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        let p = &f.conferences()["s"];
+        let v1 = &p.participants["v1"].bridge;
+        assert!(v1 != "eu-1" && v1 != "eu-2", "{v1}");
+        assert!(
+            tree(&f, "s")
+                .iter()
+                .all(|(e, from, _)| e != "eu-1" && from != "eu-1")
+        );
+        assert!(
+            f.conferences()["s"]
+                .links
+                .keys()
+                .all(|k| !k.contains("eu-1"))
+        );
+        let a = f.take_announcements();
+        assert_eq!(a[0].reason, "failover");
+        // The origin dies: the publisher moves to a new origin, the first tier pulls from it.
+        f.probe("eu-2", Err("gone".into()));
+        f.probe("eu-2", Err("gone".into()));
+        let plans = f.tick(20);
+        assert_eq!(plans.len(), 1);
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        let p = &f.conferences()["s"];
+        let new_origin = p.participants["pub"].bridge.clone();
+        assert!(!["eu-1", "eu-2"].contains(&new_origin.as_str()));
+        assert_eq!(p.tree().unwrap().origin(), new_origin);
+        assert_eq!(p.bridge, new_origin);
+        for (e, from, tier) in tree(&f, "s") {
+            assert!(from != "eu-2" && e != "eu-2");
+            assert!(tier >= 1);
+        }
+        // Every viewer is on a live bridge, on the tree or on the origin.
+        let t = p.tree().unwrap();
+        for v in ["v1", "v2", "v3"] {
+            let b = &p.participants[v].bridge;
+            assert!(t.contains(b), "{v} on {b}");
+        }
+        // The pulls' links match the tree exactly.
+        let pairs: BTreeSet<String> = t.edges().map(|(e, p)| link_key(e, p)).collect();
+        assert_eq!(p.links.keys().cloned().collect::<BTreeSet<_>>(), pairs);
+    }
+
+    #[test]
+    fn bad_broadcast_joins_name_the_field() {
+        let mut f = focus();
+        let mut r = viewer("s", "v", "eu");
+        r.ssrcs = vec![5];
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid { field: "ssrcs", .. })
+        ));
+        let mut r = viewer("s", "v", "eu");
+        r.remote_addr.clear();
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid {
+                field: "remote_addr",
+                ..
+            })
+        ));
+        let mut r = publisher("s", "p", "eu");
+        r.ssrcs.clear();
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid { field: "ssrcs", .. })
+        ));
+        let p = f.join(publisher("s", "p", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let e = f.join(publisher("s", "q", "eu"), 0).unwrap_err();
+        assert!(
+            matches!(&e, FocusError::Exists(m) if m.starts_with("role:")),
+            "{e:?}"
+        );
+        let mut r = viewer("s", "x", "eu");
+        r.role = Role::Participant;
+        r.ssrcs = vec![9];
+        assert!(matches!(
+            f.join(r, 0),
+            Err(FocusError::Invalid { field: "role", .. })
+        ));
+        let p = f
+            .join(super::super::tests::join("c", "a", "eu"), 0)
+            .unwrap();
+        run_ok(&mut f, p);
+        assert!(matches!(
+            f.join(viewer("c", "v", "eu"), 0),
+            Err(FocusError::Invalid { field: "role", .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_pull_is_undone_and_nothing_is_committed() {
+        let mut f = focus();
+        let p = f.join(publisher("s", "p", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let p = f.join(viewer("s", "v", "us"), T).unwrap();
+        let mut r: Vec<CallResult> = ok(&p);
+        let n = r.len();
+        r[n - 1] = Err(CallError::Invalid("no".into()));
+        let c = f.complete(p.op, &p.calls, &r);
+        assert!(c.result.is_err());
+        let undo = shape(&c.cleanup.unwrap());
+        assert!(undo.contains(&"delete@us-1".to_string()), "{undo:?}");
+        assert!(undo.contains(&"unrelay us-1@eu-1".to_string()), "{undo:?}");
+        assert!(
+            f.conferences()["s"]
+                .tree()
+                .unwrap()
+                .edges()
+                .next()
+                .is_none()
+        );
+        assert_eq!(f.conferences()["s"].participants.len(), 1);
+        let _ = Applied::Done;
+    }
+
+    #[test]
+    fn a_bridge_that_registers_again_gets_its_pulls_and_viewers_back() {
+        let mut f = focus();
+        let p = f.join(publisher("s", "p", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let p = f.join(viewer("s", "v", "us"), 0).unwrap();
+        run_ok(&mut f, p);
+        let plans = f
+            .register(
+                Bridge::new("us-1", "us-1:api", "us-1:media", "us", 1000.0),
+                5,
+            )
+            .unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(
+            shape(&plans[0]),
+            [
+                "create@us-1",
+                "feed us-1@eu-1",
+                "pull from eu-1@us-1",
+                "add v@us-1"
+            ]
+        );
+        // Same keys as the first time.
+        let keys = &f.conferences()["s"].links["eu-1|us-1"];
+        let Call::AddRelay { tx_key, .. } = &plans[0].calls[2].call else {
+            panic!()
+        };
+        assert!(tx_key == &keys.first_tx || tx_key == &keys.second_tx);
+    }
+}

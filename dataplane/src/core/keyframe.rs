@@ -1,0 +1,130 @@
+//! Keyframe-request throttling: at most one PLI/FIR per media stream per interval goes on
+//! towards its sender, whatever the number of receivers asking (a live stream's viewers joining
+//! at once all want a keyframe; one is enough for all of them).
+//!
+//! One [`KeyframeGate`] is shared by every worker of a bridge, so the limit holds per bridge
+//! whatever worker a request arrives on. It is a fixed table of atomic slots (no lock, no
+//! allocation): a slot holds a tag of the stream's key and the time its last request went
+//! through. Two streams hashing to the same slot overwrite each other's tag, which can only let
+//! an extra request through, never hold one back wrongly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Slots of a gate (a power of two).
+const SLOTS: usize = 4096;
+
+/// The shared throttle; see the module docs.
+#[derive(Debug)]
+pub struct KeyframeGate {
+    interval_ms: u32,
+    epoch: Instant,
+    slots: Box<[AtomicU64]>,
+}
+
+impl KeyframeGate {
+    /// A gate letting one request per stream through every `interval_ms`; 0 lets every request
+    /// through.
+    pub fn new(interval_ms: u32) -> Self {
+        Self {
+            interval_ms,
+            epoch: Instant::now(),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The interval, ms (0: off).
+    pub fn interval_ms(&self) -> u32 {
+        self.interval_ms
+    }
+
+    /// Milliseconds on the gate's clock (engines read it once per batch and hand it to their
+    /// core; it wraps after 49 days, which the comparisons allow for).
+    pub fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
+    /// Whether a keyframe request for stream `key` at `now_ms` goes on (and counts as the
+    /// stream's last).
+    pub fn allow(&self, key: u64, now_ms: u32) -> bool {
+        if self.interval_ms == 0 {
+            return true;
+        }
+        // splitmix64 finalizer: the low bits pick the slot, the high bits are the tag.
+        let mut h = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let slot = &self.slots[h as usize & (SLOTS - 1)];
+        // Tag 0 is reserved for an empty slot.
+        let tag = ((h >> 32) as u32).max(1);
+        let stamp = (u64::from(tag) << 32) | u64::from(now_ms);
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let (t, at) = ((cur >> 32) as u32, cur as u32);
+            if t == tag && now_ms.wrapping_sub(at) < self.interval_ms {
+                return false;
+            }
+            match slot.compare_exchange_weak(cur, stamp, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                // Another worker got there first: judge again against what it wrote.
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl Default for KeyframeGate {
+    /// A gate that lets everything through.
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+/// The key of a media stream: its SSRC within a conference (conference slots are the same in
+/// every worker's table).
+#[inline]
+pub fn stream_key(conf: u32, ssrc: u32) -> u64 {
+    (u64::from(conf) << 32) | u64::from(ssrc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_request_per_stream_per_interval() {
+        let g = KeyframeGate::new(500);
+        let a = stream_key(1, 7);
+        assert!(g.allow(a, 1000));
+        assert!(!g.allow(a, 1001));
+        assert!(!g.allow(a, 1499));
+        assert!(g.allow(a, 1500));
+        // Another stream has its own budget.
+        assert!(g.allow(stream_key(2, 7), 1501));
+        assert!(g.allow(stream_key(1, 8), 1501));
+    }
+
+    #[test]
+    fn off_lets_everything_through_and_the_clock_wraps() {
+        let g = KeyframeGate::default();
+        assert!(g.allow(1, 5) && g.allow(1, 5));
+        let g = KeyframeGate::new(100);
+        assert!(g.allow(9, u32::MAX - 10));
+        assert!(!g.allow(9, 20)); // 31 ms later, across the wrap
+        assert!(g.allow(9, 200));
+    }
+
+    #[test]
+    fn shared_by_threads_one_wins() {
+        let g = std::sync::Arc::new(KeyframeGate::new(10_000));
+        let wins: usize = (0..4)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| g.allow(42, 77)).count())
+            })
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(wins, 1);
+    }
+}
