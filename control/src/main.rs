@@ -289,9 +289,9 @@ struct StreamSimArgs {
     /// Packets/s of the stream (600 kbps video + audio is about 55).
     #[arg(long, default_value_t = 55.0)]
     stream_pps: f64,
-    /// Edges one bridge feeds at most (the origin's fan-out limit).
+    /// Edges one bridge feeds at most (the origin's fan-out limit, as `serve --stream-fanout`).
     #[arg(long, default_value_t = 8)]
-    max_fanout: usize,
+    stream_fanout: usize,
     /// Stress at which an edge takes no more viewers.
     #[arg(long, default_value_t = 0.8)]
     stress_threshold: f64,
@@ -308,33 +308,40 @@ fn simulate_stream(a: StreamSimArgs, json: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("--capacity-pps and --stream-pps: must be > 0");
     }
-    let r = ringbridge_control::stream::simulate(
-        a.viewers,
-        &a.regions,
-        a.capacity_pps,
-        a.stream_pps,
-        a.max_fanout,
-        a.stress_threshold,
-    );
+    let cfg = ringbridge_control::sim::stream::StreamSimConfig {
+        viewers: a.viewers,
+        regions: a.regions.clone(),
+        capacity_pps: a.capacity_pps,
+        stream_pps: a.stream_pps,
+        fanout: a.stream_fanout.max(1),
+        stress_threshold: a.stress_threshold,
+    };
+    let r = ringbridge_control::sim::stream::run(&cfg, &mut |n| {
+        eprintln!("  {n} viewers placed");
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     println!(
-        "one stream, {} viewers over {}",
+        "one stream, {} viewers over {} (through the focus, in virtual time)",
         r.viewers,
         a.regions.join(", ")
     );
+    println!("  refused             {:>10}", r.refused);
     println!("  bridges used        {:>10} (origin + edges)", r.bridges);
     println!(
         "  origin fan-out      {:>10} edges (limit {})",
-        r.origin_fanout, a.max_fanout
+        r.origin_fanout, cfg.fanout
     );
+    println!("  edges pulling       {:>10}", r.edges);
     println!("  deepest tier        {:>10}", r.deepest_tier);
+    println!("  max bridge stress   {:>10.3}", r.max_stress);
     println!(
-        "  placement           {:>10.0} ns per viewer",
+        "  placement           {:>10.0} ns per viewer (plan + commit)",
         r.placement_ns
     );
+    println!("  wall clock          {:>10.1} s", r.wall_s);
     Ok(())
 }
 

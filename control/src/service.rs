@@ -135,6 +135,7 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
     };
     pb::ConferencePlacement {
         kind: kind.into(),
+        participant_count: a.participant_count as u32,
         stream: a.stream.map(|s| pb::StreamTree {
             deepest_tier: s.pulls.iter().map(|p| p.2 as u32).max().unwrap_or(0),
             origin: s.origin,
@@ -159,10 +160,11 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
             .bridges
             .into_iter()
             .map(
-                |(bridge_id, media_addr, participants)| pb::BridgePlacement {
+                |(bridge_id, media_addr, participants, n)| pb::BridgePlacement {
                     bridge_id,
                     media_addr,
                     participants,
+                    participant_count: n as u32,
                 },
             )
             .collect(),

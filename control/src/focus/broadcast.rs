@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashSet};
 use super::{
     BridgeCall, Call, CallError, Completion, Done, Focus, FocusError, JoinRequest, Op, Plan,
 };
-use crate::bridges::{BridgeId, Health, NoBridge};
+use crate::bridges::{Bridge, BridgeId, Health, NoBridge, corrected_stress};
 use crate::store::{Broadcast, Change, LinkKeys, Participant, Placement, Role, SrtpKeys, link_key};
 use crate::stream::{self, Pull, PullTree};
 
@@ -58,8 +58,9 @@ pub(super) struct StreamOp {
     link: u32,
     /// Participants set (joined or moved) or removed.
     people: Vec<(String, Option<Participant>)>,
-    /// The pull tree after the operation.
-    tree: Option<PullTree>,
+    /// The pull tree after the operation: `None` when it does not change (most viewer joins
+    /// and leaves), `Some(None)` when it goes (no publisher).
+    tree: Option<Option<PullTree>>,
     /// Relay links added or removed.
     links: Vec<(String, Option<LinkKeys>)>,
     /// Calls that undo what the plan added, if it fails.
@@ -84,39 +85,584 @@ struct PullCalls {
     links: Vec<(String, Option<LinkKeys>)>,
 }
 
-/// What planning needs from a broadcast's placement, copied out of it.
-struct Facts {
-    link: u32,
-    bridges: BTreeSet<String>,
-    tree: Option<PullTree>,
-    /// (id, participant) of its publisher.
-    publisher: Option<(String, Participant)>,
-    /// Bridges with viewers.
-    viewer_bridges: Vec<(BridgeId, String)>,
-}
+impl Focus {
+    /// Participants of `conference` on `bridge` (its publisher included), from the index.
+    fn count_on(&self, conference: &str, bridge: &str) -> usize {
+        self.index
+            .get(bridge)
+            .and_then(|c| c.get(conference))
+            .copied()
+            .unwrap_or(0)
+    }
 
-impl Facts {
-    fn of(p: &Placement) -> Self {
-        Self {
-            link: p.link,
-            bridges: p.bridges().into_iter().map(String::from).collect(),
-            tree: p.tree().cloned(),
-            publisher: p
-                .participants
-                .iter()
-                .find(|(_, x)| x.role == Role::Publisher)
-                .map(|(id, x)| (id.clone(), x.clone())),
-            viewer_bridges: p
-                .participants
-                .values()
-                .filter(|x| x.role == Role::Viewer)
-                .map(|x| (x.bridge.clone(), x.region.clone()))
-                .collect(),
+    /// Viewers of `conference` on `bridge` (the publisher is on the origin of `tree`).
+    fn viewers_on(&self, conference: &str, tree: Option<&PullTree>, bridge: &str) -> usize {
+        let n = self.count_on(conference, bridge);
+        let publisher = tree.is_some_and(|t| t.origin() == bridge);
+        n - usize::from(publisher && n > 0)
+    }
+
+    /// Whether `bridge` holds `conference`: participants there, or a place in its tree.
+    fn hosts(&self, conference: &str, tree: Option<&PullTree>, bridge: &str) -> bool {
+        self.count_on(conference, bridge) > 0 || tree.is_some_and(|t| t.contains(bridge))
+    }
+
+    /// Bridges with participants of `conference` (one walk over the index's bridges).
+    fn with_participants(&self, conference: &str) -> Vec<BridgeId> {
+        self.index
+            .iter()
+            .filter(|(_, c)| c.contains_key(conference))
+            .map(|(b, _)| b.clone())
+            .collect()
+    }
+
+    /// Refuses while `bridge` does not answer (the broadcast is being repaired first).
+    fn require_up(&self, conference: &str, bridge: &str) -> Result<(), FocusError> {
+        let b = self.fleet.get(bridge);
+        match b.map(|b| b.health) {
+            Some(Health::Up) => Ok(()),
+            h => Err(FocusError::BridgeUnavailable {
+                conference: conference.into(),
+                state: h.map_or("not registered", Health::name),
+                why: b.map(|b| b.why.clone()).unwrap_or_default(),
+                bridge: bridge.into(),
+            }),
         }
     }
-}
 
-impl Focus {
+    /// The edge for a viewer of `conference` from `region`: a bridge of the broadcast in the
+    /// region with room (under the stress threshold and `max_viewers_per_edge`: its pull is
+    /// shared), else [`stream::pick_edge`]; never one of `exclude`, and the origin only when
+    /// no edge can take the viewer. With `must_fit` (a drain) nothing without room;
+    /// otherwise, as for conferences, the least loaded when none has room. Costs a walk over
+    /// the fleet, not over the viewers.
+    /// `tree` is the broadcast's (or the one a failover is building). Returns the edge and the
+    /// streams the viewer adds there, to count with `Fleet::placed`.
+    fn viewer_edge(
+        &self,
+        conference: &str,
+        tree: Option<&PullTree>,
+        region: &str,
+        exclude: &[BridgeId],
+        must_fit: bool,
+    ) -> Result<(BridgeId, u32), FocusError> {
+        let origin = tree.map_or("", PullTree::origin);
+        let per = self.fleet.per_participant_pps;
+        let threshold = self.stress_threshold;
+        let cap = self.max_viewers_per_edge;
+        let open = |b: &&Bridge| {
+            b.health == Health::Up && !b.draining && !exclude.iter().any(|x| *x == b.id)
+        };
+        let room = |b: &&Bridge| open(b) && self.viewers_on(conference, tree, &b.id) < cap;
+        let not_origin = |b: &&Bridge| b.id != origin;
+        let hosting = self
+            .fleet
+            .iter()
+            .filter(room)
+            .filter(|b| b.id != origin && b.region == region)
+            .filter(|b| self.hosts(conference, tree, &b.id))
+            .filter(|b| corrected_stress(b, per) < threshold)
+            .min_by(|a, b| {
+                corrected_stress(a, per)
+                    .total_cmp(&corrected_stress(b, per))
+                    .then_with(|| a.id.cmp(&b.id))
+            })
+            .map(|b| b.id.clone());
+        let pick = |f: &dyn Fn(&&Bridge) -> bool, limit: f64| {
+            stream::pick_edge(self.fleet.iter().filter(f), origin, region, per, limit)
+        };
+        let chosen = hosting
+            .or_else(|| pick(&|b| room(b) && not_origin(b), threshold))
+            .or_else(|| {
+                (!must_fit)
+                    .then(|| pick(&|b| open(b) && not_origin(b), f64::INFINITY))
+                    .flatten()
+            })
+            .or_else(|| pick(&room, threshold))
+            .or_else(|| (!must_fit).then(|| pick(&open, f64::INFINITY)).flatten());
+        let hosted = chosen
+            .as_ref()
+            .is_some_and(|id| self.hosts(conference, tree, id));
+        let up = self.fleet.iter().filter(open).count();
+        match chosen {
+            // A viewer adds one stream out; a new pull one in.
+            Some(id) => Ok((id, if hosted { 1 } else { 2 })),
+            None if self.fleet.iter().next().is_none() => Err(NoBridge::NoneRegistered.into()),
+            None => Err(NoBridge::AllOverloaded(up).into()),
+        }
+    }
+
+    /// The origin for a publisher from `region`: a bridge in its region by the usual rules,
+    /// one without viewers (`busy`) if possible; never one of `exclude`.
+    fn origin_for(
+        &mut self,
+        region: &str,
+        exclude: &[BridgeId],
+        busy: &[BridgeId],
+    ) -> Result<BridgeId, FocusError> {
+        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
+        let strict: Vec<&str> = ex
+            .iter()
+            .copied()
+            .chain(busy.iter().map(String::as_str))
+            .collect();
+        match self.fleet.select(self.strategy.as_ref(), region, &strict) {
+            Ok(b) => Ok(b),
+            Err(_) => Ok(self.fleet.select(self.strategy.as_ref(), region, &ex)?),
+        }
+    }
+
+    /// Creates `conference` on those of `bridges` that do not hold it yet.
+    fn creates<'a>(
+        &self,
+        conference: &str,
+        tree: Option<&PullTree>,
+        bridges: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<BridgeCall> {
+        let new: BTreeSet<&str> = bridges
+            .into_iter()
+            .filter(|b| !self.hosts(conference, tree, b))
+            .collect();
+        new.into_iter()
+            .map(|b| {
+                self.call(
+                    b,
+                    Call::Create {
+                        conference: conference.into(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Plans a Join of a broadcast's publisher or viewer (`exists`: the broadcast is placed).
+    pub(super) fn join_broadcast(
+        &mut self,
+        req: JoinRequest,
+        srtp: Option<SrtpKeys>,
+        exists: bool,
+    ) -> Result<Plan, FocusError> {
+        let conf = req.conference.clone();
+        let placed = self.conferences.get(&conf);
+        if placed.is_some_and(|p| p.broadcast.is_none()) {
+            return Err(FocusError::Invalid {
+                field: "role",
+                why: format!("{conf:?} is a conference, not a broadcast: join it as a participant"),
+            });
+        }
+        let published = placed.and_then(Placement::tree).is_some();
+        match req.role {
+            Role::Participant => {
+                return Err(FocusError::Invalid {
+                    field: "role",
+                    why: format!("{conf:?} is a broadcast: join it as a publisher or a viewer"),
+                });
+            }
+            Role::Viewer if !req.ssrcs.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "ssrcs",
+                    why: "a viewer sends no media: declare none (its RTCP needs none)".into(),
+                });
+            }
+            Role::Viewer if req.remote_addr.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "remote_addr",
+                    why: "a viewer needs its address: it sends no RTP to be latched by".into(),
+                });
+            }
+            Role::Publisher if req.ssrcs.is_empty() => {
+                return Err(FocusError::Invalid {
+                    field: "ssrcs",
+                    why: "a publisher declares the SSRCs it sends".into(),
+                });
+            }
+            Role::Publisher if published => {
+                let id = self
+                    .publisher_of(&conf)
+                    .map(|(id, _)| id)
+                    .unwrap_or_default();
+                return Err(FocusError::Exists(format!(
+                    "role: broadcast {conf:?} already has publisher {id:?}"
+                )));
+            }
+            Role::Publisher | Role::Viewer => {}
+        }
+        let link = match placed {
+            Some(p) => p.link,
+            None => {
+                self.next_link = self.next_link.wrapping_add(1).max(1);
+                self.next_link
+            }
+        };
+        // The tree after the join, when it changes.
+        let mut new_tree: Option<PullTree> = None;
+        let (bridge, pulls) = if req.role == Role::Publisher {
+            let busy = self.with_participants(&conf);
+            for b in &busy {
+                self.require_up(&conf, b)?; // every waiting edge gets a pull
+            }
+            let origin = self.origin_for(&req.region, &[], &busy)?;
+            let mut t = PullTree::new(&origin, self.stream_fanout);
+            // Viewers waiting on their edges: each edge pulls (one walk over the viewers, once
+            // per publisher).
+            let mut waiting: Vec<(&str, &str)> = self
+                .conferences
+                .get(&conf)
+                .into_iter()
+                .flat_map(|p| p.participants.values())
+                .map(|x| (x.bridge.as_str(), x.region.as_str()))
+                .collect();
+            waiting.sort_unstable();
+            waiting.dedup_by_key(|(b, _)| *b);
+            let mut pulls = Vec::new();
+            for (edge, region) in waiting {
+                pulls.extend(t.viewer_joined(edge, region));
+            }
+            new_tree = Some(t);
+            (origin, pulls)
+        } else {
+            let tree = placed.and_then(Placement::tree);
+            if let Some(t) = tree {
+                self.require_up(&conf, t.origin())?;
+            }
+            let (edge, streams) = self.viewer_edge(&conf, tree, &req.region, &[], false)?;
+            self.fleet.placed(&edge, streams);
+            let tree = self.conferences.get(&conf).and_then(Placement::tree);
+            let mut pulls = Vec::new();
+            if let Some(t) = tree.filter(|t| !t.contains(&edge)) {
+                let mut t = t.clone();
+                pulls = t.viewer_joined(&edge, &req.region);
+                for p in &pulls {
+                    if let Pull::Add { from, .. } = p {
+                        self.require_up(&conf, from)?;
+                    }
+                }
+                new_tree = Some(t);
+            }
+            (edge, pulls)
+        };
+        let old_tree = self.conferences.get(&conf).and_then(Placement::tree);
+        let nodes = pulls.iter().flat_map(|p| match p {
+            Pull::Add { edge, from } => [edge.as_str(), from.as_str()],
+            Pull::Remove { .. } => ["", ""],
+        });
+        let mut calls = self.creates(
+            &conf,
+            old_tree,
+            std::iter::once(bridge.as_str()).chain(nodes.filter(|b| !b.is_empty())),
+        );
+        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
+        let pc = self.pull_calls(&conf, link, &pulls, &[]);
+        calls.extend(pc.adds);
+        let participant = Participant {
+            region: req.region,
+            ssrcs: req.ssrcs,
+            remote_addr: req.remote_addr,
+            srtp,
+            bridge: bridge.clone(),
+            role: req.role,
+        };
+        calls.push(self.call(
+            &bridge,
+            Call::Add {
+                conference: conf.clone(),
+                endpoint: req.participant_id.clone(),
+                participant: participant.clone(),
+                if_absent: false,
+            },
+        ));
+        let mut undo = pc.undo;
+        if !created_on.contains(&bridge) {
+            undo.push(self.call(
+                &bridge,
+                Call::Remove {
+                    conference: conf.clone(),
+                    endpoint: req.participant_id.clone(),
+                },
+            ));
+        }
+        for b in &created_on {
+            undo.push(self.call(
+                b,
+                Call::Delete {
+                    conference: conf.clone(),
+                },
+            ));
+        }
+        let reason = if !exists {
+            Some("placed")
+        } else if req.role == Role::Publisher {
+            Some("published")
+        } else if !pulls.is_empty() || !created_on.is_empty() {
+            Some("pulled")
+        } else {
+            None
+        };
+        let op = StreamOp {
+            conference: conf.clone(),
+            created: !exists,
+            link,
+            people: vec![(req.participant_id.clone(), Some(participant))],
+            tree: new_tree.map(Some),
+            links: pc.links,
+            undo,
+            outcome: Outcome::Joined {
+                bridge,
+                participant_id: req.participant_id,
+            },
+            reason,
+            lenient: false,
+            moved: 0,
+            tidy: Vec::new(),
+        };
+        Ok(self.start(Some(&conf), Op::Stream(Box::new(op)), calls))
+    }
+
+    /// Plans a Leave from a broadcast: a viewer's edge stops pulling with its last viewer; the
+    /// publisher's leaving takes the whole tree down (its viewers wait for the next one).
+    pub(super) fn leave_broadcast(&mut self, conference: &str, participant_id: &str) -> Plan {
+        let p = &self.conferences[conference];
+        let part = p.participants[participant_id].clone();
+        let link = p.link;
+        let old = p.tree();
+        // Participants on `b` once this one has left.
+        let after = |f: &Self, b: &str| f.count_on(conference, b) - usize::from(b == part.bridge);
+        let mut new_tree: Option<Option<PullTree>> = None;
+        let mut pulls = Vec::new();
+        let mut touched: Vec<String> = vec![part.bridge.clone()];
+        if part.role == Role::Publisher {
+            if let Some(t) = old {
+                pulls = t
+                    .edges()
+                    .map(|(e, f)| Pull::Remove {
+                        edge: e.into(),
+                        from: f.into(),
+                    })
+                    .collect();
+                new_tree = Some(None);
+            }
+        } else if let Some(t) =
+            old.filter(|t| t.contains(&part.bridge) && after(self, &part.bridge) == 0)
+        {
+            let mut t = t.clone();
+            let origin = t.origin().to_string();
+            pulls = t.viewer_left(&part.bridge, |b| {
+                after(self, b) - usize::from(b == origin && after(self, b) > 0)
+            });
+            new_tree = Some(Some(t));
+        }
+        for p in &pulls {
+            if let Pull::Remove { edge, from } = p {
+                touched.extend([edge.clone(), from.clone()]);
+            }
+        }
+        let tree_after = match &new_tree {
+            Some(t) => t.as_ref(),
+            None => old,
+        };
+        // Bridges left with neither participants nor a place in the tree leave the broadcast.
+        let mut gone: Vec<BridgeId> = touched
+            .into_iter()
+            .filter(|b| after(self, b) == 0 && !tree_after.is_some_and(|t| t.contains(b)))
+            .collect();
+        gone.sort();
+        gone.dedup();
+        let up = |f: &Self, b: &str| f.fleet.get(b).is_some_and(|b| b.health != Health::Down);
+        let mut calls = Vec::new();
+        if !gone.contains(&part.bridge) && up(self, &part.bridge) {
+            calls.push(self.call(
+                &part.bridge,
+                Call::Remove {
+                    conference: conference.into(),
+                    endpoint: participant_id.into(),
+                },
+            ));
+        }
+        let pc = self.pull_calls(conference, link, &pulls, &gone);
+        calls.extend(pc.removes);
+        for b in &gone {
+            if up(self, b) {
+                calls.push(self.call(
+                    b,
+                    Call::Delete {
+                        conference: conference.into(),
+                    },
+                ));
+            }
+        }
+        let reason = if part.role == Role::Publisher {
+            Some("unpublished")
+        } else if !pulls.is_empty() {
+            Some("pulled")
+        } else {
+            None
+        };
+        let op = StreamOp {
+            conference: conference.into(),
+            created: false,
+            link,
+            people: vec![(participant_id.into(), None)],
+            tree: new_tree,
+            links: pc.links,
+            undo: Vec::new(),
+            outcome: Outcome::Left,
+            reason,
+            lenient: true,
+            moved: 0,
+            tidy: Vec::new(),
+        };
+        self.start(Some(conference), Op::Stream(Box::new(op)), calls)
+    }
+
+    /// Plans moving a broadcast off `dead` bridges (down, or drained past the grace): edges'
+    /// viewers go to another edge and the edges that pulled from a dead one re-attach; a dead
+    /// origin's publisher goes to a new origin, which the first tier pulls from. `None` when
+    /// there is nowhere to go yet (a drain waits for room; a failover retries on the next tick).
+    pub(super) fn move_broadcast(
+        &mut self,
+        conference: &str,
+        dead: &[BridgeId],
+        reason: &'static str,
+    ) -> Option<Plan> {
+        let must_fit = reason == "drained";
+        let p = &self.conferences[conference];
+        let link = p.link;
+        let old = p.tree().cloned();
+        let moving: Vec<(String, Participant)> = p
+            .participants
+            .iter()
+            .filter(|(_, x)| dead.contains(&x.bridge) && x.role == Role::Viewer)
+            .map(|(id, x)| (id.clone(), x.clone()))
+            .collect();
+        let publisher = self.publisher_of(conference);
+        let mut tree = old.clone();
+        let mut pulls = Vec::new();
+        // Dead edges first: their children re-attach.
+        if let Some(t) = tree.as_mut() {
+            for d in dead {
+                if d != t.origin() {
+                    pulls.extend(t.edge_lost(d));
+                }
+            }
+        }
+        let mut people = Vec::new();
+        let mut targets: Vec<BridgeId> = Vec::new();
+        if let (Some(t), Some((pub_id, publisher))) = (tree.as_mut(), &publisher)
+            && dead.iter().any(|d| d == t.origin())
+        {
+            let busy = self.with_participants(conference);
+            let origin = match self.origin_for(&publisher.region, dead, &busy) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(%conference, ?dead, "cannot move the publisher yet: {e}");
+                    return None;
+                }
+            };
+            pulls.extend(t.origin_moved(&origin));
+            people.push((
+                pub_id.clone(),
+                Some(Participant {
+                    bridge: origin.clone(),
+                    ..publisher.clone()
+                }),
+            ));
+            targets.push(origin);
+        }
+        if let Some((_, first)) = moving.first() {
+            // Chosen against the tree being built (a new origin takes viewers last).
+            let to =
+                match self.viewer_edge(conference, tree.as_ref(), &first.region, dead, must_fit) {
+                    Ok((to, streams)) => {
+                        self.fleet.placed(&to, streams);
+                        to
+                    }
+                    Err(e) if must_fit => {
+                        tracing::debug!(%conference, ?dead, "drain waits for room: {e}");
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%conference, ?dead, "cannot move its viewers yet: {e}");
+                        return None;
+                    }
+                };
+            for (id, v) in &moving {
+                if let Some(t) = tree.as_mut() {
+                    pulls.extend(t.viewer_joined(&to, &v.region));
+                }
+                people.push((
+                    id.clone(),
+                    Some(Participant {
+                        bridge: to.clone(),
+                        ..v.clone()
+                    }),
+                ));
+            }
+            targets.push(to);
+        }
+        let nodes: Vec<&str> = targets
+            .iter()
+            .map(String::as_str)
+            .chain(pulls.iter().flat_map(|p| match p {
+                Pull::Add { edge, from } => vec![edge.as_str(), from.as_str()],
+                Pull::Remove { .. } => vec![],
+            }))
+            .collect();
+        let mut calls = self.creates(conference, old.as_ref(), nodes);
+        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
+        let pc = self.pull_calls(conference, link, &pulls, dead);
+        calls.extend(pc.adds);
+        for (id, x) in people.iter().filter_map(|(id, x)| Some((id, x.as_ref()?))) {
+            calls.push(self.call(
+                &x.bridge,
+                Call::Add {
+                    conference: conference.into(),
+                    endpoint: id.clone(),
+                    participant: x.clone(),
+                    if_absent: true,
+                },
+            ));
+        }
+        // Make before break: the old pulls go last.
+        calls.extend(pc.removes);
+        let mut undo = pc.undo;
+        for b in &created_on {
+            undo.push(self.call(
+                b,
+                Call::Delete {
+                    conference: conference.into(),
+                },
+            ));
+        }
+        let moved = people.len() as u64;
+        let op = StreamOp {
+            conference: conference.into(),
+            created: false,
+            link,
+            people,
+            tree: Some(tree),
+            links: pc.links,
+            undo,
+            outcome: Outcome::Moved {
+                from: dead.to_vec(),
+                to: targets.join(","),
+            },
+            reason: Some(reason),
+            lenient: false,
+            moved,
+            tidy: dead.to_vec(),
+        };
+        Some(self.start(Some(conference), Op::Stream(Box::new(op)), calls))
+    }
+
+    /// A broadcast's publisher, found by walking its participants (failover only).
+    fn publisher_of(&self, conference: &str) -> Option<(String, Participant)> {
+        self.conferences[conference]
+            .participants
+            .iter()
+            .find(|(_, x)| x.role == Role::Publisher)
+            .map(|(id, x)| (id.clone(), x.clone()))
+    }
+
     /// Bridges that are the origin or an edge of some broadcast's pull tree.
     pub(super) fn tree_nodes(&self) -> HashSet<&str> {
         self.broadcasts
@@ -127,12 +673,13 @@ impl Focus {
     }
 
     /// The stream part of an announcement.
-    pub(super) fn stream_view(&self, p: &Placement) -> Option<StreamView> {
+    pub(super) fn stream_view(&self, conference: &str, p: &Placement) -> Option<StreamView> {
         p.broadcast.as_ref()?;
-        let publisher = p
-            .participants
-            .iter()
-            .find(|(_, x)| x.role == Role::Publisher);
+        let publisher = p.tree().and_then(|_| {
+            p.participants
+                .iter()
+                .find(|(_, x)| x.role == Role::Publisher)
+        });
         Some(StreamView {
             origin: p.tree().map(|t| t.origin().to_string()).unwrap_or_default(),
             publisher: publisher.map(|(id, _)| id.clone()).unwrap_or_default(),
@@ -141,7 +688,12 @@ impl Focus {
                 .map(|t| {
                     t.edges()
                         .map(|(e, f)| {
-                            let viewers = p.on(e).count();
+                            let viewers = self
+                                .index
+                                .get(e)
+                                .and_then(|c| c.get(conference))
+                                .copied()
+                                .unwrap_or(0);
                             (e.into(), f.into(), t.tier(e).unwrap_or(0), viewers)
                         })
                         .collect()
@@ -203,525 +755,6 @@ impl Focus {
         out
     }
 
-    /// The edge for a viewer from `region`: a bridge of the broadcast in the region with room
-    /// (under the stress threshold and `max_viewers_per_edge`: its pull is shared), else
-    /// [`stream::pick_edge`]; never one of `exclude`. With `must_fit` (a drain) nothing
-    /// without room; otherwise, as for conferences, the least loaded when none has room.
-    fn viewer_edge(
-        &mut self,
-        facts: &Facts,
-        origin: &str,
-        region: &str,
-        exclude: &[BridgeId],
-        must_fit: bool,
-    ) -> Result<BridgeId, FocusError> {
-        let per = self.fleet.per_participant_pps;
-        let threshold = self.stress_threshold;
-        let cap = self.max_viewers_per_edge;
-        let open = |b: &&crate::bridges::Bridge| {
-            b.health == Health::Up && !b.draining && !exclude.iter().any(|x| *x == b.id)
-        };
-        let room = |b: &&crate::bridges::Bridge| {
-            open(b)
-                && facts
-                    .viewer_bridges
-                    .iter()
-                    .filter(|(x, _)| *x == b.id)
-                    .count()
-                    < cap
-        };
-        let fits =
-            |b: &crate::bridges::Bridge| crate::bridges::corrected_stress(b, per) < threshold;
-        let hosting = self
-            .fleet
-            .iter()
-            .filter(room)
-            .filter(|b| b.id != origin && b.region == region && facts.bridges.contains(&b.id))
-            .filter(|b| fits(b))
-            .min_by(|a, b| {
-                crate::bridges::corrected_stress(a, per)
-                    .total_cmp(&crate::bridges::corrected_stress(b, per))
-                    .then_with(|| a.id.cmp(&b.id))
-            })
-            .map(|b| b.id.clone());
-        // The origin only when no edge can take the viewer at all.
-        let not_origin = |b: &&crate::bridges::Bridge| b.id != origin;
-        let chosen = hosting
-            .or_else(|| {
-                let edges = self.fleet.iter().filter(room).filter(not_origin);
-                stream::pick_edge(edges, origin, region, per, threshold)
-            })
-            .or_else(|| {
-                let edges = self.fleet.iter().filter(open).filter(not_origin);
-                (!must_fit)
-                    .then(|| stream::pick_edge(edges, origin, region, per, f64::INFINITY))
-                    .flatten()
-            })
-            .or_else(|| {
-                let all = self.fleet.iter().filter(room);
-                stream::pick_edge(all, origin, region, per, threshold)
-            })
-            .or_else(|| {
-                let all = self.fleet.iter().filter(open);
-                (!must_fit)
-                    .then(|| stream::pick_edge(all, origin, region, per, f64::INFINITY))
-                    .flatten()
-            });
-        match chosen {
-            Some(id) => {
-                // A viewer adds one stream out; a new pull one in.
-                let n = if facts.bridges.contains(&id) { 1 } else { 2 };
-                self.fleet.placed(&id, n);
-                Ok(id)
-            }
-            None if self.fleet.iter().next().is_none() => Err(NoBridge::NoneRegistered.into()),
-            None => Err(NoBridge::AllOverloaded(self.fleet.iter().filter(open).count()).into()),
-        }
-    }
-
-    /// The origin for a publisher from `region`: a bridge in its region by the usual rules,
-    /// one without viewers of the broadcast if possible; never one of `exclude`.
-    fn origin_for(
-        &mut self,
-        facts: &Facts,
-        region: &str,
-        exclude: &[BridgeId],
-    ) -> Result<BridgeId, FocusError> {
-        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
-        let strict = ex
-            .iter()
-            .copied()
-            .chain(facts.viewer_bridges.iter().map(|(b, _)| b.as_str()))
-            .collect::<Vec<_>>();
-        match self.fleet.select(self.strategy.as_ref(), region, &strict) {
-            Ok(b) => Ok(b),
-            Err(_) => Ok(self.fleet.select(self.strategy.as_ref(), region, &ex)?),
-        }
-    }
-
-    /// Creates the broadcast on `bridges` that do not host it yet.
-    fn creates(
-        &self,
-        conference: &str,
-        facts: &Facts,
-        bridges: &BTreeSet<&str>,
-    ) -> Vec<BridgeCall> {
-        bridges
-            .iter()
-            .filter(|b| !facts.bridges.contains(**b))
-            .map(|b| {
-                self.call(
-                    b,
-                    Call::Create {
-                        conference: conference.into(),
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// Plans a Join of a broadcast's publisher or viewer (`exists`: the broadcast is placed).
-    pub(super) fn join_broadcast(
-        &mut self,
-        req: JoinRequest,
-        srtp: Option<SrtpKeys>,
-        exists: bool,
-    ) -> Result<Plan, FocusError> {
-        let placed = self.conferences.get(&req.conference);
-        if placed.is_some_and(|p| p.broadcast.is_none()) {
-            return Err(FocusError::Invalid {
-                field: "role",
-                why: format!(
-                    "{:?} is a conference, not a broadcast: join it as a participant",
-                    req.conference
-                ),
-            });
-        }
-        let facts = placed.map(Facts::of);
-        match req.role {
-            Role::Participant => {
-                return Err(FocusError::Invalid {
-                    field: "role",
-                    why: format!(
-                        "{:?} is a broadcast: join it as a publisher or a viewer",
-                        req.conference
-                    ),
-                });
-            }
-            Role::Viewer if !req.ssrcs.is_empty() => {
-                return Err(FocusError::Invalid {
-                    field: "ssrcs",
-                    why: "a viewer sends no media: declare none (its RTCP needs none)".into(),
-                });
-            }
-            Role::Viewer if req.remote_addr.is_empty() => {
-                return Err(FocusError::Invalid {
-                    field: "remote_addr",
-                    why: "a viewer needs its address: it sends no RTP to be latched by".into(),
-                });
-            }
-            Role::Publisher if req.ssrcs.is_empty() => {
-                return Err(FocusError::Invalid {
-                    field: "ssrcs",
-                    why: "a publisher declares the SSRCs it sends".into(),
-                });
-            }
-            Role::Publisher => {
-                if let Some((id, _)) = facts.as_ref().and_then(|f| f.publisher.as_ref()) {
-                    return Err(FocusError::Exists(format!(
-                        "role: broadcast {:?} already has publisher {id:?}",
-                        req.conference
-                    )));
-                }
-            }
-            Role::Viewer => {}
-        }
-        let facts = facts.unwrap_or(Facts {
-            link: 0,
-            bridges: BTreeSet::new(),
-            tree: None,
-            publisher: None,
-            viewer_bridges: Vec::new(),
-        });
-        // A broadcast with a bridge that is not answering is being repaired first.
-        for bridge in &facts.bridges {
-            let b = self.fleet.get(bridge);
-            if b.map(|b| b.health) != Some(Health::Up) {
-                return Err(FocusError::BridgeUnavailable {
-                    conference: req.conference,
-                    state: b.map_or("not registered", |b| b.health.name()),
-                    why: b.map(|b| b.why.clone()).unwrap_or_default(),
-                    bridge: bridge.clone(),
-                });
-            }
-        }
-        let link = if exists {
-            facts.link
-        } else {
-            self.next_link = self.next_link.wrapping_add(1).max(1);
-            self.next_link
-        };
-        let mut tree = facts.tree.clone();
-        let (bridge, pulls) = if req.role == Role::Publisher {
-            let origin = self.origin_for(&facts, &req.region, &[])?;
-            let mut t = PullTree::new(&origin, self.stream_fanout);
-            let mut pulls = Vec::new();
-            let mut waiting = facts.viewer_bridges.clone();
-            waiting.sort();
-            for (edge, region) in &waiting {
-                pulls.extend(t.viewer_joined(edge, region));
-            }
-            tree = Some(t);
-            (origin, pulls)
-        } else {
-            let origin = tree
-                .as_ref()
-                .map(|t| t.origin().to_string())
-                .unwrap_or_default();
-            let edge = self.viewer_edge(&facts, &origin, &req.region, &[], false)?;
-            let pulls = tree
-                .as_mut()
-                .map(|t| t.viewer_joined(&edge, &req.region))
-                .unwrap_or_default();
-            (edge, pulls)
-        };
-        let mut new_bridges: BTreeSet<&str> = BTreeSet::from([bridge.as_str()]);
-        for p in &pulls {
-            if let Pull::Add { edge, from } = p {
-                new_bridges.extend([edge.as_str(), from.as_str()]);
-            }
-        }
-        let mut calls = self.creates(&req.conference, &facts, &new_bridges);
-        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
-        let pc = self.pull_calls(&req.conference, link, &pulls, &[]);
-        calls.extend(pc.adds);
-        let participant = Participant {
-            region: req.region,
-            ssrcs: req.ssrcs,
-            remote_addr: req.remote_addr,
-            srtp,
-            bridge: bridge.clone(),
-            role: req.role,
-        };
-        calls.push(self.call(
-            &bridge,
-            Call::Add {
-                conference: req.conference.clone(),
-                endpoint: req.participant_id.clone(),
-                participant: participant.clone(),
-                if_absent: false,
-            },
-        ));
-        let mut undo = pc.undo;
-        if !created_on.contains(&bridge) {
-            undo.push(self.call(
-                &bridge,
-                Call::Remove {
-                    conference: req.conference.clone(),
-                    endpoint: req.participant_id.clone(),
-                },
-            ));
-        }
-        for b in &created_on {
-            undo.push(self.call(
-                b,
-                Call::Delete {
-                    conference: req.conference.clone(),
-                },
-            ));
-        }
-        let reason = if !exists {
-            Some("placed")
-        } else if req.role == Role::Publisher {
-            Some("published")
-        } else if !pulls.is_empty() || !created_on.is_empty() {
-            Some("pulled")
-        } else {
-            None
-        };
-        let op = StreamOp {
-            conference: req.conference.clone(),
-            created: !exists,
-            link,
-            people: vec![(req.participant_id.clone(), Some(participant))],
-            tree,
-            links: pc.links,
-            undo,
-            outcome: Outcome::Joined {
-                bridge,
-                participant_id: req.participant_id.clone(),
-            },
-            reason,
-            lenient: false,
-            moved: 0,
-            tidy: Vec::new(),
-        };
-        Ok(self.start(Some(&req.conference), Op::Stream(Box::new(op)), calls))
-    }
-
-    /// Plans a Leave from a broadcast: a viewer's edge stops pulling with its last viewer; the
-    /// publisher's leaving takes the whole tree down (its viewers wait for the next one).
-    pub(super) fn leave_broadcast(&mut self, conference: &str, participant_id: &str) -> Plan {
-        let p = &self.conferences[conference];
-        let part = p.participants[participant_id].clone();
-        let facts = Facts::of(p);
-        let mut tree = facts.tree.clone();
-        let mut pulls = Vec::new();
-        if part.role == Role::Publisher {
-            if let Some(t) = tree.take() {
-                pulls = t
-                    .edges()
-                    .map(|(e, f)| Pull::Remove {
-                        edge: e.into(),
-                        from: f.into(),
-                    })
-                    .collect();
-            }
-        } else if let Some(t) = tree.as_mut() {
-            pulls = t.viewer_left(&part.bridge);
-        }
-        // Bridges left with neither participants nor a place in the tree leave the broadcast.
-        let mut after: BTreeSet<&str> = p
-            .participants
-            .iter()
-            .filter(|(id, _)| id.as_str() != participant_id)
-            .map(|(_, x)| x.bridge.as_str())
-            .collect();
-        if let Some(t) = &tree {
-            after.insert(t.origin());
-            after.extend(t.edges().map(|(e, _)| e));
-        }
-        let gone: Vec<BridgeId> = facts
-            .bridges
-            .iter()
-            .filter(|b| !after.contains(b.as_str()))
-            .cloned()
-            .collect();
-        let up = |f: &Self, b: &str| f.fleet.get(b).is_some_and(|b| b.health != Health::Down);
-        let mut calls = Vec::new();
-        if !gone.contains(&part.bridge) && up(self, &part.bridge) {
-            calls.push(self.call(
-                &part.bridge,
-                Call::Remove {
-                    conference: conference.into(),
-                    endpoint: participant_id.into(),
-                },
-            ));
-        }
-        let pc = self.pull_calls(conference, facts.link, &pulls, &gone);
-        calls.extend(pc.removes);
-        for b in &gone {
-            if up(self, b) {
-                calls.push(self.call(
-                    b,
-                    Call::Delete {
-                        conference: conference.into(),
-                    },
-                ));
-            }
-        }
-        let reason = if part.role == Role::Publisher {
-            Some("unpublished")
-        } else if !pulls.is_empty() {
-            Some("pulled")
-        } else {
-            None
-        };
-        let op = StreamOp {
-            conference: conference.into(),
-            created: false,
-            link: facts.link,
-            people: vec![(participant_id.into(), None)],
-            tree,
-            links: pc.links,
-            undo: Vec::new(),
-            outcome: Outcome::Left,
-            reason,
-            lenient: true,
-            moved: 0,
-            tidy: Vec::new(),
-        };
-        self.start(Some(conference), Op::Stream(Box::new(op)), calls)
-    }
-
-    /// Plans moving a broadcast off `dead` bridges (down, or drained past the grace): edges'
-    /// viewers go to another edge and the edges that pulled from a dead one re-attach; a dead
-    /// origin's publisher goes to a new origin, which the first tier pulls from. `None` when
-    /// there is nowhere to go yet (a drain waits for room; a failover retries on the next tick).
-    pub(super) fn move_broadcast(
-        &mut self,
-        conference: &str,
-        dead: &[BridgeId],
-        reason: &'static str,
-    ) -> Option<Plan> {
-        let p = &self.conferences[conference];
-        let facts = Facts::of(p);
-        let must_fit = reason == "drained";
-        let moving: Vec<(String, Participant)> = p
-            .participants
-            .iter()
-            .filter(|(_, x)| dead.contains(&x.bridge))
-            .map(|(id, x)| (id.clone(), x.clone()))
-            .collect();
-        let mut tree = facts.tree.clone();
-        let mut pulls = Vec::new();
-        // Dead edges first: their children re-attach.
-        if let Some(t) = tree.as_mut() {
-            for d in dead {
-                if d != t.origin() {
-                    pulls.extend(t.edge_lost(d));
-                }
-            }
-        }
-        let mut people = Vec::new();
-        let mut targets: Vec<BridgeId> = Vec::new();
-        if let (Some(t), Some((pub_id, publisher))) = (tree.as_mut(), &facts.publisher)
-            && dead.iter().any(|d| d == t.origin())
-        {
-            let origin = match self.origin_for(&facts, &publisher.region, dead) {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(%conference, ?dead, "cannot move the publisher yet: {e}");
-                    return None;
-                }
-            };
-            pulls.extend(t.origin_moved(&origin));
-            people.push((
-                pub_id.clone(),
-                Some(Participant {
-                    bridge: origin.clone(),
-                    ..publisher.clone()
-                }),
-            ));
-            targets.push(origin);
-        }
-        let viewers: Vec<&(String, Participant)> = moving
-            .iter()
-            .filter(|(_, x)| x.role == Role::Viewer)
-            .collect();
-        if let Some((_, first)) = viewers.first() {
-            let origin = tree
-                .as_ref()
-                .map(|t| t.origin().to_string())
-                .unwrap_or_default();
-            let to = match self.viewer_edge(&facts, &origin, &first.region, dead, must_fit) {
-                Ok(to) => to,
-                Err(e) if must_fit => {
-                    tracing::debug!(%conference, ?dead, "drain waits for room: {e}");
-                    return None;
-                }
-                Err(e) => {
-                    tracing::warn!(%conference, ?dead, "cannot move its viewers yet: {e}");
-                    return None;
-                }
-            };
-            for (id, v) in &viewers {
-                if let Some(t) = tree.as_mut() {
-                    pulls.extend(t.viewer_joined(&to, &v.region));
-                }
-                people.push((
-                    id.clone(),
-                    Some(Participant {
-                        bridge: to.clone(),
-                        ..v.clone()
-                    }),
-                ));
-            }
-            targets.push(to);
-        }
-        let mut new_bridges: BTreeSet<&str> = targets.iter().map(String::as_str).collect();
-        for p in &pulls {
-            if let Pull::Add { edge, from } = p {
-                new_bridges.extend([edge.as_str(), from.as_str()]);
-            }
-        }
-        let mut calls = self.creates(conference, &facts, &new_bridges);
-        let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
-        let pc = self.pull_calls(conference, facts.link, &pulls, dead);
-        calls.extend(pc.adds);
-        for (id, x) in people.iter().filter_map(|(id, x)| Some((id, x.as_ref()?))) {
-            calls.push(self.call(
-                &x.bridge,
-                Call::Add {
-                    conference: conference.into(),
-                    endpoint: id.clone(),
-                    participant: x.clone(),
-                    if_absent: true,
-                },
-            ));
-        }
-        // Make before break: the old pulls go last.
-        calls.extend(pc.removes);
-        let mut undo = pc.undo;
-        for b in &created_on {
-            undo.push(self.call(
-                b,
-                Call::Delete {
-                    conference: conference.into(),
-                },
-            ));
-        }
-        let moved = people.len() as u64;
-        let op = StreamOp {
-            conference: conference.into(),
-            created: false,
-            link: facts.link,
-            people,
-            tree,
-            links: pc.links,
-            undo,
-            outcome: Outcome::Moved {
-                from: dead.to_vec(),
-                to: targets.join(","),
-            },
-            reason: Some(reason),
-            lenient: false,
-            moved,
-            tidy: dead.to_vec(),
-        };
-        Some(self.start(Some(conference), Op::Stream(Box::new(op)), calls))
-    }
-
     /// Plans programming a broadcast again on `bridge`, which registered again (empty): the
     /// broadcast, its pulls to and from the bridge with their keys, its participants there.
     pub(super) fn reprogram_broadcast(&mut self, conference: &str, bridge: &str) -> Plan {
@@ -761,7 +794,7 @@ impl Focus {
             created: false,
             link,
             people: Vec::new(),
-            tree: p.tree().cloned(),
+            tree: None,
             links: Vec::new(),
             undo: Vec::new(),
             outcome: Outcome::Moved {
@@ -866,12 +899,19 @@ impl Focus {
                 }
             }
         }
-        let broadcast = Broadcast { tree: op.tree };
-        p.broadcast = Some(broadcast.clone());
-        self.changes.push(Change::Broadcast {
-            conference: conference.clone(),
-            broadcast,
-        });
+        if let Some(tree) = op.tree {
+            let broadcast = Broadcast { tree };
+            p.broadcast = Some(broadcast.clone());
+            self.changes.push(Change::Broadcast {
+                conference: conference.clone(),
+                broadcast,
+            });
+        } else if op.created {
+            self.changes.push(Change::Broadcast {
+                conference: conference.clone(),
+                broadcast: Broadcast::default(),
+            });
+        }
         let ended = p.participants.is_empty();
         let bridge = p
             .tree()
@@ -1005,7 +1045,7 @@ mod tests {
     }
 
     fn tree(f: &Focus, s: &str) -> Vec<(String, String, usize)> {
-        let v = f.stream_view(&f.conferences()[s]).unwrap();
+        let v = f.stream_view(s, &f.conferences()[s]).unwrap();
         v.pulls.into_iter().map(|(e, p, t, _)| (e, p, t)).collect()
     }
 
@@ -1039,7 +1079,7 @@ mod tests {
         run_ok(&mut f, p);
         assert_eq!(f.take_announcements()[0].reason, "placed");
         assert!(
-            f.stream_view(&f.conferences()["s"])
+            f.stream_view("s", &f.conferences()["s"])
                 .unwrap()
                 .origin
                 .is_empty()
@@ -1209,6 +1249,29 @@ mod tests {
         // The pulls' links match the tree exactly.
         let pairs: BTreeSet<String> = t.edges().map(|(e, p)| link_key(e, p)).collect();
         assert_eq!(p.links.keys().cloned().collect::<BTreeSet<_>>(), pairs);
+    }
+
+    #[test]
+    fn a_draining_edge_gets_no_new_viewers_and_hands_its_own_over_after_the_grace() {
+        let mut f = focus();
+        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let p = f.join(viewer("s", "v1", "eu"), 0).unwrap();
+        assert_eq!(p.calls[0].bridge, "eu-2");
+        run_ok(&mut f, p);
+        f.drain("eu-2", 10).unwrap();
+        // The next eu viewer goes to another edge (us-1), never to the draining one.
+        let p = f.join(viewer("s", "v2", "eu"), 20).unwrap();
+        run_ok(&mut f, p);
+        assert_eq!(f.conferences()["s"].participants["v2"].bridge, "us-1");
+        assert!(f.tick(10 + 2 * T - 1).is_empty(), "within the grace");
+        let plans = f.tick(10 + 2 * T);
+        assert_eq!(plans.len(), 1);
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        assert_eq!(f.conferences()["s"].participants["v1"].bridge, "us-1");
+        assert_eq!(f.take_announcements().last().unwrap().reason, "drained");
+        assert_eq!(tree(&f, "s"), [pull("us-1", "eu-1", 1)]);
+        assert_eq!(f.drained(), ["eu-2"]);
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::store::{Change, LinkKeys, Participant, Placement, Role, Snapshot, Srt
 
 pub use broadcast::StreamView;
 
+/// Participants an announcement lists per bridge (a broadcast's edge may have thousands of
+/// viewers; the counts are always complete).
+pub const LISTED_PER_BRIDGE: usize = 1000;
+
 /// Identifies an operation in flight.
 pub type OpId = u64;
 
@@ -270,10 +274,13 @@ pub struct Announcement {
     pub bridge: BridgeId,
     /// The bridge's media address.
     pub media_addr: String,
-    /// Participant ids.
+    /// Participant ids (at most [`LISTED_PER_BRIDGE`] per bridge).
     pub participants: Vec<String>,
-    /// Every bridge of the conference: id, media address, its participants.
-    pub bridges: Vec<(BridgeId, String, Vec<String>)>,
+    /// Participants in all.
+    pub participant_count: usize,
+    /// Every bridge of the conference: id, media address, its participants (at most
+    /// [`LISTED_PER_BRIDGE`]) and how many it has.
+    pub bridges: Vec<(BridgeId, String, Vec<String>, usize)>,
     /// "current", "placed", "grown", "failover", "drained", "ended"; for a broadcast also
     /// "published", "unpublished" and "pulled" (its pull tree changed).
     pub reason: &'static str,
@@ -608,21 +615,34 @@ impl Focus {
     }
 
     fn announcement(&self, conference: &str, p: &Placement, reason: &'static str) -> Announcement {
+        // One walk over the participants (a broadcast may have millions).
+        let mut on: BTreeMap<&str, (Vec<String>, usize)> = p
+            .bridges()
+            .into_iter()
+            .map(|b| (b, (Vec::new(), 0)))
+            .collect();
+        for (id, x) in &p.participants {
+            let (who, n) = on.entry(x.bridge.as_str()).or_default();
+            if who.len() < LISTED_PER_BRIDGE {
+                who.push(id.clone());
+            }
+            *n += 1;
+        }
         Announcement {
             conference: conference.into(),
             bridge: p.bridge.clone(),
             media_addr: self.media_addr(&p.bridge),
-            participants: p.participants.keys().cloned().collect(),
-            bridges: p
-                .bridges()
+            participants: on
+                .values()
+                .flat_map(|(who, _)| who.iter().cloned())
+                .collect(),
+            participant_count: p.participants.len(),
+            bridges: on
                 .into_iter()
-                .map(|b| {
-                    let who = p.on(b).map(|(id, _)| id.clone()).collect();
-                    (b.to_string(), self.media_addr(b), who)
-                })
+                .map(|(b, (who, n))| (b.to_string(), self.media_addr(b), who, n))
                 .collect(),
             reason,
-            stream: self.stream_view(p),
+            stream: self.stream_view(conference, p),
         }
     }
 
@@ -868,6 +888,21 @@ impl Focus {
         if self.busy.contains(&req.conference) {
             return Err(FocusError::Busy(req.conference));
         }
+        if let Some(p) = self.conferences.get(&req.conference)
+            && (p.broadcast.is_some() || req.role != Role::Participant)
+        {
+            if p.participants.contains_key(&req.participant_id) {
+                return Err(FocusError::Exists(format!(
+                    "participant_id: already in conference {:?}",
+                    req.conference
+                )));
+            }
+            let srtp = match &req.srtp {
+                Some(o) => Some(self.srtp_keys(o)?),
+                None => None,
+            };
+            return self.join_broadcast(req, srtp, true);
+        }
         let existing = self.conferences.get(&req.conference).map(|p| {
             (
                 p.bridges()
@@ -888,11 +923,7 @@ impl Focus {
             Some(o) => Some(self.srtp_keys(o)?),
             None => None,
         };
-        let is_broadcast = self
-            .conferences
-            .get(&req.conference)
-            .is_some_and(|p| p.broadcast.is_some());
-        if is_broadcast || req.role != Role::Participant {
+        if req.role != Role::Participant {
             return self.join_broadcast(req, srtp, existing.is_some());
         }
         let (hosting, link) = match existing {
@@ -1047,12 +1078,19 @@ impl Focus {
         if !known {
             return Ok(vec![]);
         }
-        let stale: Vec<String> = self
-            .conferences
-            .iter()
-            .filter(|(c, p)| p.bridges().contains(id.as_str()) && !self.busy.contains(*c))
-            .map(|(c, _)| c.clone())
-            .collect();
+        // Conferences with participants on it (the index), and broadcasts relaying through it.
+        let mut stale: BTreeSet<String> = self
+            .index
+            .get(&id)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        stale.extend(
+            self.broadcasts
+                .iter()
+                .filter(|c| self.conferences[*c].tree().is_some_and(|t| t.contains(&id)))
+                .cloned(),
+        );
+        stale.retain(|c| !self.busy.contains(c));
         Ok(stale
             .into_iter()
             .map(|c| {
@@ -2079,11 +2117,10 @@ pub(super) mod tests {
         assert_eq!(c.links.len(), 3);
         let a = f.placement("c", "current").unwrap();
         assert_eq!(a.bridges.len(), 3);
-        assert!(
-            a.bridges
-                .iter()
-                .any(|(b, m, who)| b == "ap-1" && m == "ap-1:media" && who == &["a1".to_string()])
-        );
+        assert!(a.bridges.iter().any(|(b, m, who, n)| b == "ap-1"
+            && *n == 1
+            && m == "ap-1:media"
+            && who == &["a1".to_string()]));
         // A second us participant stays on us-1: one call.
         assert_eq!(
             f.join(join("c", "u2", "us"), 0).map(|p| shape(&p)).unwrap(),

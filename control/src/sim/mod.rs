@@ -16,6 +16,8 @@
 //!   sender of a conference arrives once (locally or over a relay), each local participant gets
 //!   every other sender, and each local sender goes once to each other bridge of the conference.
 
+pub mod stream;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
