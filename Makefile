@@ -25,23 +25,29 @@ build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
 
 ## Start a bridge on loopback, run a 3-party demo conference through its gRPC API, print results;
-## then a control plane with two bridges places conferences and fails one over.
+## then a control plane with two bridges places conferences and fails one over; the autoscaler;
+## a live stream (publisher, origin, edges, viewers, the pull tree); the simulations.
 run: build
 	RUST_LOG=$${RUST_LOG:-warn} ./target/release/ringbridge --media 127.0.0.1:0 --api 127.0.0.1:0 demo
 	@echo; echo "=== control plane ==="
 	bash control/scripts/demo.sh
 	@echo; echo "=== autoscaler ==="
 	bash control/scripts/autoscale-demo.sh
+	@echo; echo "=== live stream ==="
+	bash control/scripts/stream-demo.sh
 	@echo; echo "=== cost simulation (24 h in virtual time) ==="
 	./target/release/ringbridge-control simulate --svg /tmp/ringbridge-day.svg
+	@echo; echo "=== one stream to 100 000 viewers (through the focus, in virtual time) ==="
+	./target/release/ringbridge-control simulate-stream --viewers 100000 2>/dev/null
 
-## The autoscaler's cost simulation: default day and a 1 000 000-participant day ->
-## perf/results/sim-<date>.{json,svg}
+## The autoscaler's cost simulation: default day and a 1 000 000-participant day, and one
+## stream to 1 000 000 viewers -> perf/results/sim-<date>-*.{json,svg}
 sim: toolchain
 	$(CARGO) build --release -p ringbridge-control
 	./target/release/ringbridge-control --json simulate --svg perf/results/sim-$(shell date +%F)-day.svg > perf/results/sim-$(shell date +%F)-day.json
 	./target/release/ringbridge-control --json simulate --participants 1000000 --max-bridges 5000 --svg perf/results/sim-$(shell date +%F)-1m.svg > perf/results/sim-$(shell date +%F)-1m.json
-	@cat perf/results/sim-$(shell date +%F)-day.json
+	./target/release/ringbridge-control --json simulate-stream --viewers 1000000 > perf/results/sim-$(shell date +%F)-stream-1m.json
+	@cat perf/results/sim-$(shell date +%F)-day.json perf/results/sim-$(shell date +%F)-stream-1m.json
 
 ## Python venv with pylibsrtp for the SRTP interop test (python3-venv via apt-get if missing).
 VENV := .venv

@@ -73,6 +73,9 @@ pub struct Broadcast {
     /// The origin (the publisher's bridge) and which edge pulls from which bridge; `None`
     /// while there is no publisher (viewers then wait on their edges).
     pub tree: Option<PullTree>,
+    /// The publisher's id, while there is one.
+    #[serde(default)]
+    pub publisher: Option<String>,
 }
 
 /// One participant of a placed conference, enough to program it on another bridge.

@@ -72,6 +72,8 @@ pub(super) struct StreamOp {
     lenient: bool,
     /// Participants moved, for the failover/drain counters.
     moved: u64,
+    /// The publisher's id, when it joins.
+    publisher: Option<String>,
     /// Bridges to clear after the commit (best effort: they may be gone).
     tidy: Vec<BridgeId>,
 }
@@ -158,10 +160,11 @@ impl Focus {
         let hosting = self
             .fleet
             .iter()
-            .filter(room)
-            .filter(|b| b.id != origin && b.region == region)
-            .filter(|b| self.hosts(conference, tree, &b.id))
+            // Cheapest tests first: this runs for every viewer.
+            .filter(|b| b.region == region && b.id != origin)
             .filter(|b| corrected_stress(b, per) < threshold)
+            .filter(room)
+            .filter(|b| self.hosts(conference, tree, &b.id))
             .min_by(|a, b| {
                 corrected_stress(a, per)
                     .total_cmp(&corrected_stress(b, per))
@@ -408,12 +411,13 @@ impl Focus {
             undo,
             outcome: Outcome::Joined {
                 bridge,
-                participant_id: req.participant_id,
+                participant_id: req.participant_id.clone(),
             },
             reason,
             lenient: false,
             moved: 0,
             tidy: Vec::new(),
+            publisher: (req.role == Role::Publisher).then(|| req.participant_id.clone()),
         };
         Ok(self.start(Some(&conf), Op::Stream(Box::new(op)), calls))
     }
@@ -510,6 +514,7 @@ impl Focus {
             lenient: true,
             moved: 0,
             tidy: Vec::new(),
+            publisher: None,
         };
         self.start(Some(conference), Op::Stream(Box::new(op)), calls)
     }
@@ -650,17 +655,16 @@ impl Focus {
             lenient: false,
             moved,
             tidy: dead.to_vec(),
+            publisher: None,
         };
         Some(self.start(Some(conference), Op::Stream(Box::new(op)), calls))
     }
 
-    /// A broadcast's publisher, found by walking its participants (failover only).
+    /// A broadcast's publisher.
     fn publisher_of(&self, conference: &str) -> Option<(String, Participant)> {
-        self.conferences[conference]
-            .participants
-            .iter()
-            .find(|(_, x)| x.role == Role::Publisher)
-            .map(|(id, x)| (id.clone(), x.clone()))
+        let p = &self.conferences[conference];
+        let id = p.broadcast.as_ref()?.publisher.as_ref()?;
+        Some((id.clone(), p.participants.get(id)?.clone()))
     }
 
     /// Bridges that are the origin or an edge of some broadcast's pull tree.
@@ -675,14 +679,10 @@ impl Focus {
     /// The stream part of an announcement.
     pub(super) fn stream_view(&self, conference: &str, p: &Placement) -> Option<StreamView> {
         p.broadcast.as_ref()?;
-        let publisher = p.tree().and_then(|_| {
-            p.participants
-                .iter()
-                .find(|(_, x)| x.role == Role::Publisher)
-        });
+        let publisher = p.broadcast.as_ref().and_then(|b| b.publisher.clone());
         Some(StreamView {
             origin: p.tree().map(|t| t.origin().to_string()).unwrap_or_default(),
-            publisher: publisher.map(|(id, _)| id.clone()).unwrap_or_default(),
+            publisher: publisher.unwrap_or_default(),
             pulls: p
                 .tree()
                 .map(|t| {
@@ -805,6 +805,7 @@ impl Focus {
             lenient: false,
             moved: 0,
             tidy: Vec::new(),
+            publisher: None,
         };
         self.start(Some(conference), Op::Stream(Box::new(op)), calls)
     }
@@ -900,7 +901,13 @@ impl Focus {
             }
         }
         if let Some(tree) = op.tree {
-            let broadcast = Broadcast { tree };
+            // The tree exists exactly while there is a publisher.
+            let publisher = tree.as_ref().and_then(|_| {
+                op.publisher
+                    .clone()
+                    .or_else(|| p.broadcast.as_ref().and_then(|b| b.publisher.clone()))
+            });
+            let broadcast = Broadcast { tree, publisher };
             p.broadcast = Some(broadcast.clone());
             self.changes.push(Change::Broadcast {
                 conference: conference.clone(),

@@ -19,9 +19,10 @@ use crate::store::{Change, LinkKeys, Participant, Placement, Role, Snapshot, Srt
 
 pub use broadcast::StreamView;
 
-/// Participants an announcement lists per bridge (a broadcast's edge may have thousands of
-/// viewers; the counts are always complete).
-pub const LISTED_PER_BRIDGE: usize = 1000;
+/// Announcements name the participants of conferences up to this size; a bigger one (a
+/// broadcast may have millions of viewers) is announced with counts per bridge and its
+/// publisher only, so announcing costs a walk over its bridges, not its viewers.
+pub const LISTED: usize = 1000;
 
 /// Identifies an operation in flight.
 pub type OpId = u64;
@@ -274,12 +275,12 @@ pub struct Announcement {
     pub bridge: BridgeId,
     /// The bridge's media address.
     pub media_addr: String,
-    /// Participant ids (at most [`LISTED_PER_BRIDGE`] per bridge).
+    /// Participant ids (beyond [`LISTED`] participants, only a broadcast's publisher).
     pub participants: Vec<String>,
     /// Participants in all.
     pub participant_count: usize,
-    /// Every bridge of the conference: id, media address, its participants (at most
-    /// [`LISTED_PER_BRIDGE`]) and how many it has.
+    /// Every bridge of the conference: id, media address, its participants (none named beyond
+    /// [`LISTED`]) and how many it has.
     pub bridges: Vec<(BridgeId, String, Vec<String>, usize)>,
     /// "current", "placed", "grown", "failover", "drained", "ended"; for a broadcast also
     /// "published", "unpublished" and "pulled" (its pull tree changed).
@@ -615,27 +616,40 @@ impl Focus {
     }
 
     fn announcement(&self, conference: &str, p: &Placement, reason: &'static str) -> Announcement {
-        // One walk over the participants (a broadcast may have millions).
-        let mut on: BTreeMap<&str, (Vec<String>, usize)> = p
-            .bridges()
-            .into_iter()
-            .map(|b| (b, (Vec::new(), 0)))
-            .collect();
-        for (id, x) in &p.participants {
-            let (who, n) = on.entry(x.bridge.as_str()).or_default();
-            if who.len() < LISTED_PER_BRIDGE {
-                who.push(id.clone());
+        let named = p.participants.len() <= LISTED;
+        let mut on: BTreeMap<&str, (Vec<String>, usize)> = BTreeMap::new();
+        if named {
+            for b in p.bridges() {
+                on.insert(b, (Vec::new(), 0));
             }
-            *n += 1;
+            for (id, x) in &p.participants {
+                let (who, n) = on.entry(x.bridge.as_str()).or_default();
+                who.push(id.clone());
+                *n += 1;
+            }
+        } else {
+            // Counts from the index, bridges from the index and the tree.
+            for (b, confs) in &self.index {
+                if let Some(&n) = confs.get(conference) {
+                    on.insert(b.as_str(), (Vec::new(), n));
+                }
+            }
+            if let Some(t) = p.tree() {
+                for b in std::iter::once(t.origin()).chain(t.edges().map(|(e, _)| e)) {
+                    on.entry(b).or_default();
+                }
+            }
         }
+        let publisher = p.broadcast.as_ref().and_then(|b| b.publisher.clone());
         Announcement {
             conference: conference.into(),
             bridge: p.bridge.clone(),
             media_addr: self.media_addr(&p.bridge),
-            participants: on
-                .values()
-                .flat_map(|(who, _)| who.iter().cloned())
-                .collect(),
+            participants: if named {
+                p.participants.keys().cloned().collect()
+            } else {
+                publisher.into_iter().collect()
+            },
             participant_count: p.participants.len(),
             bridges: on
                 .into_iter()
