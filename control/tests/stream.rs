@@ -43,7 +43,7 @@ async fn join_viewer(focus: &mut FocusClient<Channel>, i: usize, region: &'stati
     let mut req = party.join("live", &name, region);
     req.ssrcs.clear();
     req.role = "viewer".into();
-    let srtp = i % 3 == 0;
+    let srtp = i.is_multiple_of(3);
     if srtp {
         req.srtp = Some(pb::SrtpParams {
             profile: PROFILE.name().into(),
@@ -80,21 +80,16 @@ fn everyone_gets_everything(
                     let mut out = Vec::new();
                     let mut buf = [0u8; 2048];
                     let mut linger = false;
-                    loop {
-                        match v.party.sock.recv(&mut buf) {
-                            Ok(m) => {
-                                let mut p = buf[..m].to_vec();
-                                if let Some(rx) = &v.srtp {
-                                    let seq = u16::from_be_bytes([p[2], p[3]]);
-                                    let len = rx
-                                        .unprotect_rtp(&mut p, u64::from(seq))
-                                        .unwrap_or_else(|e| panic!("{}: {e}", v.name));
-                                    p.truncate(len);
-                                }
-                                out.push(p);
-                            }
-                            Err(_) => break,
+                    while let Ok(m) = v.party.sock.recv(&mut buf) {
+                        let mut p = buf[..m].to_vec();
+                        if let Some(rx) = &v.srtp {
+                            let seq = u16::from_be_bytes([p[2], p[3]]);
+                            let len = rx
+                                .unprotect_rtp(&mut p, u64::from(seq))
+                                .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+                            p.truncate(len);
                         }
+                        out.push(p);
                         // Anything extra (a duplicate) shows up within a short linger.
                         if out.len() >= usize::from(n) && !linger {
                             linger = true;

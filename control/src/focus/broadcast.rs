@@ -152,9 +152,7 @@ impl Focus {
         let per = self.fleet.per_participant_pps;
         let threshold = self.stress_threshold;
         let cap = self.max_viewers_per_edge;
-        let open = |b: &&Bridge| {
-            b.health == Health::Up && !b.draining && !exclude.iter().any(|x| *x == b.id)
-        };
+        let open = |b: &&Bridge| b.health == Health::Up && !b.draining && !exclude.contains(&b.id);
         let room = |b: &&Bridge| open(b) && self.viewers_on(conference, tree, &b.id) < cap;
         let not_origin = |b: &&Bridge| b.id != origin;
         let hosting = self
