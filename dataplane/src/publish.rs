@@ -151,7 +151,7 @@ impl Channels {
             factory: PortFactory {
                 acks: ack_tx,
                 events: ev_tx,
-                keyframes: Arc::new(KeyframeGate::new(interval_ms)),
+                keyframes: Arc::new(KeyframeGate::with_ssrc(interval_ms, random_ssrc())),
             },
             acks,
             events,
@@ -277,4 +277,12 @@ impl Drop for Publisher {
             }
         }
     }
+}
+
+/// A random SSRC for the bridge's own RTCP (its keyframe requests).
+fn random_ssrc() -> u32 {
+    let mut b = [0u8; 4];
+    // Falls back to the fixed one if the system has no randomness to give.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u32::from_be_bytes(b).max(1)
 }

@@ -20,17 +20,30 @@ pub struct KeyframeGate {
     interval_ms: u32,
     epoch: Instant,
     slots: Box<[AtomicU64]>,
+    ssrc: u32,
 }
 
 impl KeyframeGate {
     /// A gate letting one request per stream through every `interval_ms`; 0 lets every request
     /// through.
     pub fn new(interval_ms: u32) -> Self {
+        Self::with_ssrc(interval_ms, 0x5242_5247) // "RBRG"
+    }
+
+    /// As [`KeyframeGate::new`]; the bridge's own keyframe requests carry sender SSRC `ssrc`
+    /// (random per bridge, so each bridge's requests are one RTCP stream wherever they go).
+    pub fn with_ssrc(interval_ms: u32, ssrc: u32) -> Self {
         Self {
             interval_ms,
             epoch: Instant::now(),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            ssrc,
         }
+    }
+
+    /// The sender SSRC of this bridge's own keyframe requests.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
     }
 
     /// The interval, ms (0: off).
@@ -78,6 +91,53 @@ impl Default for KeyframeGate {
     /// A gate that lets everything through.
     fn default() -> Self {
         Self::new(0)
+    }
+}
+
+/// A Picture Loss Indication (RFC 4585 6.3.1: PSFB, FMT 1, no FCI) from `sender` about `media`.
+pub fn pli(sender: u32, media: u32) -> [u8; PLI_LEN] {
+    let mut p = [0u8; PLI_LEN];
+    p[..4].copy_from_slice(&[0x81, 206, 0, 2]);
+    p[4..8].copy_from_slice(&sender.to_be_bytes());
+    p[8..].copy_from_slice(&media.to_be_bytes());
+    p
+}
+
+/// Length of a PLI.
+pub const PLI_LEN: usize = 12;
+
+/// How long after a receive-only endpoint joins a conference fed through an upstream relay the
+/// bridge asks for a keyframe of each stream that arrives (once per stream; the gate throttles).
+pub const JOIN_WINDOW_MS: u32 = 1_000;
+
+/// Streams of one conference to ask keyframes for, after a viewer joined.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    /// Until when (gate clock, ms).
+    pub until_ms: u32,
+    asked: [u32; 4],
+    n: u8,
+}
+
+impl Wanted {
+    /// Wanted until `until_ms`.
+    pub fn until(until_ms: u32) -> Self {
+        Self {
+            until_ms,
+            asked: [0; 4],
+            n: 0,
+        }
+    }
+
+    /// Whether `ssrc` is a stream not asked for yet (and now is).
+    pub fn first(&mut self, ssrc: u32) -> bool {
+        let n = usize::from(self.n);
+        if self.asked[..n].contains(&ssrc) || n == self.asked.len() {
+            return false;
+        }
+        self.asked[n] = ssrc;
+        self.n += 1;
+        true
     }
 }
 

@@ -280,6 +280,11 @@ struct StreamState {
     rtcp_out: FxHashMap<(EndpointUid, u32), u32>,
     /// Replay windows of relay links, per (relay uid, sending worker).
     relay_in: FxHashMap<(u64, u16), replay::Window>,
+    /// Conferences fed through an upstream relay where a viewer joined: the streams arriving
+    /// from upstream soon after get a keyframe request (a late joiner needs a keyframe).
+    keyframe_wanted: FxHashMap<u32, keyframe::Wanted>,
+    /// Keyframe requests this core made, for the engine to seal into their relay and send.
+    keyframe_out: Vec<(Arc<relay::Relay>, [u8; keyframe::PLI_LEN])>,
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {
@@ -349,10 +354,11 @@ impl Core {
         for op in &delta.ops {
             match op {
                 Op::RemoveEndpoint { uid } => self.forget(*uid),
-                Op::RemoveConference { members, .. } => {
+                Op::RemoveConference { members, conf } => {
                     for &uid in members.iter() {
                         self.forget(uid);
                     }
+                    self.streams.keyframe_wanted.remove(&conf.get());
                 }
                 Op::Latch { addr, .. } => {
                     self.latched.remove(addr);
@@ -366,6 +372,17 @@ impl Core {
                 Op::AddConference | Op::AddEndpoint { .. } | Op::AddRelay { .. } => {}
             }
             self.table.apply(op);
+            // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
+            // needs a keyframe of each stream; ask for one as they arrive.
+            if let Op::AddEndpoint { conf, ssrcs, .. } = op
+                && ssrcs.is_empty()
+                && self.table.conf(conf.get()).upstream > 0
+            {
+                let until = self.now_ms.wrapping_add(keyframe::JOIN_WINDOW_MS);
+                self.streams
+                    .keyframe_wanted
+                    .insert(conf.get(), keyframe::Wanted::until(until));
+            }
         }
         self.table.set_generation(delta.generation);
     }
@@ -415,6 +432,15 @@ impl Core {
         self.counters.relay_tx += s.relays;
     }
 
+    /// The next keyframe request this core made (a viewer joined mid-stream): the upstream
+    /// relay and the PLI to seal into it. Engines send them with the batch's other copies.
+    #[inline]
+    pub fn take_keyframe_request(
+        &mut self,
+    ) -> Option<(Arc<relay::Relay>, [u8; keyframe::PLI_LEN])> {
+        self.streams.keyframe_out.pop()
+    }
+
     /// Next event for the control path.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -455,6 +481,27 @@ struct Throttle<'a> {
 }
 
 impl Throttle<'_> {
+    /// A viewer joined conference `conf` lately: if `ssrc` (arriving from upstream relay `r`)
+    /// has not been asked for, queue a PLI for it up that relay, throttled like any other.
+    #[cold]
+    fn ask_upstream(self, streams: &mut StreamState, conf: u32, r: &Arc<relay::Relay>, ssrc: u32) {
+        let Some(w) = streams.keyframe_wanted.get_mut(&conf) else {
+            return;
+        };
+        if self.now_ms.wrapping_sub(w.until_ms) < u32::MAX / 2 {
+            streams.keyframe_wanted.remove(&conf); // the window has passed
+            return;
+        }
+        if w.first(ssrc)
+            && self
+                .gate
+                .allow(keyframe::stream_key(conf, ssrc), self.now_ms)
+        {
+            let pli = keyframe::pli(self.gate.ssrc(), ssrc);
+            streams.keyframe_out.push((r.clone(), pli));
+        }
+    }
+
     /// Whether feedback `s` in conference `conf` goes on: anything but a keyframe request does;
     /// a keyframe request does when its (first) media stream had none within the interval.
     #[inline]
@@ -686,6 +733,9 @@ fn decide_relay<'t>(
             } else {
                 0
             };
+            if !r.downstream && !streams.keyframe_wanted.is_empty() {
+                keyframes.ask_upstream(streams, *conf_idx, r, hdr.ssrc);
+            }
             (Class::Rtp, Select::AllBut(usize::MAX), index, hdr.len)
         }
         Class::Rtcp => {
@@ -827,6 +877,64 @@ mod tests {
         c.set_now(1_500);
         assert_eq!(dests(&mut c, &pli(30, 11), a(3)), Ok(vec![1]));
         assert_eq!(c.counters.drops[DropReason::KeyframeThrottled as usize], 2);
+    }
+
+    #[test]
+    fn a_viewer_joining_below_an_upstream_relay_gets_a_keyframe_asked_for_once_per_stream() {
+        let (ka, kb) = ([1u8; 16], [2u8; 16]);
+        let origin = a(9);
+        // This bridge is an edge: its relay to the origin is upstream.
+        let up = Arc::new(relay::Relay::new(1, origin, 7, &ka, &kb).unwrap());
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        b.endpoint(conf, 1, &[], Some(a(1)), None); // a first viewer
+        let mut c =
+            Core::new(b.build(1)).with_keyframe_gate(Arc::new(KeyframeGate::with_ssrc(500, 77)));
+        c.apply(&Delta {
+            generation: 2,
+            ops: vec![Op::AddRelay {
+                conf,
+                relay: up.clone(),
+            }],
+        });
+        // What the origin sends down: media of two streams.
+        let at_origin = relay::Relay::new(2, a(0), 7, &kb, &ka).unwrap();
+        let mut seq = 0;
+        let mut from_origin = |ssrc: u32, c: &mut Core| {
+            seq += 1;
+            let mut out = [0u8; 2048];
+            let n = at_origin
+                .seal(0, seq, &rtp(ssrc, seq as u16, 0, b"media"), &mut out)
+                .unwrap();
+            c.handle(&mut out[..n], origin).map(|v| v.dests.len())
+        };
+        c.set_now(1_000);
+        assert_eq!(from_origin(500, &mut c), Ok(1));
+        assert!(c.take_keyframe_request().is_none(), "nobody joined lately");
+        // A second viewer joins: the next packet of each stream brings a PLI up the relay.
+        c.apply(&Delta {
+            generation: 3,
+            ops: vec![Op::AddEndpoint {
+                conf,
+                uid: 2,
+                ssrcs: Box::new([]),
+                addr: Some(a(2)),
+                srtp: None,
+            }],
+        });
+        assert_eq!(from_origin(500, &mut c), Ok(2));
+        let (r, pli) = c.take_keyframe_request().expect("asked for a keyframe");
+        assert!(Arc::ptr_eq(&r, &up));
+        assert_eq!(pli.to_vec(), crate::testkit::pli(77, 500));
+        assert_eq!(from_origin(500, &mut c), Ok(2));
+        assert_eq!(from_origin(501, &mut c), Ok(2));
+        let (_, pli) = c.take_keyframe_request().expect("the other stream too");
+        assert_eq!(pli.to_vec(), crate::testkit::pli(77, 501));
+        assert!(c.take_keyframe_request().is_none(), "once per stream");
+        // Past the window: nothing more.
+        c.set_now(2_600);
+        assert_eq!(from_origin(502, &mut c), Ok(2));
+        assert!(c.take_keyframe_request().is_none());
     }
 
     #[test]

@@ -169,6 +169,13 @@ pub struct Table {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfIdx(u32);
 
+impl ConfIdx {
+    /// The conference's slot (the same in every worker's table).
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
 impl Table {
     /// The generation of the last delta applied (or the one a built table was stamped with).
     pub fn generation(&self) -> u64 {

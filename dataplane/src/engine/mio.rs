@@ -147,6 +147,22 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                     unsafe { tx.push(&buf[..n], &relay.raw) };
                 }
             }
+            // Keyframe requests the core made for viewers that joined mid-stream.
+            while let Some((relay, pli)) = core.take_keyframe_request() {
+                if tx.is_full() {
+                    sent += tx.flush(fd);
+                }
+                let buf = &mut protected[tx.len()];
+                relay_seq += 1;
+                let Some(n) = relay.seal(port.id as u16, relay_seq, &pli, buf) else {
+                    sent.failed += 1;
+                    continue;
+                };
+                sent.relays += 1;
+                // SAFETY: as above: `protected[tx.len()]` is not written again before the flush
+                // that ends this batch (the destination is copied into the batch).
+                unsafe { tx.push(&buf[..n], &relay.raw) };
+            }
             sent += tx.flush(fd);
             core.count_sent(sent);
             end_batch(port, &mut core);

@@ -10,6 +10,7 @@ pub(crate) fn drain_control(port: &WorkerPort, core: &mut Core) -> bool {
     while let Ok(msg) = port.rx.try_recv() {
         match msg {
             ToWorker::Delta(d) => {
+                core.set_now(port.keyframes.now_ms());
                 core.apply(&d);
                 port.ack(d.generation);
             }

@@ -274,6 +274,7 @@ impl Worker {
             while let Some(cqe) = self.pending.pop_front() {
                 self.complete(&mut core, cqe)?;
             }
+            self.send_keyframe_requests(&mut core)?;
             self.bufs.publish();
             core.count_sent(std::mem::take(&mut self.tx));
             end_batch(port, &mut core);
@@ -424,6 +425,29 @@ impl Worker {
         *r -= 1;
         if *r == 0 {
             self.bufs.push(bid);
+        }
+        Ok(())
+    }
+
+    /// Queues the keyframe requests the core made (viewers that joined mid-stream), each
+    /// sealed into its upstream relay.
+    fn send_keyframe_requests(&mut self, core: &mut Core) -> io::Result<()> {
+        while let Some((relay, pli)) = core.take_keyframe_request() {
+            if self.slots.free.is_empty() {
+                self.wait_for_slot()?;
+            }
+            self.relay_seq += 1;
+            let (id, seq, fd) = (self.id, self.relay_seq, self.sock_ref);
+            let entry = self
+                .slots
+                .take_protected(fd, &relay.raw, |out| relay.seal(id, seq, &pli, out));
+            match entry {
+                Some(e) => {
+                    self.tx.relays += 1;
+                    self.push(&e)?
+                }
+                None => self.tx.failed += 1,
+            }
         }
         Ok(())
     }
