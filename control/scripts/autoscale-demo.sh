@@ -3,16 +3,7 @@
 # actuator starts its minimum fleet; RTP load rises and a bridge is added (a new conference lands
 # on it); load falls, and after the scale-down window the bridge with the fewest participants
 # drains, its participants move (announced), and it is stopped. Bounded: about 30 s.
-set -euo pipefail
-bin=${BIN:-target/release}
-data=$(mktemp -d)
-pids=()
-cleanup() {
-  kill -INT "${pids[@]}" 2>/dev/null || true # INT: bridges stop at once (TERM would drain)
-  wait 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
 
 RUST_LOG=${RUST_LOG:-ringbridge_control=info} "$bin/ringbridge-control" serve --listen 127.0.0.1:0 \
   --data-dir "$data/store" --report-interval-ms 250 \

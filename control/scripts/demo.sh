@@ -4,26 +4,7 @@
 # the bridge's key); a conference joined from both regions spans both bridges, relayed (Octo);
 # one bridge hangs (SIGSTOP: connection open, no answers), the health probes find it and only
 # its participants move. Everything runs from target/release and is stopped on exit.
-set -euo pipefail
-bin=${BIN:-target/release}
-data=$(mktemp -d)
-pids=()
-cleanup() {
-  kill -INT "${pids[@]}" 2>/dev/null || true # INT: bridges stop at once (TERM would drain)
-  kill -CONT "${pids[@]}" 2>/dev/null || true # a stopped process acts on SIGTERM only once continued
-  wait 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
-
-ready() { # start a process in the background, wait for its ready line, set REPLY to a field of it
-  local field=$1; shift
-  local out="$data/out.$#.$RANDOM"
-  RUST_LOG=error "$@" >"$out" 2>/dev/null &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q ready "$out" && break; sleep 0.05; done
-  REPLY=$(grep -o "$field=[^ ]*" "$out" | cut -d= -f2)
-}
+source "$(dirname "$0")/lib.sh"
 
 ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --data-dir "$data/store"
 url=http://$REPLY

@@ -1003,31 +1003,9 @@ impl Focus {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{T, focus, ok, run_ok};
+    use super::super::tests::{T, focus, ok, run_ok, shape};
     use super::super::{Applied, Bridge, CallResult, JoinRequest};
     use super::*;
-
-    fn shape(p: &Plan) -> Vec<String> {
-        p.calls
-            .iter()
-            .map(|c| {
-                let what = match &c.call {
-                    Call::Create { .. } => "create".to_string(),
-                    Call::Add { endpoint, .. } => format!("add {endpoint}"),
-                    Call::Remove { endpoint, .. } => format!("remove {endpoint}"),
-                    Call::Delete { .. } => "delete".to_string(),
-                    Call::AddRelay {
-                        relay_id,
-                        downstream: true,
-                        ..
-                    } => format!("feed {relay_id}"),
-                    Call::AddRelay { relay_id, .. } => format!("pull from {relay_id}"),
-                    Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
-                };
-                format!("{what}@{}", c.bridge)
-            })
-            .collect()
-    }
 
     fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
         JoinRequest {
@@ -1096,7 +1074,7 @@ mod tests {
             [
                 "create@eu-2",
                 "feed eu-1@eu-2",
-                "pull from eu-2@eu-1",
+                "relay to eu-2@eu-1",
                 "add pub@eu-2"
             ]
         );
@@ -1116,7 +1094,7 @@ mod tests {
             [
                 "create@us-1",
                 "feed us-1@eu-2",
-                "pull from eu-2@us-1",
+                "relay to eu-2@us-1",
                 "add v3@us-1"
             ]
         );
@@ -1128,7 +1106,7 @@ mod tests {
             [
                 "create@ap-1",
                 "feed ap-1@eu-1",
-                "pull from eu-1@ap-1",
+                "relay to eu-1@ap-1",
                 "add v4@ap-1"
             ]
         );
@@ -1372,7 +1350,7 @@ mod tests {
             [
                 "create@us-1",
                 "feed us-1@eu-1",
-                "pull from eu-1@us-1",
+                "relay to eu-1@us-1",
                 "add v@us-1"
             ]
         );

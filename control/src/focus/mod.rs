@@ -902,46 +902,34 @@ impl Focus {
         if self.busy.contains(&req.conference) {
             return Err(FocusError::Busy(req.conference));
         }
-        if let Some(p) = self.conferences.get(&req.conference)
-            && (p.broadcast.is_some() || req.role != Role::Participant)
-        {
-            if p.participants.contains_key(&req.participant_id) {
-                return Err(FocusError::Exists(format!(
-                    "participant_id: already in conference {:?}",
-                    req.conference
-                )));
-            }
-            let srtp = match &req.srtp {
-                Some(o) => Some(self.srtp_keys(o)?),
-                None => None,
-            };
-            return self.join_broadcast(req, srtp, true);
+        let placed = self.conferences.get(&req.conference);
+        if placed.is_some_and(|p| p.participants.contains_key(&req.participant_id)) {
+            return Err(FocusError::Exists(format!(
+                "participant_id: already in conference {:?}",
+                req.conference
+            )));
         }
+        let broadcast = placed.is_some_and(|p| p.broadcast.is_some());
+        let srtp = match &req.srtp {
+            Some(o) => Some(self.srtp_keys(o)?),
+            None => None,
+        };
+        if broadcast || req.role != Role::Participant {
+            let exists = self.conferences.contains_key(&req.conference);
+            return self.join_broadcast(req, srtp, exists);
+        }
+        // A conference: its bridges (one walk over its participants).
         let existing = self.conferences.get(&req.conference).map(|p| {
             (
                 p.bridges()
                     .into_iter()
                     .map(String::from)
                     .collect::<Vec<_>>(),
-                p.participants.contains_key(&req.participant_id),
                 p.link,
             )
         });
-        if let Some((_, true, _)) = existing {
-            return Err(FocusError::Exists(format!(
-                "participant_id: already in conference {:?}",
-                req.conference
-            )));
-        }
-        let srtp = match &req.srtp {
-            Some(o) => Some(self.srtp_keys(o)?),
-            None => None,
-        };
-        if req.role != Role::Participant {
-            return self.join_broadcast(req, srtp, existing.is_some());
-        }
         let (hosting, link) = match existing {
-            Some((hosting, _, link)) => {
+            Some((hosting, link)) => {
                 // A conference with a bridge that is not answering is being repaired first.
                 for bridge in &hosting {
                     let b = self.fleet.get(bridge);
@@ -2063,8 +2051,9 @@ pub(super) mod tests {
         assert!(!f.report(&from, 0.0, false, 2900));
     }
 
-    /// The Call kinds of a plan, e.g. ["create@eu-1", "relay eu-1->us-1@eu-1", ...].
-    fn shape(p: &Plan) -> Vec<String> {
+    /// The Call kinds of a plan, e.g. ["create@eu-1", "relay to us-1@eu-1", ...]; a relay the
+    /// remote bridge pulls through (a broadcast's pull, parent side) is "feed".
+    pub(super) fn shape(p: &Plan) -> Vec<String> {
         p.calls
             .iter()
             .map(|c| {
@@ -2073,6 +2062,11 @@ pub(super) mod tests {
                     Call::Add { endpoint, .. } => format!("add {endpoint}"),
                     Call::Remove { endpoint, .. } => format!("remove {endpoint}"),
                     Call::Delete { .. } => "delete".to_string(),
+                    Call::AddRelay {
+                        relay_id,
+                        downstream: true,
+                        ..
+                    } => format!("feed {relay_id}"),
                     Call::AddRelay { relay_id, .. } => format!("relay to {relay_id}"),
                     Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
                 };
