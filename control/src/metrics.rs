@@ -25,6 +25,25 @@ pub fn render(c: &Arc<Control>, r: &mut Registry) {
         "Placed participants.",
         participants as f64,
     );
+    let (broadcasts, pulls, deepest) = f.broadcast_totals();
+    gauge(
+        r,
+        "ringbridge_control_broadcasts",
+        "Placed broadcasts (live streams), among the conferences.",
+        broadcasts as f64,
+    );
+    gauge(
+        r,
+        "ringbridge_control_stream_pulls",
+        "Edges pulling a broadcast (relays of pull trees).",
+        pulls as f64,
+    );
+    gauge(
+        r,
+        "ringbridge_control_stream_deepest_tier",
+        "Deepest tier of any broadcast's pull tree.",
+        deepest as f64,
+    );
     gauge(
         r,
         "ringbridge_control_operations_in_flight",

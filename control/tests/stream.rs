@@ -244,6 +244,13 @@ async fn a_stream_through_an_origin_and_edges_survives_losing_both() {
         tier2.starts_with("us-") && parent.starts_with("us-"),
         "same region first"
     );
+    let m = scrape(&ctl.field("metrics"));
+    assert!(m.contains("ringbridge_control_broadcasts 1.0"), "{m}");
+    assert!(m.contains("ringbridge_control_stream_pulls 3.0"), "{m}");
+    assert!(
+        m.contains("ringbridge_control_stream_deepest_tier 2.0"),
+        "{m}"
+    );
     let origin_media: SocketAddr = j.media_addr.parse().unwrap();
     everyone_gets_everything(&publisher, origin_media, &viewers, 0, 20);
 

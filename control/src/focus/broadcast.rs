@@ -665,6 +665,20 @@ impl Focus {
         Some((id.clone(), p.participants.get(id)?.clone()))
     }
 
+    /// Broadcasts, pulls over all of them, and the deepest tier of any (for metrics).
+    pub fn broadcast_totals(&self) -> (usize, usize, usize) {
+        let trees = || {
+            self.broadcasts
+                .iter()
+                .filter_map(|c| self.conferences.get(c)?.tree())
+        };
+        (
+            self.broadcasts.len(),
+            trees().map(|t| t.edges().count()).sum(),
+            trees().map(PullTree::deepest).max().unwrap_or(0),
+        )
+    }
+
     /// Bridges that are the origin or an edge of some broadcast's pull tree.
     pub(super) fn tree_nodes(&self) -> HashSet<&str> {
         self.broadcasts
