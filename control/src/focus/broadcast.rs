@@ -1272,6 +1272,62 @@ mod tests {
     }
 
     #[test]
+    fn a_broadcast_survives_a_restart_from_its_changes() {
+        let mut f = with_ap(focus());
+        for (who, region) in [("v1", "eu"), ("v2", "us"), ("v3", "ap")] {
+            let p = f.join(viewer("s", who, region), 0).unwrap();
+            run_ok(&mut f, p);
+        }
+        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let mut snap = crate::store::Snapshot::default();
+        for c in f.take_changes() {
+            snap.apply(&c);
+        }
+        assert_eq!(snap.placements["s"], f.conferences()["s"]);
+        let mut g = Focus::new(
+            &super::super::tests::cfg(),
+            snap,
+            super::super::tests::keys(),
+            0,
+        );
+        for (id, region) in [
+            ("eu-1", "eu"),
+            ("eu-2", "eu"),
+            ("us-1", "us"),
+            ("ap-1", "ap"),
+            ("ap-2", "ap"),
+        ] {
+            let plans = g
+                .register(
+                    Bridge::new(
+                        id,
+                        &format!("{id}:api"),
+                        &format!("{id}:media"),
+                        region,
+                        1000.0,
+                    ),
+                    0,
+                )
+                .unwrap();
+            for p in plans {
+                run_ok(&mut g, p);
+            }
+        }
+        assert_eq!(tree(&g, "s"), tree(&f, "s"));
+        assert_eq!(
+            g.stream_view("s", &g.conferences()["s"]).unwrap().publisher,
+            "pub"
+        );
+        assert_eq!(g.broadcast_totals(), (1, 3, 2));
+        // And it goes on: the publisher leaves, the tree goes.
+        let p = g.leave("s", "pub").unwrap();
+        run_ok(&mut g, p);
+        assert!(g.conferences()["s"].tree().is_none());
+        assert!(g.conferences()["s"].links.is_empty());
+    }
+
+    #[test]
     fn bad_broadcast_joins_name_the_field() {
         let mut f = focus();
         let mut r = viewer("s", "v", "eu");
