@@ -3,8 +3,8 @@
 //! every viewer gets every packet exactly once, byte for byte; edges pull on their first viewer
 //! (the third edge from an edge: `--stream-fanout 2`) and stop with their last; 20 viewers
 //! asking for a keyframe at once reach the publisher as one PLI; RTP from a viewer is dropped
-//! and counted; an edge killed moves its viewers, the origin killed moves the publisher, and
-//! every viewer receives again.
+//! and counted; an edge killed moves its viewers, the origin killed moves the publisher, an
+//! edge hung (SIGSTOP) moves its viewers, and every viewer receives again.
 
 mod common;
 
@@ -462,7 +462,54 @@ async fn a_stream_through_an_origin_and_edges_survives_losing_both() {
         );
     }
     assert_eq!(late.len(), 20);
+
+    // The late joiners' edge hangs (SIGSTOP: sockets open, no answers): the health probes find
+    // it, its viewers move (to the origin, the only bridge left) and receive again.
+    let c = get(&mut focus, "live").await.unwrap();
+    let hung = placed_on(&c, &late[0].name);
+    assert!(hung.starts_with("us-"), "{c:?}");
+    bridges[hung.as_str()].pause();
+    let moved = loop {
+        let m = next_with_reason(&mut watch, "failover", 10).await;
+        if m.bridges.iter().all(|b| b.bridge_id != hung) {
+            break m;
+        }
+    };
+    let origin = moved.stream.as_ref().unwrap().origin.clone();
+    for v in &late {
+        assert_eq!(placed_on(&moved, &v.name), origin);
+    }
+    let remaining: Vec<Viewer> = viewers
+        .into_iter()
+        .filter(|v| v.region == "eu")
+        .chain(late)
+        .collect();
+    // What the stream above left in their sockets is not this exchange's.
+    let mut buf = [0u8; 2048];
+    for v in &remaining {
+        v.party
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        while v.party.sock.recv(&mut buf).is_ok() {}
+        v.party
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    everyone_gets_everything(&publisher, media_of(&moved, &origin), &remaining, 3000, 20);
+    bridges[hung.as_str()].resume();
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The bridge `participant` is on.
+fn placed_on(c: &pb::ConferencePlacement, participant: &str) -> String {
+    c.bridges
+        .iter()
+        .find(|b| b.participants.iter().any(|p| p == participant))
+        .unwrap_or_else(|| panic!("{participant} in {c:?}"))
+        .bridge_id
+        .clone()
 }
 
 /// The edge of `region` in the placement's pull tree.

@@ -87,6 +87,17 @@ struct PullCalls {
     links: Vec<(String, Option<LinkKeys>)>,
 }
 
+/// The bridges the added pulls of `pulls` join (edge and parent each).
+fn pulled(pulls: &[Pull]) -> impl Iterator<Item = &str> {
+    pulls
+        .iter()
+        .flat_map(|p| match p {
+            Pull::Add { edge, from } => Some([edge.as_str(), from.as_str()]),
+            Pull::Remove { .. } => None,
+        })
+        .flatten()
+}
+
 impl Focus {
     /// Participants of `conference` on `bridge` (its publisher included), from the index.
     fn count_on(&self, conference: &str, bridge: &str) -> usize {
@@ -343,15 +354,8 @@ impl Focus {
             (edge, pulls)
         };
         let old_tree = self.conferences.get(&conf).and_then(Placement::tree);
-        let nodes = pulls.iter().flat_map(|p| match p {
-            Pull::Add { edge, from } => [edge.as_str(), from.as_str()],
-            Pull::Remove { .. } => ["", ""],
-        });
-        let mut calls = self.creates(
-            &conf,
-            old_tree,
-            std::iter::once(bridge.as_str()).chain(nodes.filter(|b| !b.is_empty())),
-        );
+        let nodes = std::iter::once(bridge.as_str()).chain(pulled(&pulls));
+        let mut calls = self.creates(&conf, old_tree, nodes);
         let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
         let pc = self.pull_calls(&conf, link, &pulls, &[]);
         calls.extend(pc.adds);
@@ -446,11 +450,9 @@ impl Focus {
         } else if let Some(t) =
             old.filter(|t| t.contains(&part.bridge) && after(self, &part.bridge) == 0)
         {
+            // Only edges are asked about (never the origin, where the publisher is).
             let mut t = t.clone();
-            let origin = t.origin().to_string();
-            pulls = t.viewer_left(&part.bridge, |b| {
-                after(self, b) - usize::from(b == origin && after(self, b) > 0)
-            });
+            pulls = t.viewer_left(&part.bridge, |b| after(self, b));
             new_tree = Some(Some(t));
         }
         for p in &pulls {
@@ -602,14 +604,7 @@ impl Focus {
             }
             targets.push(to);
         }
-        let nodes: Vec<&str> = targets
-            .iter()
-            .map(String::as_str)
-            .chain(pulls.iter().flat_map(|p| match p {
-                Pull::Add { edge, from } => vec![edge.as_str(), from.as_str()],
-                Pull::Remove { .. } => vec![],
-            }))
-            .collect();
+        let nodes = targets.iter().map(String::as_str).chain(pulled(&pulls));
         let mut calls = self.creates(conference, old.as_ref(), nodes);
         let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
         let pc = self.pull_calls(conference, link, &pulls, dead);
@@ -1017,8 +1012,8 @@ impl Focus {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{T, focus, ok, run_ok, shape};
-    use super::super::{Applied, Bridge, CallResult, JoinRequest};
+    use super::super::tests::{T, focus, ok, register, run_ok, shape};
+    use super::super::{CallResult, JoinRequest};
     use super::*;
 
     fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
@@ -1051,19 +1046,20 @@ mod tests {
     }
 
     fn with_ap(mut f: Focus) -> Focus {
-        for id in ["ap-1", "ap-2"] {
-            f.register(
-                Bridge::new(
-                    id,
-                    &format!("{id}:api"),
-                    &format!("{id}:media"),
-                    "ap",
-                    1000.0,
-                ),
-                0,
-            )
-            .unwrap();
+        register(&mut f, "ap-1", "ap");
+        register(&mut f, "ap-2", "ap");
+        f
+    }
+
+    /// Three viewers (eu, us, ap) wait, then the publisher (eu) joins; fan-out 2.
+    fn published_to_three_regions() -> Focus {
+        let mut f = with_ap(focus());
+        for (who, region) in [("v1", "eu"), ("v2", "us"), ("v3", "ap")] {
+            let p = f.join(viewer("s", who, region), 0).unwrap();
+            run_ok(&mut f, p);
         }
+        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
         f
     }
 
@@ -1160,13 +1156,7 @@ mod tests {
 
     #[test]
     fn a_dead_edge_moves_its_viewers_and_a_dead_origin_its_publisher() {
-        let mut f = with_ap(focus());
-        for (who, region) in [("v1", "eu"), ("v2", "us"), ("v3", "ap")] {
-            let p = f.join(viewer("s", who, region), 0).unwrap();
-            run_ok(&mut f, p);
-        }
-        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
-        run_ok(&mut f, p);
+        let mut f = published_to_three_regions();
         let origin = f.conferences()["s"].bridge.clone();
         assert_eq!(origin, "eu-2");
         // Fan-out 2: the waiting edges pull in id order, the third from an edge.
@@ -1273,13 +1263,7 @@ mod tests {
 
     #[test]
     fn a_broadcast_survives_a_restart_from_its_changes() {
-        let mut f = with_ap(focus());
-        for (who, region) in [("v1", "eu"), ("v2", "us"), ("v3", "ap")] {
-            let p = f.join(viewer("s", who, region), 0).unwrap();
-            run_ok(&mut f, p);
-        }
-        let p = f.join(publisher("s", "pub", "eu"), 0).unwrap();
-        run_ok(&mut f, p);
+        let mut f = published_to_three_regions();
         let mut snap = crate::store::Snapshot::default();
         for c in f.take_changes() {
             snap.apply(&c);
@@ -1298,18 +1282,7 @@ mod tests {
             ("ap-1", "ap"),
             ("ap-2", "ap"),
         ] {
-            let plans = g
-                .register(
-                    Bridge::new(
-                        id,
-                        &format!("{id}:api"),
-                        &format!("{id}:media"),
-                        region,
-                        1000.0,
-                    ),
-                    0,
-                )
-                .unwrap();
+            let plans = register(&mut g, id, region);
             for p in plans {
                 run_ok(&mut g, p);
             }
@@ -1398,7 +1371,6 @@ mod tests {
                 .is_none()
         );
         assert_eq!(f.conferences()["s"].participants.len(), 1);
-        let _ = Applied::Done;
     }
 
     #[test]
@@ -1408,12 +1380,7 @@ mod tests {
         run_ok(&mut f, p);
         let p = f.join(viewer("s", "v", "us"), 0).unwrap();
         run_ok(&mut f, p);
-        let plans = f
-            .register(
-                Bridge::new("us-1", "us-1:api", "us-1:media", "us", 1000.0),
-                5,
-            )
-            .unwrap();
+        let plans = register(&mut f, "us-1", "us");
         assert_eq!(plans.len(), 1);
         assert_eq!(
             shape(&plans[0]),

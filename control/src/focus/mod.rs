@@ -1710,19 +1710,22 @@ pub(super) mod tests {
     pub(super) fn focus() -> Focus {
         let mut f = Focus::new(&cfg(), Snapshot::default(), keys(), 0);
         for (id, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")] {
-            f.register(
-                Bridge::new(
-                    id,
-                    &format!("{id}:api"),
-                    &format!("{id}:media"),
-                    region,
-                    1000.0,
-                ),
-                0,
-            )
-            .unwrap();
+            register(&mut f, id, region);
         }
         f
+    }
+
+    /// Registers bridge `id` (API `id:api`, media `id:media`, capacity 1000) at time 0; returns
+    /// the plans that program it again if it was known.
+    pub(super) fn register(f: &mut Focus, id: &str, region: &str) -> Vec<Plan> {
+        let b = Bridge::new(
+            id,
+            &format!("{id}:api"),
+            &format!("{id}:media"),
+            region,
+            1000.0,
+        );
+        f.register(b, 0).unwrap()
     }
 
     pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
@@ -2078,11 +2081,7 @@ pub(super) mod tests {
     #[test]
     fn a_conference_grows_by_region_with_full_mesh_relays() {
         let mut f = focus();
-        f.register(
-            Bridge::new("ap-1", "ap-1:api", "ap-1:media", "ap", 1000.0),
-            0,
-        )
-        .unwrap();
+        register(&mut f, "ap-1", "ap");
         join_ok(&mut f, join("c", "e1", "eu"));
         let eu = f.conferences()["c"].participants["e1"].bridge.clone();
         // us joins: the conference grows onto us-1, relayed both ways with the eu bridge.
