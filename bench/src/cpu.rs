@@ -109,3 +109,42 @@ mod tests {
         assert!(super::stat(me).is_some());
     }
 }
+
+/// The rig on one CPU and the forwarders it starts on another, so a `--find-max` ramp measures
+/// what one core forwards rather than how the scheduler shares two cores between the rig's
+/// threads and the forwarder. Used from a thread of its own: pinning is not undone.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitCpus {
+    rig: core_affinity::CoreId,
+    forwarder: core_affinity::CoreId,
+}
+
+impl SplitCpus {
+    /// The last two CPUs the calling thread may use (the rig on the first, the forwarder on the
+    /// second), or `None` with fewer than two.
+    pub fn last_two() -> Option<Self> {
+        let ids = core_affinity::get_core_ids()?;
+        match ids.as_slice() {
+            [.., rig, forwarder] => Some(Self {
+                rig: *rig,
+                forwarder: *forwarder,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The (rig, forwarder) CPU numbers.
+    pub fn cpus(&self) -> (usize, usize) {
+        (self.rig.id, self.forwarder.id)
+    }
+
+    /// Call before starting a forwarder: the process inherits the forwarder CPU.
+    pub fn for_forwarder(&self) -> bool {
+        core_affinity::set_for_current(self.forwarder)
+    }
+
+    /// Call before running the rig: its threads inherit the rig CPU.
+    pub fn for_rig(&self) -> bool {
+        core_affinity::set_for_current(self.rig)
+    }
+}

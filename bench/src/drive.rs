@@ -21,7 +21,7 @@ pub fn clean(r: &RunResult) -> bool {
 }
 
 /// Ramps the offered load from `base` (x1.6 per clean step), then bisects between the last
-/// clean and the first unclean rate until they are within 10%. Each step lasts `step`.
+/// clean and the first unclean rate until they are within 5%. Each step lasts `step`.
 pub fn find_max(
     rig: &mut Rig,
     target: &Target,
@@ -68,7 +68,7 @@ pub fn find_max(
         f = match (good, bad) {
             (Some(g), None) => g * 1.6,
             (None, Some(b)) => b / 2.0,
-            (Some(g), Some(b)) if b / g > 1.1 => (g + b) / 2.0,
+            (Some(g), Some(b)) if b / g > 1.05 => (g + b) / 2.0,
             _ => break,
         };
         if f < 1e-3 {

@@ -140,6 +140,8 @@ pub struct RunResult {
     pub window: Duration,
     /// One-way latency of received copies, nanoseconds.
     pub latency_ns: Histogram<u64>,
+    /// With [`Rig::split_latency_from`]: the latency of the copies the far participants received.
+    pub far_latency_ns: Option<Histogram<u64>>,
     /// CPU time the target process spent during the window.
     pub target_cpu_ns: Option<u64>,
     /// Packets per second the rig meant to send, and what it managed.
@@ -173,6 +175,8 @@ pub struct Rig {
     streams: usize,
     epoch: Instant,
     runs: u32,
+    /// Participants from this index on also record into [`RunResult::far_latency_ns`].
+    far_from: Option<usize>,
 }
 
 /// The SSRC of stream `k` of participant `g`.
@@ -233,7 +237,14 @@ impl Rig {
             streams,
             epoch: Instant::now(),
             runs: 0,
+            far_from: None,
         })
+    }
+
+    /// Also records the latency of the copies received by participants `from..` apart (for
+    /// example the receivers behind a relay), in [`RunResult::far_latency_ns`].
+    pub fn split_latency_from(&mut self, from: usize) {
+        self.far_from = Some(from);
     }
 
     /// The conferences as a target must be programmed.
@@ -397,6 +408,11 @@ impl Rig {
         let k = self.streams;
         let mut tracks = vec![Track::default(); self.parts.len() * p * k];
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let mut far = match self.far_from {
+            Some(_) => Some(latency.clone()),
+            None => None,
+        };
+        let far_from = self.far_from.unwrap_or(usize::MAX);
         let mut misrouted = 0u64;
         let mut srtp_failed = 0u64;
         let mut bytes = 0u64;
@@ -446,7 +462,13 @@ impl Rig {
                         if t.record(st.seq) {
                             received += 1;
                             bytes += pkt.len() as u64;
-                            let _ = latency.record(now_ns.saturating_sub(st.sent_ns).max(1));
+                            let ns = now_ns.saturating_sub(st.sent_ns).max(1);
+                            let _ = latency.record(ns);
+                            if g >= far_from {
+                                if let Some(f) = far.as_mut() {
+                                    let _ = f.record(ns);
+                                }
+                            }
                         }
                     }
                     live.received.store(received, Relaxed);
@@ -459,6 +481,7 @@ impl Rig {
         Ok(Received {
             tracks,
             latency,
+            far,
             misrouted: misrouted + srtp_failed,
             bytes,
         })
@@ -524,6 +547,7 @@ impl Rig {
             received_bytes: rx.bytes,
             window: tx.window,
             latency_ns: rx.latency,
+            far_latency_ns: rx.far,
             target_cpu_ns: tx.cpu,
             offered_pps: load.pps_per_participant()
                 * (self.topo.conferences * self.topo.senders.min(p)) as f64,
@@ -544,6 +568,7 @@ struct Sent {
 struct Received {
     tracks: Vec<Track>,
     latency: Histogram<u64>,
+    far: Option<Histogram<u64>>,
     misrouted: u64,
     bytes: u64,
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use plotters::prelude::*;
+use ringbridge_bench::cpu::SplitCpus;
 use ringbridge_bench::cpu::UserSampler;
 use ringbridge_bench::drive;
 use ringbridge_bench::report::Report;
@@ -95,7 +96,7 @@ struct Cli {
     /// Repetitions of each forwarder, interleaved A B A B.
     #[arg(long, default_value_t = 2)]
     reps: usize,
-    /// Fan-outs to measure (participants = fan-out + 1).
+    /// Fan-outs to measure (participants = fan-out + 1); 0 measures no full mesh.
     #[arg(long, value_delimiter = ',', default_value = "1,4,9")]
     fanouts: Vec<usize>,
     /// Fan-outs that also get SRTP rows.
@@ -114,6 +115,10 @@ struct Cli {
     /// Skip the --find-max ramps and half-max runs.
     #[arg(long)]
     no_find_max: bool,
+    /// Run the --find-max ramps with the rig and the forwarder sharing all CPUs (default: the
+    /// rig on the second-to-last CPU, the forwarder on the last, when there are two or more).
+    #[arg(long)]
+    shared_cpus: bool,
     /// Seconds per find-max step.
     #[arg(long, default_value_t = 1.5)]
     step_secs: f64,
@@ -167,11 +172,23 @@ struct Row {
     lost: u64,
     expected: u64,
     p99_us: Vec<f64>,
-    max_clean_offered_pps: Option<f64>,
-    max_clean_forwarded_pps: Option<f64>,
+    /// Per repetition of `--find-max`: (max clean pps offered, copies/s forwarded at it).
+    max_clean: Vec<(f64, f64)>,
     half_max_loss: Option<f64>,
     half_max_p99_us: Option<f64>,
     reports: Vec<Report>,
+}
+
+impl Row {
+    /// The median repetition's max clean rate (the lower middle one for an even count), or
+    /// zeroes without any.
+    fn max_clean_median(&self) -> (f64, f64) {
+        let mut v = self.max_clean.clone();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v.get(v.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -211,6 +228,7 @@ fn main() -> anyhow::Result<()> {
     let mut scenarios: Vec<Scenario> = cli
         .fanouts
         .iter()
+        .filter(|&&f| f > 0)
         .map(|&f| Scenario {
             fanout: f,
             one_sender: false,
@@ -318,35 +336,19 @@ fn main() -> anyhow::Result<()> {
         if cli.no_find_max {
             continue;
         }
-        for (ki, kind) in Kind::ALL.into_iter().enumerate() {
-            let target = rt.block_on(Target::spawn(kind, &members, 1, false))?;
-            let fm = drive::find_max(
-                &mut rig,
-                &target,
-                &load,
-                Duration::from_secs_f64(cli.step_secs),
-                &opts,
-                |_| {},
-            )?;
-            let row = rows.entry((si, ki)).or_default();
-            row.max_clean_offered_pps = Some(fm.max_clean_offered_pps);
-            row.max_clean_forwarded_pps = Some(fm.max_clean_forwarded_pps);
-            if fm.max_clean_offered_pps > 0.0 {
-                let factor = 0.5 * fm.max_clean_offered_pps / sc.pps_in;
-                let half = load.scaled(factor);
-                let r = rig.run(target.media, &target.pids(), &half, &opts, &Live::default())?;
-                row.half_max_loss = Some(r.loss_ratio());
-                row.half_max_p99_us = Some(r.latency_ns.value_at_quantile(0.99) as f64 / 1000.0);
-            }
-            eprintln!(
-                "  find-max {:<17} max clean {:.0} pps in / {:.0} copies/s; at half: loss {:.4}%, p99 {:.0} us",
-                kind.label(),
-                fm.max_clean_offered_pps,
-                fm.max_clean_forwarded_pps,
-                row.half_max_loss.unwrap_or(f64::NAN) * 100.0,
-                row.half_max_p99_us.unwrap_or(f64::NAN)
-            );
-        }
+        // On a thread of its own, which pins itself (and so the rig and the forwarders it
+        // starts) without touching the rest of the run.
+        let split = (!cli.shared_cpus).then(SplitCpus::last_two).flatten();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    find_max_rows(
+                        &rt, &cli, split, sc, si, &mut rig, &members, &load, &opts, &mut rows,
+                    )
+                })
+                .join()
+                .expect("find-max thread")
+        })?;
     }
     let mut relay = Vec::new();
     for &pps in cli.relay_pps.iter().filter(|p| **p > 0.0) {
@@ -376,15 +378,97 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay (Octo) comparison: per repetition, (CPU ns per delivered copy summed over the
-/// bridges, loss ratio, p50 us, p99 us) on one bridge and relayed over two.
+/// The `--find-max` ramps of one scenario, `--reps` times interleaved, and a run at half the
+/// median max clean rate of each forwarder; with `split`, the rig and the forwarder on CPUs of
+/// their own.
+#[allow(clippy::too_many_arguments)]
+fn find_max_rows(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    split: Option<SplitCpus>,
+    sc: &Scenario,
+    si: usize,
+    rig: &mut Rig,
+    members: &[Vec<ringbridge_bench::target::Member>],
+    load: &Load,
+    opts: &RunOpts,
+    rows: &mut BTreeMap<(usize, usize), Row>,
+) -> anyhow::Result<()> {
+    if let Some(sp) = split {
+        let (r, f) = sp.cpus();
+        eprintln!("  find-max: rig on CPU {r}, forwarder on CPU {f}");
+    }
+    for rep in 0..cli.reps {
+        for (ki, kind) in Kind::ALL.into_iter().enumerate() {
+            if let Some(sp) = split {
+                sp.for_forwarder();
+            }
+            let target = rt.block_on(Target::spawn(kind, members, 1, false))?;
+            if let Some(sp) = split {
+                sp.for_rig();
+            }
+            let fm = drive::find_max(
+                rig,
+                &target,
+                load,
+                Duration::from_secs_f64(cli.step_secs),
+                opts,
+                |_| {},
+            )?;
+            let row = rows.entry((si, ki)).or_default();
+            row.max_clean
+                .push((fm.max_clean_offered_pps, fm.max_clean_forwarded_pps));
+            eprintln!(
+                "  rep {} find-max {:<17} max clean {:.0} pps in / {:.0} copies/s",
+                rep + 1,
+                kind.label(),
+                fm.max_clean_offered_pps,
+                fm.max_clean_forwarded_pps,
+            );
+            let max = row.max_clean_median();
+            if rep + 1 == cli.reps && max.0 > 0.0 {
+                let half = load.scaled(0.5 * max.0 / sc.pps_in);
+                let r = rig.run(target.media, &target.pids(), &half, opts, &Live::default())?;
+                row.half_max_loss = Some(r.loss_ratio());
+                row.half_max_p99_us = Some(r.latency_ns.value_at_quantile(0.99) as f64 / 1000.0);
+                eprintln!(
+                    "  half of the median max {:<17} {:.0} pps in: loss {:.4}%, p99 {:.0} us",
+                    kind.label(),
+                    max.0 / 2.0,
+                    r.loss_ratio() * 100.0,
+                    row.half_max_p99_us.unwrap_or(f64::NAN)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One relay-comparison run: CPU ns per delivered copy summed over the bridges, loss ratio,
+/// and latency percentiles in microseconds, overall and for receivers 1-4 (`near`: on the
+/// sender's bridge when relayed) and 5-8 (`far`: behind the relay when relayed).
+#[derive(Default, Clone, Copy, serde::Serialize)]
+struct RelayRun {
+    cpu_ns_per_copy: f64,
+    loss_ratio: f64,
+    p50_us: f64,
+    p99_us: f64,
+    near_p50_us: f64,
+    far_p50_us: f64,
+}
+
+/// The relay (Octo) comparison: per repetition, one bridge and relayed over two.
 #[derive(Default, serde::Serialize)]
 struct RelayRuns {
     /// Packets/s in.
     pps: f64,
-    one_bridge: Vec<(f64, f64, f64, f64)>,
-    relayed: Vec<(f64, f64, f64, f64)>,
+    one_bridge: Vec<RelayRun>,
+    relayed: Vec<RelayRun>,
 }
+
+/// Receivers from this participant index on sit behind the relay in the relayed layout
+/// (index 0 sends, 1-4 share its bridge).
+const RELAY_SPLIT: usize = 5;
 
 fn relay_runs(
     rt: &tokio::runtime::Runtime,
@@ -406,6 +490,7 @@ fn relay_runs(
         }],
     };
     let mut rig = Rig::new(topo.clone(), 1)?;
+    rig.split_latency_from(RELAY_SPLIT);
     let members = rig.members()?;
     eprintln!(
         "relay: one sender x {:.0} pps of {} B to 8 receivers, one bridge vs 4 + 4 on two relayed bridges",
@@ -415,30 +500,47 @@ fn relay_runs(
         pps,
         ..RelayRuns::default()
     };
+    let p50 = |h: &hdrhistogram::Histogram<u64>| {
+        if h.is_empty() {
+            f64::NAN
+        } else {
+            h.value_at_quantile(0.5) as f64 / 1000.0
+        }
+    };
     for rep in 0..cli.reps {
         for relayed in [false, true] {
             let target = if relayed {
-                // The sender and 4 receivers on the first bridge, 4 receivers on the second.
-                rt.block_on(Target::spawn_relayed(&members[0], 5, &[]))?
+                rt.block_on(Target::spawn_relayed(&members[0], RELAY_SPLIT, &[]))?
             } else {
                 rt.block_on(Target::spawn(Kind::Uring, &members, 1, false))?
             };
             let r = rig.run(target.media, &target.pids(), &load, opts, &Live::default())?;
             let rep_ = Report::new(&target.label, &topo, &load, 0.5, &r);
-            let row = (
-                rep_.bridge_cpu_ns_per_forwarded_packet.unwrap_or(f64::NAN),
-                rep_.loss_ratio,
-                rep_.latency_us.p50,
-                rep_.latency_us.p99,
-            );
+            let far = r
+                .far_latency_ns
+                .clone()
+                .unwrap_or_else(|| r.latency_ns.clone());
+            let mut near = r.latency_ns.clone();
+            near.subtract(&far)
+                .context("splitting the latency histogram")?;
+            let row = RelayRun {
+                cpu_ns_per_copy: rep_.bridge_cpu_ns_per_forwarded_packet.unwrap_or(f64::NAN),
+                loss_ratio: rep_.loss_ratio,
+                p50_us: rep_.latency_us.p50,
+                p99_us: rep_.latency_us.p99,
+                near_p50_us: p50(&near),
+                far_p50_us: p50(&far),
+            };
             eprintln!(
-                "  rep {} {:<36} cpu {:>6.0} ns/copy  loss {:.4}%  p50 {:.0} us  p99 {:.0} us",
+                "  rep {} {:<36} cpu {:>6.0} ns/copy  loss {:.4}%  p50 {:.0} us (receivers 1-4 {:.0}, 5-8 {:.0})  p99 {:.0} us",
                 rep + 1,
                 target.label,
-                row.0,
-                row.1 * 100.0,
-                row.2,
-                row.3
+                row.cpu_ns_per_copy,
+                row.loss_ratio * 100.0,
+                row.p50_us,
+                row.near_p50_us,
+                row.far_p50_us,
+                row.p99_us
             );
             if relayed {
                 out.relayed.push(row);
@@ -451,42 +553,45 @@ fn relay_runs(
 }
 
 fn relay_markdown(cli: &Cli, r: &RelayRuns) -> String {
-    let m = |v: &[(f64, f64, f64, f64)], f: fn(&(f64, f64, f64, f64)) -> f64| {
-        mean(&v.iter().map(f).collect::<Vec<_>>())
-    };
-    let (c1, c2) = (m(&r.one_bridge, |x| x.0), m(&r.relayed, |x| x.0));
-    let (p1, p2) = (m(&r.one_bridge, |x| x.2), m(&r.relayed, |x| x.2));
+    let m = |v: &[RelayRun], f: fn(&RelayRun) -> f64| mean(&v.iter().map(f).collect::<Vec<_>>());
+    let c1 = m(&r.one_bridge, |x| x.cpu_ns_per_copy);
     let mut s = String::new();
     let _ = writeln!(
         s,
         "\n## Relay (Octo), {:.0} pps in\n\nOne sender of {} B packets at {:.0} pps to 8 receivers: all on one bridge, \
-         or the sender and 4 receivers on one bridge and 4 receivers on a second bridge reached \
+         or the sender and receivers 1-4 on one bridge and receivers 5-8 on a second bridge reached \
          through the relay (AES-128-GCM per link). CPU per delivered copy is summed over both \
          bridges' processes; {} repetitions interleaved. Goal: relayed <= 1.10x one bridge.\n",
         r.pps, cli.video_size, r.pps, cli.reps
     );
     let _ = writeln!(
         s,
-        "| layout | CPU ns / copy | vs one bridge | loss | p50 us | p99 us |"
+        "| layout | CPU ns / copy | vs one bridge | loss | p50 us | p99 us | p50 us, receivers 1-4 | p50 us, receivers 5-8 |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    for (name, v, c) in [
-        ("one bridge, 8 receivers", &r.one_bridge, c1),
-        ("relayed 4 + 4", &r.relayed, c2),
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for (name, v) in [
+        ("one bridge, 8 receivers", &r.one_bridge),
+        ("relayed 4 + 4", &r.relayed),
     ] {
+        let c = m(v, |x| x.cpu_ns_per_copy);
         let _ = writeln!(
             s,
-            "| {name} | {c:.0} | {:.2} | {:.3}% | {:.0} | {:.0} |",
+            "| {name} | {c:.0} | {:.2} | {:.3}% | {:.0} | {:.0} | {:.0} | {:.0} |",
             c / c1,
-            m(v, |x| x.1) * 100.0,
-            m(v, |x| x.2),
-            m(v, |x| x.3)
+            m(v, |x| x.loss_ratio) * 100.0,
+            m(v, |x| x.p50_us),
+            m(v, |x| x.p99_us),
+            m(v, |x| x.near_p50_us),
+            m(v, |x| x.far_p50_us),
         );
     }
+    let hop = m(&r.relayed, |x| x.far_p50_us - x.near_p50_us);
     let _ = writeln!(
         s,
-        "\nThe relay hop adds {:.0} us at p50 (the 4 relayed receivers' latency is averaged with the 4 local ones in the relayed row).",
-        p2 - p1
+        "\nThe relay hop adds **{hop:.0} us at p50**: the relayed receivers' p50 minus the local \
+         receivers' p50 in the same runs (goal < 100 us). Against the same receivers on one \
+         bridge: {:+.0} us.",
+        m(&r.relayed, |x| x.far_p50_us) - m(&r.one_bridge, |x| x.far_p50_us)
     );
     s
 }
@@ -543,8 +648,8 @@ fn markdown(
         let user_ns = |r: &Row| r.user_share.map(|u| u * mean(&r.cpu_ns));
         let floor_user = floor.and_then(user_ns).unwrap_or(f64::NAN);
         let floor_max = floor
-            .and_then(|r| r.max_clean_offered_pps)
-            .unwrap_or(f64::NAN);
+            .filter(|r| !r.max_clean.is_empty())
+            .map_or(f64::NAN, |r| r.max_clean_median().0);
         for (ki, v) in VARIANTS.into_iter().enumerate() {
             let Some(r) = rows.get(&(si, ki)) else {
                 continue;
@@ -561,9 +666,20 @@ fn markdown(
                 None => ("-".into(), "-".into()),
             };
             let loss = r.lost as f64 / r.expected.max(1) as f64 * 100.0;
-            let (max, max_ratio) = match (r.max_clean_offered_pps, r.max_clean_forwarded_pps) {
-                (Some(a), Some(b)) => (format!("{a:.0} ({b:.0})"), format!("{:.2}", a / floor_max)),
-                _ => ("-".into(), "-".into()),
+            let (max, max_ratio) = if r.max_clean.is_empty() {
+                ("-".into(), "-".into())
+            } else {
+                let (a, b) = r.max_clean_median();
+                let lo = r
+                    .max_clean
+                    .iter()
+                    .map(|m| m.0)
+                    .fold(f64::INFINITY, f64::min);
+                let hi = r.max_clean.iter().map(|m| m.0).fold(0.0, f64::max);
+                (
+                    format!("{a:.0} ({b:.0}) [{lo:.0}-{hi:.0}]"),
+                    format!("{:.2}", a / floor_max),
+                )
             };
             let half = match (r.half_max_loss, r.half_max_p99_us) {
                 (Some(l), Some(p)) => format!("{:.3}%, {p:.0}", l * 100.0),
