@@ -408,10 +408,7 @@ impl Rig {
         let k = self.streams;
         let mut tracks = vec![Track::default(); self.parts.len() * p * k];
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        let mut far = match self.far_from {
-            Some(_) => Some(latency.clone()),
-            None => None,
-        };
+        let mut far = self.far_from.map(|_| latency.clone());
         let far_from = self.far_from.unwrap_or(usize::MAX);
         let mut misrouted = 0u64;
         let mut srtp_failed = 0u64;
@@ -464,10 +461,8 @@ impl Rig {
                             bytes += pkt.len() as u64;
                             let ns = now_ns.saturating_sub(st.sent_ns).max(1);
                             let _ = latency.record(ns);
-                            if g >= far_from {
-                                if let Some(f) = far.as_mut() {
-                                    let _ = f.record(ns);
-                                }
+                            if let Some(f) = far.as_mut().filter(|_| g >= far_from) {
+                                let _ = f.record(ns);
                             }
                         }
                     }
