@@ -40,6 +40,10 @@ struct BridgeArgs {
     /// In-flight sends per io_uring worker before it waits for completions.
     #[arg(long, default_value_t = ringbridge_dataplane::engine::uring::SEND_SLOTS, global = true)]
     uring_send_slots: usize,
+    /// Provided receive buffers per io_uring worker, a power of two from 8 to 32768.
+    #[arg(long, default_value_t = ringbridge_dataplane::engine::uring::BUFFERS, global = true,
+          value_parser = parse_buffers)]
+    uring_buffers: u16,
     /// Pin workers to cores even when the host's CPUs are shared (default: pin only when the
     /// process's CPU set is narrowed to one dedicated CPU per worker).
     #[arg(long, global = true, conflicts_with = "no_pin")]
@@ -101,6 +105,14 @@ enum Cmd {
 
 /// Drains (reports draining, takes nothing new) until no endpoint is left, `timeout` passes or
 /// a second signal arrives.
+/// `--uring-buffers`: a power of two the buffer ring can hold.
+fn parse_buffers(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && (8..=32768).contains(&n) => Ok(n),
+        _ => Err(format!("must be a power of two from 8 to 32768, not {s:?}")),
+    }
+}
+
 async fn drain_then_stop(
     d: &agent::Drain,
     publisher: &ringbridge_dataplane::publish::Publisher,
@@ -161,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,
+            uring_buffers: a.uring_buffers,
             uring_send: a.uring_send,
             pin: match (a.pin, a.no_pin) {
                 (true, _) => ringbridge_dataplane::engine::pin::Pin::On,
@@ -245,4 +258,19 @@ fn main() -> anyhow::Result<()> {
             Some(Cmd::Demo { packets }) => demo::run(config, packets).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_buffers;
+
+    #[test]
+    fn uring_buffers_must_be_a_power_of_two_in_range() {
+        assert_eq!(parse_buffers("512"), Ok(512));
+        assert_eq!(parse_buffers("32768"), Ok(32768));
+        for bad in ["0", "4", "500", "65536", "x"] {
+            let e = parse_buffers(bad).unwrap_err();
+            assert!(e.contains("power of two"), "{bad}: {e}");
+        }
+    }
 }

@@ -29,54 +29,66 @@ use ringbridge_dataplane::srtp::Profile;
 const SRTP: Profile = Profile::AeadAes128Gcm;
 
 /// What one row measures: a forwarder, plain or with every participant on SRTP, and for the
-/// A/B rows of the io_uring send path, the `--uring-send` it runs with (default: send-fixed).
+/// A/B rows of the io_uring engine, the earlier setting it runs with (default otherwise).
 #[derive(Clone, Copy)]
 struct Variant {
     kind: Kind,
     srtp: bool,
-    uring_send: Option<&'static str>,
+    /// An A/B row: (label, ringbridge arguments).
+    ab: Option<(&'static str, &'static [&'static str])>,
+    /// Whether the row also gets a `--find-max` ramp.
+    find_max: bool,
 }
 
-const fn v(kind: Kind, srtp: bool, uring_send: Option<&'static str>) -> Variant {
+const fn v(kind: Kind, srtp: bool) -> Variant {
     Variant {
         kind,
         srtp,
-        uring_send,
+        ab: None,
+        find_max: !srtp,
+    }
+}
+
+const fn ab(label: &'static str, args: &'static [&'static str], find_max: bool) -> Variant {
+    Variant {
+        kind: Kind::Uring,
+        srtp: false,
+        ab: Some((label, args)),
+        find_max,
     }
 }
 
 /// Index 2 is the floor; SRTP rows are 4 after their plain row; A/B rows come last.
-const VARIANTS: [Variant; 8] = [
-    v(Kind::Uring, false, None),
-    v(Kind::Mio, false, None),
-    v(Kind::Floor, false, None),
-    v(Kind::Naive, false, None),
-    v(Kind::Uring, true, None),
-    v(Kind::Mio, true, None),
-    v(Kind::Uring, false, Some("sendmsg")),
-    v(Kind::Uring, false, Some("send")),
+const VARIANTS: [Variant; 9] = [
+    v(Kind::Uring, false),
+    v(Kind::Mio, false),
+    v(Kind::Floor, false),
+    v(Kind::Naive, false),
+    v(Kind::Uring, true),
+    v(Kind::Mio, true),
+    ab("sendmsg", &["--uring-send", "sendmsg"], false),
+    ab("send", &["--uring-send", "send"], false),
+    ab("4096 buffers", &["--uring-buffers", "4096"], true),
 ];
 
 impl Variant {
     fn label(self) -> String {
-        match (self.srtp, self.uring_send) {
+        match (self.srtp, self.ab) {
             (true, _) => format!("{} + SRTP {}", self.kind.label(), SRTP.name()),
-            (false, Some(path)) => format!("{} (A/B: {path})", self.kind.label()),
+            (false, Some((label, _))) => format!("{} (A/B: {label})", self.kind.label()),
             (false, None) => self.kind.label().to_string(),
         }
     }
 
-    fn extra(self) -> Vec<&'static str> {
-        self.uring_send
-            .map(|p| vec!["--uring-send", p])
-            .unwrap_or_default()
+    fn extra(self) -> &'static [&'static str] {
+        self.ab.map_or(&[], |(_, args)| args)
     }
 
     async fn spawn(
         self,
         members: &[Vec<ringbridge_bench::target::Member>],
     ) -> anyhow::Result<Target> {
-        Target::spawn_with(self.kind, members, 1, false, &self.extra()).await
+        Target::spawn_with(self.kind, members, 1, false, self.extra()).await
     }
 }
 
@@ -378,8 +390,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `--find-max` ramps of one scenario, `--reps` times interleaved, and a run at half the
-/// median max clean rate of each forwarder; with `split`, the rig and the forwarder on CPUs of
+/// The `--find-max` ramps of one scenario, their steps interleaved, `--reps` times, and a run at
+/// half the median max clean rate of each forwarder; with `split`, the rig and the forwarder on CPUs of
 /// their own.
 #[allow(clippy::too_many_arguments)]
 fn find_max_rows(
@@ -398,30 +410,41 @@ fn find_max_rows(
         let (r, f) = sp.cpus();
         eprintln!("  find-max: rig on CPU {r}, forwarder on CPU {f}");
     }
+    let step = drive::step_opts(Duration::from_secs_f64(cli.step_secs), opts);
     for rep in 0..cli.reps {
-        for (ki, kind) in Kind::ALL.into_iter().enumerate() {
+        // Every forwarder up at once (idle ones sleep); their ramps take steps in turn.
+        let mut ramps = Vec::new();
+        for (ki, v) in VARIANTS.into_iter().enumerate().filter(|(_, v)| v.find_max) {
             if let Some(sp) = split {
                 sp.for_forwarder();
             }
-            let target = rt.block_on(Target::spawn(kind, members, 1, false))?;
-            if let Some(sp) = split {
-                sp.for_rig();
+            ramps.push((ki, v, rt.block_on(v.spawn(members))?, drive::Ramp::new()));
+        }
+        if let Some(sp) = split {
+            sp.for_rig();
+        }
+        loop {
+            let mut stepped = false;
+            for (_, _, target, ramp) in ramps.iter_mut() {
+                if let Some(f) = ramp.next_factor() {
+                    let r = rig.run(target.media, &[], &load.scaled(f), &step, &Live::default())?;
+                    ramp.record(&r);
+                    stepped = true;
+                }
             }
-            let fm = drive::find_max(
-                rig,
-                &target,
-                load,
-                Duration::from_secs_f64(cli.step_secs),
-                opts,
-                |_| {},
-            )?;
+            if !stepped {
+                break;
+            }
+        }
+        for (ki, v, target, ramp) in ramps {
+            let fm = ramp.result();
             let row = rows.entry((si, ki)).or_default();
             row.max_clean
                 .push((fm.max_clean_offered_pps, fm.max_clean_forwarded_pps));
             eprintln!(
                 "  rep {} find-max {:<17} max clean {:.0} pps in / {:.0} copies/s",
                 rep + 1,
-                kind.label(),
+                v.label(),
                 fm.max_clean_offered_pps,
                 fm.max_clean_forwarded_pps,
             );
@@ -433,7 +456,7 @@ fn find_max_rows(
                 row.half_max_p99_us = Some(r.latency_ns.value_at_quantile(0.99) as f64 / 1000.0);
                 eprintln!(
                     "  half of the median max {:<17} {:.0} pps in: loss {:.4}%, p99 {:.0} us",
-                    kind.label(),
+                    v.label(),
                     max.0 / 2.0,
                     r.loss_ratio() * 100.0,
                     row.half_max_p99_us.unwrap_or(f64::NAN)
@@ -624,17 +647,31 @@ fn markdown(
          Ratios are against the floor in the same run (CPU: <= 1.00 means no more than the bare \
          kernel path; max clean rate: >= 1.00 means at least as much). SRTP rows: every \
          participant on {}; *SRTP/plain* compares with the same engine's plain row. Max clean \
-         rate: highest offered input rate with loss <= 0.1% (`--find-max`). ± is the largest \
-         deviation between repetitions. Rows *(A/B: sendmsg)* and *(A/B: send)* run the io_uring \
-         engine with its earlier send paths (`--uring-send`), interleaved with the default \
-         (`send-fixed`: IORING_OP_SEND with the destination, on the socket registered as a \
-         fixed file), so each step is measured in the same run. Run took {:.0} s.\n",
+         rate: highest offered input rate with loss <= 0.1% (`--find-max`, steps bisected to \
+         5%), the median of {} ramps [lowest-highest] whose steps take turns between the forwarders, run with the rig on one CPU \
+         and the forwarder on another ({}), so it measures what one core forwards. ± is the \
+         largest deviation between repetitions. Rows *(A/B: ...)* run the io_uring engine with \
+         an earlier setting, interleaved with the default: *sendmsg* and *send* are its earlier \
+         send paths (`--uring-send`; the default `send-fixed` is IORING_OP_SEND with the \
+         destination, on the socket registered as a \
+         fixed file); *4096 buffers* is the earlier provided-buffer count (`--uring-buffers`, now \
+         {}), so each step is measured in the same run. Run took {:.0} s.\n",
         cli.copies_per_sec,
         cli.size,
         cli.video_size,
         cli.duration,
         cli.reps,
         SRTP.name(),
+        cli.reps,
+        if cli.shared_cpus {
+            "not with `--shared-cpus`: there both share every CPU".to_string()
+        } else {
+            SplitCpus::last_two().map_or("not on a single-CPU machine".to_string(), |s| {
+                let (r, f) = s.cpus();
+                format!("CPU {r} and CPU {f}")
+            })
+        },
+        ringbridge_dataplane::engine::uring::BUFFERS,
         took.as_secs_f64()
     );
     let _ = writeln!(
@@ -733,15 +770,13 @@ fn chart(
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
         RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
     ];
     let width = 0.8 / VARIANTS.len() as f64;
-    let colors = [
-        colors.as_slice(),
-        &[RGBColor(23, 190, 207), RGBColor(255, 127, 14)],
-    ]
-    .concat();
     for (ki, v) in VARIANTS.into_iter().enumerate() {
-        let color = colors[ki];
+        let color = colors[ki % colors.len()];
         let bars: Vec<_> = (0..scenarios.len())
             .filter_map(|i| {
                 let r = rows.get(&(i, ki))?;

@@ -86,6 +86,8 @@ pub struct Tuning {
     /// In-flight sends per io_uring worker; when all are in flight the worker waits for
     /// completions before queuing more.
     pub uring_send_slots: usize,
+    /// Provided receive buffers per io_uring worker (a power of two).
+    pub uring_buffers: u16,
     /// Whether to pin worker `k` to the `k`-th core this process may use.
     pub pin: pin::Pin,
     /// How io_uring workers send each copy.
@@ -96,6 +98,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             uring_send_slots: uring::SEND_SLOTS,
+            uring_buffers: uring::BUFFERS,
             pin: pin::Pin::Auto,
             uring_send: uring::SendPath::default(),
         }
@@ -147,6 +150,7 @@ pub fn start(
             Kind::Uring => uring::spawn(
                 id,
                 tuning.uring_send_slots,
+                tuning.uring_buffers,
                 tuning.uring_send,
                 sock,
                 core,

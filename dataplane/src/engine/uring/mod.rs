@@ -32,8 +32,11 @@ use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 const HEADROOM: usize = 64;
 /// Bytes per provided buffer.
 const BUF_SIZE: usize = MAX_DATAGRAM + HEADROOM;
-/// Provided buffers per worker (a power of two).
-const N_BUFS: u16 = 4096;
+/// Default provided buffers per worker (`--uring-buffers`, a power of two). The kernel takes
+/// them in ring order, so every buffer is touched once per round: few enough that the round
+/// stays in cache (512 x 2 KiB), enough for a batch (a buffer is back as soon as its sends are
+/// queued; when they run out, datagrams wait in the socket until the receive is re-armed).
+pub const BUFFERS: u16 = 512;
 /// Default in-flight sends per worker (`--uring-send-slots`).
 pub const SEND_SLOTS: usize = 8192;
 /// Submission queue entries.
@@ -123,6 +126,7 @@ fn eventfd() -> io::Result<OwnedFd> {
 pub fn spawn(
     id: usize,
     send_slots: usize,
+    buffers: u16,
     path: SendPath,
     sock: Socket,
     core: Option<core_affinity::CoreId>,
@@ -137,7 +141,7 @@ pub fn spawn(
         .spawn(move || {
             pin(id, core);
             // The ring is created on the worker thread: SINGLE_ISSUER binds it to its creator.
-            match Worker::new(&port, sock, efd, send_slots, path) {
+            match Worker::new(&port, sock, efd, send_slots, buffers, path) {
                 Ok((mut w, flags)) => {
                     let _ = ready_tx.send(Ok(flags));
                     if let Err(e) = w.run(&port) {
@@ -212,6 +216,7 @@ impl Worker {
         sock: Socket,
         efd: OwnedFd,
         send_slots: usize,
+        buffers: u16,
         path: SendPath,
     ) -> io::Result<(Self, &'static str)> {
         let (ring, flags) = build_ring()?;
@@ -229,7 +234,7 @@ impl Worker {
                 }
             },
         };
-        let bufs = BufRing::new(N_BUFS, BUF_SIZE)?;
+        let bufs = BufRing::new(buffers, BUF_SIZE)?;
         bufs.register(&ring.submitter())?;
         // SAFETY: msghdr is plain old data; all-zero is a valid value.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
@@ -240,7 +245,7 @@ impl Worker {
                 ring,
                 bufs,
                 slots: SendSlots::new(send_slots.max(1)),
-                refs: vec![0; usize::from(N_BUFS)].into_boxed_slice(),
+                refs: vec![0; usize::from(buffers)].into_boxed_slice(),
                 recv_hdr,
                 wake_buf: Box::new(0),
                 efd,
