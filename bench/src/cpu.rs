@@ -139,12 +139,21 @@ impl SplitCpus {
     }
 
     /// Call before starting a forwarder: the process inherits the forwarder CPU.
-    pub fn for_forwarder(&self) -> bool {
-        core_affinity::set_for_current(self.forwarder)
+    pub fn for_forwarder(&self) -> anyhow::Result<()> {
+        pin_to(self.forwarder)
     }
 
     /// Call before running the rig: its threads inherit the rig CPU.
-    pub fn for_rig(&self) -> bool {
-        core_affinity::set_for_current(self.rig)
+    pub fn for_rig(&self) -> anyhow::Result<()> {
+        pin_to(self.rig)
+    }
+}
+
+/// Pins the calling thread, or says which CPU could not be had (the report would be wrong).
+fn pin_to(cpu: core_affinity::CoreId) -> anyhow::Result<()> {
+    if core_affinity::set_for_current(cpu) {
+        Ok(())
+    } else {
+        anyhow::bail!("could not pin the thread to CPU {}", cpu.id)
     }
 }

@@ -162,6 +162,8 @@ async fn one_sender_to_receive_only_participants_through_the_floor() {
         srtp: None,
     };
     let mut rig = Rig::new(topo, 1).unwrap();
+    // Receivers 3 and 4 apart, as the relay row splits the receivers behind a relay.
+    rig.split_latency_from(3);
     let members = rig.members().unwrap();
     let target = Target::spawn(Kind::Floor, &members, 1, true).await.unwrap();
     let load = Load {
@@ -190,4 +192,8 @@ async fn one_sender_to_receive_only_participants_through_the_floor() {
     assert_eq!(r.received_packets, r.expected_packets);
     assert_eq!(r.misrouted_packets, 0);
     assert!((r.offered_pps - 500.0).abs() < 1e-9, "{}", r.offered_pps);
+    // Every copy in the overall latency; the far histogram holds exactly receivers 3 and 4's.
+    assert_eq!(r.latency_ns.len(), r.received_packets);
+    let far = r.far_latency_ns.expect("split latency");
+    assert_eq!(far.len(), 2 * r.sent_packets);
 }

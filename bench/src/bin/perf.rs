@@ -416,12 +416,12 @@ fn find_max_rows(
         let mut ramps = Vec::new();
         for (ki, v) in VARIANTS.into_iter().enumerate().filter(|(_, v)| v.find_max) {
             if let Some(sp) = split {
-                sp.for_forwarder();
+                sp.for_forwarder()?;
             }
             ramps.push((ki, v, rt.block_on(v.spawn(members))?, drive::Ramp::new()));
         }
         if let Some(sp) = split {
-            sp.for_rig();
+            sp.for_rig()?;
         }
         loop {
             let mut stepped = false;
