@@ -26,6 +26,7 @@ fn state(conferences: &[(&str, usize)]) -> (BridgeState, Table) {
         Limits {
             endpoints: 10_000_000,
             endpoints_per_conference: 1_000_000,
+            ..Limits::default()
         },
     );
     let mut n = 0;

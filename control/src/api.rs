@@ -34,6 +34,38 @@ fn need(field: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Bytes of a refused value an error echoes at most: enough to recognise it, never the whole
+/// of a long one (a status message travels in a header of limited size).
+const ECHO_BYTES: usize = 32;
+
+/// `v` as an error echoes it: quoted, cut to [`ECHO_BYTES`] on a character boundary.
+fn echo(v: &str) -> String {
+    if v.len() <= ECHO_BYTES {
+        return format!("{v:?}");
+    }
+    let cut = (0..=ECHO_BYTES)
+        .rev()
+        .find(|&i| v.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{:?}... ({} bytes)", &v[..cut], v.len())
+}
+
+/// Parses a Join's `role`, bounded like the other fields (empty: participant).
+fn role(v: &str) -> Result<Role, Status> {
+    if v.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "role: {} bytes, longer than the limit of {MAX_ID_LEN}",
+            v.len()
+        )));
+    }
+    Role::parse(v).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "role: {} is not one of participant, publisher, viewer",
+            echo(v)
+        ))
+    })
+}
+
 fn addr(field: &str, v: &str) -> Result<(), Status> {
     need(field, v)?;
     v.parse::<std::net::SocketAddr>()
@@ -54,12 +86,7 @@ impl Focus for FocusService {
         let r = req.into_inner();
         let c = &self.0;
         c.check_store()?;
-        let role = Role::parse(&r.role).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "role: {:?} is not one of participant, publisher, viewer",
-                r.role
-            ))
-        })?;
+        let role = role(&r.role)?;
         let join = JoinRequest {
             role,
             conference: r.conference,
@@ -83,6 +110,7 @@ impl Focus for FocusService {
                 media_addr,
                 srtp,
             } => {
+                c.durable().await?;
                 c.placements_total.fetch_add(1, Relaxed);
                 Ok(Response::new(pb::JoinResponse {
                     bridge_id: bridge,
@@ -112,6 +140,7 @@ impl Focus for FocusService {
             })
             .await?;
         c.run(plan).await.result.map_err(status)?;
+        c.durable().await?;
         Ok(Response::new(pb::LeaveResponse {}))
     }
 
@@ -149,23 +178,33 @@ impl Focus for FocusService {
         &self,
         req: Request<pb::WatchConferenceRequest>,
     ) -> Result<Response<Self::WatchConferenceStream>, Status> {
+        let req_addr = req.remote_addr().map(|a| a.ip());
         let conf = req.into_inner().conference;
         need("conference", &conf)?;
+        let client = req_addr;
+        let slot = self.0.watch_slot(client)?;
         if let Some(c) = self.0.cluster().filter(|c| !c.is_active()) {
-            // A standby follows the active focus's announcements in etcd.
-            let (current, mut stream) = c
-                .watch(&conf)
+            // A standby starts from the placement in the store now and follows the active
+            // focus's announcements published after it.
+            let (current, rev) = self.0.stored_placement(&conf).await?;
+            let mut stream = c
+                .watch(&conf, rev)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let (tx, rx) = mpsc::channel(16);
             tokio::spawn(async move {
-                if let Some(mut m) = current {
-                    m.reason = "current".into();
-                    if tx.send(Ok(m)).await.is_err() {
-                        return;
-                    }
+                let _slot = slot;
+                if let Some(m) = current
+                    && tx.send(Ok(m)).await.is_err()
+                {
+                    return;
                 }
-                while let Ok(Some(r)) = stream.message().await {
+                loop {
+                    let r = tokio::select! {
+                        _ = tx.closed() => return, // the client went away
+                        r = stream.message() => r,
+                    };
+                    let Ok(Some(r)) = r else { break };
                     for ev in r.events() {
                         let Some(kv) = ev.kv() else { continue };
                         if let Ok(m) =
@@ -188,13 +227,18 @@ impl Focus for FocusService {
         let current = self.0.lock().focus.placement(&conf, "current");
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Some(c) = current
                 && tx.send(Ok(placement_msg(c))).await.is_err()
             {
                 return;
             }
             loop {
-                match events.recv().await {
+                let e = tokio::select! {
+                    _ = tx.closed() => return, // the client went away
+                    e = events.recv() => e,
+                };
+                match e {
                     Ok(e) if e.conference == conf => {
                         if tx.send(Ok(e)).await.is_err() {
                             return;
@@ -310,7 +354,7 @@ impl RouterApi for RouterService {
 pub struct RegistryService(pub Arc<Control>);
 
 /// Largest capacity a bridge may announce, packets/s.
-const MAX_CAPACITY_PPS: f64 = 1e13;
+pub const MAX_CAPACITY_PPS: f64 = 1e13;
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
@@ -334,13 +378,19 @@ impl Registry for RegistryService {
             )));
         }
         let c = &self.0;
+        if r.instance_id.len() > MAX_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "instance_id: longer than the limit of {MAX_ID_LEN} bytes"
+            )));
+        }
         let b = Bridge::new(
             &r.bridge_id,
             &r.api_addr,
             &r.media_addr,
             &r.region,
             r.capacity_pps,
-        );
+        )
+        .with_instance(&r.instance_id);
         if let Some(cl) = c.cluster() {
             // Kept in etcd before it counts: a standby that takes over knows it.
             cl.save_bridge(&crate::cluster::BridgeRecord {
@@ -349,6 +399,7 @@ impl Registry for RegistryService {
                 media_addr: r.media_addr.clone(),
                 region: r.region.clone(),
                 capacity: r.capacity_pps,
+                instance: r.instance_id.clone(),
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -430,14 +481,20 @@ impl Registry for RegistryService {
         self.0.check_active().await?;
         let r = req.into_inner();
         need("bridge_id", &r.bridge_id)?;
-        let mut core = self.0.lock();
-        core.focus.drain(&r.bridge_id, now_ms()).map_err(status)?;
-        let participants = core.focus.load_of(&r.bridge_id).1 as u32;
-        let since = core
-            .focus
-            .fleet()
-            .get(&r.bridge_id)
-            .map_or(0, |b| b.drain_since_ms);
+        self.0.check_store()?;
+        let (participants, since) = {
+            let mut core = self.0.lock();
+            core.focus.drain(&r.bridge_id, now_ms()).map_err(status)?;
+            let participants = core.focus.load_of(&r.bridge_id).1 as u32;
+            let since = core
+                .focus
+                .fleet()
+                .get(&r.bridge_id)
+                .map_or(0, |b| b.drain_since_ms);
+            (participants, since)
+        };
+        // Kept in the store before it is acknowledged: a restarted control plane keeps it.
+        self.0.durable().await?;
         let grace_ms = (since + self.0.cfg.drain_grace_ms).saturating_sub(now_ms());
         Ok(Response::new(pb::DrainBridgeResponse {
             participants,
@@ -477,7 +534,12 @@ impl AutoscalerApi for AutoscalerService {
         let cfg = scaler.hpa().config();
         Ok(Response::new(pb::AutoscalerStatus {
             enabled: true,
-            actuator: self.0.actuator_name().unwrap_or_default().into(),
+            // The name, then what holds it back (a process actuator backing off after bridges
+            // that exit at once), until the proto has a field of its own for it.
+            actuator: match (self.0.actuator_name(), self.0.actuator_status()) {
+                (Some(name), status) if !status.is_empty() => format!("{name}: {status}"),
+                (name, _) => name.unwrap_or_default().into(),
+            },
             last: scaler.last().map(decision_msg),
             target_utilization: cfg.target,
             tolerance: cfg.tolerance,
@@ -498,5 +560,36 @@ impl AutoscalerApi for AutoscalerService {
                 .map(|b| b.id.clone())
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_role_is_named_bounded_and_echoed_in_part() {
+        assert_eq!(role("").unwrap(), Role::Participant);
+        assert_eq!(role("viewer").unwrap(), Role::Viewer);
+        let e = role("director").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "role: \"director\" is not one of participant, publisher, viewer"
+        );
+        // Over the limit: named with its size, nothing of it echoed.
+        for n in [MAX_ID_LEN + 1, 300, 60_000] {
+            let e = role(&"r".repeat(n)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                e.message(),
+                format!("role: {n} bytes, longer than the limit of {MAX_ID_LEN}")
+            );
+        }
+        // Under the limit but long: a bounded echo, cut on a character boundary.
+        let long = "\u{e9}".repeat(100);
+        let e = role(&long).unwrap_err();
+        assert!(e.message().len() < 120, "{}", e.message());
+        assert!(e.message().contains("(200 bytes)"), "{}", e.message());
     }
 }

@@ -66,9 +66,9 @@ impl Default for HpaConfig {
 impl HpaConfig {
     /// Checks the settings; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.target.is_finite() && self.target > 0.0) {
+        if !(self.target.is_finite() && self.target > 0.0 && self.target <= 1.0) {
             return Err(format!(
-                "--target-utilization: must be > 0, got {}",
+                "--target-utilization: must be > 0 and at most 1 (a bridge at its capacity), got {}",
                 self.target
             ));
         }
@@ -80,6 +80,12 @@ impl HpaConfig {
                 "--min-bridges: {} is more than --max-bridges {}",
                 self.min, self.max
             ));
+        }
+        if self.up_percent == 0 && self.up_bridges == 0 {
+            return Err(
+                "--scale-up-percent and --scale-up-bridges: both 0, the fleet could never grow"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -547,6 +553,40 @@ mod tests {
                 .unwrap_err()
                 .starts_with("--target-utilization")
         );
+        for (bad, flag) in [
+            (
+                HpaConfig {
+                    target: f64::NAN,
+                    ..HpaConfig::default()
+                },
+                "--target-utilization",
+            ),
+            (
+                HpaConfig {
+                    target: 1.5,
+                    ..HpaConfig::default()
+                },
+                "--target-utilization",
+            ),
+            (
+                HpaConfig {
+                    tolerance: f64::INFINITY,
+                    ..HpaConfig::default()
+                },
+                "--tolerance",
+            ),
+            (
+                HpaConfig {
+                    up_percent: 0,
+                    up_bridges: 0,
+                    ..HpaConfig::default()
+                },
+                "--scale-up-percent",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.starts_with(flag), "{bad:?}: {e}");
+        }
         assert!(HpaConfig::default().validate().is_ok());
     }
 

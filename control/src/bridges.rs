@@ -67,6 +67,21 @@ pub struct Bridge {
     pub probe_failures: u32,
     /// Why it is suspect or down (empty while up).
     pub why: String,
+    /// The bridge process's instance id (`RegisterBridge.instance_id`): a registration with
+    /// another one is a restarted bridge. Empty: unknown (every registration is a new process).
+    pub instance: String,
+}
+
+/// What a registration of a bridge was, as [`Fleet::register`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// A bridge id the fleet did not know.
+    New,
+    /// The same process again (same non-empty instance id): it still holds what it was given.
+    Again,
+    /// A known id from a new process (another instance id, or none given): it holds nothing,
+    /// and every relay key it used belongs to the old process.
+    Restarted,
 }
 
 impl Bridge {
@@ -87,7 +102,14 @@ impl Bridge {
             placed_since_report: 0,
             probe_failures: 0,
             why: String::new(),
+            instance: String::new(),
         }
+    }
+
+    /// The same bridge, as process `instance` (see [`Bridge::instance`]).
+    pub fn with_instance(mut self, instance: &str) -> Self {
+        self.instance = instance.into();
+        self
     }
 
     /// "up", "suspect", "down" or "draining", as the API shows it.
@@ -189,9 +211,10 @@ impl Fleet {
         }
     }
 
-    /// Registers (or re-registers) a bridge at `now_ms`. A bridge that comes back starts empty
-    /// and up; returns true when it was known before (its old placements are stale).
-    pub fn register(&mut self, mut b: Bridge, now_ms: u64) -> bool {
+    /// Registers (or re-registers) a bridge at `now_ms`; it is up. The same process keeps its
+    /// drain; a new process (a restart) starts empty and not draining (a drain belongs to the
+    /// process it was asked of, as JVB's graceful shutdown does).
+    pub fn register(&mut self, mut b: Bridge, now_ms: u64) -> Registration {
         b.health = Health::Up;
         b.last_report_ms = now_ms;
         b.placed_since_report = 0;
@@ -199,7 +222,17 @@ impl Fleet {
         b.draining = false;
         b.reported = false;
         b.why.clear();
-        self.bridges.insert(b.id.clone(), b).is_some()
+        let kind = match self.bridges.get(&b.id) {
+            None => Registration::New,
+            Some(old) if !b.instance.is_empty() && old.instance == b.instance => {
+                b.draining = old.draining;
+                b.drain_since_ms = old.drain_since_ms;
+                Registration::Again
+            }
+            Some(_) => Registration::Restarted,
+        };
+        self.bridges.insert(b.id.clone(), b);
+        kind
     }
 
     /// Records a load report. `false` for an unknown bridge, or one declared down: it must
@@ -415,7 +448,10 @@ mod tests {
         );
         // A down bridge's reports are refused: it must register again, and then starts up.
         assert!(!f.report("b", 0.0, false, 3100));
-        assert!(f.register(bridge("b", "eu", 0.0), 4000));
+        assert_eq!(
+            f.register(bridge("b", "eu", 0.0), 4000),
+            Registration::Restarted
+        );
         assert_eq!(f.get("b").unwrap().health, Health::Up);
     }
 

@@ -21,10 +21,25 @@ use ringbridge_proto::v1 as pb;
 
 use crate::etcd::ROOT;
 use crate::router::Route;
+use crate::store::Fence;
 
 /// Lease time to live, s: an instance that stops answering leaves the rotation, and its
 /// standby takes over, within about this.
 pub const LEASE_TTL_S: i64 = 3;
+
+/// Interval between lease renewals (each with this as its deadline).
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// Without a renewal for this long (counted from when the last good one was sent), etcd counts
+/// as unreachable: changes are refused rather than half applied. With renewals every
+/// [`RENEW_EVERY`] (each with that deadline), a stalled etcd is noticed 0.5-1 s after it stops
+/// answering.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_millis(1000);
+
+/// Without a renewal for this long the active instance steps down: etcd may expire the lease
+/// (and elect another instance) [`LEASE_TTL_S`] after it received the last renewal, which was
+/// sent no earlier than we count from; a second is left for calls in flight to end.
+pub const STEP_DOWN_AFTER: Duration = Duration::from_millis(LEASE_TTL_S as u64 * 1000 - 1000);
 
 /// A bridge registration as kept in etcd.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,6 +54,9 @@ pub struct BridgeRecord {
     pub region: String,
     /// Capacity, packets/s.
     pub capacity: f64,
+    /// The bridge process's instance id (empty from older versions).
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// Why a cluster call failed.
@@ -50,6 +68,9 @@ pub enum ClusterError {
     /// No shard has a live instance.
     #[error("no shard has a live control instance")]
     NoShard,
+    /// The lease the campaign ran with was lost (a new one is in place: campaign again).
+    #[error("the lease was lost during the campaign")]
+    LeaseLost,
 }
 
 fn etcd(e: impl std::fmt::Display) -> ClusterError {
@@ -71,6 +92,10 @@ pub struct Cluster {
     active: AtomicBool,
     /// The last lease renewal failed: etcd is unreachable (or hung) right now.
     unreachable: AtomicBool,
+    /// Signalled when this instance stops being active (it stepped down) or its lease changed.
+    lost: tokio::sync::Notify,
+    /// Times the lease was replaced (a campaign with an older one is abandoned).
+    lease_generation: AtomicUsize,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -91,7 +116,8 @@ fn election(shard: &str) -> String {
 }
 
 impl Cluster {
-    /// Connects, takes a lease and registers this instance of `shard` at `addr`.
+    /// Connects (to the members that answer, see [`crate::etcd::connect`]), takes a lease and
+    /// registers this instance of `shard` at `addr`.
     pub async fn join(
         endpoints: &[String],
         shard: &str,
@@ -102,13 +128,15 @@ impl Cluster {
         let opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
-        let client = Client::connect(endpoints, Some(opts)).await.map_err(etcd)?;
-        let elect = Client::connect(
+        let client = crate::etcd::connect(endpoints, opts)
+            .await
+            .map_err(ClusterError::Etcd)?;
+        let elect = crate::etcd::connect(
             endpoints,
-            Some(ConnectOptions::new().with_connect_timeout(timeout)),
+            ConnectOptions::new().with_connect_timeout(timeout),
         )
         .await
-        .map_err(etcd)?;
+        .map_err(ClusterError::Etcd)?;
         let me = Self {
             client,
             elect,
@@ -119,6 +147,8 @@ impl Cluster {
             next: AtomicUsize::new(0),
             active: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
+            lost: tokio::sync::Notify::new(),
+            lease_generation: AtomicUsize::new(0),
         };
         me.register().await?;
         Ok(me)
@@ -136,6 +166,7 @@ impl Cluster {
         .await
         .map_err(etcd)?;
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+        self.lease_generation.fetch_add(1, Relaxed);
         Ok(lease)
     }
 
@@ -144,8 +175,8 @@ impl Cluster {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether etcd failed to renew the lease at the last attempt (checked every
-    /// `LEASE_TTL_S / 3`): changes are refused meanwhile rather than half applied.
+    /// Whether no lease renewal succeeded for [`UNREACHABLE_AFTER`]: changes are refused
+    /// meanwhile rather than half applied.
     pub fn etcd_unreachable(&self) -> bool {
         self.unreachable.load(Relaxed)
     }
@@ -155,27 +186,54 @@ impl Cluster {
         self.active.load(Relaxed)
     }
 
-    /// Keeps the lease alive until the task is dropped. If the lease is lost (etcd was away for
-    /// longer than its TTL) while this instance is the active focus, the process exits: another
-    /// instance may have taken over, and two active focuses must never program the same bridges.
-    /// A standby takes a new lease and registers again.
+    /// Stops acting as the active focus (the caller campaigns again).
+    fn step_down(&self, why: &str) {
+        if self.active.swap(false, Relaxed) {
+            tracing::error!(shard = %self.shard, "stepping down as the active focus: {why}");
+        }
+        self.lost.notify_waiters();
+    }
+
+    /// Completes when this instance steps down or its lease is replaced (from when it is
+    /// first polled or enabled).
+    pub fn lost(&self) -> tokio::sync::futures::Notified<'_> {
+        self.lost.notified()
+    }
+
+    /// Keeps the lease alive until the task is dropped, renewing every [`RENEW_EVERY`].
+    ///
+    /// Without a renewal for [`STEP_DOWN_AFTER`] the active instance steps down before etcd can
+    /// expire its lease and elect another (no bridge calls, no writes: the store's writes are
+    /// fenced by the election key besides); it campaigns again once etcd answers (and wins at
+    /// once if its lease survived). A lease etcd reports expired is replaced by a new one, and
+    /// the instance registers and campaigns again with it. Nothing here exits the process: it
+    /// recovers by itself whenever etcd answers again.
     pub async fn keep_alive(self: std::sync::Arc<Self>) {
-        let every = Duration::from_millis((LEASE_TTL_S as u64 * 1000) / 3);
+        let mut last_ok = tokio::time::Instant::now();
         let mut failing = false;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(RENEW_EVERY).await;
+            let sent = tokio::time::Instant::now();
             let lease = self.lease();
             let mut c = self.client.clone();
-            let alive = tokio::time::timeout(every * 2, async {
+            let alive = tokio::time::timeout(RENEW_EVERY, async {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
             })
             .await
             .map_err(|_| "no answer".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .and_then(|r| match r {
+                // etcd answers an expired lease with TTL 0, which the client reports as an
+                // error: it is an answer (the lease is gone), not an unreachable etcd.
+                Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
+                    Ok(Some(0))
+                }
+                r => r.map_err(|e| e.to_string()),
+            });
             match alive {
                 Ok(Some(ttl)) if ttl > 0 => {
+                    last_ok = sent;
                     self.unreachable.store(false, Relaxed);
                     if failing {
                         tracing::info!("etcd reachable again; lease kept");
@@ -183,23 +241,36 @@ impl Cluster {
                     failing = false;
                 }
                 Ok(_) => {
-                    if self.is_active() {
-                        tracing::error!(
-                            "lease expired while active: another instance may lead; exiting"
-                        );
-                        std::process::exit(3);
-                    }
-                    tracing::warn!("lease expired: registering again");
-                    if let Err(e) = self.register().await {
-                        tracing::warn!("registering again: {e}");
+                    self.step_down("the lease expired");
+                    tracing::warn!("lease expired: registering again with a new one");
+                    match self.register().await {
+                        Ok(_) => {
+                            last_ok = sent;
+                            self.unreachable.store(false, Relaxed);
+                            failing = false;
+                            // A campaign with the old lease is abandoned.
+                            self.lost.notify_waiters();
+                        }
+                        Err(e) => tracing::warn!("registering again: {e}"),
                     }
                 }
                 Err(e) => {
-                    self.unreachable.store(true, Relaxed);
+                    // Counted from when the last good renewal was sent: etcd may have received
+                    // it then, and expires the lease LEASE_TTL_S after it received one.
+                    let silent = tokio::time::Instant::now().saturating_duration_since(last_ok);
+                    if silent >= UNREACHABLE_AFTER {
+                        self.unreachable.store(true, Relaxed);
+                    }
                     if !failing {
                         tracing::warn!("keeping the etcd lease alive: {e} (retrying)");
                     }
                     failing = true;
+                    if silent >= STEP_DOWN_AFTER && self.is_active() {
+                        self.step_down(&format!(
+                            "no lease renewal for {} ms (etcd: {e})",
+                            silent.as_millis()
+                        ));
+                    }
                 }
             }
         }
@@ -210,20 +281,32 @@ impl Cluster {
         self.active.store(true, Relaxed);
     }
 
-    /// Waits until this instance is elected its shard's active focus (the caller takes over,
-    /// then [`Cluster::set_active`]).
-    pub async fn campaign(&self) -> Result<(), ClusterError> {
+    /// Waits until this instance is elected its shard's active focus with its current lease;
+    /// returns the election key it holds (the caller fences the store with it, takes over,
+    /// then [`Cluster::set_active`]). [`ClusterError::LeaseLost`] if the lease was replaced
+    /// meanwhile.
+    pub async fn campaign(&self) -> Result<Fence, ClusterError> {
         loop {
+            let generation = self.lease_generation.load(Relaxed);
             let lease = self.lease();
             let mut e = self.elect.clone();
-            match e
-                .campaign(election(&self.shard), self.addr.clone(), lease)
-                .await
-            {
-                Ok(_) => {
+            let lost = self.lost();
+            let r = tokio::select! {
+                r = e.campaign(election(&self.shard), self.addr.clone(), lease) => r,
+                _ = lost => return Err(ClusterError::LeaseLost),
+            };
+            match r {
+                Ok(r) if self.lease_generation.load(Relaxed) == generation => {
+                    let Some(k) = r.leader() else {
+                        return Err(ClusterError::Etcd("campaign returned no key".into()));
+                    };
                     tracing::info!(shard = %self.shard, "elected the shard's active focus");
-                    return Ok(());
+                    return Ok(Fence {
+                        key: k.key().to_vec(),
+                        revision: k.rev(),
+                    });
                 }
+                Ok(_) => return Err(ClusterError::LeaseLost),
                 Err(err) => {
                     tracing::warn!("campaign: {err} (retrying)");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -392,26 +475,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// The last announcement of `conference` and a stream of the next ones (for a watch on a
-    /// standby).
+    /// The announcements of `conference` published after store revision `after` (for a watch
+    /// on a standby, which starts from the placement read at that revision).
     pub async fn watch(
         &self,
         conference: &str,
-    ) -> Result<(Option<pb::ConferencePlacement>, etcd_client::WatchStream), ClusterError> {
+        after: i64,
+    ) -> Result<etcd_client::WatchStream, ClusterError> {
         let key = self.event_key(conference);
-        let mut c = self.client.clone();
-        let got = c.get(key.clone(), None).await.map_err(etcd)?;
-        let current = got
-            .kvs()
-            .first()
-            .and_then(|kv| pb::ConferencePlacement::decode(kv.value()).ok());
-        let rev = got.header().map_or(0, |h| h.revision());
         let mut w = self.elect.clone(); // no request deadline: the stream lives long
         let stream = w
-            .watch(key, Some(WatchOptions::new().with_start_revision(rev + 1)))
+            .watch(
+                key,
+                Some(WatchOptions::new().with_start_revision(after + 1)),
+            )
             .await
             .map_err(etcd)?;
-        Ok((current, stream))
+        Ok(stream)
     }
 
     /// Where clients reach `shard`: its active focus, else one of its instances.

@@ -42,6 +42,7 @@ struct Lane {
 pub struct Executor {
     lanes: Mutex<HashMap<String, Lane>>,
     deadline: Duration,
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Executor {
@@ -190,7 +191,19 @@ impl Executor {
         Self {
             lanes: Mutex::new(HashMap::new()),
             deadline,
+            enabled: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Allows or forbids calls to bridges: an instance that is not (or no longer) its shard's
+    /// active focus makes none; its calls fail at once as unavailable.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether calls are allowed (see [`Executor::set_enabled`]).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The deadline of every call.
@@ -291,6 +304,11 @@ impl Executor {
 
     /// Makes one call within the deadline (counted from when it is queued).
     pub async fn call(&self, c: &BridgeCall) -> CallResult {
+        if !self.enabled() {
+            return Err(CallError::Unavailable(
+                "this control instance is not its shard's active focus".into(),
+            ));
+        }
         let deadline_ms = self.deadline.as_millis() as u64;
         let (_, tx) = self.lane(&c.bridge, &c.api_addr)?;
         let (reply, rx) = oneshot::channel();

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringbridge_control::actuator::{Actuator, ProcessActuator, ProcessConfig};
-use ringbridge_control::api::AutoscalerService;
+use ringbridge_control::api::{AutoscalerService, MAX_CAPACITY_PPS};
 use ringbridge_control::api::{FocusService, RegistryService, RouterService};
 use ringbridge_control::autoscaler::HpaConfig;
 use ringbridge_control::cli;
 use ringbridge_control::cluster::Cluster;
 use ringbridge_control::etcd::{self, EtcdStore};
+use ringbridge_control::focus::MAX_ID_LEN;
 use ringbridge_control::kubernetes::{KubernetesActuator, KubernetesConfig};
 use ringbridge_control::service::{Config, Control};
 use ringbridge_control::sim::{self, SimConfig};
@@ -27,6 +28,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Largest request the control plane decodes: every limited field at its limit fits easily.
 const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// Longest time a flag may give, ms (30 days): a drain grace or a window longer than that is a
+/// typo, and the time arithmetic stays far from overflowing.
+const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// ringbridge control plane: places conferences on bridges (focus), routes conferences to
 /// shards (router) and tracks bridges (registry).
@@ -139,6 +144,10 @@ struct ServeArgs {
     /// Interval between autoscaler evaluations, ms (the HPA's sync period).
     #[arg(long, default_value_t = 15_000)]
     autoscale_interval_ms: u64,
+    /// Open WatchConference streams one client (IP address) may hold; more are refused with
+    /// RESOURCE_EXHAUSTED. A stream is freed as soon as its client goes away.
+    #[arg(long, default_value_t = 1000)]
+    max_watches_per_client: usize,
     #[command(flatten)]
     hpa: HpaArgs,
     /// process actuator: the ringbridge binary (default: next to this one).
@@ -168,6 +177,91 @@ struct ServeArgs {
     /// kubeconfig).
     #[arg(long)]
     k8s_api: Option<String>,
+}
+
+impl ServeArgs {
+    /// Refuses, naming the flag, settings that would leave the service useless (every join
+    /// failing, every bridge refused, NaN in the placement arithmetic, keys of another shard):
+    /// checked before anything binds.
+    fn check(&self) -> Result<(), String> {
+        positive("--participant-pps", self.participant_pps)?;
+        positive("--stress-threshold", self.stress_threshold)?;
+        let cap = self.bridge_capacity_pps;
+        if !(cap.is_finite() && (1.0..=MAX_CAPACITY_PPS).contains(&cap)) {
+            return Err(format!(
+                "--bridge-capacity-pps: must be a number of packets/s from 1 to \
+                 {MAX_CAPACITY_PPS:e} (what the registry accepts), got {cap}"
+            ));
+        }
+        for (flag, v) in [
+            ("--etcd-timeout-ms", self.etcd_timeout_ms),
+            ("--report-interval-ms", self.report_interval_ms),
+            ("--bridge-timeout-ms", self.bridge_timeout_ms),
+            ("--probe-interval-ms", self.probe_interval_ms),
+            ("--probe-timeout-ms", self.probe_timeout_ms),
+            ("--flush-interval-ms", self.flush_interval_ms),
+            ("--drain-grace-ms", self.drain_grace_ms),
+            ("--autoscale-interval-ms", self.autoscale_interval_ms),
+            ("--scale-up-window-ms", self.hpa.scale_up_window_ms),
+            ("--scale-down-window-ms", self.hpa.scale_down_window_ms),
+            ("--scale-up-period-ms", self.hpa.scale_up_period_ms),
+            ("--scale-down-period-ms", self.hpa.scale_down_period_ms),
+            ("--route-ttl-secs", self.route_ttl_secs.saturating_mul(1000)),
+            (
+                "--report-interval-ms times --missed-reports",
+                self.report_interval_ms.saturating_mul(self.missed_reports),
+            ),
+        ] {
+            if v > MAX_MS {
+                return Err(format!("{flag}: longer than 30 days ({MAX_MS} ms)"));
+            }
+        }
+        if self.autoscale_interval_ms == 0 {
+            return Err("--autoscale-interval-ms: must be > 0".into());
+        }
+        shard_id(&self.shard_id)?;
+        if self.store != "file" {
+            etcd::endpoints(&self.store)?;
+        }
+        if self.autoscale == Autoscale::Process {
+            ringbridge_control::actuator::executable(&self.bridge_binary()?)?;
+        }
+        Ok(())
+    }
+
+    /// The process actuator's bridge binary: `--bridge-binary`, else `ringbridge` next to this
+    /// one.
+    fn bridge_binary(&self) -> Result<PathBuf, String> {
+        match &self.bridge_binary {
+            Some(b) => Ok(b.clone()),
+            None => std::env::current_exe()
+                .map(|e| e.with_file_name("ringbridge"))
+                .map_err(|e| format!("--bridge-binary: not given, and no path of our own: {e}")),
+        }
+    }
+}
+
+/// A finite number > 0, or an error naming `flag`.
+fn positive(flag: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{flag}: must be a finite number > 0, got {v}"))
+    }
+}
+
+/// A shard id is part of etcd keys (`/ringbridge/shards/ID/...`) and of the router's answers:
+/// letters, digits, `.`, `_` and `-` only, so no `/` can make it another shard's prefix.
+fn shard_id(id: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok) {
+        return Err(format!(
+            "--shard-id {:?}: must be 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-' \
+             (it is part of etcd keys)",
+            id.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
 }
 
 /// Which actuator the autoscaler drives.
@@ -308,6 +402,7 @@ fn simulate_stream(a: StreamSimArgs, json: bool) -> anyhow::Result<()> {
     {
         anyhow::bail!("--capacity-pps and --stream-pps: must be > 0");
     }
+    positive("--stress-threshold", a.stress_threshold).map_err(anyhow::Error::msg)?;
     let cfg = ringbridge_control::sim::stream::StreamSimConfig {
         viewers: a.viewers,
         regions: a.regions.clone(),
@@ -347,9 +442,8 @@ fn simulate_stream(a: StreamSimArgs, json: bool) -> anyhow::Result<()> {
 
 fn simulate(a: SimArgs, json: bool) -> anyhow::Result<()> {
     let hpa = a.hpa.config()?;
-    if a.capacity_pps.is_nan() || a.capacity_pps <= 0.0 {
-        anyhow::bail!("--capacity-pps: must be > 0, got {}", a.capacity_pps);
-    }
+    positive("--capacity-pps", a.capacity_pps).map_err(anyhow::Error::msg)?;
+    positive("--participant-pps", a.participant_pps).map_err(anyhow::Error::msg)?;
     let target = hpa.target;
     let cfg = SimConfig {
         seed: a.seed,
@@ -449,15 +543,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Bad settings stop here, naming the flag, before anything binds.
     let hpa = a.hpa.config()?;
-    if a.autoscale_interval_ms == 0 {
-        anyhow::bail!("--autoscale-interval-ms: must be > 0");
-    }
-    if a.bridge_capacity_pps.is_nan() || a.bridge_capacity_pps < 1.0 {
-        anyhow::bail!(
-            "--bridge-capacity-pps: must be >= 1, got {}",
-            a.bridge_capacity_pps
-        );
-    }
+    a.check().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding --listen {}", a.listen))?;
@@ -476,7 +562,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let timeout = Duration::from_millis(a.etcd_timeout_ms.max(1));
         let s = tokio::task::spawn_blocking({
             let shard = a.shard_id.clone();
-            move || EtcdStore::connect(&eps, &shard, timeout)
+            move || EtcdStore::connect(&eps, &shard, timeout, true)
         })
         .await?
         .with_context(|| format!("--store {}", a.store))?;
@@ -503,6 +589,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             drain_grace_ms: a.drain_grace_ms,
             autoscale: (a.autoscale != Autoscale::Off).then_some(hpa),
             autoscale_interval_ms: a.autoscale_interval_ms.max(10),
+            max_watches_per_client: a.max_watches_per_client.max(1),
         },
         store,
         health.clone(),
@@ -527,42 +614,28 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         control.set_cluster(cluster.clone());
         tokio::spawn(control.clone().publish_events());
         tokio::spawn(cluster.clone().keep_alive());
-        let c = control.clone();
-        tokio::spawn(async move {
-            if cluster.campaign().await.is_ok() {
-                match c.take_over().await {
-                    Ok(()) => cluster.set_active(),
-                    Err(e) => {
-                        tracing::error!("taking over: {e:#}; exiting");
-                        std::process::exit(3);
-                    }
-                }
-            }
-        });
+        tokio::spawn(control.clone().elect());
     }
     let monitor = tokio::spawn(control.clone().monitor());
     let actuator: Option<Arc<dyn Actuator>> = match a.autoscale {
         Autoscale::Off => None,
-        Autoscale::Process => {
-            let binary = match &a.bridge_binary {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?.with_file_name("ringbridge"),
-            };
-            Some(Arc::new(ProcessActuator::new(ProcessConfig {
-                binary,
-                control_url: format!("http://{listen}"),
-                region: a.bridge_region.clone(),
-                capacity_pps: a.bridge_capacity_pps,
-                id_prefix: a.bridge_id_prefix.clone(),
-                extra_args: a.bridge_arg.clone(),
-                boot_timeout: Duration::from_secs(30),
-                stop_timeout: Duration::from_secs(10),
-                log_dir: {
-                    let d = a.data_dir.join("bridges");
-                    std::fs::create_dir_all(&d).ok().map(|_| d)
-                },
-            })?))
-        }
+        Autoscale::Process => Some(Arc::new(ProcessActuator::new(ProcessConfig {
+            binary: a.bridge_binary().map_err(anyhow::Error::msg)?,
+            control_url: format!("http://{listen}"),
+            region: a.bridge_region.clone(),
+            capacity_pps: a.bridge_capacity_pps,
+            id_prefix: a.bridge_id_prefix.clone(),
+            extra_args: a.bridge_arg.clone(),
+            boot_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            log_dir: {
+                let d = a.data_dir.join("bridges");
+                std::fs::create_dir_all(&d).ok().map(|_| d)
+            },
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(10),
+        })?)),
         Autoscale::Kubernetes => Some(Arc::new(
             KubernetesActuator::connect(KubernetesConfig {
                 namespace: a.k8s_namespace.clone(),
@@ -645,5 +718,100 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => anyhow::bail!("stopping with unsaved state: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` with `args`, parsed as the command line is, then checked.
+    fn serve_check(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(["ringbridge-control", "serve"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Cmd::Serve(a) = cli.cmd else {
+            unreachable!("parsed as serve")
+        };
+        a.hpa.config().map_err(|e| e.to_string())?;
+        a.check()
+    }
+
+    #[test]
+    fn serve_flags_that_would_make_the_service_useless_are_refused_naming_the_flag() {
+        assert_eq!(serve_check(&[]), Ok(()));
+        assert_eq!(
+            serve_check(&["--shard-id", "eu-west.1_a", "--store", "etcd://a:1,b:2"]),
+            Ok(())
+        );
+        let dir = std::env::temp_dir().join(format!("ringbridge-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("ringbridge");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let plain = plain.to_str().unwrap();
+        let u64_max = u64::MAX.to_string();
+        for (args, flag) in [
+            (
+                &["--bridge-capacity-pps", "inf"][..],
+                "--bridge-capacity-pps",
+            ),
+            (&["--bridge-capacity-pps", "NaN"], "--bridge-capacity-pps"),
+            (&["--bridge-capacity-pps", "0.5"], "--bridge-capacity-pps"),
+            (&["--participant-pps", "NaN"], "--participant-pps"),
+            (&["--participant-pps=-100"], "--participant-pps"),
+            (&["--participant-pps", "inf"], "--participant-pps"),
+            (&["--participant-pps", "0"], "--participant-pps"),
+            (&["--stress-threshold", "NaN"], "--stress-threshold"),
+            (&["--stress-threshold", "0"], "--stress-threshold"),
+            (&["--stress-threshold=-1"], "--stress-threshold"),
+            (&["--stress-threshold", "inf"], "--stress-threshold"),
+            (&["--target-utilization", "NaN"], "--target-utilization"),
+            (&["--target-utilization", "inf"], "--target-utilization"),
+            (&["--tolerance", "NaN"], "--tolerance"),
+            (&["--tolerance=-0.1"], "--tolerance"),
+            (
+                &["--scale-up-percent", "0", "--scale-up-bridges", "0"],
+                "--scale-up-percent",
+            ),
+            (&["--drain-grace-ms", &u64_max], "--drain-grace-ms"),
+            (
+                &["--scale-down-window-ms", &u64_max],
+                "--scale-down-window-ms",
+            ),
+            (&["--route-ttl-secs", &u64_max], "--route-ttl-secs"),
+            (
+                &[
+                    "--report-interval-ms",
+                    "1000000000",
+                    "--missed-reports",
+                    "1000",
+                ],
+                "--missed-reports",
+            ),
+            (&["--autoscale-interval-ms", "0"], "--autoscale-interval-ms"),
+            (&["--shard-id", "a/b"], "--shard-id"),
+            (&["--shard-id", ""], "--shard-id"),
+            (&["--shard-id", "a b"], "--shard-id"),
+            (&["--shard-id", "a\n"], "--shard-id"),
+            (&["--store", "etcd://127.0.0.1:2379/tenant-a"], "--store"),
+            (
+                &["--autoscale", "process", "--bridge-binary", plain],
+                "--bridge-binary",
+            ),
+            (
+                &[
+                    "--autoscale",
+                    "process",
+                    "--bridge-binary",
+                    "/nonexistent/rb",
+                ],
+                "--bridge-binary",
+            ),
+        ] {
+            let e = serve_check(args).expect_err(&format!("{args:?} accepted"));
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        // Not executable, but not used either: only the process actuator needs it.
+        assert_eq!(serve_check(&["--bridge-binary", plain]), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -56,6 +56,12 @@ pub fn render(c: &Arc<Control>, r: &mut Registry) {
         "Participants placed.",
         c.placed(),
     );
+    gauge(
+        r,
+        "ringbridge_control_watches",
+        "Open WatchConference streams.",
+        c.watches.open() as f64,
+    );
     counter(
         r,
         "ringbridge_control_failovers",

@@ -61,6 +61,47 @@ pub struct Config {
     pub autoscale: Option<HpaConfig>,
     /// Interval between autoscaler evaluations, ms.
     pub autoscale_interval_ms: u64,
+    /// Open WatchConference streams one client (IP address) may hold.
+    pub max_watches_per_client: usize,
+}
+
+/// Open WatchConference streams, per client address: a stream is freed when its client goes
+/// away, and a client holds at most its limit.
+#[derive(Debug, Default)]
+pub struct Watches {
+    per_client: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
+    open: AtomicU64,
+}
+
+impl Watches {
+    /// Streams open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Relaxed)
+    }
+}
+
+/// One open watch, counted until dropped.
+#[derive(Debug)]
+pub struct WatchSlot {
+    watches: Arc<Watches>,
+    client: Option<std::net::IpAddr>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .watches
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+        self.watches.open.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Wall-clock milliseconds (routes persist their last use across restarts).
@@ -104,6 +145,12 @@ pub struct Control {
     pub scale_ups: AtomicU64,
     /// Scaling decisions that drained bridges.
     pub scale_downs: AtomicU64,
+    /// One store write at a time (the flusher's and those of callers waiting for durability).
+    flush_lock: tokio::sync::Mutex<()>,
+    /// The first this-many recorded changes are in the store (see [`Focus::recorded`]).
+    durable: AtomicU64,
+    /// Open WatchConference streams.
+    pub watches: Arc<Watches>,
 }
 
 /// The gRPC status for a focus error.
@@ -194,9 +241,74 @@ fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
 }
 
 impl Control {
-    /// Joins a cluster of instances on etcd: this instance stands by until elected.
+    /// Joins a cluster of instances on etcd: this instance stands by (makes no bridge call and
+    /// writes nothing) until elected (see [`Control::elect`]).
     pub fn set_cluster(&self, c: Arc<Cluster>) {
+        self.executor.set_enabled(false);
+        self.store.set_fence(None);
         let _ = self.cluster.set(c);
+    }
+
+    /// Campaigns for this shard's active focus, takes over when elected and stands by again
+    /// when the cluster steps it down (lease lost, or etcd silent for too long), then campaigns
+    /// again: an instance recovers by itself once etcd answers. While it is active its store
+    /// writes are fenced by its election key, so two instances can never both write.
+    pub async fn elect(self: Arc<Self>) {
+        let Some(c) = self.cluster.get().cloned() else {
+            return;
+        };
+        loop {
+            while c.etcd_unreachable() {
+                tokio::time::sleep(crate::cluster::RENEW_EVERY).await;
+            }
+            let fence = match c.campaign().await {
+                Ok(f) => f,
+                Err(crate::cluster::ClusterError::LeaseLost) => continue,
+                Err(e) => {
+                    tracing::warn!("campaign: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let lost = c.lost();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            self.store.set_fence(Some(fence));
+            self.executor.set_enabled(true);
+            if let Err(e) = self.take_over().await {
+                tracing::error!("taking over: {e:#}; campaigning again");
+                self.stand_by();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            c.set_active();
+            self.reconcile_all();
+            lost.await;
+            self.stand_by();
+            tracing::warn!(shard = %c.shard, "standing by; campaigning again once etcd answers");
+        }
+    }
+
+    /// Stops acting as the active focus: no bridge calls, no store writes.
+    fn stand_by(&self) {
+        self.executor.set_enabled(false);
+        self.store.set_fence(None);
+    }
+
+    /// Reconciles every bridge of the fleet (after a takeover: what the bridges hold and no
+    /// placement names, left by joins the previous instance never made durable, is removed).
+    pub fn reconcile_all(self: &Arc<Self>) {
+        let bridges: Vec<(String, String)> = self
+            .lock()
+            .focus
+            .fleet()
+            .iter()
+            .filter(|b| b.health != Health::Down)
+            .map(|b| (b.id.clone(), b.api_addr.clone()))
+            .collect();
+        for (id, api) in bridges {
+            self.reconcile(id, api);
+        }
     }
 
     /// The cluster, when the store is etcd.
@@ -252,6 +364,47 @@ impl Control {
         }
     }
 
+    /// On a standby: `conference`'s placement as the store holds it now (reason "current"),
+    /// announced as the active focus would, and the store revision it was read at.
+    pub async fn stored_placement(
+        &self,
+        conference: &str,
+    ) -> Result<(Option<pb::ConferencePlacement>, i64), Status> {
+        let store = self.store.clone();
+        let c = conference.to_string();
+        let (p, rev) = tokio::task::spawn_blocking(move || store.read_placement(&c))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let Some(p) = p else {
+            return Ok((None, rev));
+        };
+        let bridges = match self.cluster.get() {
+            Some(c) => c
+                .bridges()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            None => Vec::new(),
+        };
+        // The focus's own announcement, over a focus holding just this placement.
+        let mut snap = crate::store::Snapshot::default();
+        snap.placements.insert(conference.into(), p);
+        let mut f = focus_from(&self.cfg, snap);
+        for b in &bridges {
+            let _ = f.register(
+                crate::bridges::Bridge::new(
+                    &b.id,
+                    &b.api_addr,
+                    &b.media_addr,
+                    &b.region,
+                    b.capacity,
+                ),
+                0,
+            );
+        }
+        Ok((f.placement(conference, "current").map(placement_msg), rev))
+    }
+
     /// Becomes the active focus: starts from every placement in the store.
     pub async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = self.store.clone();
@@ -273,7 +426,8 @@ impl Control {
                     &b.media_addr,
                     &b.region,
                     b.capacity,
-                ),
+                )
+                .with_instance(&b.instance),
                 now,
             );
         }
@@ -321,7 +475,34 @@ impl Control {
             cluster: OnceLock::new(),
             scale_ups: AtomicU64::new(0),
             scale_downs: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+            durable: AtomicU64::new(0),
+            watches: Arc::default(),
         }))
+    }
+
+    /// Counts a new WatchConference stream of `client`; `RESOURCE_EXHAUSTED` when it already
+    /// holds its limit.
+    pub fn watch_slot(&self, client: Option<std::net::IpAddr>) -> Result<WatchSlot, Status> {
+        let limit = self.cfg.max_watches_per_client;
+        let mut m = self
+            .watches
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(client).or_default();
+        if *n >= limit {
+            return Err(Status::resource_exhausted(format!(
+                "conference: this client already watches {n} conferences, the limit \
+                 (--max-watches-per-client); close a watch first"
+            )));
+        }
+        *n += 1;
+        self.watches.open.fetch_add(1, Relaxed);
+        Ok(WatchSlot {
+            watches: self.watches.clone(),
+            client,
+        })
     }
 
     /// The core, locked (briefly: never across an await).
@@ -421,18 +602,23 @@ impl Control {
     /// Appends committed changes to the store. On failure the changes are kept for the next
     /// attempt, the Focus reports NOT_SERVING and changes are refused until a write succeeds.
     pub async fn flush(&self) -> Result<(), String> {
-        let changes: Vec<Change> = {
+        let _one = self.flush_lock.lock().await;
+        self.flush_locked().await
+    }
+
+    /// [`Control::flush`] with the flush lock held.
+    async fn flush_locked(&self) -> Result<(), String> {
+        let (changes, upto) = {
             let mut core = self.lock();
             let routes = core.router.expire(now_ms());
-            let mut c = core.focus.take_changes();
-            c.extend(
-                routes
-                    .into_iter()
-                    .map(|conference| Change::Unrouted { conference }),
-            );
-            c
+            for conference in routes {
+                core.focus.record(Change::Unrouted { conference });
+            }
+            let upto = core.focus.recorded();
+            (core.focus.take_changes(), upto)
         };
         if changes.is_empty() && self.check_store().is_ok() {
+            self.durable.fetch_max(upto, Relaxed);
             return Ok(());
         }
         let store = self.store.clone();
@@ -445,6 +631,7 @@ impl Control {
         let mut err = self.store_error.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(()) => {
+                self.durable.fetch_max(upto, Relaxed);
                 if err.take().is_some() {
                     tracing::info!("state store writable again");
                     self.set_serving(true);
@@ -453,16 +640,54 @@ impl Control {
             }
             Err(e) => {
                 let msg = e.to_string();
-                if err.is_none() {
+                let fenced = matches!(e, crate::store::StoreError::Fenced(_));
+                if err.is_none() && !fenced {
                     tracing::error!("state store: {msg}: refusing changes until it can be written");
                     self.set_serving(false);
                 }
-                *err = Some(msg.clone());
+                if !fenced {
+                    *err = Some(msg.clone());
+                }
                 drop(err);
                 self.lock().focus.restore_changes(changes);
                 Err(msg)
             }
         }
+    }
+
+    /// Waits until every change committed so far is in the store: a Join or Leave is
+    /// acknowledged only once it would survive a crash. Group commit: one write at a time
+    /// carries every change committed before it started, so concurrent callers share writes
+    /// and nobody waits for a timer. `UNAVAILABLE` if the store cannot be written within the
+    /// bridge deadline (the change stays committed and is written by a later flush).
+    pub async fn durable(&self) -> Result<(), Status> {
+        let upto = self.lock().focus.recorded();
+        let until = Instant::now() + self.executor.deadline().max(Duration::from_secs(2));
+        loop {
+            if self.durable.load(Relaxed) >= upto {
+                return Ok(());
+            }
+            let one = match tokio::time::timeout_at(until.into(), self.flush_lock.lock()).await {
+                Ok(g) => g,
+                Err(_) => break,
+            };
+            if self.durable.load(Relaxed) >= upto {
+                return Ok(());
+            }
+            let r = self.flush_locked().await;
+            drop(one);
+            if let Err(e) = r {
+                if Instant::now() >= until {
+                    return Err(Status::unavailable(format!(
+                        "done on the bridge but not yet durable: the state store cannot be written ({e}); it is retried"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(Status::unavailable(
+            "done on the bridge but not yet durable: the state store did not answer in time; it is retried",
+        ))
     }
 
     fn set_serving(&self, ok: bool) {
@@ -591,6 +816,11 @@ impl Control {
     /// The actuator's name while the autoscaler runs.
     pub fn actuator_name(&self) -> Option<&'static str> {
         self.actuator.get().map(|a| a.name())
+    }
+
+    /// What keeps the actuator from doing as asked (e.g. a backoff); empty when nothing does.
+    pub fn actuator_status(&self) -> String {
+        self.actuator.get().map(|a| a.status()).unwrap_or_default()
     }
 
     /// Evaluates the autoscaler every interval and has `actuator` start and stop bridges,

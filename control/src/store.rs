@@ -250,12 +250,34 @@ pub enum Change {
         /// Conference.
         conference: String,
     },
+    /// A bridge was drained (by the API or the autoscaler).
+    Drained {
+        /// Bridge id.
+        bridge: String,
+        /// The drain.
+        drain: DrainRecord,
+    },
+    /// A drain ended: the bridge was removed, or a new process of it registered.
+    Undrained {
+        /// Bridge id.
+        bridge: String,
+    },
+}
+
+/// A drain asked of a bridge, kept so that a restarted control plane keeps draining it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    /// When it began, ms (wall clock): the grace runs from here.
+    pub since_ms: u64,
+    /// The bridge process it was asked of (its instance id; empty: unknown, any process).
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl Change {
-    /// The conference it is about.
-    pub fn conference(&self) -> &str {
-        match self {
+    /// The conference it is about (`None` for a bridge's drain).
+    pub fn conference(&self) -> Option<&str> {
+        Some(match self {
             Self::Placed { conference, .. }
             | Self::Broadcast { conference, .. }
             | Self::Linked { conference, .. }
@@ -265,7 +287,8 @@ impl Change {
             | Self::Ended { conference }
             | Self::Routed { conference, .. }
             | Self::Unrouted { conference } => conference,
-        }
+            Self::Drained { .. } | Self::Undrained { .. } => return None,
+        })
     }
 }
 
@@ -276,6 +299,9 @@ pub struct Snapshot {
     pub routes: BTreeMap<String, Route>,
     /// Conference -> placement.
     pub placements: BTreeMap<String, Placement>,
+    /// Bridge -> its drain, for bridges drained through the API or by the autoscaler.
+    #[serde(default)]
+    pub drains: BTreeMap<String, DrainRecord>,
 }
 
 impl Snapshot {
@@ -349,6 +375,12 @@ impl Snapshot {
             Change::Unrouted { conference } => {
                 self.routes.remove(conference);
             }
+            Change::Drained { bridge, drain } => {
+                self.drains.insert(bridge.clone(), drain.clone());
+            }
+            Change::Undrained { bridge } => {
+                self.drains.remove(bridge);
+            }
         }
     }
 }
@@ -375,6 +407,21 @@ pub enum StoreError {
     /// A remote store (etcd) failed or did not answer in time.
     #[error("{0}")]
     Remote(String),
+    /// The write was refused because this instance is not (or no longer) its shard's active
+    /// focus.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+/// What fences a shared store's writes: this instance's election key and its creation
+/// revision. A write succeeds only while that key exists with that revision, so an instance
+/// that lost the election (its lease expired) cannot overwrite its successor's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The election key this instance won with.
+    pub key: Vec<u8>,
+    /// Its creation revision.
+    pub revision: i64,
 }
 
 /// Persistent state.
@@ -384,6 +431,17 @@ pub trait Store: Send + Sync {
     /// Appends changes; on `Ok` they survive a crash. On `Err` nothing is acknowledged and the
     /// caller keeps the changes to try again.
     fn append(&self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Fences later writes with this instance's election (`None`: it stands by, and writes
+    /// nothing). Stores that only one instance uses ignore it.
+    fn set_fence(&self, _fence: Option<Fence>) {}
+    /// One conference's placement as the store holds it now, read afresh (not from what this
+    /// instance wrote), and the store's revision it was read at: how a standby answers a
+    /// watch. Stores that only one instance uses do not answer it.
+    fn read_placement(&self, _conference: &str) -> Result<(Option<Placement>, i64), StoreError> {
+        Err(StoreError::Remote(
+            "this store is not shared: ask the instance that writes it".into(),
+        ))
+    }
 }
 
 /// The log grows to at least this many bytes before it is compacted.

@@ -25,13 +25,15 @@ async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
     let route = route_of(&mut RouterClient::new(channel(&url).await), "x")
         .await
         .unwrap();
-    // A hung etcd (SIGSTOP: connection open, no answer): within a lease renewal or a flush,
-    // changes are refused, saying why.
+    // A hung etcd (SIGSTOP: connection open, no answer): a join is acknowledged only once it is
+    // in etcd, so this one is refused (done on the bridge, not durable), and from the next lease
+    // renewal on changes are refused up front, saying why.
     etcd_pause(&etcd);
-    focus
+    let e = focus
         .join(Party::new(3).join("x", "p3", "eu"))
         .await
-        .expect("acknowledged before etcd's silence is noticed");
+        .expect_err("not durable while etcd is hung");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut n = 0;
     let refused = loop {
@@ -40,8 +42,8 @@ async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
             .join(Party::new(4).join(&format!("y{n}"), "q1", "eu"))
             .await
         {
-            Err(e) => break e,
-            Ok(_) => {
+            Err(e) if e.message().contains("etcd") => break e,
+            _ => {
                 assert!(Instant::now() < deadline, "a hung etcd was never noticed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -78,7 +80,13 @@ async fn placements_and_routes_live_in_etcd_and_survive_a_hung_etcd() {
             }
         }
     };
-    assert_eq!(x.participants, ["p1", "p2", "p3"]);
+    // Every acknowledged participant; p3 was never acknowledged (it may have been written
+    // after etcd came back, or dropped when the instance stepped down and took over again).
+    assert!(
+        x.participants == ["p1", "p2"] || x.participants == ["p1", "p2", "p3"],
+        "{:?}",
+        x.participants
+    );
     assert_eq!(x.bridge_id, "eu-1");
     assert!(get(&mut focus2, "z").await.is_ok());
     let again = route_of(&mut RouterClient::new(channel(&url2).await), "x")

@@ -32,6 +32,17 @@ pub struct Agent {
     pub media_addr: String,
     /// Set when the bridge drains.
     pub drain: Arc<Drain>,
+    /// This process's instance id (random, drawn at start): the control plane tells a
+    /// restarted bridge from one that registers again by it, and re-keys a restarted one's
+    /// relays.
+    pub instance_id: String,
+}
+
+/// A fresh random instance id for this process (128 bits, hex).
+pub fn new_instance_id() -> String {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The bridge's drain state, shared by the shutdown path and the agent.
@@ -62,6 +73,7 @@ impl Agent {
             media_addr: self.media_addr.clone(),
             region: self.region.clone(),
             capacity_pps: self.capacity_pps,
+            instance_id: self.instance_id.clone(),
         }
     }
 

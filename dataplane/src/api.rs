@@ -160,6 +160,7 @@ fn counters(c: &Counters) -> pb::Counters {
             relay_replay: d(DropReason::RelayReplay),
             unknown_relay: d(DropReason::UnknownRelay),
             keyframe_throttled: d(DropReason::KeyframeThrottled),
+            relay_hop_limit: d(DropReason::RelayHopLimit),
         }),
         relay_rx: c.relay_rx,
         relay_tx: c.relay_tx,

@@ -90,6 +90,13 @@ struct BridgeArgs {
     /// Most endpoints in one conference.
     #[arg(long, default_value_t = 100_000, global = true)]
     max_endpoints_per_conference: usize,
+    /// Most relays over all conferences (AddRelay beyond it: RESOURCE_EXHAUSTED). Relays do
+    /// not count as endpoints.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    max_relays: usize,
+    /// Most relays of one conference (each local packet is sealed once per relay).
+    #[arg(long, default_value_t = 1_000, global = true)]
+    max_relays_per_conference: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,6 +191,8 @@ fn main() -> anyhow::Result<()> {
         limits: ringbridge_dataplane::state::Limits {
             endpoints: a.max_endpoints,
             endpoints_per_conference: a.max_endpoints_per_conference,
+            relays: a.max_relays,
+            relays_per_conference: a.max_relays_per_conference,
         },
         keyframe_interval_ms: a.keyframe_interval_ms,
     };
@@ -209,6 +218,7 @@ fn main() -> anyhow::Result<()> {
                         api_addr: running.api.to_string(),
                         media_addr: running.advertise.to_string(),
                         drain,
+                        instance_id: agent::new_instance_id(),
                     };
                     tokio::spawn(agent.run(running.publisher()));
                 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::core::{Delta, Event, KeyframeGate};
+use crate::core::{Delta, Event, KeyframeGate, RemoteSenders};
 use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
 
@@ -49,6 +49,8 @@ pub struct WorkerPort {
     pub counters: Arc<SharedCounters>,
     /// The bridge's keyframe-request throttle, shared by its workers.
     pub keyframes: Arc<KeyframeGate>,
+    /// The relays remote senders' media arrives over, learned and read by every worker.
+    pub senders: Arc<RemoteSenders>,
 }
 
 impl WorkerPort {
@@ -89,6 +91,7 @@ pub struct PortFactory {
     acks: Sender<(usize, u64)>,
     events: Sender<Event>,
     keyframes: Arc<KeyframeGate>,
+    senders: Arc<RemoteSenders>,
 }
 
 impl PortFactory {
@@ -103,6 +106,7 @@ impl PortFactory {
             events: self.events.clone(),
             counters: counters.clone(),
             keyframes: self.keyframes.clone(),
+            senders: self.senders.clone(),
         };
         (port, tx, counters)
     }
@@ -152,6 +156,7 @@ impl Channels {
                 acks: ack_tx,
                 events: ev_tx,
                 keyframes: Arc::new(KeyframeGate::with_ssrc(interval_ms, random_ssrc())),
+                senders: Arc::new(RemoteSenders::default()),
             },
             acks,
             events,

@@ -32,13 +32,20 @@ pub const MAX_ID_LEN: usize = 256;
 /// Most SSRCs one endpoint may declare.
 pub const MAX_SSRCS: usize = 64;
 
-/// Capacity limits of one bridge (`--max-endpoints`, `--max-endpoints-per-conference`).
+/// Capacity limits of one bridge (`--max-endpoints`, `--max-endpoints-per-conference`,
+/// `--max-relays`, `--max-relays-per-conference`). Relays have limits of their own: they cost
+/// more per packet than an endpoint (one AEAD seal per relay per packet of every local sender)
+/// and the control plane sizes endpoints per bridge without them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Endpoints over all conferences.
     pub endpoints: usize,
     /// Endpoints in one conference.
     pub endpoints_per_conference: usize,
+    /// Relays over all conferences.
+    pub relays: usize,
+    /// Relays of one conference.
+    pub relays_per_conference: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +53,8 @@ impl Default for Limits {
         Self {
             endpoints: 1_000_000,
             endpoints_per_conference: 100_000,
+            relays: 100_000,
+            relays_per_conference: 1_000,
         }
     }
 }
@@ -302,6 +311,8 @@ pub struct BridgeState {
     next_uid: EndpointUid,
     generation: u64,
     limits: Limits,
+    /// Relays over all conferences.
+    relay_count: usize,
 }
 
 /// A relay as the API knows it.
@@ -353,6 +364,7 @@ impl BridgeState {
             next_uid: 1,
             generation: 0,
             limits: Limits::default(),
+            relay_count: 0,
         }
     }
 
@@ -372,6 +384,11 @@ impl BridgeState {
     /// Number of endpoints over all conferences.
     pub fn endpoints(&self) -> usize {
         self.names.len()
+    }
+
+    /// Number of relays over all conferences.
+    pub fn relays_total(&self) -> usize {
+        self.relay_count
     }
 
     /// Conferences and their endpoints, sorted by id.
@@ -418,6 +435,7 @@ impl BridgeState {
         for e in conf.endpoints.values() {
             self.names.remove(&e.uid);
         }
+        self.relay_count -= conf.relays.len();
         self.record(Op::RemoveConference {
             conf: conf.idx,
             members: conf.endpoints.values().map(|e| e.uid).collect(),
@@ -578,6 +596,7 @@ impl BridgeState {
             ssrcs: declared.as_slice().into(),
             addr,
             srtp: keys,
+            claim: addr.is_none().then(Arc::default),
         };
         self.record(op);
         self.names.insert(uid, (conference.into(), endpoint.into()));
@@ -616,9 +635,16 @@ impl BridgeState {
     }
 
     /// Records that endpoint `uid` latched `addr`. Returns false (and changes nothing) when the
-    /// endpoint is gone, already has an address, or the address belongs to another endpoint.
+    /// endpoint is gone, already has an address, or the address belongs to another endpoint;
+    /// in that last case an endpoint still waiting gets its latch claim back, so its next packet
+    /// (from an address of its own) latches it.
     pub fn latch(&mut self, uid: EndpointUid, addr: SocketAddr) -> bool {
         if self.owner_of_addr(addr).is_some() {
+            if let Some(&i) = self.table.by_uid.get(&uid)
+                && let Some(claim) = &self.table.ep(i).claim
+            {
+                claim.release();
+            }
             return false;
         }
         let Some((c, e)) = self.names.get(&uid) else {
@@ -670,6 +696,20 @@ impl BridgeState {
                 value: relay_id.into(),
             });
         }
+        if self.relay_count >= self.limits.relays {
+            return Err(StateError::Full {
+                what: "relays on this bridge",
+                limit: self.limits.relays,
+                flag: "max-relays",
+            });
+        }
+        if conf.relays.len() >= self.limits.relays_per_conference {
+            return Err(StateError::Full {
+                what: "relays of this conference",
+                limit: self.limits.relays_per_conference,
+                flag: "max-relays-per-conference",
+            });
+        }
         if self.table.relay_by.contains_key(&(addr, link)) {
             return Err(StateError::RelayExists {
                 field: "remote_addr",
@@ -694,6 +734,7 @@ impl BridgeState {
             .expect("checked above")
             .relays
             .insert(relay_id.into(), RelayState { uid, addr, link });
+        self.relay_count += 1;
         Ok(())
     }
 
@@ -713,6 +754,7 @@ impl BridgeState {
                 relay: relay_id.into(),
             })?;
         let idx = conf.idx;
+        self.relay_count -= 1;
         self.record(Op::RemoveRelay {
             conf: idx,
             uid: r.uid,
@@ -807,6 +849,63 @@ mod tests {
         s.add_endpoint("d", "x", &[7], "", None).unwrap();
         let e = s.add_endpoint("c", "y", &[7], "", None).unwrap_err();
         assert!(matches!(e, StateError::SsrcAmbiguous { .. }));
+    }
+
+    fn relay<'a>(addr: &'a str, link: u32) -> NewRelay<'a> {
+        NewRelay {
+            remote_addr: addr,
+            link,
+            tx_key: &[1; 16],
+            rx_key: &[2; 16],
+            downstream: false,
+        }
+    }
+
+    #[test]
+    fn relays_have_limits_of_their_own() {
+        let mut s = BridgeState::with_limits(
+            "127.0.0.1:10000".parse().unwrap(),
+            Limits {
+                endpoints: 1,
+                relays: 3,
+                relays_per_conference: 2,
+                ..Limits::default()
+            },
+        );
+        s.create_conference("c").unwrap();
+        s.create_conference("d").unwrap();
+        s.add_endpoint("c", "e", &[1], "", None).unwrap();
+        s.add_relay("c", "r1", relay("127.0.0.1:1", 1)).unwrap();
+        s.add_relay("c", "r2", relay("127.0.0.1:2", 1)).unwrap();
+        let e = s.add_relay("c", "r3", relay("127.0.0.1:3", 1)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Full);
+        assert!(e.to_string().contains("--max-relays-per-conference"), "{e}");
+        s.add_relay("d", "r1", relay("127.0.0.1:1", 2)).unwrap();
+        let e = s.add_relay("d", "r2", relay("127.0.0.1:2", 2)).unwrap_err();
+        assert!(e.to_string().ends_with("(--max-relays)"), "{e}");
+        assert_eq!((s.relays_total(), s.relays("c").count()), (3, 2));
+        // Removing frees room, deleting a conference frees its relays'.
+        s.remove_relay("c", "r1").unwrap();
+        s.add_relay("d", "r2", relay("127.0.0.1:2", 2)).unwrap();
+        s.delete_conference("d").unwrap();
+        assert_eq!(s.relays_total(), 1);
+        s.add_relay("c", "r3", relay("127.0.0.1:3", 1)).unwrap();
+    }
+
+    #[test]
+    fn a_latch_that_cannot_be_recorded_gives_the_claim_back() {
+        let mut s = state();
+        let uid = s.add_endpoint("c", "a", &[1], "", None).unwrap();
+        let i = s.table().by_uid[&uid];
+        let claim = s.table().ep(i).claim.clone().expect("waits to latch");
+        assert!(claim.take(), "a worker latched it");
+        // Meanwhile that address was given to another endpoint.
+        s.add_endpoint("c", "b", &[2], "127.0.0.1:4000", None)
+            .unwrap();
+        assert!(!s.latch(uid, "127.0.0.1:4000".parse().unwrap()));
+        assert!(claim.take(), "the next packet may latch it");
+        assert!(s.latch(uid, "127.0.0.1:4001".parse().unwrap()));
+        assert!(s.table().ep(i).claim.is_none());
     }
 
     #[test]

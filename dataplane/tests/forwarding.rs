@@ -1,5 +1,6 @@
 //! End-to-end forwarding over real UDP and gRPC on loopback, once per engine: fan-out in 3- and
-//! 10-party conferences, RTCP routing, latching, removal, isolation, IPv6.
+//! 10-party conferences, RTCP routing, latching (once per endpoint, even when two addresses race
+//! with its SSRC), removal, isolation, IPv6.
 
 mod common;
 
@@ -183,6 +184,80 @@ async fn removal(engine: &str) {
     assert_eq!((st.conferences, st.endpoints), (0, 0));
 }
 
+/// Two addresses send a latching endpoint's SSRC back to back (ffmpeg's RTCP from its RTP
+/// port + 1 just before its first RTP does): one of them latches, on whatever worker; the other
+/// is dropped as `unknown_source` from its first packet on, and ListConferences names the one
+/// whose packets are forwarded.
+async fn latching_race(engine: &str) {
+    let mut b = Bridge::start(engine).await;
+    let r = Party::new("r", 1);
+    b.conference("c").await;
+    b.add("c", &r, false).await;
+    const ROUNDS: u32 = 4;
+    const MORE: u16 = 5;
+    for round in 0..ROUNDS {
+        let ssrc = 100 + round;
+        let name = format!("l{round}");
+        b.client
+            .add_endpoint(pb::AddEndpointRequest {
+                conference_id: "c".into(),
+                endpoint_id: name.clone(),
+                ssrcs: vec![ssrc],
+                remote_addr: String::new(),
+                srtp: None,
+            })
+            .await
+            .unwrap();
+        let (x, y) = (Party::new("x", ssrc), Party::new("y", ssrc));
+        x.send(b.media, &x.packet(0));
+        y.send(b.media, &y.packet(0));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let winner = loop {
+            let l = b.list().await;
+            let e = l.conferences[0]
+                .endpoints
+                .iter()
+                .find(|e| e.endpoint_id == name)
+                .unwrap();
+            if e.latched {
+                break e.remote_addr.clone();
+            }
+            assert!(Instant::now() < deadline, "latch not recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let (won, lost) = if winner == x.addr().to_string() {
+            (&x, &y)
+        } else {
+            assert_eq!(winner, y.addr().to_string());
+            (&y, &x)
+        };
+        // Both go on sending, well after every worker has the latch.
+        for n in 1..=MORE {
+            x.send(b.media, &x.packet(n));
+            y.send(b.media, &y.packet(n));
+        }
+        let mut got = collect(&r.sock, usize::from(MORE) + 1, Duration::from_millis(200));
+        got.sort_by_key(|p| u16::from_be_bytes([p[2], p[3]]));
+        let want: Vec<Vec<u8>> = (0..=MORE).map(|n| won.packet(n)).collect();
+        assert!(
+            got == want,
+            "round {round}: only {}'s packets, all of them (got {} packets, {} of them {}'s)",
+            won.name,
+            got.len(),
+            got.iter()
+                .filter(|p| p[12..].starts_with(format!("{}:", lost.name).as_bytes()))
+                .count(),
+            lost.name
+        );
+    }
+    let d = b.stats().await.total.unwrap().drops.unwrap();
+    assert_eq!(
+        d.unknown_source,
+        u64::from(ROUNDS) * (u64::from(MORE) + 1),
+        "every packet of the address that lost"
+    );
+}
+
 async fn isolation(engine: &str) {
     let mut b = Bridge::start(engine).await;
     let a = parties("a", 3, 2000);
@@ -224,6 +299,7 @@ per_engine!(
     ten_party,
     rtcp_routing,
     latching,
+    latching_race,
     removal,
     isolation,
     ipv6

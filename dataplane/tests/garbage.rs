@@ -50,7 +50,7 @@ async fn garbage_flood(engine: &str) {
             stranger.send(media, &buf[..len]);
             // Random bytes that look like a relay packet, from nobody's relay.
             buf[0] = ringbridge_dataplane::core::relay::TYPE;
-            buf[1] = 1;
+            buf[1] = ringbridge_dataplane::core::relay::VERSION;
             stranger.send(media, &buf[..40]);
             let mut v1 = testkit::rtp(60, i as u16, 0, b"old");
             v1[0] = 0x40; // RTP version 1

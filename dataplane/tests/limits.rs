@@ -1,7 +1,8 @@
 //! The Bridge API against hostile or careless requests, over a real process: oversized requests
 //! are refused before any work (and do not delay other calls), ids are bounded and never echoed
 //! when too long, addresses that make no sense are refused, undecodable requests are
-//! INVALID_ARGUMENT, and capacity limits answer RESOURCE_EXHAUSTED. Nothing programmed changes.
+//! INVALID_ARGUMENT, and capacity limits (endpoints, and relays apart) answer RESOURCE_EXHAUSTED.
+//! Nothing programmed changes.
 
 mod common;
 
@@ -141,6 +142,105 @@ async fn capacity_limits_answer_resource_exhausted() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("--max-endpoints)"), "{}", e.message());
+}
+
+fn relay(conf: &str, id: &str, remote: std::net::SocketAddr) -> pb::AddRelayRequest {
+    pb::AddRelayRequest {
+        conference_id: conf.into(),
+        relay_id: id.into(),
+        remote_addr: remote.to_string(),
+        link_conference: 1,
+        tx_key: vec![1; 16],
+        rx_key: vec![2; 16],
+        downstream: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_have_limits_of_their_own() {
+    use common::{Party, collect};
+    let mut b = Bridge::start_with(
+        "mio",
+        "127.0.0.1",
+        &[
+            "--max-endpoints",
+            "1",
+            "--max-relays",
+            "3",
+            "--max-relays-per-conference",
+            "2",
+        ],
+    )
+    .await;
+    b.conference("c").await;
+    b.conference("d").await;
+    let p = Party::new("p", 1);
+    b.add("c", &p, false).await;
+    // Remote bridges: sockets that count what reaches them.
+    let remotes: Vec<Party> = (0..4).map(|i| Party::new(&format!("r{i}"), 0)).collect();
+    // Relays are not endpoints: the endpoint limit (1, taken) does not stop them.
+    for r in &remotes[..2] {
+        b.client
+            .add_relay(relay("c", &r.name, r.addr()))
+            .await
+            .unwrap();
+    }
+    let e = b
+        .client
+        .add_relay(relay("c", "r2", remotes[2].addr()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("(--max-relays-per-conference)"),
+        "{}",
+        e.message()
+    );
+    b.client
+        .add_relay(relay("d", "r2", remotes[2].addr()))
+        .await
+        .unwrap();
+    // The bridge-wide limit, also through Apply (as the control plane sends relays).
+    let r = b
+        .client
+        .apply(pb::ApplyRequest {
+            changes: vec![pb::Change {
+                change: Some(pb::change::Change::AddRelay(relay(
+                    "d",
+                    "r3",
+                    remotes[3].addr(),
+                ))),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].code, Code::ResourceExhausted as i32);
+    assert!(
+        r.results[0].message.contains("(--max-relays)"),
+        "{}",
+        r.results[0].message
+    );
+    // Nothing programmed is lost: the relays are listed, and p's packets reach both of c's.
+    let l = b.list().await;
+    let relays: Vec<usize> = l.conferences.iter().map(|c| c.relays.len()).collect();
+    assert_eq!(relays, [2, 1]);
+    p.send(b.media, &p.packet(0));
+    for r in &remotes[..2] {
+        assert_eq!(collect(&r.sock, 1, Duration::from_millis(100)).len(), 1);
+    }
+    // A relay removed makes room for another.
+    b.client
+        .remove_relay(pb::RemoveRelayRequest {
+            conference_id: "c".into(),
+            relay_id: "r0".into(),
+        })
+        .await
+        .unwrap();
+    b.client
+        .add_relay(relay("d", "r3", remotes[3].addr()))
+        .await
+        .unwrap();
 }
 
 /// Sends raw bytes as a request message.

@@ -2,8 +2,10 @@
 //! delivers every participant's packets to every other participant exactly once, byte for byte,
 //! never back to the sender, plain and SRTP mixed across bridges. With a test socket posing as
 //! the remote bridge: forged, replayed and unknown-link relay packets are dropped and counted, a
-//! packet from one relay never goes to another, feedback about a remote sender crosses the relay,
-//! and bad relay requests name the field and change nothing.
+//! packet from one relay never goes to another, feedback about a remote sender crosses the relay
+//! (only towards the bridge that hosts the sender, in a mesh of three), bad relay requests name
+//! the field and change nothing, and the largest endpoint datagram crosses a relay while one
+//! byte more is dropped where it arrives.
 
 mod common;
 
@@ -192,7 +194,11 @@ async fn relayed_conference_delivers_every_packet_once(engine: &str) {
     assert!(b2.sock.recv(&mut buf).is_err(), "nobody else on B");
 }
 
-per_engine!(relayed_conference_delivers_every_packet_once);
+per_engine!(
+    relayed_conference_delivers_every_packet_once,
+    feedback_goes_only_to_the_bridge_of_its_sender,
+    the_largest_datagram_crosses_a_relay
+);
 
 /// Relay packets built by the test, which poses as the remote bridge.
 struct FakeBridge {
@@ -278,12 +284,14 @@ async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
     assert_eq!(s.relay_rx, 1);
 
     // A local participant's packet goes once to each relay; its PLI about a sender that is not
-    // local crosses the relays (the bridge hosting that sender delivers it to the sender only).
+    // local goes over the relay that sender's media arrives over (the bridge hosting it
+    // delivers it to the sender only), not to the other.
     let mine = testkit::rtp(21, 1, 0, b"local");
     b1.sock.send_to(&mine, b.media).unwrap();
     b1.sock.send_to(&testkit::pli(21, 31), b.media).unwrap();
-    for f in [&fa, &fc] {
-        for want in [&mine, &testkit::pli(21, 31)] {
+    let pli = testkit::pli(21, 31);
+    for (f, wants) in [(&fa, vec![&mine, &pli]), (&fc, vec![&mine])] {
+        for want in wants {
             let n = f.sock.recv(&mut buf).unwrap();
             let h = Header::parse(&buf[..n]).unwrap();
             assert_eq!(h.link, 9);
@@ -293,6 +301,10 @@ async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
             assert_eq!(&buf[HEADER_LEN..HEADER_LEN + m], &want[..]);
         }
     }
+    assert!(
+        fc.sock.recv(&mut buf).is_err(),
+        "the PLI is not C's business"
+    );
     // Bad requests name the field and change nothing.
     for (req, code, field) in [
         (
@@ -363,4 +375,130 @@ async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
         b.stats().await.total.unwrap().drops.unwrap().unknown_relay,
         2
     );
+}
+
+/// AddRelay on both ends of a link between `x` and `y` (link number 7, keys from `seed`).
+async fn link(x: &mut Bridge, y: &mut Bridge, seed: u8) {
+    let (kx, ky) = ([seed; 16], [seed ^ 0xff; 16]);
+    let (xm, ym) = (x.media, y.media);
+    x.client
+        .add_relay(relay_req("c", &ym.to_string(), ym, 7, &kx, &ky))
+        .await
+        .unwrap();
+    y.client
+        .add_relay(relay_req("c", &xm.to_string(), xm, 7, &ky, &kx))
+        .await
+        .unwrap();
+}
+
+/// Three bridges in a full mesh: feedback from a receiver on A about a sender on B goes to B
+/// only; C, which hosts neither end, never sees it (and so drops nothing).
+async fn feedback_goes_only_to_the_bridge_of_its_sender(engine: &str) {
+    let (mut a, mut b, mut c) = (
+        Bridge::start(engine).await,
+        Bridge::start(engine).await,
+        Bridge::start(engine).await,
+    );
+    for x in [&mut a, &mut b, &mut c] {
+        x.conference("c").await;
+    }
+    link(&mut a, &mut b, 1).await;
+    link(&mut a, &mut c, 2).await;
+    link(&mut b, &mut c, 3).await;
+    let (a1, b1, c1) = (
+        Party::new("a1", 11),
+        Party::new("b1", 21),
+        Party::new("c1", 31),
+    );
+    a.add("c", &a1, false).await;
+    b.add("c", &b1, false).await;
+    c.add("c", &c1, false).await;
+    // b1 sends; everyone gets it.
+    const N: u16 = 5;
+    let (at_a, at_c) = std::thread::scope(|s| {
+        let ra = s.spawn(|| collect(&a1.sock, N.into(), Duration::from_millis(100)));
+        let rc = s.spawn(|| collect(&c1.sock, N.into(), Duration::from_millis(100)));
+        for n in 0..N {
+            b1.send(b.media, &b1.packet(n));
+        }
+        (ra.join().unwrap(), rc.join().unwrap())
+    });
+    assert_eq!((at_a.len(), at_c.len()), (N.into(), N.into()));
+    // a1 asks b1 for a retransmission and a keyframe.
+    let feedback = [
+        testkit::nack(a1.ssrc, b1.ssrc, 3),
+        testkit::pli(a1.ssrc, b1.ssrc),
+    ];
+    let (at_b, at_c) = std::thread::scope(|s| {
+        let rb = s.spawn(|| collect(&b1.sock, 2, Duration::from_millis(300)));
+        let rc = s.spawn(|| collect(&c1.sock, 0, Duration::from_millis(400)));
+        for f in &feedback {
+            a1.send(a.media, f);
+        }
+        (rb.join().unwrap(), rc.join().unwrap())
+    });
+    assert_eq!(at_b, feedback.to_vec(), "the sender gets its feedback");
+    assert!(at_c.is_empty());
+    let (ta, tc) = (
+        a.stats().await.total.unwrap(),
+        c.stats().await.total.unwrap(),
+    );
+    assert_eq!(ta.relay_tx, 2, "a1's feedback went over one relay");
+    assert_eq!(
+        tc.relay_rx,
+        u64::from(N),
+        "C got b1's media and nothing else"
+    );
+    let dc = tc.drops.unwrap();
+    assert_eq!((dc.no_receivers, tc.dropped_packets), (0, 0));
+    let tb = b.stats().await.total.unwrap();
+    assert_eq!(tb.dropped_packets, 0);
+}
+
+/// The largest endpoint datagram (2048 bytes) reaches local peers and crosses a relay; one byte
+/// more is dropped and counted where it arrives, on either engine.
+async fn the_largest_datagram_crosses_a_relay(engine: &str) {
+    let mut a = Bridge::start(engine).await;
+    let mut b = Bridge::start(engine).await;
+    a.conference("c").await;
+    b.conference("c").await;
+    link(&mut a, &mut b, 4).await;
+    let (a1, a2, b1) = (
+        Party::new("a1", 11),
+        Party::new("a2", 12),
+        Party::new("b1", 21),
+    );
+    a.add("c", &a1, false).await;
+    a.add("c", &a2, false).await;
+    b.add("c", &b1, false).await;
+    let payload = vec![0x5a; ringbridge_dataplane::core::MAX_DATAGRAM - 12];
+    let largest = testkit::rtp(a1.ssrc, 1, 0, &payload);
+    assert_eq!(largest.len(), 2048);
+    let too_large = testkit::rtp(a1.ssrc, 2, 0, &[&payload[..], &[0]].concat());
+    for (pkt, arrives) in [(&largest, true), (&too_large, false)] {
+        let n = usize::from(arrives);
+        let (at_a2, at_b1) = std::thread::scope(|s| {
+            let r2 = s.spawn(|| collect(&a2.sock, n, Duration::from_millis(300)));
+            let rb = s.spawn(|| collect(&b1.sock, n, Duration::from_millis(300)));
+            a1.send(a.media, pkt);
+            (r2.join().unwrap(), rb.join().unwrap())
+        });
+        let want = if arrives { vec![pkt.clone()] } else { vec![] };
+        let lens = |v: &[Vec<u8>]| v.iter().map(Vec::len).collect::<Vec<_>>();
+        for (got, whom) in [(at_a2, "to a local peer"), (at_b1, "across the relay")] {
+            assert!(
+                got == want,
+                "{} bytes {whom}: got datagrams of {:?} bytes",
+                pkt.len(),
+                lens(&got)
+            );
+        }
+    }
+    let (ta, tb) = (
+        a.stats().await.total.unwrap(),
+        b.stats().await.total.unwrap(),
+    );
+    assert_eq!(ta.drops.unwrap().malformed, 1, "dropped where it arrived");
+    assert_eq!((ta.dropped_packets, ta.relay_tx), (1, 1));
+    assert_eq!((tb.relay_rx, tb.dropped_packets), (1, 0));
 }

@@ -2,13 +2,15 @@
 //! pulls through E1, a second tier). Media from the publisher on O reaches the viewers on both
 //! edges exactly once, byte for byte, and never goes back up; a keyframe request from a viewer
 //! on E2 climbs E2 -> E1 -> O and reaches only the publisher; RTP from a receive-only viewer is
-//! dropped and counted.
+//! dropped and counted. Downstream relays programmed into a loop carry a packet around it at
+//! most `HOP_LIMIT` times, not forever.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Bridge, Party, collect};
+use ringbridge_dataplane::core::relay::HOP_LIMIT;
 use ringbridge_dataplane::testkit;
 use ringbridge_proto::v1 as pb;
 
@@ -137,4 +139,72 @@ async fn tiers_mio() {
 #[tokio::test]
 async fn tiers_uring() {
     media_climbs_down_and_keyframe_requests_climb_up("uring").await;
+}
+
+/// A -> B -> C -> A, each feeding the next as if it were the tier below (the Bridge API cannot
+/// tell): one packet from a publisher on A goes round until its hop count is spent, then stops.
+async fn a_loop_of_downstream_relays_ends(engine: &str) {
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        let mut b = Bridge::start_with_metrics(engine, &[]).await;
+        b.conference("s").await;
+        bs.push(b);
+    }
+    let keys = [K1, K2, K3];
+    for i in 0..3 {
+        let j = (i + 1) % 3;
+        let (mi, mj) = (bs[i].media, bs[j].media);
+        // i feeds j (downstream), j pulls from i.
+        bs[i]
+            .client
+            .add_relay(pull(mj, "next", &keys[i], &K4, true))
+            .await
+            .unwrap();
+        bs[j]
+            .client
+            .add_relay(pull(mi, "prev", &K4, &keys[i], false))
+            .await
+            .unwrap();
+    }
+    let (p, v) = (Party::new("pub", 1), Party::new("v", 2));
+    bs[0].add("s", &p, false).await;
+    bs[1].add("s", &v, false).await;
+    let first = p.packet(0);
+    p.send(bs[0].media, &first);
+    // The viewer on B gets it on every lap: at most HOP_LIMIT / 3 + 1 times.
+    let got = collect(&v.sock, 0, Duration::from_millis(500));
+    assert!(!got.is_empty() && got.iter().all(|g| *g == first));
+    let bound = u64::from(HOP_LIMIT) / 3 + 1;
+    assert!(got.len() as u64 <= bound, "{} copies", got.len());
+    let mut relay_tx = 0;
+    let mut hop_limit = 0.0;
+    for b in &mut bs {
+        relay_tx += b.stats().await.total.unwrap().relay_tx;
+        hop_limit += b.metric("ringbridge_dropped_packets{reason=\"relay_hop_limit\"}");
+    }
+    // A's own two copies (down to B, and to C, which pulls nothing from it), then one copy per
+    // further hop of the one going round.
+    assert_eq!(
+        relay_tx,
+        2 + u64::from(HOP_LIMIT) - 1,
+        "bounded by the hop count"
+    );
+    assert_eq!(hop_limit, 1.0, "the end of the loop is counted");
+    // And it stays that way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = 0;
+    for b in &mut bs {
+        again += b.stats().await.total.unwrap().relay_tx;
+    }
+    assert_eq!(again, relay_tx);
+}
+
+#[tokio::test]
+async fn relay_loop_mio() {
+    a_loop_of_downstream_relays_ends("mio").await;
+}
+
+#[tokio::test]
+async fn relay_loop_uring() {
+    a_loop_of_downstream_relays_ends("uring").await;
 }

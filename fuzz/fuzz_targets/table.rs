@@ -29,6 +29,7 @@ fuzz_target!(|reqs: Vec<Req>| {
         Limits {
             endpoints: 40,
             endpoints_per_conference: 8,
+            ..Limits::default()
         },
     );
     let mut worker = Table::default();

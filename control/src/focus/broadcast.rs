@@ -204,24 +204,37 @@ impl Focus {
         }
     }
 
-    /// The origin for a publisher from `region`: a bridge in its region by the usual rules,
-    /// one without viewers (`busy`) if possible; never one of `exclude`.
+    /// The origin for a publisher from `region`, by the usual rules, never one of `exclude`.
+    /// The publisher's region comes first, as Jicofo and SRS place a stream's source near its
+    /// sender: a bridge of the region without viewers (`busy`) if possible, else one of the
+    /// region that serves viewers (it is then their edge and the origin), and another region
+    /// (one without viewers first) only when the region has no bridge that can take it. An
+    /// origin abroad would send the stream across and back for the region's own viewers.
     fn origin_for(
         &mut self,
         region: &str,
         exclude: &[BridgeId],
         busy: &[BridgeId],
     ) -> Result<BridgeId, FocusError> {
-        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
-        let strict: Vec<&str> = ex
+        let abroad: Vec<BridgeId> = self
+            .fleet
             .iter()
-            .copied()
-            .chain(busy.iter().map(String::as_str))
+            .filter(|b| b.region != region)
+            .map(|b| b.id.clone())
             .collect();
-        match self.fleet.select(self.strategy.as_ref(), region, &strict) {
-            Ok(b) => Ok(b),
-            Err(_) => Ok(self.fleet.select(self.strategy.as_ref(), region, &ex)?),
+        let abroad = &abroad[..];
+        for t in [
+            [exclude, abroad, busy].concat(),
+            [exclude, abroad].concat(),
+            [exclude, busy].concat(),
+        ] {
+            let t: Vec<&str> = t.iter().map(String::as_str).collect();
+            if let Ok(b) = self.fleet.select(self.strategy.as_ref(), region, &t) {
+                return Ok(b);
+            }
         }
+        let ex: Vec<&str> = exclude.iter().map(String::as_str).collect();
+        Ok(self.fleet.select(self.strategy.as_ref(), region, &ex)?)
     }
 
     /// Creates `conference` on those of `bridges` that do not hold it yet.
@@ -762,29 +775,56 @@ impl Focus {
         out
     }
 
-    /// Plans programming a broadcast again on `bridge`, which registered again (empty): the
-    /// broadcast, its pulls to and from the bridge with their keys, its participants there.
+    /// Plans programming a broadcast again on `bridge`, which registered again after a restart
+    /// or after being declared down: the broadcast, its pulls to and from the bridge, its
+    /// participants there. Every pull it takes part in gets fresh keys, and the bridge at the
+    /// other end drops its relay with the old keys first: a restarted process starts its relay
+    /// sequences again, and a key must never seal one sequence twice.
     pub(super) fn reprogram_broadcast(&mut self, conference: &str, bridge: &str) -> Plan {
-        let p = &self.conferences[conference];
-        let link = p.link;
+        let link = self.conferences[conference].link;
         let mut calls = vec![self.call(
             bridge,
             Call::Create {
                 conference: conference.into(),
             },
         )];
-        if let Some(t) = p.tree() {
-            for (edge, from) in t.edges().filter(|(e, f)| *e == bridge || *f == bridge) {
-                let Some(keys) = p.links.get(&link_key(edge, from)) else {
-                    continue;
-                };
-                let [mut on_parent, on_edge] = self.relay_calls(conference, link, from, edge, keys);
-                if let Call::AddRelay { downstream, .. } = &mut on_parent.call {
-                    *downstream = true;
-                }
-                calls.extend([on_parent, on_edge]);
+        let mut links = Vec::new();
+        let pulls: Vec<(String, String)> = self.conferences[conference]
+            .tree()
+            .map(|t| {
+                t.edges()
+                    .filter(|(e, f)| *e == bridge || *f == bridge)
+                    .map(|(e, f)| (e.to_string(), f.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (edge, from) in pulls {
+            let other = if edge == bridge { &from } else { &edge };
+            // Both ends drop the relay with the old keys (a bridge that was only declared down
+            // still holds its own).
+            calls.push(self.call(
+                other,
+                Call::RemoveRelay {
+                    conference: conference.into(),
+                    relay_id: bridge.into(),
+                },
+            ));
+            calls.push(self.call(
+                bridge,
+                Call::RemoveRelay {
+                    conference: conference.into(),
+                    relay_id: other.clone(),
+                },
+            ));
+            let keys = self.link_keys();
+            links.push((link_key(&edge, &from), Some(keys.clone())));
+            let [mut on_parent, on_edge] = self.relay_calls(conference, link, &from, &edge, &keys);
+            if let Call::AddRelay { downstream, .. } = &mut on_parent.call {
+                *downstream = true;
             }
+            calls.extend([on_parent, on_edge]);
         }
+        let p = &self.conferences[conference];
         for (id, x) in p.on(bridge) {
             calls.push(self.call(
                 bridge,
@@ -802,7 +842,7 @@ impl Focus {
             link,
             people: Vec::new(),
             tree: None,
-            links: Vec::new(),
+            links,
             undo: Vec::new(),
             outcome: Outcome::Moved {
                 from: vec![bridge.into()],
@@ -1155,6 +1195,35 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_is_in_the_publishers_region_even_on_a_bridge_with_viewers() {
+        // eu-1, eu-2, us-1: viewers in us and eu first, so us-1 and eu-1 are edges and eu-2
+        // is the only bridge without viewers.
+        let mut f = focus();
+        for (who, region) in [("v1", "us"), ("v2", "eu")] {
+            let p = f.join(viewer("s", who, region), 0).unwrap();
+            run_ok(&mut f, p);
+        }
+        assert_eq!(f.conferences()["s"].participants["v1"].bridge, "us-1");
+        assert_eq!(f.conferences()["s"].participants["v2"].bridge, "eu-1");
+        // A publisher from us: the origin is us-1 (its viewers get the stream there), not the
+        // idle eu-2 across the ocean; only the eu edge pulls.
+        let p = f.join(publisher("s", "pub", "us"), 10).unwrap();
+        run_ok(&mut f, p);
+        let s = &f.conferences()["s"];
+        assert_eq!(s.participants["pub"].bridge, "us-1");
+        assert_eq!(s.tree().unwrap().origin(), "us-1");
+        assert_eq!(tree(&f, "s"), [pull("eu-1", "us-1", 1)]);
+        // A publisher from a region without bridges still gets an idle bridge first.
+        let mut f = focus();
+        let p = f.join(viewer("t", "v1", "eu"), 0).unwrap();
+        run_ok(&mut f, p);
+        let p = f.join(publisher("t", "pub", "ap"), 10).unwrap();
+        run_ok(&mut f, p);
+        let origin = f.conferences()["t"].tree().unwrap().origin().to_string();
+        assert_ne!(origin, "eu-1", "a bridge without viewers first");
+    }
+
+    #[test]
     fn a_dead_edge_moves_its_viewers_and_a_dead_origin_its_publisher() {
         let mut f = published_to_three_regions();
         let origin = f.conferences()["s"].bridge.clone();
@@ -1374,28 +1443,64 @@ mod tests {
     }
 
     #[test]
-    fn a_bridge_that_registers_again_gets_its_pulls_and_viewers_back() {
+    fn a_restarted_bridge_gets_its_pulls_and_viewers_back_with_fresh_keys_on_both_sides() {
         let mut f = focus();
         let p = f.join(publisher("s", "p", "eu"), 0).unwrap();
         run_ok(&mut f, p);
         let p = f.join(viewer("s", "v", "us"), 0).unwrap();
         run_ok(&mut f, p);
+        let old = f.conferences()["s"].links["eu-1|us-1"].clone();
+        // us-1 comes back as a new process (no instance id: every registration is one).
         let plans = register(&mut f, "us-1", "us");
         assert_eq!(plans.len(), 1);
         assert_eq!(
             shape(&plans[0]),
             [
                 "create@us-1",
+                "unrelay us-1@eu-1",
+                "unrelay eu-1@us-1",
                 "feed us-1@eu-1",
                 "relay to eu-1@us-1",
                 "add v@us-1"
             ]
         );
-        // Same keys as the first time.
-        let keys = &f.conferences()["s"].links["eu-1|us-1"];
-        let Call::AddRelay { tx_key, .. } = &plans[0].calls[2].call else {
-            panic!()
-        };
-        assert!(tx_key == &keys.first_tx || tx_key == &keys.second_tx);
+        // Fresh keys on both sides, never the old process's; committed with the move.
+        let sealing: Vec<Vec<u8>> = plans[0]
+            .calls
+            .iter()
+            .filter_map(|c| match &c.call {
+                Call::AddRelay { tx_key, .. } => Some(tx_key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sealing.len(), 2);
+        for k in &sealing {
+            assert!(
+                *k != old.first_tx && *k != old.second_tx,
+                "an old key reused"
+            );
+        }
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        let new = &f.conferences()["s"].links["eu-1|us-1"];
+        assert_ne!(new, &old);
+        assert!(sealing.contains(&new.first_tx) && sealing.contains(&new.second_tx));
+    }
+
+    #[test]
+    fn the_same_bridge_process_registering_again_is_left_alone() {
+        let mut f = focus();
+        f.register(
+            Bridge::new("x-1", "a", "m", "eu", 1000.0).with_instance("i1"),
+            0,
+        )
+        .unwrap();
+        assert!(
+            f.register(
+                Bridge::new("x-1", "a", "m", "eu", 1000.0).with_instance("i1"),
+                1
+            )
+            .unwrap()
+            .is_empty()
+        );
     }
 }

@@ -14,8 +14,12 @@ mod broadcast;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::bridges::{Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
-use crate::store::{Change, LinkKeys, Participant, Placement, Role, Snapshot, SrtpKeys, link_key};
+use crate::bridges::{
+    Bridge, BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Registration, Strategy,
+};
+use crate::store::{
+    Change, DrainRecord, LinkKeys, Participant, Placement, Role, Snapshot, SrtpKeys, link_key,
+};
 
 pub use broadcast::StreamView;
 
@@ -282,8 +286,8 @@ pub struct Announcement {
     /// Every bridge of the conference: id, media address, its participants (none named beyond
     /// [`LISTED`]) and how many it has.
     pub bridges: Vec<(BridgeId, String, Vec<String>, usize)>,
-    /// "current", "placed", "grown", "failover", "drained", "ended"; for a broadcast also
-    /// "published", "unpublished" and "pulled" (its pull tree changed).
+    /// "current", "placed", "joined", "left", "grown", "failover", "drained", "ended"; for a
+    /// broadcast also "published", "unpublished" and "pulled" (its pull tree changed).
     pub reason: &'static str,
     /// A broadcast's publisher and pull tree (`None` for a conference).
     pub stream: Option<StreamView>,
@@ -395,6 +399,10 @@ pub struct Focus {
     broadcasts: BTreeSet<String>,
     stream_fanout: usize,
     max_viewers_per_edge: usize,
+    /// Drains asked through [`Focus::drain`], persisted (see [`DrainRecord`]).
+    drains: BTreeMap<BridgeId, DrainRecord>,
+    /// Changes taken by [`Focus::take_changes`] and not put back.
+    taken: u64,
 }
 
 impl std::fmt::Debug for Focus {
@@ -432,6 +440,7 @@ impl Focus {
             cfg.per_participant_pps,
         );
         fleet.probe_failures_down = cfg.probe_failures_down;
+        let drains = restored.drains;
         let mut conferences = restored.placements;
         // State from before Octo: every participant is on the placement's bridge.
         for p in conferences.values_mut() {
@@ -486,6 +495,8 @@ impl Focus {
             downed: Vec::new(),
             awaiting,
             index,
+            drains,
+            taken: 0,
         }
     }
 
@@ -546,6 +557,19 @@ impl Focus {
                 "bridge_id: {bridge:?} is not registered"
             )));
         }
+        let b = self.fleet.get(bridge).expect("just drained");
+        let record = DrainRecord {
+            since_ms: b.drain_since_ms,
+            instance: b.instance.clone(),
+        };
+        if self.drains.get(bridge) != Some(&record) {
+            // Kept in the store: a restarted control plane keeps draining it.
+            self.drains.insert(bridge.into(), record.clone());
+            self.changes.push(Change::Drained {
+                bridge: bridge.into(),
+                drain: record,
+            });
+        }
         tracing::info!(%bridge, grace_ms = self.drain_grace_ms, "bridge draining");
         Ok(())
     }
@@ -579,7 +603,17 @@ impl Focus {
 
     /// Forgets a bridge that was stopped (drained, or down and empty).
     pub fn forget(&mut self, bridge: &str) -> bool {
+        if self.drains.remove(bridge).is_some() {
+            self.changes.push(Change::Undrained {
+                bridge: bridge.into(),
+            });
+        }
         self.fleet.remove(bridge).is_some()
+    }
+
+    /// Bridges drained through [`Focus::drain`] (kept across restarts of the control plane).
+    pub fn drains(&self) -> &BTreeMap<BridgeId, DrainRecord> {
+        &self.drains
     }
 
     /// Operations in flight.
@@ -589,13 +623,21 @@ impl Focus {
 
     /// Takes the changes committed since the last call, for the store.
     pub fn take_changes(&mut self) -> Vec<Change> {
+        self.taken += self.changes.len() as u64;
         std::mem::take(&mut self.changes)
     }
 
     /// Puts back changes the store could not persist, ahead of newer ones.
     pub fn restore_changes(&mut self, mut older: Vec<Change>) {
+        self.taken -= older.len() as u64;
         older.append(&mut self.changes);
         self.changes = older;
+    }
+
+    /// Changes recorded so far, counted from the focus's start: a commit is durable once the
+    /// store has persisted the first `recorded()` changes (taken in order).
+    pub fn recorded(&self) -> u64 {
+        self.taken + self.changes.len() as u64
     }
 
     /// Records a change made beside the focus (a sticky route) for the store.
@@ -1062,8 +1104,14 @@ impl Focus {
     }
 
     /// Registers (or re-registers) a bridge. A bridge id belongs to its live registration: the
-    /// same id from another API address is refused until that bridge is down. A bridge that
-    /// registers again starts empty: the conferences still placed on it are programmed again.
+    /// same id from another API address is refused until that bridge is down.
+    ///
+    /// What it holds depends on [`Registration`]: the same process again (same instance id)
+    /// still holds its conferences and relay keys, and is left as it is unless it had been
+    /// declared down. A restarted process holds nothing. Either way, a bridge programmed again
+    /// gets every conference still placed on it, and every relay link it takes part in gets
+    /// fresh keys on both sides (the peers' relays to it are replaced): a restarted process
+    /// starts its relay sequences again, and a key must never seal one sequence twice.
     pub fn register(&mut self, b: Bridge, now_ms: u64) -> Result<Vec<Plan>, FocusError> {
         if let Some(old) = self.fleet.get(&b.id)
             && old.health != Health::Down
@@ -1075,10 +1123,21 @@ impl Focus {
             )));
         }
         let id = b.id.clone();
+        let instance = b.instance.clone();
+        let was_down = self
+            .fleet
+            .get(&id)
+            .is_some_and(|old| old.health == Health::Down);
         self.awaiting.remove(&id);
-        let known = self.fleet.register(b, now_ms);
-        if !known {
-            return Ok(vec![]);
+        let kind = self.fleet.register(b, now_ms);
+        self.restore_drain(&id, &instance);
+        match kind {
+            Registration::New => return Ok(vec![]),
+            Registration::Again if !was_down => return Ok(vec![]),
+            Registration::Again => {}
+            Registration::Restarted => {
+                tracing::info!(bridge = %id, "bridge restarted (a new instance): re-keying its relays")
+            }
         }
         // Conferences with participants on it (the index), and broadcasts relaying through it.
         let mut stale: BTreeSet<String> = self
@@ -1103,6 +1162,23 @@ impl Focus {
                 }
             })
             .collect())
+    }
+
+    /// Applies a persisted drain of `bridge` to its registration by process `instance`, or
+    /// forgets it when a new process registered (a drain belongs to the process it was asked of).
+    fn restore_drain(&mut self, bridge: &str, instance: &str) {
+        let Some(d) = self.drains.get(bridge) else {
+            return;
+        };
+        if d.instance.is_empty() || d.instance == instance {
+            let since = d.since_ms;
+            self.fleet.drain(bridge, since);
+        } else {
+            self.drains.remove(bridge);
+            self.changes.push(Change::Undrained {
+                bridge: bridge.into(),
+            });
+        }
     }
 
     /// Plans removing from `bridge` what it holds but the focus did not place there: conferences
@@ -1309,6 +1385,16 @@ impl Focus {
                 ));
             }
             if !to_hosts && s != to {
+                if from.iter().any(|d| d == to) {
+                    // The same bridge again (it may still hold its relay with the old keys).
+                    calls.push(self.call(
+                        to,
+                        Call::RemoveRelay {
+                            conference: conference.into(),
+                            relay_id: s.clone(),
+                        },
+                    ));
+                }
                 let keys = self.link_keys();
                 calls.extend(self.relay_calls(conference, link, to, s, &keys));
                 links.push((link_key(to, s), keys, s.clone()));
@@ -1474,11 +1560,15 @@ impl Focus {
                     participant_id,
                     participant,
                 });
-                if created || grown {
-                    let reason = if created { "placed" } else { "grown" };
-                    let a = self.announcement(&conference, &self.conferences[&conference], reason);
-                    self.announcements.push(a);
-                }
+                // Every change of a conference's participants is announced (a broadcast's
+                // viewers are not: they are counted, see the broadcast's operations).
+                let reason = match (created, grown) {
+                    (true, _) => "placed",
+                    (_, true) => "grown",
+                    _ => "joined",
+                };
+                let a = self.announcement(&conference, &self.conferences[&conference], reason);
+                self.announcements.push(a);
                 Completion {
                     result: Ok(Done::Joined {
                         media_addr: self.media_addr(&bridge),
@@ -1551,6 +1641,8 @@ impl Focus {
                             });
                         }
                     }
+                    let a = self.announcement(&conference, &self.conferences[&conference], "left");
+                    self.announcements.push(a);
                     self.changes.push(Change::Left {
                         conference,
                         participant_id,
@@ -1791,7 +1883,9 @@ pub(super) mod tests {
         run_ok(&mut f, plan);
         assert_eq!(f.conferences()["c1"].participants.len(), 2);
         assert_eq!(f.take_changes().len(), 3); // placed, joined a, joined b
-        assert!(f.take_announcements().is_empty());
+        let a = f.take_announcements();
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].reason, a[0].participants.len()), ("joined", 2));
         // Load spreads inside a region: two eu conferences land on different eu bridges.
         let p1 = f.join(join("e1", "x", "eu"), 20).unwrap();
         let p2 = f.join(join("e2", "y", "eu"), 20).unwrap();
@@ -2338,6 +2432,7 @@ pub(super) mod tests {
         let p = f.leave("c1", "a").unwrap();
         assert!(matches!(p.calls[0].call, Call::Remove { .. }));
         run_ok(&mut f, p);
+        assert_eq!(f.take_announcements()[0].reason, "left");
         let p = f.leave("c1", "b").unwrap();
         assert!(matches!(p.calls[0].call, Call::Delete { .. }));
         // The bridge does not answer: the participant is out of the placement anyway.
@@ -2350,6 +2445,85 @@ pub(super) mod tests {
         assert!(f.conferences().is_empty());
         assert_eq!(f.take_announcements()[0].reason, "ended");
         assert!(matches!(f.leave("c1", "b"), Err(FocusError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_drain_survives_a_restart_of_the_focus_and_ends_with_a_new_bridge_process() {
+        let mut f = focus();
+        f.register(
+            Bridge::new("eu-9", "a", "m", "eu", 1000.0).with_instance("p1"),
+            0,
+        )
+        .unwrap();
+        f.drain("eu-9", 5).unwrap();
+        let changes = f.take_changes();
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Drained { bridge, .. } if bridge == "eu-9"))
+        );
+        let mut snap = Snapshot::default();
+        for c in &changes {
+            snap.apply(c);
+        }
+        // A restarted control plane: the same bridge process registers and is still draining,
+        // its grace counted from the original drain.
+        let mut g = Focus::new(&cfg(), snap.clone(), keys(), 100);
+        g.register(
+            Bridge::new("eu-9", "a", "m", "eu", 1000.0).with_instance("p1"),
+            100,
+        )
+        .unwrap();
+        let b = g.fleet().get("eu-9").unwrap();
+        assert!(b.draining && b.drain_since_ms == 5, "{b:?}");
+        // A new process of the bridge (restarted after maintenance) is up, and the drain goes.
+        let mut h = Focus::new(&cfg(), snap, keys(), 100);
+        h.register(
+            Bridge::new("eu-9", "a", "m", "eu", 1000.0).with_instance("p2"),
+            100,
+        )
+        .unwrap();
+        assert!(!h.fleet().get("eu-9").unwrap().draining);
+        assert!(
+            h.take_changes()
+                .iter()
+                .any(|c| matches!(c, Change::Undrained { bridge } if bridge == "eu-9"))
+        );
+    }
+
+    #[test]
+    fn an_octo_bridge_restarted_gets_fresh_relay_keys_on_both_sides() {
+        let mut f = focus();
+        let mut cfg_small = cfg();
+        cfg_small.max_per_bridge = 1;
+        let mut f2 = Focus::new(&cfg_small, Snapshot::default(), keys(), 0);
+        std::mem::swap(&mut f, &mut f2);
+        register(&mut f, "eu-1", "eu");
+        register(&mut f, "eu-2", "eu");
+        join_ok(&mut f, join("c", "a", "eu"));
+        join_ok(&mut f, join("c", "b", "eu")); // grows onto the other bridge
+        let p = &f.conferences()["c"];
+        assert_eq!(p.links.len(), 1);
+        let old = p.links.values().next().unwrap().clone();
+        let restarted = p.participants["b"].bridge.clone();
+        let other = p.participants["a"].bridge.clone();
+        let plans = register(&mut f, &restarted, "eu");
+        assert_eq!(plans.len(), 1);
+        let calls = &plans[0].calls;
+        // Both ends drop the old relay, then get new keys.
+        let removes: Vec<&str> = calls
+            .iter()
+            .filter(|c| matches!(c.call, Call::RemoveRelay { .. }))
+            .map(|c| c.bridge.as_str())
+            .collect();
+        assert!(removes.contains(&other.as_str()) && removes.contains(&restarted.as_str()));
+        for c in calls {
+            if let Call::AddRelay { tx_key, rx_key, .. } = &c.call {
+                for k in [tx_key, rx_key] {
+                    assert!(*k != old.first_tx && *k != old.second_tx, "old key reused");
+                }
+            }
+        }
     }
 
     #[test]

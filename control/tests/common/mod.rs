@@ -355,7 +355,7 @@ pub struct Etcd {
     args: Vec<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -365,6 +365,75 @@ fn free_port() -> u16 {
 
 impl Etcd {
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    /// SIGSTOP: etcd keeps its connections open and answers nothing.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+
+    /// A three-member etcd cluster (members `m0`..`m2`) on free loopback ports.
+    pub fn cluster3(tag: &str) -> Vec<Self> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let dir = std::env::temp_dir()
+                    .join(format!("ringbridge-etcd-{tag}-m{i}-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                let c = format!("http://127.0.0.1:{client}");
+                let p = format!("http://127.0.0.1:{peer}");
+                let args: Vec<String> = [
+                    "--name",
+                    &format!("m{i}"),
+                    "--data-dir",
+                    dir.to_str().unwrap(),
+                    "--listen-client-urls",
+                    &c,
+                    "--advertise-client-urls",
+                    &c,
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--log-level",
+                    "error",
+                ]
+                .map(String::from)
+                .to_vec();
+                Etcd {
+                    child: Self::spawn(&args),
+                    endpoint: format!("127.0.0.1:{client}"),
+                    dir,
+                    args,
+                }
+            })
+            .collect();
+        for m in &members {
+            m.wait_healthy();
+        }
+        members
+    }
+
+    /// An etcd with `extra` flags (e.g. a small `--max-request-bytes`).
+    pub fn start_with(tag: &str, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("ringbridge-etcd-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -391,6 +460,8 @@ impl Etcd {
         ]
         .map(String::from)
         .to_vec();
+        let mut args = args;
+        args.extend(extra.iter().map(|a| a.to_string()));
         let e = Etcd {
             child: Self::spawn(&args),
             endpoint: format!("127.0.0.1:{client}"),

@@ -63,14 +63,8 @@ impl KeyframeGate {
         if self.interval_ms == 0 {
             return true;
         }
-        // splitmix64 finalizer: the low bits pick the slot, the high bits are the tag.
-        let mut h = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
-        let slot = &self.slots[h as usize & (SLOTS - 1)];
-        // Tag 0 is reserved for an empty slot.
-        let tag = ((h >> 32) as u32).max(1);
+        let (i, tag) = slot_and_tag(key, SLOTS);
+        let slot = &self.slots[i];
         let stamp = (u64::from(tag) << 32) | u64::from(now_ms);
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
@@ -85,6 +79,18 @@ impl KeyframeGate {
             }
         }
     }
+}
+
+/// Where `key` goes in a table of `slots` (a power of two) atomic slots, and the tag that tells
+/// it from the other keys of its slot (never 0, which marks an empty slot): the low bits of a
+/// splitmix64 finalizer pick the slot, the high bits are the tag.
+#[inline]
+pub(crate) fn slot_and_tag(key: u64, slots: usize) -> (usize, u32) {
+    let mut h = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h as usize & (slots - 1), ((h >> 32) as u32).max(1))
 }
 
 impl Default for KeyframeGate {

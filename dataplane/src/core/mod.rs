@@ -6,11 +6,14 @@
 //! verdicts.
 
 pub mod classify;
+mod feedback;
 pub mod keyframe;
 pub mod relay;
 pub mod rtcp;
 pub mod rtp;
+pub mod senders;
 pub mod table;
+mod verdict;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,7 +24,20 @@ use rustc_hash::FxHashMap;
 use crate::srtp::{self, replay};
 pub use classify::Class;
 pub use keyframe::KeyframeGate;
-pub use table::{ConfIdx, Delta, EndpointUid, Op, Peer, Table, TableBuilder};
+pub use senders::RemoteSenders;
+pub use table::{ConfIdx, Delta, EndpointUid, LatchClaim, Op, Peer, Table, TableBuilder};
+pub use verdict::{Dests, Sent, Verdict};
+
+use feedback::feedback_targets;
+use verdict::Select;
+
+/// Largest datagram an endpoint may send (RTP or RTCP, SRTP included). Larger ones are dropped
+/// as [`DropReason::Malformed`] on arrival, whatever the engine: every one that is accepted
+/// still fits a relay envelope ([`MAX_RELAY_DATAGRAM`]) to the conference's other bridges.
+pub const MAX_DATAGRAM: usize = 2048;
+/// Largest datagram from a relay: the largest endpoint datagram in its envelope. Engines
+/// receive at least this much.
+pub const MAX_RELAY_DATAGRAM: usize = MAX_DATAGRAM + relay::OVERHEAD;
 
 /// Why a packet was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +66,15 @@ pub enum DropReason {
     UnknownRelay = 10,
     /// A keyframe request (PLI/FIR) for a stream that had one go through within the interval.
     KeyframeThrottled = 11,
+    /// A relay packet that would go on to further relays but has crossed
+    /// [`relay::HOP_LIMIT`] links already (downstream relays programmed into a loop): its
+    /// onward copies are not sent (local endpoints still get it).
+    RelayHopLimit = 12,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -69,6 +89,7 @@ impl DropReason {
         Self::RelayReplay,
         Self::UnknownRelay,
         Self::KeyframeThrottled,
+        Self::RelayHopLimit,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -86,6 +107,7 @@ impl DropReason {
             Self::RelayReplay => "relay_replay",
             Self::UnknownRelay => "unknown_relay",
             Self::KeyframeThrottled => "keyframe_throttled",
+            Self::RelayHopLimit => "relay_hop_limit",
         }
     }
 }
@@ -138,136 +160,6 @@ pub enum Event {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Select {
-    /// Every peer except the one at this index (`usize::MAX`: none excluded).
-    AllBut(usize),
-    /// Only these peer indices.
-    Only {
-        slots: [u32; rtcp::MAX_TARGETS],
-        n: u8,
-    },
-}
-
-/// The destinations of one packet, borrowed from the current table.
-#[derive(Debug, Clone, Copy)]
-pub struct Dests<'t> {
-    peers: &'t [Peer],
-    select: Select,
-}
-
-impl<'t> Dests<'t> {
-    /// Number of copies to send.
-    pub fn len(&self) -> usize {
-        match self.select {
-            Select::AllBut(skip) => self.peers.len() - usize::from(skip < self.peers.len()),
-            Select::Only { n, .. } => usize::from(n),
-        }
-    }
-
-    /// True when there is nobody to send to.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The destinations, in a stable order.
-    pub fn iter(&self) -> impl Iterator<Item = &'t Peer> + '_ {
-        let (all, only): (Option<(usize, &'t [Peer])>, &[u32]) = match &self.select {
-            Select::AllBut(skip) => (Some((*skip, self.peers)), &[]),
-            Select::Only { slots, n } => (None, &slots[..usize::from(*n)]),
-        };
-        let peers = self.peers;
-        all.into_iter()
-            .flat_map(|(skip, p)| {
-                p.iter()
-                    .enumerate()
-                    .filter(move |(i, _)| *i != skip)
-                    .map(|(_, p)| p)
-            })
-            .chain(only.iter().map(move |&s| &peers[s as usize]))
-    }
-}
-
-/// What to do with a packet that is forwarded.
-#[derive(Debug, Clone, Copy)]
-pub struct Verdict<'t> {
-    /// RTP or RTCP.
-    pub class: Class,
-    /// Where the copies go (with `relays`, never both empty).
-    pub dests: Dests<'t>,
-    /// Relays that get one sealed copy each ([`Verdict::seal`]); empty for a packet that came
-    /// from a relay.
-    pub relays: &'t [Arc<relay::Relay>],
-    /// Where the plain packet starts in the buffer (after the relay header for a relayed one).
-    pub offset: usize,
-    /// Length of the plain packet (shorter than what arrived when SRTP or a relay envelope
-    /// was removed).
-    pub len: usize,
-    /// For peers with [`Peer::srtp`]: the RTP packet index (48 bits) or the SRTCP index.
-    pub index: u64,
-    /// RTP: the header length (parsed once, on arrival). RTCP: 0.
-    pub rtp_header_len: usize,
-}
-
-impl Verdict<'_> {
-    /// Writes the copy for a peer that receives SRTP (`session` is its [`Peer::srtp`]) from the
-    /// plain packet into `out`; returns its length, `None` if it cannot be written (no room).
-    /// Plain peers get `plain` itself: engines only do I/O.
-    #[inline]
-    pub fn protect(&self, plain: &[u8], session: &srtp::Session, out: &mut [u8]) -> Option<usize> {
-        match self.class {
-            Class::Rtcp => session.protect_rtcp(plain, self.index as u32, out).ok(),
-            _ => session
-                .protect_rtp_hl(plain, self.rtp_header_len, self.index, out)
-                .ok(),
-        }
-    }
-}
-
-impl Verdict<'_> {
-    /// The plain packet in the receive buffer `buf` this verdict was made for.
-    #[inline]
-    pub fn plain<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
-        &buf[self.offset..self.offset + self.len]
-    }
-
-    /// Writes the copy for `relay` (sealed for its link) from the plain packet into `out`:
-    /// relay packet `seq` of the sending `worker`; `None` if `out` is too small.
-    #[inline]
-    pub fn seal(
-        &self,
-        relay: &relay::Relay,
-        plain: &[u8],
-        worker: u16,
-        seq: u64,
-        out: &mut [u8],
-    ) -> Option<usize> {
-        relay.seal(worker, seq, plain, out)
-    }
-}
-
-/// What an engine's sends of a batch came to; handed to [`Core::count_sent`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    /// Copies sent.
-    pub packets: u64,
-    /// Bytes sent.
-    pub bytes: u64,
-    /// Copies the kernel refused (or that could not be written).
-    pub failed: u64,
-    /// Of `packets`, relay copies.
-    pub relays: u64,
-}
-
-impl std::ops::AddAssign for Sent {
-    fn add_assign(&mut self, o: Sent) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.failed += o.failed;
-        self.relays += o.relays;
-    }
-}
-
 /// Per-stream SRTP state of the senders this worker handles (their packets all land here).
 #[derive(Debug, Default)]
 struct StreamState {
@@ -309,6 +201,8 @@ pub struct Core {
     streams: StreamState,
     /// Keyframe requests, throttled per stream (shared with the bridge's other workers).
     keyframes: Arc<KeyframeGate>,
+    /// The relay each remote sender's media arrives over (shared with the other workers).
+    senders: Arc<RemoteSenders>,
     /// The engine's clock at the start of the batch, ms on the gate's clock.
     now_ms: u32,
     /// What this core has counted.
@@ -324,6 +218,7 @@ impl Core {
             events: VecDeque::with_capacity(16),
             streams: StreamState::default(),
             keyframes: Arc::new(KeyframeGate::default()),
+            senders: Arc::new(RemoteSenders::default()),
             now_ms: 0,
             counters: Counters::default(),
         }
@@ -332,6 +227,12 @@ impl Core {
     /// Throttles keyframe requests with `gate` (shared by the bridge's workers).
     pub fn with_keyframe_gate(mut self, gate: Arc<KeyframeGate>) -> Self {
         self.keyframes = gate;
+        self
+    }
+
+    /// Learns and looks up remote senders in `senders` (shared by the bridge's workers).
+    pub fn with_remote_senders(mut self, senders: Arc<RemoteSenders>) -> Self {
+        self.senders = senders;
         self
     }
 
@@ -349,7 +250,7 @@ impl Core {
 
     /// Applies a delta from the control path. Costs what it changes: stream state of removed
     /// endpoints goes with them; addresses latched here stay in force while their endpoint
-    /// still waits for one.
+    /// still waits for one, and none but the one the control path recorded once it has it.
     pub fn apply(&mut self, delta: &Delta) {
         for op in &delta.ops {
             match op {
@@ -360,8 +261,12 @@ impl Core {
                     }
                     self.streams.keyframe_wanted.remove(&conf.get());
                 }
-                Op::Latch { addr, .. } => {
-                    self.latched.remove(addr);
+                Op::Latch { uid, .. } => {
+                    // The recorded address is in the table now; any other this worker latched
+                    // for the endpoint (it cannot have, with the claim, unless the control path
+                    // gave the claim back) stops being accepted.
+                    let uid = *uid;
+                    self.latched.retain(|_, (u, _)| *u != uid);
                 }
                 Op::RemoveRelay { uid, .. } => {
                     let gone = *uid;
@@ -447,13 +352,15 @@ impl Core {
     }
 
     /// Decides what happens to one datagram from `src`, and counts it. An SRTP sender's packet
-    /// is authenticated and decrypted in place: the plain packet is `pkt[..verdict.len]`.
+    /// is authenticated and decrypted in place: the plain packet is `pkt[..verdict.len]` (an
+    /// RTCP compound may also lose, in place, the keyframe requests the gate holds back).
     #[inline]
     pub fn handle(&mut self, pkt: &mut [u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += pkt.len() as u64;
-        let keyframes = Throttle {
+        let shared = Shared {
             gate: &self.keyframes,
+            senders: &self.senders,
             now_ms: self.now_ms,
         };
         let r = decide(
@@ -462,7 +369,7 @@ impl Core {
             &mut self.events,
             &mut self.streams,
             &mut self.counters,
-            keyframes,
+            shared,
             pkt,
             src,
         );
@@ -473,14 +380,15 @@ impl Core {
     }
 }
 
-/// The keyframe gate at the batch's time.
+/// What the bridge's workers share (the keyframe gate, the remote senders), at the batch's time.
 #[derive(Clone, Copy)]
-struct Throttle<'a> {
+struct Shared<'a> {
     gate: &'a KeyframeGate,
+    senders: &'a RemoteSenders,
     now_ms: u32,
 }
 
-impl Throttle<'_> {
+impl Shared<'_> {
     /// A viewer joined conference `conf` lately: if `ssrc` (arriving from upstream relay `r`)
     /// has not been asked for, queue a PLI for it up that relay, throttled like any other.
     #[cold]
@@ -502,17 +410,30 @@ impl Throttle<'_> {
         }
     }
 
-    /// Whether feedback `s` in conference `conf` goes on: anything but a keyframe request does;
-    /// a keyframe request does when its (first) media stream had none within the interval.
+    /// Gates every keyframe request of feedback compound `pkt` (summarized as `s`) in
+    /// conference `conf`, each on its own media stream: those whose stream had one within the
+    /// interval are taken out of the compound, in place; the rest of it goes on. Returns the
+    /// compound's length and summary after that; `KeyframeThrottled` when no feedback is left.
     #[inline]
-    fn pass(self, conf: u32, s: &rtcp::Summary) -> Result<(), DropReason> {
-        match s.targets().first() {
-            Some(&ssrc) if s.keyframe_only => self
-                .gate
+    fn gate(
+        self,
+        conf: u32,
+        pkt: &mut [u8],
+        s: rtcp::Summary,
+    ) -> Result<(usize, rtcp::Summary), DropReason> {
+        if !s.keyframes || self.gate.interval_ms() == 0 {
+            return Ok((pkt.len(), s));
+        }
+        let (len, held) = rtcp::hold_back_keyframes(pkt, |ssrc| {
+            self.gate
                 .allow(keyframe::stream_key(conf, ssrc), self.now_ms)
-                .then_some(())
-                .ok_or(DropReason::KeyframeThrottled),
-            _ => Ok(()),
+        });
+        if held == 0 {
+            return Ok((len, s));
+        }
+        match rtcp::summarize(&pkt[..len]) {
+            Ok(s) if s.feedback => Ok((len, s)),
+            _ => Err(DropReason::KeyframeThrottled),
         }
     }
 }
@@ -526,12 +447,18 @@ fn decide<'t>(
     events: &mut VecDeque<Event>,
     streams: &mut StreamState,
     counters: &mut Counters,
-    keyframes: Throttle<'_>,
+    shared: Shared<'_>,
     pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
     if pkt.first() == Some(&relay::TYPE) {
-        return decide_relay(table, streams, counters, keyframes, pkt, src);
+        if pkt.len() > MAX_RELAY_DATAGRAM {
+            return Err(DropReason::Malformed);
+        }
+        return decide_relay(table, streams, counters, shared, pkt, src);
+    }
+    if pkt.len() > MAX_DATAGRAM {
+        return Err(DropReason::Malformed);
     }
     let class = classify::classify(pkt);
     // The SSRC is in the clear even under SRTP: RTP header (parsed once, here, and handed to
@@ -602,39 +529,42 @@ fn decide<'t>(
         }
         (None, _) => (pkt.len(), 0),
     };
-    let plain = &pkt[..len];
-    let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
-    // Everything goes once to each relay, but feedback only when it is about a sender that is
-    // not local (the bridge that hosts it delivers it to that sender only).
-    let (select, relays) = if let Some(h) = &hdr {
-        h.check_padding(plain)?;
-        (Select::AllBut(skip), &conf.relays[..])
-    } else {
-        let s = rtcp::summarize(plain)?;
-        if s.feedback {
-            let f = feedback_targets(table, ep.conf, Some(idx), s.targets());
-            // Towards the media owner: never down a stream's pull tree.
-            let relays = if f.elsewhere {
-                conf.upstream_relays()
-            } else {
-                &[]
-            };
-            if !f.here && relays.is_empty() {
-                return Err(DropReason::UnknownSsrc);
-            }
-            keyframes.pass(ep.conf, &s)?;
-            (f.select, relays)
-        } else {
-            (Select::AllBut(skip), &conf.relays[..])
+    let plain = &mut pkt[..len];
+    let summary = match &hdr {
+        Some(h) => {
+            h.check_padding(plain)?;
+            None
         }
+        None => Some(rtcp::summarize(plain)?),
     };
     if latch {
+        // Parsed and authenticated: it may latch, if no worker latched the endpoint yet (the
+        // claim is shared). A second address sending the same SSRC stays unknown.
+        if !ep.claim.as_ref().is_some_and(|c| c.take()) {
+            return Err(DropReason::UnknownSource);
+        }
         latched.insert(src, (ep.uid, idx));
         events.push_back(Event::Latched {
             uid: ep.uid,
             addr: src,
         });
     }
+    let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
+    // Everything goes once to each relay, but feedback only towards the bridge whose endpoint
+    // sends the media it is about (that bridge delivers it to that sender only).
+    let (select, relays, len) = match summary {
+        Some(s) if s.feedback => {
+            let (len, s) = shared.gate(ep.conf, plain, s)?;
+            let f = feedback_targets(table, shared.senders, ep.conf, Some(idx), s.targets(), None);
+            // Unknown owner: towards the media owner, never down a stream's pull tree.
+            let relays = f.relays(conf, conf.upstream_relays());
+            if !f.here && relays.is_empty() {
+                return Err(DropReason::UnknownSsrc);
+            }
+            (f.select, relays, len)
+        }
+        _ => (Select::AllBut(skip), Dests::all(&conf.relays[..]), len),
+    };
     let dests = Dests {
         peers: &conf.peers,
         select,
@@ -646,6 +576,7 @@ fn decide<'t>(
         class,
         dests,
         relays,
+        hops: relay::HOP_LIMIT,
         offset: 0,
         len,
         index,
@@ -653,54 +584,16 @@ fn decide<'t>(
     })
 }
 
-/// What feedback is about, seen from one bridge.
-struct Feedback {
-    /// The local peers that send its media SSRCs (never the feedback's own sender).
-    select: Select,
-    /// Some target SSRC has a local sender (the feedback's own sender included).
-    here: bool,
-    /// Some target SSRC has no local sender (it may be behind a relay).
-    elsewhere: bool,
-}
-
-/// Where feedback about `targets` goes in conference `conf`.
-fn feedback_targets(table: &Table, conf: u32, sender: Option<u32>, targets: &[u32]) -> Feedback {
-    let conf = table.conf(conf);
-    let mut slots = [0u32; rtcp::MAX_TARGETS];
-    let mut n = 0u8;
-    let (mut here, mut elsewhere) = (false, false);
-    for ssrc in targets {
-        let Some(&owner) = conf.ssrc_owner.get(ssrc) else {
-            elsewhere = true;
-            continue;
-        };
-        here = true;
-        if Some(owner) == sender {
-            continue;
-        }
-        if let Some(slot) = table.ep(owner).slot
-            && !slots[..usize::from(n)].contains(&slot)
-        {
-            slots[usize::from(n)] = slot;
-            n += 1;
-        }
-    }
-    Feedback {
-        select: Select::Only { slots, n },
-        here,
-        elsewhere,
-    }
-}
-
 /// A packet from a relay: authenticated, replay-checked and opened in place; its inner packet
 /// goes to local endpoints, and to no other relay in Octo's full mesh. In a stream's pull tree,
 /// media from upstream also goes on to the downstream relays (the next tier), and feedback from
-/// a downstream relay about a sender that is not local goes up towards it.
+/// a downstream relay about a sender that is not local goes up towards it. Going on costs a hop:
+/// a packet that has crossed [`relay::HOP_LIMIT`] links goes to local endpoints only.
 fn decide_relay<'t>(
     table: &'t Table,
     streams: &mut StreamState,
     counters: &mut Counters,
-    keyframes: Throttle<'_>,
+    shared: Shared<'_>,
     pkt: &mut [u8],
     src: SocketAddr,
 ) -> Result<Verdict<'t>, DropReason> {
@@ -712,68 +605,86 @@ fn decide_relay<'t>(
     let key = (r.uid, h.worker);
     let mut w = streams.relay_in.get(&key).copied().unwrap_or_default();
     w.check(h.seq).map_err(|_| DropReason::RelayReplay)?;
-    let n = r.open(&h, pkt)?;
+    let mut n = r.open(&h, pkt)?;
     w.accept(h.seq);
     streams.relay_in.insert(key, w);
     counters.relay_rx += 1;
-    let inner = &pkt[relay::HEADER_LEN..relay::HEADER_LEN + n];
     let conf = table.conf(*conf_idx);
-    // Feedback that must go up the pull tree; whether the packet is feedback at all.
-    let (mut up, mut feedback) = (false, false);
-    let (class, select, index, rtp_header_len) = match classify::classify(inner) {
-        Class::Rtp => {
-            counters.rx_rtp += 1;
-            let hdr = rtp::Header::parse(inner)?;
-            hdr.check_padding(inner)?;
-            let index = if conf.srtp_out() {
-                let st = streams.rtp.entry((r.uid, hdr.ssrc)).or_default();
-                let index = st.estimate(hdr.seq);
-                st.accept(index);
-                index
-            } else {
-                0
-            };
-            if !r.downstream && !streams.keyframe_wanted.is_empty() {
-                keyframes.ask_upstream(streams, *conf_idx, r, hdr.ssrc);
-            }
-            (Class::Rtp, Select::AllBut(usize::MAX), index, hdr.len)
-        }
-        Class::Rtcp => {
-            counters.rx_rtcp += 1;
-            let s = rtcp::summarize(inner)?;
-            let select = if s.feedback {
-                let f = feedback_targets(table, *conf_idx, None, s.targets());
-                if f.elsewhere && r.downstream {
-                    up = true;
+    // Relays the inner packet goes on to (feedback up the pull tree; media down).
+    let mut relays = Dests::none();
+    let (class, select, index, rtp_header_len) =
+        match classify::classify(&pkt[relay::HEADER_LEN..relay::HEADER_LEN + n]) {
+            Class::Rtp => {
+                let inner = &pkt[relay::HEADER_LEN..relay::HEADER_LEN + n];
+                counters.rx_rtp += 1;
+                let hdr = rtp::Header::parse(inner)?;
+                hdr.check_padding(inner)?;
+                // Feedback about this sender goes back over this relay.
+                shared.senders.learn(*conf_idx, hdr.ssrc, r.uid);
+                let index = if conf.srtp_out() {
+                    let st = streams.rtp.entry((r.uid, hdr.ssrc)).or_default();
+                    let index = st.estimate(hdr.seq);
+                    st.accept(index);
+                    index
+                } else {
+                    0
+                };
+                if !r.downstream {
+                    relays = Dests::all(conf.downstream_relays());
+                    if !streams.keyframe_wanted.is_empty() {
+                        shared.ask_upstream(streams, *conf_idx, r, hdr.ssrc);
+                    }
                 }
-                keyframes.pass(*conf_idx, &s)?;
-                f.select
-            } else {
-                Select::AllBut(usize::MAX)
-            };
-            feedback = s.feedback;
-            let index = if conf.srtp_out() {
-                let n = streams.rtcp_out.entry((r.uid, s.sender_ssrc)).or_insert(0);
-                *n = (*n + 1) & 0x7fff_ffff;
-                u64::from(*n)
-            } else {
-                0
-            };
-            (Class::Rtcp, select, index, 0)
-        }
-        Class::Other => return Err(DropReason::NotRtp),
-    };
+                (Class::Rtp, Select::AllBut(usize::MAX), index, hdr.len)
+            }
+            Class::Rtcp => {
+                let inner = &mut pkt[relay::HEADER_LEN..relay::HEADER_LEN + n];
+                counters.rx_rtcp += 1;
+                let s = rtcp::summarize(inner)?;
+                let select = if s.feedback {
+                    let (len, s) = shared.gate(*conf_idx, inner, s)?;
+                    n = len;
+                    let f = feedback_targets(
+                        table,
+                        shared.senders,
+                        *conf_idx,
+                        None,
+                        s.targets(),
+                        Some(r.uid),
+                    );
+                    if r.downstream {
+                        relays = f.relays(conf, conf.upstream_relays());
+                    }
+                    f.select
+                } else {
+                    if !r.downstream {
+                        relays = Dests::all(conf.downstream_relays());
+                    }
+                    Select::AllBut(usize::MAX)
+                };
+                let index = if conf.srtp_out() {
+                    let n = streams.rtcp_out.entry((r.uid, s.sender_ssrc)).or_insert(0);
+                    *n = (*n + 1) & 0x7fff_ffff;
+                    u64::from(*n)
+                } else {
+                    0
+                };
+                (Class::Rtcp, select, index, 0)
+            }
+            Class::Other => return Err(DropReason::NotRtp),
+        };
     let dests = Dests {
         peers: &conf.peers,
         select,
     };
-    let relays = if up {
-        conf.upstream_relays()
-    } else if !feedback && !r.downstream {
-        conf.downstream_relays()
-    } else {
-        &[]
-    };
+    if !relays.is_empty() && h.hops <= 1 {
+        // A loop of downstream relays (or a tree deeper than the limit): no further.
+        relays = Dests::none();
+        if dests.is_empty() {
+            return Err(DropReason::RelayHopLimit);
+        }
+        counters.drop(DropReason::RelayHopLimit);
+    }
     if dests.is_empty() && relays.is_empty() {
         return Err(DropReason::NoReceivers);
     }
@@ -781,6 +692,7 @@ fn decide_relay<'t>(
         class,
         dests,
         relays,
+        hops: h.hops.saturating_sub(1),
         offset: relay::HEADER_LEN,
         len: n,
         index,
@@ -920,6 +832,7 @@ mod tests {
                 ssrcs: Box::new([]),
                 addr: Some(a(2)),
                 srtp: None,
+                claim: None,
             }],
         });
         assert_eq!(from_origin(500, &mut c), Ok(2));
@@ -957,6 +870,282 @@ mod tests {
             dests(&mut c, &pli(10, 50), a(1)),
             Err(DropReason::UnknownSsrc)
         );
+    }
+
+    /// The copies' destination ports and the plain packet they carry.
+    fn forwarded(
+        core: &mut Core,
+        pkt: &[u8],
+        src: SocketAddr,
+    ) -> Result<(Vec<u16>, Vec<u8>), DropReason> {
+        let mut buf = pkt.to_vec();
+        let v = core.handle(&mut buf, src)?;
+        let ports = v.dests.iter().map(|p| p.addr.port()).collect();
+        Ok((ports, v.plain(&buf).to_vec()))
+    }
+
+    fn compound(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn every_keyframe_request_of_a_compound_is_gated() {
+        let mut c = core().with_keyframe_gate(Arc::new(KeyframeGate::new(500)));
+        c.set_now(1_000);
+        assert_eq!(dests(&mut c, &pli(20, 11), a(2)), Ok(vec![1]));
+        // A PLI about some other SSRC first does not carry a PLI about 11 past the gate, however
+        // often it comes: the request about 11 is taken out, the rest has nobody to go to.
+        for (n, other) in [999u32, 1000, 1001].into_iter().enumerate() {
+            c.set_now(1_001 + n as u32);
+            assert_eq!(
+                dests(&mut c, &compound(&[pli(30, other), pli(30, 11)]), a(3)),
+                Err(DropReason::UnknownSsrc)
+            );
+        }
+        // A FIR with two entries: the throttled one is taken out, the other goes on.
+        assert_eq!(
+            forwarded(&mut c, &fir(30, &[11, 10]), a(3)),
+            Ok((vec![1], fir(30, &[10])))
+        );
+        assert_eq!(
+            dests(&mut c, &fir(30, &[10, 11]), a(3)),
+            Err(DropReason::KeyframeThrottled)
+        );
+        // [PLI audio, PLI video] of two senders: each stream on its own.
+        assert_eq!(
+            forwarded(&mut c, &compound(&[pli(30, 11), pli(30, 20)]), a(3)),
+            Ok((vec![2], pli(30, 20)))
+        );
+        // Other feedback in the compound goes on without the throttled request.
+        let rr_nack_pli = compound(&[sender_report(30), nack(30, 11, 5), pli(30, 11)]);
+        assert_eq!(
+            forwarded(&mut c, &rr_nack_pli, a(3)),
+            Ok((vec![1], compound(&[sender_report(30), nack(30, 11, 5)])))
+        );
+        assert_eq!(c.counters.drops[DropReason::KeyframeThrottled as usize], 1);
+        // Past the interval, each stream gets one again.
+        c.set_now(1_600);
+        assert_eq!(
+            forwarded(&mut c, &fir(30, &[11, 10]), a(3)),
+            Ok((vec![1], fir(30, &[11, 10])))
+        );
+    }
+
+    #[test]
+    fn an_endpoint_latches_once_whatever_worker_sees_it_first() {
+        // Two workers: copies of one table share the endpoints' latch claims.
+        let t = core().table.clone();
+        let (mut w1, mut w2) = (Core::new(t.clone()), Core::new(t));
+        assert_eq!(
+            dests(&mut w1, &rtp(40, 1, 0, b"x"), a(4000)),
+            Ok(vec![1, 2, 3])
+        );
+        // The same SSRC from another address, on either worker, before any table change.
+        assert_eq!(
+            dests(&mut w2, &rtp(40, 2, 0, b"x"), a(4001)),
+            Err(DropReason::UnknownSource)
+        );
+        assert_eq!(
+            dests(&mut w2, &sender_report(40), a(4001)),
+            Err(DropReason::UnknownSource)
+        );
+        assert_eq!(
+            dests(&mut w1, &rtp(40, 3, 0, b"x"), a(4002)),
+            Err(DropReason::UnknownSource)
+        );
+        assert_eq!(
+            w1.poll_event(),
+            Some(Event::Latched {
+                uid: 4,
+                addr: a(4000)
+            })
+        );
+        assert_eq!((w1.poll_event(), w2.poll_event()), (None, None));
+        assert_eq!(
+            dests(&mut w1, &rtp(40, 4, 0, b"x"), a(4000)),
+            Ok(vec![1, 2, 3])
+        );
+
+        // Should the control path give the claim back (it could not record the address), the
+        // endpoint latches again, and once an address is recorded no other stays accepted.
+        let i = w1.table.by_uid[&4];
+        w1.table.ep(i).claim.as_ref().unwrap().release();
+        assert_eq!(
+            dests(&mut w2, &rtp(40, 5, 0, b"x"), a(4001)),
+            Ok(vec![1, 2, 3])
+        );
+        let latch = Delta {
+            generation: 2,
+            ops: vec![Op::Latch {
+                uid: 4,
+                addr: a(4001),
+            }],
+        };
+        w1.apply(&latch);
+        w2.apply(&latch);
+        assert_eq!(
+            dests(&mut w1, &rtp(40, 6, 0, b"x"), a(4000)),
+            Err(DropReason::UnknownSource)
+        );
+        assert_eq!(
+            dests(&mut w2, &rtp(40, 7, 0, b"x"), a(4001)),
+            Ok(vec![1, 2, 3])
+        );
+        assert!(w1.latched.is_empty() && w2.latched.is_empty());
+    }
+
+    #[test]
+    fn datagrams_over_the_limit_are_malformed_and_the_largest_fits_a_relay() {
+        let (ka, kb) = ([1u8; 16], [2u8; 16]);
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        for i in 1..=3u16 {
+            b.endpoint(conf, i.into(), &[u32::from(i) * 10], Some(a(i)), None);
+        }
+        let mut c = Core::new(b.build(1));
+        let to_b = Arc::new(relay::Relay::new(100, a(9), 7, &ka, &kb).unwrap());
+        c.apply(&Delta {
+            generation: 2,
+            ops: vec![Op::AddRelay { conf, relay: to_b }],
+        });
+        let payload = vec![7u8; MAX_DATAGRAM - rtp::FIXED_LEN];
+        let largest = rtp(10, 1, 0, &payload);
+        let mut buf = largest.clone();
+        let v = c.handle(&mut buf, a(1)).unwrap();
+        assert_eq!(v.dests.len(), 2);
+        let mut out = [0u8; MAX_RELAY_DATAGRAM];
+        let n = v
+            .seal(
+                v.relays.iter().next().unwrap(),
+                v.plain(&buf),
+                0,
+                1,
+                &mut out,
+            )
+            .expect("the largest endpoint datagram fits a relay envelope");
+        assert_eq!(n, MAX_RELAY_DATAGRAM);
+        // What arrives over the relay on the other side is accepted whole.
+        let from_b = relay::Relay::new(101, a(0), 7, &kb, &ka).unwrap();
+        let mut sealed = vec![0u8; MAX_RELAY_DATAGRAM];
+        from_b.seal(0, 1, &largest, &mut sealed).unwrap();
+        let v = c.handle(&mut sealed, a(9)).unwrap();
+        assert_eq!(v.plain(&sealed), &largest[..]);
+        // One byte more: dropped on arrival, whatever it is.
+        for big in [rtp(10, 2, 0, &[payload.clone(), vec![0]].concat()), {
+            let mut r = sender_report(10);
+            r.resize(MAX_DATAGRAM + 1, 0);
+            r
+        }] {
+            assert_eq!(dests(&mut c, &big, a(1)), Err(DropReason::Malformed));
+        }
+        let mut sealed = vec![0u8; MAX_RELAY_DATAGRAM + 1];
+        from_b
+            .seal(0, 2, &[&largest[..], &[0]].concat(), &mut sealed)
+            .unwrap();
+        assert_eq!(dests(&mut c, &sealed, a(9)), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn a_relayed_packet_goes_on_for_a_limited_number_of_hops() {
+        let (ka, kb) = ([1u8; 16], [2u8; 16]);
+        // An edge: the origin above (a(9)), the next tier below (a(8)), one viewer here.
+        let up = Arc::new(relay::Relay::new(100, a(9), 7, &ka, &kb).unwrap());
+        let down = Arc::new(
+            relay::Relay::new(101, a(8), 7, &ka, &kb)
+                .unwrap()
+                .pulling(true),
+        );
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        let mut c = Core::new(b.build(1));
+        c.apply(&Delta {
+            generation: 2,
+            ops: vec![
+                Op::AddRelay { conf, relay: up },
+                Op::AddRelay { conf, relay: down },
+            ],
+        });
+        let origin = relay::Relay::new(1, a(0), 7, &kb, &ka).unwrap();
+        let media = rtp(500, 1, 0, b"media");
+        let arrive = |c: &mut Core, seq: u64, hops: u8| {
+            let mut buf = vec![0u8; 256];
+            let n = origin.seal_hops(0, seq, hops, &media, &mut buf).unwrap();
+            buf.truncate(n);
+            c.handle(&mut buf, a(9))
+                .map(|v| (v.dests.len(), v.relays.len(), v.hops))
+        };
+        assert_eq!(
+            arrive(&mut c, 1, relay::HOP_LIMIT),
+            Ok((0, 1, relay::HOP_LIMIT - 1))
+        );
+        assert_eq!(arrive(&mut c, 2, 2), Ok((0, 1, 1)));
+        // Its last hop: nobody here, and no further.
+        assert_eq!(arrive(&mut c, 3, 1), Err(DropReason::RelayHopLimit));
+        assert_eq!(arrive(&mut c, 4, 0), Err(DropReason::RelayHopLimit));
+        // With a viewer here it is still delivered here; only its onward copy is counted.
+        c.apply(&Delta {
+            generation: 3,
+            ops: vec![Op::AddEndpoint {
+                conf,
+                uid: 1,
+                ssrcs: Box::new([]),
+                addr: Some(a(1)),
+                srtp: None,
+                claim: None,
+            }],
+        });
+        assert_eq!(arrive(&mut c, 5, 1), Ok((1, 0, 0)));
+        assert_eq!(c.counters.drops[DropReason::RelayHopLimit as usize], 3);
+        assert_eq!(c.counters.dropped(), 3);
+    }
+
+    #[test]
+    fn feedback_about_a_remote_sender_goes_over_the_relay_its_media_arrives_over() {
+        let (ka, kb) = ([1u8; 16], [2u8; 16]);
+        // A full mesh: relays to B (a(9)) and C (a(8)); endpoints at 1 and 2 here.
+        let to_b = Arc::new(relay::Relay::new(100, a(9), 7, &ka, &kb).unwrap());
+        let to_c = Arc::new(relay::Relay::new(101, a(8), 7, &ka, &kb).unwrap());
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        b.endpoint(conf, 1, &[10], Some(a(1)), None);
+        b.endpoint(conf, 2, &[20], Some(a(2)), None);
+        let t = b.build(1);
+        let senders = Arc::new(RemoteSenders::default());
+        let mut w1 = Core::new(t.clone()).with_remote_senders(senders.clone());
+        let mut w2 = Core::new(t).with_remote_senders(senders);
+        let add = Delta {
+            generation: 2,
+            ops: vec![
+                Op::AddRelay { conf, relay: to_b },
+                Op::AddRelay { conf, relay: to_c },
+            ],
+        };
+        w1.apply(&add);
+        w2.apply(&add);
+        let relays = |w: &mut Core, pkt: &[u8], src| {
+            let mut buf = pkt.to_vec();
+            w.handle(&mut buf, src)
+                .map(|v| v.relays.iter().map(|r| r.addr.port()).collect::<Vec<_>>())
+        };
+        // Nothing heard from 77 yet: feedback about it goes to every relay.
+        assert_eq!(relays(&mut w2, &nack(10, 77, 1), a(1)), Ok(vec![9, 8]));
+        // B's endpoint sends 77; its media arrives (on worker 1).
+        let at_b = relay::Relay::new(1, a(0), 7, &kb, &ka).unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = at_b.seal(0, 1, &rtp(77, 1, 0, b"m"), &mut buf).unwrap();
+        assert!(w1.handle(&mut buf[..n], a(9)).is_ok());
+        // Feedback about 77, on any worker, goes to B only; about a local sender, to no relay.
+        assert_eq!(relays(&mut w2, &nack(10, 77, 2), a(1)), Ok(vec![9]));
+        assert_eq!(relays(&mut w1, &pli(20, 77), a(2)), Ok(vec![9]));
+        assert_eq!(relays(&mut w2, &remb(10, &[77, 20]), a(1)), Ok(vec![9]));
+        assert_eq!(relays(&mut w2, &remb(10, &[20]), a(1)), Ok(vec![]));
+        // About 77 and a sender nobody has heard of: every relay.
+        assert_eq!(relays(&mut w2, &remb(10, &[77, 88]), a(1)), Ok(vec![9, 8]));
+        // Media that arrives over C from then on: feedback follows it.
+        let at_c = relay::Relay::new(2, a(0), 7, &kb, &ka).unwrap();
+        let n = at_c.seal(0, 1, &rtp(77, 2, 0, b"m"), &mut buf).unwrap();
+        assert!(w2.handle(&mut buf[..n], a(8)).is_ok());
+        assert_eq!(relays(&mut w1, &nack(10, 77, 3), a(1)), Ok(vec![8]));
     }
 
     #[test]

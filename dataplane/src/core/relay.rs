@@ -1,7 +1,7 @@
 //! The relay (Octo) wire format, sans-IO: sealing a plain RTP/RTCP packet for a link and opening
 //! what arrives from one. The format is documented in `proto/ringbridge/v1/relay.md`: a 16-byte
-//! header (type 0x0B, version, sender worker, link conference number, sequence) as AAD, then
-//! the AES-GCM ciphertext and tag of the inner packet; one key per link direction.
+//! header (type 0x0B, hop count and version, sender worker, link conference number, sequence)
+//! as AAD, then the AES-GCM ciphertext and tag of the inner packet; one key per link direction.
 
 use std::net::SocketAddr;
 
@@ -12,8 +12,12 @@ use super::DropReason;
 
 /// First byte of a relay packet (RFC 9443 leaves [4..15] to no protocol).
 pub const TYPE: u8 = 0x0B;
-/// Wire format version.
-pub const VERSION: u8 = 1;
+/// Wire format version (the low 4 bits of the second byte; the high 4 are the hop count).
+pub const VERSION: u8 = 2;
+/// Relay links a packet may cross in all (the hop count a bridge seals a packet of its own
+/// endpoints with). A pull tree is a few tiers deep; a loop of downstream relays programmed by
+/// mistake ends after this many hops instead of circling forever.
+pub const HOP_LIMIT: u8 = 8;
 /// Header length.
 pub const HEADER_LEN: usize = 16;
 /// AES-GCM tag length.
@@ -30,24 +34,28 @@ pub struct Header {
     pub link: u32,
     /// Per-worker sequence.
     pub seq: u64,
+    /// Relay links the inner packet may still cross, this one included: a bridge forwards it on
+    /// to further relays with one less, and not at all when this is 1 or less.
+    pub hops: u8,
 }
 
 impl Header {
     /// Parses the header of a relay packet (type, version, length for a tag).
     pub fn parse(pkt: &[u8]) -> Result<Header, DropReason> {
-        if pkt.len() < OVERHEAD || pkt[0] != TYPE || pkt[1] != VERSION {
+        if pkt.len() < OVERHEAD || pkt[0] != TYPE || pkt[1] & 0x0f != VERSION {
             return Err(DropReason::Malformed);
         }
         Ok(Header {
             worker: u16::from_be_bytes([pkt[2], pkt[3]]),
             link: u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
             seq: u64::from_be_bytes(pkt[8..16].try_into().expect("8 bytes")),
+            hops: pkt[1] >> 4,
         })
     }
 
     fn write(&self, out: &mut [u8]) {
         out[0] = TYPE;
-        out[1] = VERSION;
+        out[1] = (self.hops.min(15) << 4) | VERSION;
         out[2..4].copy_from_slice(&self.worker.to_be_bytes());
         out[4..8].copy_from_slice(&self.link.to_be_bytes());
         out[8..16].copy_from_slice(&self.seq.to_be_bytes());
@@ -129,15 +137,30 @@ impl Relay {
         self
     }
 
-    /// Seals the plain packet `inner` into `out` as relay packet `seq` of `worker`; returns its
-    /// length, `None` if `out` is too small. One copy (into `out`), then encryption in place.
+    /// Seals the plain packet `inner` of this bridge (one of its endpoints', or its own) into
+    /// `out` as relay packet `seq` of `worker`, with the full [`HOP_LIMIT`]; returns its length,
+    /// `None` if `out` is too small.
     pub fn seal(&self, worker: u16, seq: u64, inner: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.seal_hops(worker, seq, HOP_LIMIT, inner, out)
+    }
+
+    /// As [`Relay::seal`], for a packet that may cross `hops` more relay links (this one
+    /// included). One copy (into `out`), then encryption in place.
+    pub fn seal_hops(
+        &self,
+        worker: u16,
+        seq: u64,
+        hops: u8,
+        inner: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
         let total = inner.len() + OVERHEAD;
         let out = out.get_mut(..total)?;
         let h = Header {
             worker,
             link: self.link,
             seq,
+            hops,
         };
         h.write(out);
         let (head, rest) = out.split_at_mut(HEADER_LEN);
@@ -186,16 +209,32 @@ mod tests {
             Header {
                 worker: 3,
                 link: 7,
-                seq: 99
+                seq: 99,
+                hops: HOP_LIMIT,
             }
         );
+        // The hop count is authenticated (the header is the AAD) and read back as sealed.
+        let n2 = a.seal_hops(3, 100, 1, inner, &mut buf).unwrap();
+        assert_eq!(Header::parse(&buf[..n2]).unwrap().hops, 1);
+        let mut v1 = buf[..n2].to_vec();
+        v1[1] = 1; // version 1 had no hop count
+        assert_eq!(Header::parse(&v1), Err(DropReason::Malformed));
+        let n = a.seal(3, 99, inner, &mut buf).unwrap();
         let mut pkt = buf[..n].to_vec();
         let m = b.open(&h, &mut pkt).unwrap();
         assert_eq!(&pkt[HEADER_LEN..HEADER_LEN + m], inner);
         // A flipped bit anywhere (header included: it is the AAD) fails authentication.
-        for i in [1usize, 5, 12, 20, n - 1] {
+        // (0x10 at byte 1: a hop count raised on the way.)
+        for (i, bit) in [
+            (1usize, 1u8),
+            (1, 0x10),
+            (5, 1),
+            (12, 1),
+            (20, 1),
+            (n - 1, 1),
+        ] {
             let mut bad = buf[..n].to_vec();
-            bad[i] ^= 1;
+            bad[i] ^= bit;
             let h = Header::parse(&bad).unwrap_or(h);
             assert!(matches!(
                 b.open(&h, &mut bad),

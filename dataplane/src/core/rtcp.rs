@@ -1,5 +1,6 @@
 //! RTCP compound-packet walk (RFC 3550 section 6, RFC 4585, RFC 5104): validates every packet's
-//! header and length and finds whom feedback is about, without allocating.
+//! header and length and finds whom feedback is about, without allocating; and holds back, in
+//! place, the keyframe requests (PLI, FIR entries) a throttle refuses, item by item.
 
 use super::DropReason;
 
@@ -24,8 +25,9 @@ pub struct Summary {
     pub sender_ssrc: u32,
     /// True when the compound holds at least one RTPFB or PSFB packet.
     pub feedback: bool,
-    /// True when all its feedback asks for keyframes (PLI, FIR): it may be throttled.
-    pub keyframe_only: bool,
+    /// True when it holds a keyframe request (PLI, FIR): each is gated on its own
+    /// ([`hold_back_keyframes`]).
+    pub keyframes: bool,
     targets: [u32; MAX_TARGETS],
     n_targets: u8,
 }
@@ -61,7 +63,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
     let mut s = Summary {
         sender_ssrc: be32(pkt, 4),
         feedback: false,
-        keyframe_only: true,
+        keyframes: false,
         targets: [0; MAX_TARGETS],
         n_targets: 0,
     };
@@ -83,7 +85,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
                     return Err(DropReason::Malformed);
                 }
                 s.feedback = true;
-                s.keyframe_only &= one[1] == PSFB && (fmt == FMT_PLI || fmt == FMT_FIR);
+                s.keyframes |= one[1] == PSFB && (fmt == FMT_PLI || fmt == FMT_FIR);
                 let fci = &one[12..];
                 match (one[1], fmt) {
                     (PSFB, FMT_FIR) => {
@@ -104,8 +106,57 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
         }
         rest = tail;
     }
-    s.keyframe_only &= s.feedback;
     Ok(s)
+}
+
+/// Removes from compound `pkt` (one [`summarize`] accepted) the keyframe requests `allow`
+/// refuses, in place and item by item: a PLI whose media SSRC is refused goes, a FIR keeps only
+/// the entries whose SSRC is allowed (and goes with its last). Everything else stays as it was,
+/// in order. `allow` is asked once per request, in order of appearance. Returns the compound's
+/// new length (0 when nothing is left) and how many requests were held back.
+pub fn hold_back_keyframes(pkt: &mut [u8], mut allow: impl FnMut(u32) -> bool) -> (usize, u32) {
+    let (mut r, mut w, mut held) = (0, 0, 0);
+    while r + 4 <= pkt.len() {
+        let len = (usize::from(u16::from_be_bytes([pkt[r + 2], pkt[r + 3]])) + 1) * 4;
+        let Some(end) = r.checked_add(len).filter(|&e| e <= pkt.len()) else {
+            break;
+        };
+        let (pt, fmt) = (pkt[r + 1], pkt[r] & 0x1f);
+        let keep = match (pt, fmt) {
+            (PSFB, FMT_PLI) if len >= 12 => allow(be32(pkt, r + 8)),
+            (PSFB, FMT_FIR) if len >= 12 => {
+                // Compact the allowed entries behind the header (w <= r: copies go backwards).
+                pkt.copy_within(r..r + 12, w);
+                let mut at = w + 12;
+                let entries = (len - 12) / 8;
+                for e in 0..entries {
+                    let from = r + 12 + 8 * e;
+                    if allow(be32(pkt, from)) {
+                        pkt.copy_within(from..from + 8, at);
+                        at += 8;
+                    } else {
+                        held += 1;
+                    }
+                }
+                if at > w + 12 {
+                    let words = ((at - w) / 4 - 1) as u16;
+                    pkt[w + 2..w + 4].copy_from_slice(&words.to_be_bytes());
+                    w = at;
+                }
+                r = end;
+                continue;
+            }
+            _ => true,
+        };
+        if keep {
+            pkt.copy_within(r..end, w);
+            w += len;
+        } else {
+            held += 1;
+        }
+        r = end;
+    }
+    (w, held)
 }
 
 #[cfg(test)]
@@ -143,12 +194,49 @@ mod tests {
     fn keyframe_requests_are_told_apart() {
         let mut p = sr(1);
         p.extend(pli(1, 5));
-        assert!(summarize(&p).unwrap().keyframe_only);
-        assert!(summarize(&fir(1, &[5])).unwrap().keyframe_only);
+        assert!(summarize(&p).unwrap().keyframes);
+        assert!(summarize(&fir(1, &[5])).unwrap().keyframes);
         p.extend(nack(1, 5, 3));
-        assert!(!summarize(&p).unwrap().keyframe_only);
-        assert!(!summarize(&sr(1)).unwrap().keyframe_only);
-        assert!(!summarize(&remb(1, &[5])).unwrap().keyframe_only);
+        assert!(summarize(&p).unwrap().keyframes, "one among other feedback");
+        assert!(!summarize(&sr(1)).unwrap().keyframes);
+        assert!(!summarize(&nack(1, 5, 3)).unwrap().keyframes);
+        assert!(!summarize(&remb(1, &[5])).unwrap().keyframes);
+    }
+
+    #[test]
+    fn refused_keyframe_requests_are_taken_out_item_by_item() {
+        // [SR, PLI 5, NACK 5, PLI 6, FIR 5 6 7]: refuse 5 and 7.
+        let mut p = sr(1);
+        for q in [pli(1, 5), nack(1, 5, 3), pli(1, 6), fir(1, &[5, 6, 7])] {
+            p.extend(q);
+        }
+        let mut asked = Vec::new();
+        let (n, held) = hold_back_keyframes(&mut p, |ssrc| {
+            asked.push(ssrc);
+            ssrc == 6
+        });
+        assert_eq!(
+            asked,
+            [5, 6, 5, 6, 7],
+            "every request asked about, in order"
+        );
+        assert_eq!(held, 3);
+        let mut want = sr(1);
+        for q in [nack(1, 5, 3), pli(1, 6), fir(1, &[6])] {
+            want.extend(q);
+        }
+        assert_eq!(&p[..n], &want[..]);
+        let s = summarize(&p[..n]).unwrap();
+        assert_eq!(s.targets(), &[5, 6]);
+        // All refused: nothing of a keyframe-only compound is left.
+        let mut p = pli(1, 5);
+        p.extend(fir(1, &[5, 9]));
+        assert_eq!(hold_back_keyframes(&mut p, |_| false), (0, 3));
+        // All allowed: unchanged.
+        let mut p = fir(1, &[5, 9]);
+        let orig = p.clone();
+        assert_eq!(hold_back_keyframes(&mut p, |_| true), (orig.len(), 0));
+        assert_eq!(p, orig);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
@@ -38,6 +39,30 @@ impl Peer {
     }
 }
 
+/// The right to latch one endpoint's address, shared by every copy of the table (the op that
+/// adds the endpoint carries it): the first worker to take it latches the endpoint, whatever the
+/// other workers see meanwhile, so an endpoint latches one address, once.
+#[derive(Debug, Default)]
+pub struct LatchClaim(AtomicBool);
+
+impl LatchClaim {
+    /// Takes the claim; false if some worker took it already.
+    #[inline]
+    pub fn take(&self) -> bool {
+        !self.0.load(Ordering::Acquire)
+            && self
+                .0
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Gives the claim back (the control path could not record the address taken with it), so
+    /// the endpoint can latch again.
+    pub fn release(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// One endpoint as the packet path sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
@@ -50,6 +75,8 @@ pub(crate) struct Endpoint {
     pub srtp_in: Option<Arc<Session>>,
     /// Protects what is sent to it, when it uses SRTP.
     pub srtp_out: Option<Arc<Session>>,
+    /// While it waits to latch: the claim every worker's copy shares.
+    pub claim: Option<Arc<LatchClaim>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -112,6 +139,9 @@ pub enum Op {
         addr: Option<SocketAddr>,
         /// (inbound, outbound) SRTP sessions.
         srtp: Option<(Arc<Session>, Arc<Session>)>,
+        /// Without `addr`: the latch claim every copy of the table shares (the control path
+        /// makes one per endpoint; a copy given none makes its own, not shared).
+        claim: Option<Arc<LatchClaim>>,
     },
     /// Removes an endpoint.
     RemoveEndpoint {
@@ -234,7 +264,8 @@ impl Table {
                 ssrcs,
                 addr,
                 srtp,
-            } => self.add_endpoint(*conf, *uid, ssrcs, *addr, srtp.clone()),
+                claim,
+            } => self.insert_endpoint(*conf, *uid, ssrcs, *addr, srtp.clone(), claim.clone()),
             Op::RemoveEndpoint { uid } => {
                 self.remove_endpoint(*uid);
             }
@@ -294,7 +325,8 @@ impl Table {
         }
     }
 
-    /// Adds an endpoint to `conf`. Without `addr` it waits to be latched by one of its `ssrcs`.
+    /// Adds an endpoint to `conf`. Without `addr` it waits to be latched by one of its `ssrcs`
+    /// (with a latch claim of its own: copies of this table made by `clone` share it).
     /// `srtp` holds its (inbound, outbound) sessions when it uses SRTP. The caller (the control
     /// path) has already checked that the uid, address and SSRCs are free.
     pub fn add_endpoint(
@@ -305,7 +337,20 @@ impl Table {
         addr: Option<SocketAddr>,
         srtp: Option<(Arc<Session>, Arc<Session>)>,
     ) {
+        self.insert_endpoint(conf, uid, ssrcs, addr, srtp, None);
+    }
+
+    fn insert_endpoint(
+        &mut self,
+        conf: ConfIdx,
+        uid: EndpointUid,
+        ssrcs: &[u32],
+        addr: Option<SocketAddr>,
+        srtp: Option<(Arc<Session>, Arc<Session>)>,
+        claim: Option<Arc<LatchClaim>>,
+    ) {
         let (srtp_in, srtp_out) = srtp.unzip();
+        let claim = addr.is_none().then(|| claim.unwrap_or_default());
         let ep = Some(Endpoint {
             uid,
             conf: conf.0,
@@ -313,6 +358,7 @@ impl Table {
             slot: None,
             srtp_in,
             srtp_out,
+            claim,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
@@ -361,6 +407,7 @@ impl Table {
             }
         }
         self.by_addr.insert(addr, idx);
+        self.ep_mut(idx).claim = None;
         let c = self.conf_mut(conf);
         c.srtp_peers += u32::from(out.is_some());
         c.peers.push(Peer::new(addr, out));
@@ -535,6 +582,7 @@ mod tests {
                 ssrcs: [uid as u32].into(),
                 addr: (uid != 5).then(|| a_(uid as u16)),
                 srtp: None,
+                claim: None,
             });
         }
         ops.push(Op::RemoveEndpoint { uid: 2 });
@@ -553,6 +601,7 @@ mod tests {
             ssrcs: [7].into(),
             addr: Some(a_(7)),
             srtp: None,
+            claim: None,
         });
         for op in &ops {
             a.apply(op);

@@ -66,7 +66,9 @@ pub fn spawn(
 
 fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Result<()> {
     let fd = udp.as_raw_fd();
-    let mut core = Core::new(Table::default()).with_keyframe_gate(port.keyframes.clone());
+    let mut core = Core::new(Table::default())
+        .with_keyframe_gate(port.keyframes.clone())
+        .with_remote_senders(port.senders.clone());
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);
@@ -131,7 +133,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                     // flushed); every path to either flushes `tx` first.
                     unsafe { tx.push(out, &peer.raw) };
                 }
-                for relay in v.relays {
+                for relay in v.relays.iter() {
                     if tx.is_full() {
                         sent += tx.flush(fd);
                     }

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 use socket2::SockAddr;
 
-use super::MAX_DATAGRAM;
+use super::RECV_SIZE;
 use crate::core::Sent;
 
 /// Room for any `sockaddr` the kernel writes (the size of `sockaddr_storage`).
@@ -15,7 +15,7 @@ const NAME_LEN: usize = 128;
 
 /// A batch of receive buffers.
 pub struct RecvBatch {
-    bufs: Box<[[u8; MAX_DATAGRAM]]>,
+    bufs: Box<[[u8; RECV_SIZE]]>,
     names: Box<[[u8; NAME_LEN]]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
@@ -26,15 +26,15 @@ pub struct RecvBatch {
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
-    /// `n` buffers of [`MAX_DATAGRAM`] bytes.
+    /// `n` buffers of [`RECV_SIZE`] bytes.
     pub fn new(n: usize) -> Self {
-        let mut bufs = vec![[0u8; MAX_DATAGRAM]; n].into_boxed_slice();
+        let mut bufs = vec![[0u8; RECV_SIZE]; n].into_boxed_slice();
         let mut names = vec![[0u8; NAME_LEN]; n].into_boxed_slice();
         let mut iovs: Box<[libc::iovec]> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
                 iov_base: b.as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
+                iov_len: RECV_SIZE,
             })
             .collect();
         let hdrs = iovs
@@ -67,7 +67,7 @@ impl RecvBatch {
         debug_assert_eq!(self.iovs.len(), self.hdrs.len());
         loop {
             // SAFETY: every header points at its own name buffer and iovec, and every iovec at
-            // its own MAX_DATAGRAM buffer, all owned by `self` and alive for the call.
+            // its own RECV_SIZE buffer, all owned by `self` and alive for the call.
             let n = unsafe {
                 libc::recvmmsg(
                     fd,

@@ -19,10 +19,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::publish::{Channels, WorkerLink};
 
-/// Buffer size for one datagram; larger datagrams are dropped as malformed.
-pub const MAX_DATAGRAM: usize = 2048;
-/// Room for one SRTP-protected copy (a plain packet plus the largest SRTP/SRTCP overhead).
+pub use crate::core::{MAX_DATAGRAM, MAX_RELAY_DATAGRAM};
+
+/// Bytes a worker receives a datagram into: room for the largest relay packet, so the largest
+/// endpoint datagram crosses a relay. The core drops an endpoint datagram over
+/// [`MAX_DATAGRAM`] (and a truncated one) as malformed, so every engine accepts the same sizes.
+pub const RECV_SIZE: usize = MAX_RELAY_DATAGRAM;
+/// Room for one copy written by the worker: a plain packet of up to [`MAX_DATAGRAM`] plus the
+/// largest SRTP/SRTCP overhead (20 bytes) or a relay envelope (32 bytes).
 pub const PROTECTED_SIZE: usize = MAX_DATAGRAM + 32;
+const _: () = assert!(PROTECTED_SIZE >= MAX_RELAY_DATAGRAM);
 
 /// The engine a bridge asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

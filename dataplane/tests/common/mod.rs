@@ -43,6 +43,8 @@ pub struct Bridge {
     pub api: SocketAddr,
     pub engine: String,
     pub client: BridgeClient<Channel>,
+    /// The Prometheus endpoint, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Bridge {
@@ -82,6 +84,7 @@ impl Bridge {
                 .to_string()
         };
         let (media, api, got) = (field("media"), field("api"), field("engine"));
+        let metrics = ready.get("metrics").map(|m| m.parse().unwrap());
         assert_eq!(got, engine, "bridge runs the engine the test asked for");
         let api: SocketAddr = api.parse().unwrap();
         let client = BridgeClient::connect(format!("http://{api}"))
@@ -93,7 +96,39 @@ impl Bridge {
             api,
             engine: got,
             client,
+            metrics,
         }
+    }
+
+    /// Starts a bridge with `engine` on 127.0.0.1 serving Prometheus metrics, with extra
+    /// command-line arguments.
+    pub async fn start_with_metrics(engine: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--metrics", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_with(engine, "127.0.0.1", &args).await
+    }
+
+    /// The value of the sample `series` (name with labels, as exposed, e.g.
+    /// `ringbridge_dropped_packets{reason="relay_hop_limit"}`) on the bridge's `/metrics`.
+    pub fn metric(&self, series: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = self.metrics.expect("started with --metrics");
+        // A small local read: blocking is fine (the bridge is another process).
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
     }
 
     pub async fn conference(&mut self, id: &str) {

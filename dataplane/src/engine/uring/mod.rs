@@ -23,15 +23,18 @@ mod send_slots;
 use buf_ring::BufRing;
 use send_slots::{SendSlots, SockRef, complete_send};
 
-use super::MAX_DATAGRAM;
+use super::RECV_SIZE;
 use super::worker::{drain_control, end_batch, pin};
 use crate::core::{Core, DropReason, Sent, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
-/// Space for the `io_uring_recvmsg_out` header and a `sockaddr_in6` in front of each payload.
+/// Space for the `io_uring_recvmsg_out` header (16 bytes) and a `sockaddr_in6` (28) in front of
+/// each payload.
 const HEADROOM: usize = 64;
-/// Bytes per provided buffer.
-const BUF_SIZE: usize = MAX_DATAGRAM + HEADROOM;
+/// Bytes per provided buffer: at least [`RECV_SIZE`] of payload, a multiple of 64 (the buffers
+/// are laid out back to back, each starting on a cache line). The few bytes of payload room
+/// beyond `RECV_SIZE` do not change what is accepted: the core checks every datagram's size.
+const BUF_SIZE: usize = (RECV_SIZE + HEADROOM).next_multiple_of(64);
 /// Default provided buffers per worker (`--uring-buffers`, a power of two). The kernel takes
 /// them in ring order, so every buffer is touched once per round: few enough that the round
 /// stays in cache (512 x 2 KiB), enough for a batch (a buffer is back as soon as its sends are
@@ -263,7 +266,9 @@ impl Worker {
     }
 
     fn run(&mut self, port: &WorkerPort) -> io::Result<()> {
-        let mut core = Core::new(Table::default()).with_keyframe_gate(port.keyframes.clone());
+        let mut core = Core::new(Table::default())
+            .with_keyframe_gate(port.keyframes.clone())
+            .with_remote_senders(port.senders.clone());
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();
@@ -409,7 +414,7 @@ impl Worker {
                 None => self.tx.failed += 1,
             }
         }
-        for relay in v.relays {
+        for relay in v.relays.iter() {
             if self.slots.free.is_empty() {
                 self.wait_for_slot()?;
             }

@@ -1,0 +1,419 @@
+//! The etcd store and the election under faults, with a real etcd (issue 20's sweep): etcd hung
+//! longer than the lease (the active steps down, recovers alone, never two active), fenced
+//! writes, a broadcast bigger than one etcd value, the active killed during concurrent joins
+//! (no acknowledged join lost, no orphan left on a bridge), a dead member in the endpoint list,
+//! and a standby's watch starting from what etcd holds now.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringbridge_control::cluster::Cluster;
+use ringbridge_control::etcd::EtcdStore;
+use ringbridge_control::store::{Change, Store, StoreError};
+use ringbridge_proto::v1 as pb;
+use ringbridge_proto::v1::bridge_client::BridgeClient;
+use ringbridge_proto::v1::focus_client::FocusClient;
+use ringbridge_proto::v1::registry_client::RegistryClient;
+use tonic::Code;
+
+fn url(p: &Proc) -> String {
+    format!("http://{}", p.field("listen"))
+}
+
+/// A join of a participant that latches (no socket needed), in `region`.
+fn latching(conference: &str, id: &str, ssrc: u32) -> pb::JoinRequest {
+    pb::JoinRequest {
+        conference: conference.into(),
+        participant_id: id.into(),
+        region: "eu".into(),
+        ssrcs: vec![ssrc],
+        remote_addr: String::new(),
+        srtp: None,
+        role: String::new(),
+    }
+}
+
+/// Whether the instance at `u` answers as the active focus.
+async fn is_active(u: &str) -> bool {
+    FocusClient::new(channel(u).await)
+        .list_placements(pb::ListPlacementsRequest {})
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_hung_past_the_lease_steps_the_active_down_then_it_recovers_and_is_never_doubled() {
+    let etcd = Etcd::start("hung-lease");
+    let a = control_on_etcd(&etcd, "s1", "hl-a");
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let _b1 = bridge(&ua, "hl-b1", "eu");
+    wait_bridges(&ua, 1).await;
+    let mut f = FocusClient::new(channel(&ua).await);
+    f.join(latching("c", "p1", 1)).await.unwrap();
+
+    // etcd hung (SIGSTOP) for 5 s, longer than the 3 s lease.
+    etcd.pause();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // The active instance stepped down: it answers as a standby, not as an active focus whose
+    // writes fail.
+    let e = f.join(latching("c", "p2", 2)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("standby"), "{}", e.message());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    etcd.resume();
+
+    // It recovers by itself: joins succeed again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match f.join(latching("c", "p3", 3)).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let placed = get(&mut f, "c").await.unwrap();
+    assert_eq!(placed.participants, ["p1", "p3"]);
+
+    // A second instance started now stands by: one active focus, and the healthy bridge is
+    // neither declared down nor its conference moved.
+    let b = control_on_etcd(&etcd, "s1", "hl-b");
+    let ub = url(&b);
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (x, y) = (is_active(&ua).await, is_active(&ub).await);
+        assert!(x && !y, "active: a={x} b={y}");
+    }
+    let l = RegistryClient::new(channel(&ua).await)
+        .list_bridges(pb::ListBridgesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.bridges.len(), 1);
+    assert_eq!(l.bridges[0].state, "up");
+    assert_eq!(get(&mut f, "c").await.unwrap().bridge_id, placed.bridge_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_fenced_by_the_election_an_instance_that_lost_it_writes_nothing() {
+    let etcd = Etcd::start("fence");
+    let eps = vec![format!("http://{}", etcd.endpoint)];
+    let t = Duration::from_secs(1);
+    let store = |eps: Vec<String>| {
+        tokio::task::block_in_place(|| EtcdStore::connect(&eps, "s", t, true).unwrap())
+    };
+    let placed = |c: &str| Change::Placed {
+        conference: c.into(),
+        bridge: "b".into(),
+        link: 1,
+    };
+    let sa = store(eps.clone());
+    // Not elected: nothing is written.
+    let r = tokio::task::block_in_place(|| sa.append(&[placed("c0")]));
+    assert!(matches!(r, Err(StoreError::Fenced(_))), "{r:?}");
+    let ca = Cluster::join(&eps, "s", "a:1", t, 3_600_000).await.unwrap();
+    let fa = ca.campaign().await.unwrap();
+    sa.set_fence(Some(fa));
+    tokio::task::block_in_place(|| sa.append(&[placed("c1")])).unwrap();
+
+    // a's lease goes (as when etcd expires it); b is elected.
+    let mut admin = etcd_client::Client::connect(&eps, None).await.unwrap();
+    admin.lease_revoke(ca.lease()).await.unwrap();
+    let cb = Cluster::join(&eps, "s", "b:1", t, 3_600_000).await.unwrap();
+    let fb = tokio::time::timeout(Duration::from_secs(5), cb.campaign())
+        .await
+        .unwrap()
+        .unwrap();
+    let sb = store(eps.clone());
+    sb.set_fence(Some(fb));
+    tokio::task::block_in_place(|| sb.load()).unwrap();
+    tokio::task::block_in_place(|| sb.append(&[placed("c2")])).unwrap();
+    // a still believes it leads: its write is refused by etcd itself.
+    let r = tokio::task::block_in_place(|| sa.append(&[placed("c3")]));
+    assert!(matches!(r, Err(StoreError::Fenced(_))), "{r:?}");
+    let seen = tokio::task::block_in_place(|| store(eps.clone()).load()).unwrap();
+    assert_eq!(
+        seen.placements.keys().collect::<Vec<_>>(),
+        ["c1", "c2"],
+        "c3 must not be written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_bigger_than_one_etcd_value_keeps_the_shard_working_and_survives_a_takeover() {
+    // A 64 KiB request limit: the old one-value-per-conference layout failed past ~600 viewers.
+    let etcd = Etcd::start_with("big", &["--max-request-bytes", "65536"]);
+    let a = control_on_etcd(&etcd, "s1", "big-a");
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let _bridges = [bridge(&ua, "big-1", "eu"), bridge(&ua, "big-2", "eu")];
+    wait_bridges(&ua, 2).await;
+    let mut f = FocusClient::new(channel(&ua).await);
+    let mut publisher = latching("big", "pub", 1);
+    publisher.role = "publisher".into();
+    f.join(publisher).await.unwrap();
+    const VIEWERS: u32 = 900;
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        let ua = ua.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut f = FocusClient::new(channel(&ua).await);
+            for i in (t..VIEWERS).step_by(4) {
+                let req = pb::JoinRequest {
+                    conference: "big".into(),
+                    participant_id: format!("viewer-{i:04}"),
+                    region: "eu".into(),
+                    ssrcs: vec![],
+                    remote_addr: format!("127.0.0.1:{}", 20_000 + i),
+                    srtp: None,
+                    role: "viewer".into(),
+                };
+                f.join(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("viewer {i}: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // It can still shrink, and other conferences still work.
+    f.leave(pb::LeaveRequest {
+        conference: "big".into(),
+        participant_id: "viewer-0000".into(),
+    })
+    .await
+    .unwrap();
+    f.join(latching("other", "x", 5)).await.unwrap();
+    // Every acknowledged viewer is in etcd: a new instance takes over with all of them.
+    drop(a);
+    let b = control_on_etcd(&etcd, "s1", "big-b");
+    let ub = url(&b);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !is_active(&ub).await {
+        assert!(
+            Instant::now() < deadline,
+            "the new instance never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut g = FocusClient::new(channel(&ub).await);
+    let p = get(&mut g, "big").await.unwrap();
+    assert_eq!(p.participant_count, VIEWERS); // 899 viewers and the publisher
+    assert_eq!(get(&mut g, "other").await.unwrap().participants, ["x"]);
+}
+
+/// Conference -> endpoints every bridge holds, by bridge id.
+async fn held(url: &str) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let l = RegistryClient::new(channel(url).await)
+        .list_bridges(pb::ListBridgesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = BTreeMap::new();
+    for b in l.bridges {
+        let mut c = BridgeClient::new(channel(&format!("http://{}", b.api_addr)).await);
+        let confs = c
+            .list_conferences(pb::ListConferencesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .conferences;
+        out.insert(
+            b.bridge_id,
+            confs
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.conference_id,
+                        c.endpoints.into_iter().map(|e| e.endpoint_id).collect(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_killed_during_joins_loses_no_acknowledged_join_and_leaves_no_orphan() {
+    let etcd = Etcd::start("killjoin");
+    let mut a = control_on_etcd(&etcd, "s1", "kj-a");
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let b = control_on_etcd(&etcd, "s1", "kj-b");
+    let ub = url(&b);
+    let both = format!("{ua},{ub}");
+    let _bridges = [bridge(&both, "kj-1", "eu"), bridge(&both, "kj-2", "eu")];
+    wait_bridges(&ua, 2).await;
+
+    // Joins, paced, from four clients; the active instance is killed in the middle.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        let (ua, acked) = (ua.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut f = FocusClient::new(channel(&ua).await);
+            for i in 0..25u32 {
+                let conf = format!("k{}", (t + i) % 5);
+                let id = format!("p{t}-{i}");
+                match f.join(latching(&conf, &id, 1000 + t * 100 + i)).await {
+                    Ok(_) => acked.lock().unwrap().push((conf, id)),
+                    Err(_) => return,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 40 {
+        assert!(Instant::now() < deadline, "joins too slow");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.kill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 40 && acked.len() < 100, "{}", acked.len());
+
+    // The standby takes over with every acknowledged join.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !is_active(&ub).await {
+        assert!(Instant::now() < deadline, "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut f = FocusClient::new(channel(&ub).await);
+    let mut placed: BTreeMap<String, pb::ConferencePlacement> = BTreeMap::new();
+    for (conf, id) in &acked {
+        if !placed.contains_key(conf) {
+            placed.insert(conf.clone(), get(&mut f, conf).await.unwrap());
+        }
+        assert!(
+            placed[conf].participants.contains(id),
+            "acknowledged {id} of {conf} lost"
+        );
+    }
+    // Once the takeover's reconciliation ran, every endpoint a bridge holds is placed there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut orphans = Vec::new();
+        let now: BTreeMap<String, pb::ConferencePlacement> = {
+            let mut m = BTreeMap::new();
+            for c in (0..5).map(|k| format!("k{k}")) {
+                if let Ok(p) = get(&mut f, &c).await {
+                    m.insert(c, p);
+                }
+            }
+            m
+        };
+        for (bridge, confs) in held(&ub).await {
+            for (conf, endpoints) in confs {
+                for e in endpoints {
+                    let ok = now.get(&conf).is_some_and(|p| {
+                        p.bridges
+                            .iter()
+                            .any(|b| b.bridge_id == bridge && b.participants.contains(&e))
+                    });
+                    if !ok {
+                        orphans.push(format!("{e} of {conf} on {bridge}"));
+                    }
+                }
+            }
+        }
+        if orphans.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orphans left: {orphans:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every acknowledged participant can leave.
+    for (conf, id) in &acked {
+        f.leave(pb::LeaveRequest {
+            conference: conf.clone(),
+            participant_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("leave {id} of {conf}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_member_of_three_costs_no_join_and_no_start() {
+    let mut members = Etcd::cluster3("members");
+    let store = format!(
+        "etcd://{}",
+        members
+            .iter()
+            .map(|m| m.endpoint.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let dead = members.pop().unwrap();
+    drop(dead); // SIGKILL: quorum kept by the other two
+    let ctl = control_with(
+        &data_dir("members"),
+        "127.0.0.1:0",
+        &[
+            "--report-interval-ms",
+            "200",
+            "--store",
+            &store,
+            "--etcd-timeout-ms",
+            "1000",
+        ],
+    );
+    let u = url(&ctl);
+    wait_active(&u).await;
+    let _b = bridge(&u, "m-1", "eu");
+    wait_bridges(&u, 1).await;
+    let mut f = FocusClient::new(channel(&u).await);
+    for i in 0..40u32 {
+        f.join(latching(&format!("m{}", i % 4), &format!("p{i}"), 100 + i))
+            .await
+            .unwrap_or_else(|e| panic!("join {i}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_standby_starts_from_the_placement_now_and_follows_it() {
+    let etcd = Etcd::start("standby-watch");
+    let a = control_on_etcd(&etcd, "s1", "sw-a");
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let b = control_on_etcd(&etcd, "s1", "sw-b");
+    let ub = url(&b);
+    let _br = bridge(&format!("{ua},{ub}"), "sw-1", "eu");
+    wait_bridges(&ua, 1).await;
+    let mut f = FocusClient::new(channel(&ua).await);
+    for (i, id) in ["x", "y", "z"].iter().enumerate() {
+        f.join(latching("w", id, 10 + i as u32)).await.unwrap();
+    }
+    let mut w = watch(&mut FocusClient::new(channel(&ub).await), "w").await;
+    let first = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.reason, "current");
+    assert_eq!(first.participants, ["x", "y", "z"]);
+    assert_eq!(first.bridges[0].bridge_id, "sw-1");
+    assert!(!first.media_addr.is_empty());
+    f.join(latching("w", "q", 20)).await.unwrap();
+    let m = next_with_reason(&mut w, "joined", 5).await;
+    assert_eq!(m.participants, ["q", "x", "y", "z"]);
+    f.leave(pb::LeaveRequest {
+        conference: "w".into(),
+        participant_id: "x".into(),
+    })
+    .await
+    .unwrap();
+    let m = next_with_reason(&mut w, "left", 5).await;
+    assert_eq!(m.participants, ["q", "y", "z"]);
+}

@@ -1,0 +1,166 @@
+//! What the core decides for a forwarded packet: its [`Verdict`] (where the copies go, as
+//! [`Dests`] borrowed from the table, and how to write the SRTP and relay copies), and what an
+//! engine's sends came to ([`Sent`]).
+
+use std::sync::Arc;
+
+use super::table::Peer;
+use super::{Class, relay, rtcp};
+use crate::srtp;
+
+/// Which of a table's peers (or relays) a packet goes to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Select {
+    /// Every peer except the one at this index (`usize::MAX`: none excluded).
+    AllBut(usize),
+    /// Only these peer indices.
+    Only {
+        slots: [u32; rtcp::MAX_TARGETS],
+        n: u8,
+    },
+}
+
+/// The destinations of one packet (peers, or relays), borrowed from the current table.
+#[derive(Debug)]
+pub struct Dests<'t, T = Peer> {
+    pub(super) peers: &'t [T],
+    pub(super) select: Select,
+}
+
+impl<T> Clone for Dests<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Dests<'_, T> {}
+
+impl<'t, T> Dests<'t, T> {
+    /// Every one of `all`.
+    #[inline]
+    pub(super) fn all(all: &'t [T]) -> Self {
+        Self {
+            peers: all,
+            select: Select::AllBut(usize::MAX),
+        }
+    }
+
+    /// Nobody.
+    #[inline]
+    pub(super) fn none() -> Self {
+        Self::all(&[])
+    }
+
+    /// Number of copies to send.
+    pub fn len(&self) -> usize {
+        match self.select {
+            Select::AllBut(skip) => self.peers.len() - usize::from(skip < self.peers.len()),
+            Select::Only { n, .. } => usize::from(n),
+        }
+    }
+
+    /// True when there is nobody to send to.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The destinations, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = &'t T> + '_ {
+        let (all, only): (Option<(usize, &'t [T])>, &[u32]) = match &self.select {
+            Select::AllBut(skip) => (Some((*skip, self.peers)), &[]),
+            Select::Only { slots, n } => (None, &slots[..usize::from(*n)]),
+        };
+        let peers = self.peers;
+        all.into_iter()
+            .flat_map(|(skip, p)| {
+                p.iter()
+                    .enumerate()
+                    .filter(move |(i, _)| *i != skip)
+                    .map(|(_, p)| p)
+            })
+            .chain(only.iter().map(move |&s| &peers[s as usize]))
+    }
+}
+
+/// What to do with a packet that is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'t> {
+    /// RTP or RTCP.
+    pub class: Class,
+    /// Where the copies go (with `relays`, never both empty).
+    pub dests: Dests<'t>,
+    /// Relays that get one sealed copy each ([`Verdict::seal`]).
+    pub relays: Dests<'t, Arc<relay::Relay>>,
+    /// The hop count the relay copies are sealed with: [`relay::HOP_LIMIT`] for a packet of a
+    /// local endpoint, one less than it arrived with for one that came over a relay.
+    pub hops: u8,
+    /// Where the plain packet starts in the buffer (after the relay header for a relayed one).
+    pub offset: usize,
+    /// Length of the plain packet (shorter than what arrived when SRTP or a relay envelope
+    /// was removed).
+    pub len: usize,
+    /// For peers with [`Peer::srtp`]: the RTP packet index (48 bits) or the SRTCP index.
+    pub index: u64,
+    /// RTP: the header length (parsed once, on arrival). RTCP: 0.
+    pub rtp_header_len: usize,
+}
+
+impl Verdict<'_> {
+    /// Writes the copy for a peer that receives SRTP (`session` is its [`Peer::srtp`]) from the
+    /// plain packet into `out`; returns its length, `None` if it cannot be written (no room).
+    /// Plain peers get `plain` itself: engines only do I/O.
+    #[inline]
+    pub fn protect(&self, plain: &[u8], session: &srtp::Session, out: &mut [u8]) -> Option<usize> {
+        match self.class {
+            Class::Rtcp => session.protect_rtcp(plain, self.index as u32, out).ok(),
+            _ => session
+                .protect_rtp_hl(plain, self.rtp_header_len, self.index, out)
+                .ok(),
+        }
+    }
+}
+
+impl Verdict<'_> {
+    /// The plain packet in the receive buffer `buf` this verdict was made for.
+    #[inline]
+    pub fn plain<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.offset..self.offset + self.len]
+    }
+
+    /// Writes the copy for `relay` (sealed for its link, with [`Verdict::hops`]) from the plain
+    /// packet into `out`: relay packet `seq` of the sending `worker`; `None` if `out` is too
+    /// small.
+    #[inline]
+    pub fn seal(
+        &self,
+        relay: &relay::Relay,
+        plain: &[u8],
+        worker: u16,
+        seq: u64,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        relay.seal_hops(worker, seq, self.hops, plain, out)
+    }
+}
+
+/// What an engine's sends of a batch came to; handed to [`Core::count_sent`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Copies sent.
+    pub packets: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Copies the kernel refused (or that could not be written).
+    pub failed: u64,
+    /// Of `packets`, relay copies.
+    pub relays: u64,
+}
+
+impl std::ops::AddAssign for Sent {
+    fn add_assign(&mut self, o: Sent) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.failed += o.failed;
+        self.relays += o.relays;
+    }
+}
