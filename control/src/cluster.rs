@@ -59,6 +59,20 @@ pub struct BridgeRecord {
     pub instance: String,
 }
 
+impl BridgeRecord {
+    /// The bridge as the fleet knows it, newly registered.
+    pub fn bridge(&self) -> crate::bridges::Bridge {
+        crate::bridges::Bridge::new(
+            &self.id,
+            &self.api_addr,
+            &self.media_addr,
+            &self.region,
+            self.capacity,
+        )
+        .with_instance(&self.instance)
+    }
+}
+
 /// Why a cluster call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

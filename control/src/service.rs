@@ -391,16 +391,7 @@ impl Control {
         snap.placements.insert(conference.into(), p);
         let mut f = focus_from(&self.cfg, snap);
         for b in &bridges {
-            let _ = f.register(
-                crate::bridges::Bridge::new(
-                    &b.id,
-                    &b.api_addr,
-                    &b.media_addr,
-                    &b.region,
-                    b.capacity,
-                ),
-                0,
-            );
+            let _ = f.register(b.bridge(), 0);
         }
         Ok((f.placement(conference, "current").map(placement_msg), rev))
     }
@@ -419,17 +410,7 @@ impl Control {
         };
         let now = now_ms();
         for b in &bridges {
-            let _ = focus.register(
-                crate::bridges::Bridge::new(
-                    &b.id,
-                    &b.api_addr,
-                    &b.media_addr,
-                    &b.region,
-                    b.capacity,
-                )
-                .with_instance(&b.instance),
-                now,
-            );
+            let _ = focus.register(b.bridge(), now);
         }
         self.lock().focus = focus;
         tracing::info!(

@@ -56,12 +56,7 @@ fn autoscaled(data: &str) -> Proc {
 }
 
 async fn bridges(url: &str) -> Vec<pb::BridgeInfo> {
-    RegistryClient::new(channel(url).await)
-        .list_bridges(pb::ListBridgesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .bridges
+    bridges_of(url).await
 }
 
 async fn wait_for(url: &str, what: &str, ok: impl Fn(&[pb::BridgeInfo]) -> bool) {

@@ -17,7 +17,6 @@ use ringbridge_control::store::{Change, Store, StoreError};
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
 use ringbridge_proto::v1::focus_client::FocusClient;
-use ringbridge_proto::v1::registry_client::RegistryClient;
 use tonic::Code;
 
 fn url(p: &Proc) -> String {
@@ -90,13 +89,9 @@ async fn etcd_hung_past_the_lease_steps_the_active_down_then_it_recovers_and_is_
         let (x, y) = (is_active(&ua).await, is_active(&ub).await);
         assert!(x && !y, "active: a={x} b={y}");
     }
-    let l = RegistryClient::new(channel(&ua).await)
-        .list_bridges(pb::ListBridgesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(l.bridges.len(), 1);
-    assert_eq!(l.bridges[0].state, "up");
+    let l = bridges_of(&ua).await;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].state, "up");
     assert_eq!(get(&mut f, "c").await.unwrap().bridge_id, placed.bridge_id);
 }
 
@@ -211,13 +206,8 @@ async fn a_broadcast_bigger_than_one_etcd_value_keeps_the_shard_working_and_surv
 
 /// Conference -> endpoints every bridge holds, by bridge id.
 async fn held(url: &str) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
-    let l = RegistryClient::new(channel(url).await)
-        .list_bridges(pb::ListBridgesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
     let mut out = BTreeMap::new();
-    for b in l.bridges {
+    for b in bridges_of(url).await {
         let mut c = BridgeClient::new(channel(&format!("http://{}", b.api_addr)).await);
         let confs = c
             .list_conferences(pb::ListConferencesRequest {})

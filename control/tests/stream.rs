@@ -139,14 +139,7 @@ async fn bridge_apis(url: &str) -> BTreeMap<String, BridgeClient<Channel>> {
 }
 
 async fn drops(b: &mut BridgeClient<Channel>) -> pb::DropCounters {
-    b.get_stats(pb::GetStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .total
-        .unwrap()
-        .drops
-        .unwrap()
+    drops_of(b).await
 }
 
 fn pulls(c: &pb::ConferencePlacement) -> BTreeMap<String, (String, u32, u32)> {

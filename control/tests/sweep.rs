@@ -15,35 +15,21 @@ use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::registry_client::RegistryClient;
 use tonic::Code;
 
-/// A bridge on fixed media and API ports (a restart takes the same ones).
+/// A bridge on fixed media and API ports (a restart takes the same ones, once they are free).
 fn bridge_at(url: &str, id: &str, region: &str, media: u16, api: u16) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = std::panic::catch_unwind(|| {
-            Proc::start(
-                "ringbridge",
-                &[
-                    "--engine",
-                    "mio",
-                    "--workers",
-                    "1",
-                    "--no-pin",
-                    "--media",
-                    &format!("127.0.0.1:{media}"),
-                    "--api",
-                    &format!("127.0.0.1:{api}"),
-                    "--control",
-                    url,
-                    "--bridge-id",
-                    id,
-                    "--region",
-                    region,
-                ],
+            bridge_with(
+                url,
+                id,
+                region,
+                &format!("127.0.0.1:{media}"),
+                &format!("127.0.0.1:{api}"),
             )
         });
         match r {
             Ok(p) => return p,
-            // The old process's ports may take a moment to be free.
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => std::panic::resume_unwind(e),
         }
@@ -137,15 +123,7 @@ async fn an_origin_restarted_with_the_same_id_gets_fresh_relay_keys_and_media_fl
     };
     // Nothing the new process sealed was taken for a replay of the old one's.
     let mut e = BridgeClient::new(channel(&format!("http://{}", edge.field("api"))).await);
-    let drops = e
-        .get_stats(pb::GetStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .total
-        .unwrap()
-        .drops
-        .unwrap();
+    let drops = drops_of(&mut e).await;
     assert_eq!(drops.relay_replay, 0, "{drops:?}");
     assert_eq!(drops.relay_auth_failed, 0, "{drops:?}");
     eprintln!("media back {back:?} after the restart");
@@ -225,12 +203,8 @@ async fn abandoned_watches_are_freed_and_a_client_holds_at_most_its_limit() {
 }
 
 async fn state_of(url: &str, id: &str) -> String {
-    RegistryClient::new(channel(url).await)
-        .list_bridges(pb::ListBridgesRequest {})
+    bridges_of(url)
         .await
-        .unwrap()
-        .into_inner()
-        .bridges
         .into_iter()
         .find(|b| b.bridge_id == id)
         .map(|b| b.state)

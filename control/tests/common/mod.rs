@@ -131,6 +131,11 @@ pub fn bridge(url: &str, id: &str, region: &str) -> Proc {
 
 /// A bridge whose media socket binds `media`.
 pub fn bridge_on(url: &str, id: &str, region: &str, media: &str) -> Proc {
+    bridge_with(url, id, region, media, "127.0.0.1:0")
+}
+
+/// A bridge on the given media and API addresses (mio engine, one unpinned worker).
+pub fn bridge_with(url: &str, id: &str, region: &str, media: &str, api: &str) -> Proc {
     Proc::start(
         "ringbridge",
         &[
@@ -144,7 +149,7 @@ pub fn bridge_on(url: &str, id: &str, region: &str, media: &str) -> Proc {
             "--media",
             media,
             "--api",
-            "127.0.0.1:0",
+            api,
             "--control",
             url,
             "--bridge-id",
@@ -153,6 +158,30 @@ pub fn bridge_on(url: &str, id: &str, region: &str, media: &str) -> Proc {
             region,
         ],
     )
+}
+
+/// Every bridge the control plane at `url` knows.
+pub async fn bridges_of(url: &str) -> Vec<pb::BridgeInfo> {
+    RegistryClient::new(channel(url).await)
+        .list_bridges(pb::ListBridgesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .bridges
+}
+
+/// A bridge's drop counters (its `GetStats` totals).
+pub async fn drops_of(
+    b: &mut ringbridge_proto::v1::bridge_client::BridgeClient<Channel>,
+) -> pb::DropCounters {
+    b.get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .total
+        .unwrap()
+        .drops
+        .unwrap()
 }
 
 pub async fn channel(url: &str) -> Channel {
@@ -355,6 +384,40 @@ pub struct Etcd {
     args: Vec<String>,
 }
 
+/// The flags of etcd member `name` on loopback ports `client` and `peer` of a new cluster.
+fn member_args(
+    name: &str,
+    dir: &std::path::Path,
+    client: u16,
+    peer: u16,
+    initial: &str,
+) -> Vec<String> {
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    [
+        "--name",
+        name,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen-client-urls",
+        &c,
+        "--advertise-client-urls",
+        &c,
+        "--listen-peer-urls",
+        &p,
+        "--initial-advertise-peer-urls",
+        &p,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        "new",
+        "--log-level",
+        "error",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -394,30 +457,7 @@ impl Etcd {
                 let dir = std::env::temp_dir()
                     .join(format!("ringbridge-etcd-{tag}-m{i}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
-                let c = format!("http://127.0.0.1:{client}");
-                let p = format!("http://127.0.0.1:{peer}");
-                let args: Vec<String> = [
-                    "--name",
-                    &format!("m{i}"),
-                    "--data-dir",
-                    dir.to_str().unwrap(),
-                    "--listen-client-urls",
-                    &c,
-                    "--advertise-client-urls",
-                    &c,
-                    "--listen-peer-urls",
-                    &p,
-                    "--initial-advertise-peer-urls",
-                    &p,
-                    "--initial-cluster",
-                    &initial,
-                    "--initial-cluster-state",
-                    "new",
-                    "--log-level",
-                    "error",
-                ]
-                .map(String::from)
-                .to_vec();
+                let args = member_args(&format!("m{i}"), &dir, *client, *peer, &initial);
                 Etcd {
                     child: Self::spawn(&args),
                     endpoint: format!("127.0.0.1:{client}"),
@@ -438,28 +478,8 @@ impl Etcd {
             std::env::temp_dir().join(format!("ringbridge-etcd-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (client, peer) = (free_port(), free_port());
-        let c = format!("http://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let args: Vec<String> = [
-            "--name",
-            "t",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen-client-urls",
-            &c,
-            "--advertise-client-urls",
-            &c,
-            "--listen-peer-urls",
-            &p,
-            "--initial-advertise-peer-urls",
-            &p,
-            "--initial-cluster",
-            &format!("t={p}"),
-            "--log-level",
-            "error",
-        ]
-        .map(String::from)
-        .to_vec();
+        let initial = format!("t=http://127.0.0.1:{peer}");
+        let args = member_args("t", &dir, client, peer, &initial);
         let mut args = args;
         args.extend(extra.iter().map(|a| a.to_string()));
         let e = Etcd {
