@@ -244,6 +244,7 @@ impl Target {
                         ssrcs: m.ssrcs.clone(),
                         remote_addr: m.addr.to_string(),
                         srtp: m.srtp.clone(),
+                        ..Default::default()
                     })
                     .await
                     .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;

@@ -1,40 +1,24 @@
-//! ringbridge control plane.
+//! ringbridge control plane. The tree mirrors the data plane's `core/` and `engine/`:
 //!
-//! Sans-IO (time is an argument, every rule unit-tested):
-//! - [`focus`]: placements and the plans that change them (join, leave, failover), committed or
-//!   rolled back on the bridge calls' results; like Jicofo, without its I/O. Conferences (Octo
-//!   full mesh) and broadcasts (a publisher's origin, edges pulling in tiers).
-//! - [`bridges`]: the bridge fleet as reported and probed (up, suspect, down, draining) and the
-//!   pluggable selection of a bridge.
-//! - [`router`]: sticky conference -> shard routes, HAProxy stick-table style.
-//! - [`store`]: what survives a restart, behind a trait; an append-only log with compaction.
-//! - [`autoscaler`]: HPA arithmetic and the scaler that drains and removes bridges.
-//! - [`sim`]: the cost simulation: focus and autoscaler in virtual time over a day; one
-//!   broadcast to a million viewers through the focus.
-//! - [`stream`]: live streams: edge choice and the pull tree with bounded origin fan-out.
+//! - [`core`]: sans-IO decisions, time an argument, every rule unit-tested: the focus
+//!   (placements and the plans that change them), the fleet view and bridge selection, the
+//!   router's sticky routes, the autoscaler's HPA arithmetic, a broadcast's pull tree. The
+//!   simulations run this same code in virtual time.
+//! - [`store`]: what survives a restart, behind the [`store::Store`] trait: the file store, the
+//!   etcd store, and the cluster of instances on etcd (leases, the election of the active focus).
+//! - [`run`]: I/O at the edges: the executor that runs plans against the bridges with deadlines,
+//!   the run-time glue ([`run::service::Control`]: one short-held lock, the monitor, the
+//!   flusher, the elector), the gRPC adapters, metrics, and `serve` itself.
+//! - [`actuator`]: what starts and stops bridges for the autoscaler (processes, Kubernetes).
+//! - [`sim`]: the cost simulation and the million-viewer stream, through the real focus.
+//! - [`cli`]: the client commands (`ringbridge-control join`, `drain`, ...).
 //!
-//! I/O at the edges:
-//! - [`executor`]: runs plans against the bridges' gRPC APIs with a deadline per call.
-//! - [`service`]: the run-time glue: one short-held lock, per-conference serialization, the
-//!   monitor (ticks and health probes) and the store flusher.
-//! - [`api`]: the gRPC services; [`metrics`]: Prometheus; [`cli`]: the client commands.
-//! - [`actuator`], [`kubernetes`]: what starts and stops bridges for the autoscaler.
-//! - [`etcd`], [`cluster`]: the etcd store, shared routes, shard leases and the election of the
-//!   active focus.
+//! Dependencies point one way: `run` uses `core`, `store` and `actuator`; `store` uses `core`'s
+//! types; `core` uses nothing of the others but the store's plain data types.
 
 pub mod actuator;
-pub mod api;
-pub mod autoscaler;
-pub mod bridges;
 pub mod cli;
-pub mod cluster;
-pub mod etcd;
-pub mod executor;
-pub mod focus;
-pub mod kubernetes;
-pub mod metrics;
-pub mod router;
-pub mod service;
+pub mod core;
+pub mod run;
 pub mod sim;
 pub mod store;
-pub mod stream;

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringbridge_control::cluster::Cluster;
-use ringbridge_control::etcd::EtcdStore;
+use ringbridge_control::store::cluster::Cluster;
+use ringbridge_control::store::etcd::EtcdStore;
 use ringbridge_control::store::{Change, Store, StoreError};
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;

@@ -127,6 +127,7 @@ async fn registrations_and_reports_are_validated_and_ids_owned() {
         region: "eu".into(),
         capacity_pps: 1000.0,
         instance_id: String::new(),
+        ..Default::default()
     };
     // The id belongs to the live bridge: a second one elsewhere is refused.
     let e = reg.register_bridge(good.clone()).await.unwrap_err();
@@ -482,6 +483,7 @@ async fn after_a_control_crash_bridges_are_reconciled_and_rejoins_delete_nobody(
         ssrcs: vec![999],
         remote_addr: String::new(),
         srtp: None,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -74,6 +74,7 @@ impl Agent {
             region: self.region.clone(),
             capacity_pps: self.capacity_pps,
             instance_id: self.instance_id.clone(),
+            ..Default::default()
         }
     }
 

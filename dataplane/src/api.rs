@@ -273,6 +273,7 @@ impl Bridge for BridgeService {
                                 .as_ref()
                                 .map(|s| s.profile.name().to_string())
                                 .unwrap_or_default(),
+                            ..Default::default()
                         })
                         .collect(),
                 })

@@ -82,6 +82,7 @@ pub async fn run(config: Config, packets: u32) -> anyhow::Result<()> {
                     endpoint_key: CAROL_KEY.to_vec(),
                     bridge_key: BRIDGE_KEY.to_vec(),
                 }),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -5,6 +5,7 @@
 //! - [`publish`]: hands new tables to every worker and waits until all have them in force.
 //! - [`engine`]: the I/O drivers (`uring`, `mio`) that run the workers.
 //! - [`srtp`]: SRTP/SRTCP transforms (decrypt once per packet, encrypt per SRTP receiver).
+//! - [`webrtc`]: STUN/ICE-lite and DTLS-SRTP for WebRTC endpoints (sans-IO, off the hot path).
 //! - [`api`]: the gRPC service; [`bridge`] assembles it all; [`demo`] is `make run`.
 
 pub mod agent;
@@ -19,3 +20,4 @@ pub mod srtp;
 pub mod state;
 pub mod stats;
 pub mod testkit;
+pub mod webrtc;

@@ -14,6 +14,7 @@ fn add(conf: &str, ep: &str, ssrcs: &[u32], addr: &str) -> pb::AddEndpointReques
         ssrcs: ssrcs.to_vec(),
         remote_addr: addr.into(),
         srtp: None,
+        ..Default::default()
     }
 }
 

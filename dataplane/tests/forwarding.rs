@@ -205,6 +205,7 @@ async fn latching_race(engine: &str) {
                 ssrcs: vec![ssrc],
                 remote_addr: String::new(),
                 srtp: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -288,6 +289,7 @@ async fn ipv6(engine: &str) {
             ssrcs: vec![1],
             remote_addr: "127.0.0.1:5000".into(),
             srtp: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

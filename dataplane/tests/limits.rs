@@ -19,6 +19,7 @@ fn add(conf: &str, ep: &str, ssrcs: Vec<u32>, addr: &str) -> pb::AddEndpointRequ
         ssrcs,
         remote_addr: addr.into(),
         srtp: None,
+        ..Default::default()
     }
 }
 

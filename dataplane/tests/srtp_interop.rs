@@ -71,6 +71,7 @@ async fn libsrtp_peers(engine: &str) {
                     endpoint_key: send,
                     bridge_key: recv,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -111,6 +111,7 @@ async fn media_climbs_down_and_keyframe_requests_climb_up(engine: &str) {
             ssrcs: vec![],
             remote_addr: rogue.addr().to_string(),
             srtp: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -16,14 +16,15 @@
 //!   sender of a conference arrives once (locally or over a relay), each local participant gets
 //!   every other sender, and each local sender goes once to each other bridge of the conference.
 
+pub mod cmd;
 pub mod stream;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::autoscaler::{Action, HpaConfig, Scaler};
-use crate::bridges::Bridge;
-use crate::focus::{Applied, CallResult, Focus, FocusConfig, JoinRequest, KeySource, Plan};
+use crate::core::autoscaler::{Action, HpaConfig, Scaler};
+use crate::core::fleet::Bridge;
+use crate::core::focus::{Applied, CallResult, Focus, FocusConfig, JoinRequest, KeySource, Plan};
 use crate::store::Snapshot;
 
 /// Settings of a simulation.
@@ -491,7 +492,7 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                 .focus
                 .fleet()
                 .iter()
-                .filter(|b| b.health == crate::bridges::Health::Up && !b.draining)
+                .filter(|b| b.health == crate::core::fleet::Health::Up && !b.draining)
                 .count();
             r.points.push(Point {
                 t_s: now,

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::bridges::Bridge;
-use crate::focus::{Applied, CallResult, Focus, FocusConfig, JoinRequest, Plan};
+use crate::core::fleet::Bridge;
+use crate::core::focus::{Applied, CallResult, Focus, FocusConfig, JoinRequest, Plan};
 use crate::store::{Role, Snapshot};
 
 /// Settings of a stream simulation.

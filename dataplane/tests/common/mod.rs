@@ -165,6 +165,7 @@ impl Bridge {
                     p.addr().to_string()
                 },
                 srtp,
+                ..Default::default()
             })
             .await
             .unwrap()

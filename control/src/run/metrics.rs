@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ringbridge_edge::metrics::{Registry, counter, gauge, labelled_counters, labelled_gauges};
 
-use crate::service::Control;
+use crate::run::service::Control;
 
 /// Fills `r` with the control plane's current figures.
 pub fn render(c: &Arc<Control>, r: &mut Registry) {

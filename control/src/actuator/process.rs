@@ -1,44 +1,13 @@
-//! Actuators: what starts and stops bridges for the autoscaler. The [`Scaler`] decides; an
-//! actuator carries it out.
-//!
-//! - [`ProcessActuator`] (the embedded default): local `ringbridge` processes on free loopback
-//!   ports that register with this control plane. They are its children and stop with it
-//!   (`--exit-with-parent`); their logs go to the data directory. A bridge that exits soon after
-//!   it starts (or never registers) earns a backoff ([`Restarts`]): exponential, capped, reset
-//!   once a bridge stays up, and shown in [`Actuator::status`].
-//! - [`crate::kubernetes::KubernetesActuator`]: the replica count of a bridge StatefulSet.
-//!
-//! [`Scaler`]: crate::autoscaler::Scaler
+//! The process actuator: local `ringbridge` processes, children of this control plane, with a
+//! backoff for bridges that exit at once.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A boxed future (the trait is used as `dyn`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Starts and stops bridges.
-pub trait Actuator: Send + Sync {
-    /// "process" or "kubernetes".
-    fn name(&self) -> &'static str;
-    /// Bridges asked for that have not registered yet (`registered`: ids the fleet knows).
-    fn booting(&self, registered: &HashSet<String>) -> u32;
-    /// Whether a scale-down may pick `bridge` (it can stop that one).
-    fn removable(&self, bridge: &str) -> bool;
-    /// Starts `n` more bridges.
-    fn start(&self, n: u32) -> BoxFuture<'_, anyhow::Result<()>>;
-    /// Stops a drained (empty) bridge; `Ok(false)` when it is not one this actuator runs.
-    fn remove<'a>(&'a self, bridge: &'a str) -> BoxFuture<'a, anyhow::Result<bool>>;
-    /// What keeps it from doing as asked, for the API (e.g. "backing off 4 s after 3 quick
-    /// exits"); empty when nothing does.
-    fn status(&self) -> String {
-        String::new()
-    }
-}
+use super::{Actuator, BoxFuture};
 
 /// Bridges that exited soon after they started, and the backoff they earn before the next
 /// start: `first`, doubled with each quick exit up to `max`; reset once a bridge stays up.

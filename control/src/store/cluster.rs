@@ -7,10 +7,10 @@
 //! the route as JSON, `elections/SHARD` -> the etcd election of the shard's active focus,
 //! `shards/SHARD/events/CONFERENCE` -> its last placement announcement (protobuf), which a
 //! WatchConference on a standby follows with an etcd watch; `shards/SHARD/bridges/ID` -> the
-//! bridge's registration (placements are under `shards/SHARD/placements/`, see [`crate::etcd`]).
+//! bridge's registration (placements are under `shards/SHARD/placements/`, see [`crate::store::etcd`]).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use etcd_client::{
@@ -19,9 +19,9 @@ use etcd_client::{
 use prost::Message;
 use ringbridge_proto::v1 as pb;
 
-use crate::etcd::ROOT;
-use crate::router::Route;
+use crate::core::router::Route;
 use crate::store::Fence;
+use crate::store::etcd::ROOT;
 
 /// Lease time to live, s: an instance that stops answering leaves the rotation, and its
 /// standby takes over, within about this.
@@ -32,8 +32,7 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// Without a renewal for this long (counted from when the last good one was sent), etcd counts
 /// as unreachable: changes are refused rather than half applied. With renewals every
-/// [`RENEW_EVERY`] (each with that deadline), a stalled etcd is noticed 0.5-1 s after it stops
-/// answering.
+/// [`RENEW_EVERY`], a stalled etcd is noticed 0.5-1 s after it stops answering.
 pub const UNREACHABLE_AFTER: Duration = Duration::from_millis(1000);
 
 /// Without a renewal for this long the active instance steps down: etcd may expire the lease
@@ -61,8 +60,8 @@ pub struct BridgeRecord {
 
 impl BridgeRecord {
     /// The bridge as the fleet knows it, newly registered.
-    pub fn bridge(&self) -> crate::bridges::Bridge {
-        crate::bridges::Bridge::new(
+    pub fn bridge(&self) -> crate::core::fleet::Bridge {
+        crate::core::fleet::Bridge::new(
             &self.id,
             &self.api_addr,
             &self.media_addr,
@@ -70,6 +69,15 @@ impl BridgeRecord {
             self.capacity,
         )
         .with_instance(&self.instance)
+    }
+}
+
+/// Aborts a task when dropped (the watchdog goes with its keep-alive loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -104,8 +112,10 @@ pub struct Cluster {
     route_ttl_ms: u64,
     next: AtomicUsize,
     active: AtomicBool,
-    /// The last lease renewal failed: etcd is unreachable (or hung) right now.
-    unreachable: AtomicBool,
+    /// The clock of [`Cluster::now_ms`].
+    epoch: std::time::Instant,
+    /// When the last good lease renewal (or grant) was sent, ms on that clock.
+    last_ok: AtomicU64,
     /// Signalled when this instance stops being active (it stepped down) or its lease changed.
     lost: tokio::sync::Notify,
     /// Times the lease was replaced (a campaign with an older one is abandoned).
@@ -130,7 +140,7 @@ fn election(shard: &str) -> String {
 }
 
 impl Cluster {
-    /// Connects (to the members that answer, see [`crate::etcd::connect`]), takes a lease and
+    /// Connects (to the members that answer, see [`crate::store::etcd::connect`]), takes a lease and
     /// registers this instance of `shard` at `addr`.
     pub async fn join(
         endpoints: &[String],
@@ -142,10 +152,10 @@ impl Cluster {
         let opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
-        let client = crate::etcd::connect(endpoints, opts)
+        let client = crate::store::etcd::connect(endpoints, opts)
             .await
             .map_err(ClusterError::Etcd)?;
-        let elect = crate::etcd::connect(
+        let elect = crate::store::etcd::connect(
             endpoints,
             ConnectOptions::new().with_connect_timeout(timeout),
         )
@@ -160,7 +170,8 @@ impl Cluster {
             route_ttl_ms,
             next: AtomicUsize::new(0),
             active: AtomicBool::new(false),
-            unreachable: AtomicBool::new(false),
+            epoch: std::time::Instant::now(),
+            last_ok: AtomicU64::new(0),
             lost: tokio::sync::Notify::new(),
             lease_generation: AtomicUsize::new(0),
         };
@@ -170,6 +181,7 @@ impl Cluster {
 
     /// Grants a fresh lease and puts the member key under it.
     async fn register(&self) -> Result<i64, ClusterError> {
+        let sent = self.now_ms();
         let mut c = self.client.clone();
         let lease = c.lease_grant(LEASE_TTL_S, None).await.map_err(etcd)?.id();
         c.put(
@@ -181,6 +193,7 @@ impl Cluster {
         .map_err(etcd)?;
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
         self.lease_generation.fetch_add(1, Relaxed);
+        self.last_ok.fetch_max(sent, Relaxed);
         Ok(lease)
     }
 
@@ -192,7 +205,7 @@ impl Cluster {
     /// Whether no lease renewal succeeded for [`UNREACHABLE_AFTER`]: changes are refused
     /// meanwhile rather than half applied.
     pub fn etcd_unreachable(&self) -> bool {
-        self.unreachable.load(Relaxed)
+        self.silent() >= UNREACHABLE_AFTER
     }
 
     /// Whether this instance is its shard's active focus.
@@ -214,23 +227,27 @@ impl Cluster {
         self.lost.notified()
     }
 
-    /// Keeps the lease alive until the task is dropped, renewing every [`RENEW_EVERY`].
+    /// Keeps the lease alive until the task is dropped, renewing every [`RENEW_EVERY`] (an
+    /// attempt may take up to [`STEP_DOWN_AFTER`]: a slow answer still counts).
     ///
-    /// Without a renewal for [`STEP_DOWN_AFTER`] the active instance steps down before etcd can
-    /// expire its lease and elect another (no bridge calls, no writes: the store's writes are
-    /// fenced by the election key besides); it campaigns again once etcd answers (and wins at
-    /// once if its lease survived). A lease etcd reports expired is replaced by a new one, and
-    /// the instance registers and campaigns again with it. Nothing here exits the process: it
-    /// recovers by itself whenever etcd answers again.
+    /// Whether etcd is unreachable and whether to step down are judged by the time since the
+    /// last good renewal was sent, by a watchdog that looks every 100 ms, not by when an
+    /// attempt gives up: without a renewal for [`STEP_DOWN_AFTER`] the active instance steps
+    /// down before etcd can expire its lease and elect another (no bridge calls, no writes: the
+    /// store's writes are fenced by the election key besides); it campaigns again once etcd
+    /// answers (and wins at once if its lease survived). A lease etcd reports expired is
+    /// replaced by a new one, and the instance registers and campaigns again with it. Nothing
+    /// here exits the process: it recovers by itself whenever etcd answers again.
     pub async fn keep_alive(self: std::sync::Arc<Self>) {
-        let mut last_ok = tokio::time::Instant::now();
+        let watchdog = tokio::spawn(self.clone().watchdog());
+        let _stop = AbortOnDrop(watchdog);
         let mut failing = false;
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            let sent = tokio::time::Instant::now();
+            let sent = self.now_ms();
             let lease = self.lease();
             let mut c = self.client.clone();
-            let alive = tokio::time::timeout(RENEW_EVERY, async {
+            let alive = tokio::time::timeout(STEP_DOWN_AFTER, async {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
@@ -247,8 +264,7 @@ impl Cluster {
             });
             match alive {
                 Ok(Some(ttl)) if ttl > 0 => {
-                    last_ok = sent;
-                    self.unreachable.store(false, Relaxed);
+                    self.last_ok.fetch_max(sent, Relaxed);
                     if failing {
                         tracing::info!("etcd reachable again; lease kept");
                     }
@@ -259,8 +275,7 @@ impl Cluster {
                     tracing::warn!("lease expired: registering again with a new one");
                     match self.register().await {
                         Ok(_) => {
-                            last_ok = sent;
-                            self.unreachable.store(false, Relaxed);
+                            self.last_ok.fetch_max(sent, Relaxed);
                             failing = false;
                             // A campaign with the old lease is abandoned.
                             self.lost.notify_waiters();
@@ -269,23 +284,33 @@ impl Cluster {
                     }
                 }
                 Err(e) => {
-                    // Counted from when the last good renewal was sent: etcd may have received
-                    // it then, and expires the lease LEASE_TTL_S after it received one.
-                    let silent = tokio::time::Instant::now().saturating_duration_since(last_ok);
-                    if silent >= UNREACHABLE_AFTER {
-                        self.unreachable.store(true, Relaxed);
-                    }
                     if !failing {
                         tracing::warn!("keeping the etcd lease alive: {e} (retrying)");
                     }
                     failing = true;
-                    if silent >= STEP_DOWN_AFTER && self.is_active() {
-                        self.step_down(&format!(
-                            "no lease renewal for {} ms (etcd: {e})",
-                            silent.as_millis()
-                        ));
-                    }
                 }
+            }
+        }
+    }
+
+    /// Milliseconds on this instance's monotonic clock.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Time since the last good renewal was sent: etcd may have received it then, and expires
+    /// the lease [`LEASE_TTL_S`] after it received one.
+    fn silent(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_ok.load(Relaxed)))
+    }
+
+    /// Steps the active instance down once renewals have been silent for [`STEP_DOWN_AFTER`].
+    async fn watchdog(self: std::sync::Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let silent = self.silent();
+            if silent >= STEP_DOWN_AFTER && self.is_active() {
+                self.step_down(&format!("no lease renewal for {} ms", silent.as_millis()));
             }
         }
     }
@@ -479,13 +504,27 @@ impl Cluster {
         format!("{ROOT}shards/{}/events/{conference}", self.shard)
     }
 
-    /// Publishes a placement announcement of this shard (the active focus does), so a watch on
-    /// any instance of the shard sees it.
-    pub async fn publish(&self, msg: &pb::ConferencePlacement) -> Result<(), ClusterError> {
+    /// Publishes placement announcements of this shard (the active focus does), in order, so a
+    /// watch on any instance of the shard sees them.
+    pub async fn publish(&self, msgs: &[pb::ConferencePlacement]) -> Result<(), ClusterError> {
         let mut c = self.client.clone();
-        c.put(self.event_key(&msg.conference), msg.encode_to_vec(), None)
-            .await
-            .map_err(etcd)?;
+        // One transaction per run of distinct conferences (a key once per transaction).
+        let mut ops: Vec<TxnOp> = Vec::new();
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for m in msgs {
+            let key = self.event_key(&m.conference);
+            if !keys.insert(key.clone()) {
+                c.txn(Txn::new().and_then(std::mem::take(&mut ops)))
+                    .await
+                    .map_err(etcd)?;
+                keys.clear();
+                keys.insert(key.clone());
+            }
+            ops.push(TxnOp::put(key, m.encode_to_vec(), None));
+        }
+        if !ops.is_empty() {
+            c.txn(Txn::new().and_then(ops)).await.map_err(etcd)?;
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::bridges::{Bridge, BridgeId, Health, corrected_stress};
+use crate::core::fleet::{Bridge, BridgeId, Health, corrected_stress};
 
 /// A change to program on the bridges: `edge` pulls the stream from `from` (a relay between
 /// them), or stops.

@@ -3,7 +3,6 @@
 //! plans, the monitor (periodic focus tick, route expiry and a health probe of every bridge with
 //! a deadline), and the flusher that appends committed changes to the [`Store`].
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,12 +12,15 @@ use tokio::sync::{Notify, broadcast};
 use tonic::Status;
 
 use crate::actuator::Actuator;
-use crate::autoscaler::{Action, HpaConfig, Scaler};
-use crate::bridges::Health;
-use crate::cluster::Cluster;
-use crate::executor::Executor;
-use crate::focus::{Announcement, CallError, Completion, Focus, FocusConfig, FocusError, Plan};
-use crate::router::{Router, Shard};
+use crate::core::autoscaler::{HpaConfig, Scaler};
+use crate::core::fleet::Health;
+use crate::core::focus::{
+    Announcement, CallError, Completion, Focus, FocusConfig, FocusError, Plan,
+};
+use crate::core::router::{Router, Shard};
+use crate::run::executor::Executor;
+use crate::run::watches::Watches;
+use crate::store::cluster::Cluster;
 use crate::store::{Change, Store};
 
 /// Settings of one control instance (one shard).
@@ -65,45 +67,6 @@ pub struct Config {
     pub max_watches_per_client: usize,
 }
 
-/// Open WatchConference streams, per client address: a stream is freed when its client goes
-/// away, and a client holds at most its limit.
-#[derive(Debug, Default)]
-pub struct Watches {
-    per_client: Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
-    open: AtomicU64,
-}
-
-impl Watches {
-    /// Streams open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Relaxed)
-    }
-}
-
-/// One open watch, counted until dropped.
-#[derive(Debug)]
-pub struct WatchSlot {
-    watches: Arc<Watches>,
-    client: Option<std::net::IpAddr>,
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut m = self
-            .watches
-            .per_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.client);
-            }
-        }
-        self.watches.open.fetch_sub(1, Relaxed);
-    }
-}
-
 /// Wall-clock milliseconds (routes persist their last use across restarts).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -124,31 +87,31 @@ pub struct Core {
 
 /// The control plane shared by the gRPC services, the monitor and the flusher.
 pub struct Control {
-    core: Mutex<Core>,
-    executor: Executor,
-    events: broadcast::Sender<pb::ConferencePlacement>,
+    pub(super) core: Mutex<Core>,
+    pub(super) executor: Executor,
+    pub(super) events: broadcast::Sender<pb::ConferencePlacement>,
     /// Signalled whenever an operation completes (waiters on a busy conference retry).
-    idle: Notify,
-    store: Arc<dyn Store>,
+    pub(super) idle: Notify,
+    pub(super) store: Arc<dyn Store>,
     /// The last store failure, while writes fail.
-    store_error: Mutex<Option<String>>,
-    health: tonic_health::server::HealthReporter,
+    pub(super) store_error: Mutex<Option<String>>,
+    pub(super) health: tonic_health::server::HealthReporter,
     /// Settings.
     pub cfg: Config,
     /// Participants placed since start.
     pub placements_total: AtomicU64,
     /// The autoscaler's actuator, once it runs.
-    actuator: OnceLock<Arc<dyn Actuator>>,
+    pub(super) actuator: OnceLock<Arc<dyn Actuator>>,
     /// Instances sharing etcd, when the store is etcd.
-    cluster: OnceLock<Arc<Cluster>>,
+    pub(super) cluster: OnceLock<Arc<Cluster>>,
     /// Scaling decisions that added bridges, and that drained one.
     pub scale_ups: AtomicU64,
     /// Scaling decisions that drained bridges.
     pub scale_downs: AtomicU64,
     /// One store write at a time (the flusher's and those of callers waiting for durability).
-    flush_lock: tokio::sync::Mutex<()>,
+    pub(super) flush_lock: tokio::sync::Mutex<()>,
     /// The first this-many recorded changes are in the store (see [`Focus::recorded`]).
-    durable: AtomicU64,
+    pub(super) durable: AtomicU64,
     /// Open WatchConference streams.
     pub watches: Arc<Watches>,
 }
@@ -219,7 +182,7 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
 }
 
 /// A focus with `cfg`'s settings over `snap`.
-fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
+pub(super) fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
     Focus::new(
         &FocusConfig {
             report_interval_ms: cfg.report_interval_ms,
@@ -241,186 +204,6 @@ fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
 }
 
 impl Control {
-    /// Joins a cluster of instances on etcd: this instance stands by (makes no bridge call and
-    /// writes nothing) until elected (see [`Control::elect`]).
-    pub fn set_cluster(&self, c: Arc<Cluster>) {
-        self.executor.set_enabled(false);
-        self.store.set_fence(None);
-        let _ = self.cluster.set(c);
-    }
-
-    /// Campaigns for this shard's active focus, takes over when elected and stands by again
-    /// when the cluster steps it down (lease lost, or etcd silent for too long), then campaigns
-    /// again: an instance recovers by itself once etcd answers. While it is active its store
-    /// writes are fenced by its election key, so two instances can never both write.
-    pub async fn elect(self: Arc<Self>) {
-        let Some(c) = self.cluster.get().cloned() else {
-            return;
-        };
-        loop {
-            while c.etcd_unreachable() {
-                tokio::time::sleep(crate::cluster::RENEW_EVERY).await;
-            }
-            let fence = match c.campaign().await {
-                Ok(f) => f,
-                Err(crate::cluster::ClusterError::LeaseLost) => continue,
-                Err(e) => {
-                    tracing::warn!("campaign: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let lost = c.lost();
-            tokio::pin!(lost);
-            lost.as_mut().enable();
-            self.store.set_fence(Some(fence));
-            self.executor.set_enabled(true);
-            if let Err(e) = self.take_over().await {
-                tracing::error!("taking over: {e:#}; campaigning again");
-                self.stand_by();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            c.set_active();
-            self.reconcile_all();
-            lost.await;
-            self.stand_by();
-            tracing::warn!(shard = %c.shard, "standing by; campaigning again once etcd answers");
-        }
-    }
-
-    /// Stops acting as the active focus: no bridge calls, no store writes.
-    fn stand_by(&self) {
-        self.executor.set_enabled(false);
-        self.store.set_fence(None);
-    }
-
-    /// Reconciles every bridge of the fleet (after a takeover: what the bridges hold and no
-    /// placement names, left by joins the previous instance never made durable, is removed).
-    pub fn reconcile_all(self: &Arc<Self>) {
-        let bridges: Vec<(String, String)> = self
-            .lock()
-            .focus
-            .fleet()
-            .iter()
-            .filter(|b| b.health != Health::Down)
-            .map(|b| (b.id.clone(), b.api_addr.clone()))
-            .collect();
-        for (id, api) in bridges {
-            self.reconcile(id, api);
-        }
-    }
-
-    /// The cluster, when the store is etcd.
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    /// Whether this instance is its shard's active focus (always, without a cluster).
-    pub fn is_active(&self) -> bool {
-        self.cluster.get().is_none_or(|c| c.is_active())
-    }
-
-    /// `UNAVAILABLE` naming the active focus while this instance stands by.
-    pub async fn check_active(&self) -> Result<(), Status> {
-        let Some(c) = self.cluster.get() else {
-            return Ok(());
-        };
-        if c.is_active() {
-            return Ok(());
-        }
-        let leader = match c.leader(&c.shard).await {
-            Ok(Some(l)) => format!("the active focus is at {l}"),
-            Ok(None) => "no active focus yet (election in progress)".into(),
-            Err(e) => format!("the active focus is unknown ({e})"),
-        };
-        Err(Status::unavailable(format!(
-            "standby instance of shard {}: {leader}",
-            c.shard
-        )))
-    }
-
-    /// Publishes this shard's placement announcements to etcd while active, so watches on
-    /// standbys see them; until the task is dropped.
-    pub async fn publish_events(self: Arc<Self>) {
-        let Some(c) = self.cluster.get().cloned() else {
-            return;
-        };
-        let mut events = self.subscribe();
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if c.is_active()
-                        && let Err(err) = c.publish(&e).await
-                    {
-                        tracing::warn!(conference = %e.conference, "publishing the placement: {err}");
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!("{n} placement announcements not published (lagged)")
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
-    /// On a standby: `conference`'s placement as the store holds it now (reason "current"),
-    /// announced as the active focus would, and the store revision it was read at.
-    pub async fn stored_placement(
-        &self,
-        conference: &str,
-    ) -> Result<(Option<pb::ConferencePlacement>, i64), Status> {
-        let store = self.store.clone();
-        let c = conference.to_string();
-        let (p, rev) = tokio::task::spawn_blocking(move || store.read_placement(&c))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let Some(p) = p else {
-            return Ok((None, rev));
-        };
-        let bridges = match self.cluster.get() {
-            Some(c) => c
-                .bridges()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?,
-            None => Vec::new(),
-        };
-        // The focus's own announcement, over a focus holding just this placement.
-        let mut snap = crate::store::Snapshot::default();
-        snap.placements.insert(conference.into(), p);
-        let mut f = focus_from(&self.cfg, snap);
-        for b in &bridges {
-            let _ = f.register(b.bridge(), 0);
-        }
-        Ok((f.placement(conference, "current").map(placement_msg), rev))
-    }
-
-    /// Becomes the active focus: starts from every placement in the store.
-    pub async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
-        let store = self.store.clone();
-        let snap = tokio::task::spawn_blocking(move || store.load()).await??;
-        let n = snap.placements.len();
-        let mut focus = focus_from(&self.cfg, snap);
-        // The shard's bridges as registered with the previous active focus: known at once, so
-        // one that died meanwhile misses its reports here and is failed over.
-        let bridges = match self.cluster.get() {
-            Some(c) => c.bridges().await?,
-            None => Vec::new(),
-        };
-        let now = now_ms();
-        for b in &bridges {
-            let _ = focus.register(b.bridge(), now);
-        }
-        self.lock().focus = focus;
-        tracing::info!(
-            placements = n,
-            bridges = bridges.len(),
-            "took over as the active focus"
-        );
-        Ok(())
-    }
-
     /// A control plane with state restored from `store`; `health` is the server's health
     /// reporter (the Focus goes NOT_SERVING while the store cannot be written).
     pub fn new(
@@ -462,30 +245,6 @@ impl Control {
         }))
     }
 
-    /// Counts a new WatchConference stream of `client`; `RESOURCE_EXHAUSTED` when it already
-    /// holds its limit.
-    pub fn watch_slot(&self, client: Option<std::net::IpAddr>) -> Result<WatchSlot, Status> {
-        let limit = self.cfg.max_watches_per_client;
-        let mut m = self
-            .watches
-            .per_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(client).or_default();
-        if *n >= limit {
-            return Err(Status::resource_exhausted(format!(
-                "conference: this client already watches {n} conferences, the limit \
-                 (--max-watches-per-client); close a watch first"
-            )));
-        }
-        *n += 1;
-        self.watches.open.fetch_add(1, Relaxed);
-        Ok(WatchSlot {
-            watches: self.watches.clone(),
-            client,
-        })
-    }
-
     /// The core, locked (briefly: never across an await).
     pub fn lock(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
@@ -497,7 +256,7 @@ impl Control {
     }
 
     /// Sends the focus's pending announcements to watchers.
-    fn announce(&self, core: &mut Core) {
+    pub(super) fn announce(&self, core: &mut Core) {
         for a in core.focus.take_announcements() {
             let _ = self.events.send(placement_msg(a));
         }
@@ -671,18 +430,18 @@ impl Control {
         ))
     }
 
+    /// Sets the Focus service's health (by its gRPC name: the service layer does not depend on
+    /// the adapters that serve it).
     fn set_serving(&self, ok: bool) {
-        use ringbridge_proto::v1::focus_server::FocusServer;
+        use ringbridge_proto::v1::focus_server::SERVICE_NAME;
+        use tonic_health::ServingStatus;
         let h = self.health.clone();
-        tokio::spawn(async move {
-            if ok {
-                h.set_serving::<FocusServer<crate::api::FocusService>>()
-                    .await;
-            } else {
-                h.set_not_serving::<FocusServer<crate::api::FocusService>>()
-                    .await;
-            }
-        });
+        let status = if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        tokio::spawn(async move { h.set_service_status(SERVICE_NAME, status).await });
     }
 
     /// Appends changes every flush interval until the task is dropped.
@@ -792,108 +551,6 @@ impl Control {
                 Err(e) => tracing::warn!(%bridge, "cannot list its conferences to reconcile: {e}"),
             }
         });
-    }
-
-    /// The actuator's name while the autoscaler runs.
-    pub fn actuator_name(&self) -> Option<&'static str> {
-        self.actuator.get().map(|a| a.name())
-    }
-
-    /// What keeps the actuator from doing as asked (e.g. a backoff); empty when nothing does.
-    pub fn actuator_status(&self) -> String {
-        self.actuator.get().map(|a| a.status()).unwrap_or_default()
-    }
-
-    /// Evaluates the autoscaler every interval and has `actuator` start and stop bridges,
-    /// until the task is dropped. No lock is held while the actuator works.
-    pub async fn autoscale(self: Arc<Self>, actuator: Arc<dyn Actuator>) {
-        let _ = self.actuator.set(actuator.clone());
-        let every = Duration::from_millis(self.cfg.autoscale_interval_ms.max(10));
-        // Drained bridges this actuator does not run: said once, left in the fleet as draining.
-        let mut not_ours: HashSet<String> = HashSet::new();
-        loop {
-            tokio::time::sleep(every).await;
-            if !self.is_active() {
-                continue;
-            }
-            let eval = {
-                let mut core = self.lock();
-                let Core { focus, scaler, .. } = &mut *core;
-                let Some(scaler) = scaler.as_mut() else {
-                    return;
-                };
-                let registered: HashSet<String> =
-                    focus.fleet().iter().map(|b| b.id.clone()).collect();
-                let booting = actuator.booting(&registered);
-                scaler.evaluate(focus, booting, &|b| actuator.removable(b), now_ms())
-            };
-            let d = &eval.decision;
-            if d.desired != d.current {
-                if d.desired > d.current {
-                    self.scale_ups.fetch_add(1, Relaxed);
-                } else {
-                    self.scale_downs.fetch_add(1, Relaxed);
-                }
-                tracing::info!(
-                    ready = d.sample.ready,
-                    starting = d.sample.starting,
-                    metric = format!("{:.3}", d.sample.metric),
-                    current = d.current,
-                    raw = d.raw,
-                    desired = d.desired,
-                    drained = ?eval.drained,
-                    "autoscaler: {}",
-                    d.reason
-                );
-            } else {
-                tracing::debug!(current = d.current, "autoscaler: {}", d.reason);
-            }
-            for a in eval.actions {
-                match a {
-                    Action::Start(n) => {
-                        match tokio::time::timeout(Duration::from_secs(30), actuator.start(n)).await
-                        {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => tracing::warn!("autoscaler: starting {n} bridges: {e:#}"),
-                            Err(_) => tracing::warn!("autoscaler: starting {n} bridges timed out"),
-                        }
-                    }
-                    Action::Remove(id) => {
-                        if not_ours.contains(&id) {
-                            continue;
-                        }
-                        let stopped =
-                            tokio::time::timeout(Duration::from_secs(30), actuator.remove(&id))
-                                .await;
-                        let mut core = self.lock();
-                        let down = core
-                            .focus
-                            .fleet()
-                            .get(&id)
-                            .is_some_and(|b| b.health == Health::Down);
-                        match stopped {
-                            Ok(Ok(true)) => {
-                                core.focus.forget(&id);
-                                tracing::info!(bridge = %id, "autoscaler: drained bridge removed");
-                            }
-                            Ok(Ok(false)) if down => {
-                                core.focus.forget(&id);
-                            }
-                            Ok(Ok(false)) => {
-                                tracing::info!(bridge = %id, "drained and empty; not started by the {} actuator: stop it yourself", actuator.name());
-                                not_ours.insert(id);
-                            }
-                            Ok(Err(e)) => {
-                                tracing::warn!(bridge = %id, "autoscaler: removing: {e:#}")
-                            }
-                            Err(_) => {
-                                tracing::warn!(bridge = %id, "autoscaler: removing timed out")
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Participants placed, for metrics.

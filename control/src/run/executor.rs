@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::focus::{Applied, BridgeCall, Call, CallError, CallResult, Plan};
+use crate::core::focus::{Applied, BridgeCall, Call, CallError, CallResult, Plan};
 use crate::store::Participant;
 
 /// Most calls one batch carries (the bridge's limit is higher).
@@ -64,6 +64,7 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
             endpoint_key: k.endpoint_key.clone(),
             bridge_key: k.bridge_key.clone(),
         }),
+        ..Default::default()
     }
 }
 

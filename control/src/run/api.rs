@@ -13,10 +13,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::bridges::Bridge;
-use crate::focus::{Done, JoinRequest, MAX_ID_LEN, SrtpOffer};
-use crate::router::Shard;
-use crate::service::{Control, now_ms, placement_msg, status};
+use crate::core::fleet::Bridge;
+use crate::core::focus::{Done, JoinRequest, MAX_ID_LEN, SrtpOffer};
+use crate::core::router::Shard;
+use crate::run::service::{Control, now_ms, placement_msg, status};
 use crate::store::{Change, Role};
 
 fn need(field: &str, v: &str) -> Result<(), Status> {
@@ -101,17 +101,28 @@ impl Focus for FocusService {
             }),
         };
         let conference = join.conference.clone();
-        let plan = c
-            .submit(&conference, |f, now| f.join(join.clone(), now))
-            .await?;
-        match c.run(plan).await.result.map_err(status)? {
+        // A retry of a join that is done (its answer was lost, or it was not yet durable).
+        let again = c.lock().focus.joined_as(&join);
+        let retried = again.is_some();
+        let done = match again {
+            Some(done) => done,
+            None => {
+                let plan = c
+                    .submit(&conference, |f, now| f.join(join.clone(), now))
+                    .await?;
+                c.run(plan).await.result.map_err(status)?
+            }
+        };
+        match done {
             Done::Joined {
                 bridge,
                 media_addr,
                 srtp,
             } => {
                 c.durable().await?;
-                c.placements_total.fetch_add(1, Relaxed);
+                if !retried {
+                    c.placements_total.fetch_add(1, Relaxed);
+                }
                 Ok(Response::new(pb::JoinResponse {
                     bridge_id: bridge,
                     media_addr,
@@ -393,7 +404,7 @@ impl Registry for RegistryService {
         .with_instance(&r.instance_id);
         if let Some(cl) = c.cluster() {
             // Kept in etcd before it counts: a standby that takes over knows it.
-            cl.save_bridge(&crate::cluster::BridgeRecord {
+            cl.save_bridge(&crate::store::cluster::BridgeRecord {
                 id: r.bridge_id.clone(),
                 api_addr: r.api_addr.clone(),
                 media_addr: r.media_addr.clone(),
@@ -507,7 +518,7 @@ impl Registry for RegistryService {
 pub struct AutoscalerService(pub Arc<Control>);
 
 /// A decision as the API shows it (wall-clock time).
-pub fn decision_msg(d: &crate::autoscaler::Decision) -> pb::ScalingDecision {
+pub fn decision_msg(d: &crate::core::autoscaler::Decision) -> pb::ScalingDecision {
     pb::ScalingDecision {
         at_ms: d.sample.now_ms,
         ready: d.sample.ready,

@@ -8,7 +8,7 @@
 //! - `shards/SHARD/confs/CONF/participants/ID` -> one participant (its bridge, SSRCs, keys);
 //! - `shards/SHARD/confs/CONF/links/PAIR` -> the keys of one relay link;
 //! - `shards/SHARD/drains/BRIDGE` -> a drain asked of a bridge;
-//! - `routes/CONF` -> the sticky route (shared by every shard, unescaped, see [`crate::cluster`]).
+//! - `routes/CONF` -> the sticky route (shared by every shard, unescaped, see [`crate::store::cluster`]).
 //!
 //! One small key per participant, so no value grows with a conference (etcd refuses values and
 //! requests over `--max-request-bytes`, 1.5 MiB by default) and a flush writes only what changed,

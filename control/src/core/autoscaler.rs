@@ -15,8 +15,8 @@
 
 use std::collections::VecDeque;
 
-use crate::bridges::{BridgeId, Health};
-use crate::focus::Focus;
+use crate::core::fleet::{BridgeId, Health};
+use crate::core::focus::Focus;
 
 /// Settings (all flags of `ringbridge-control serve` once the autoscaler is wired in).
 #[derive(Debug, Clone, PartialEq)]
@@ -592,8 +592,8 @@ mod tests {
 
     mod scaler {
         use super::super::*;
-        use crate::bridges::Bridge;
-        use crate::focus::{Applied, CallResult, FocusConfig, JoinRequest};
+        use crate::core::fleet::Bridge;
+        use crate::core::focus::{Applied, CallResult, FocusConfig, JoinRequest};
         use crate::store::Snapshot;
 
         fn focus() -> Focus {
