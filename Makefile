@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test bench perf fuzz loadgen lint fmt build toolchain sim etcd
+.PHONY: run serve test bench perf fuzz loadgen lint fmt build toolchain sim etcd chromium
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -20,6 +20,12 @@ etcd:
 	@command -v etcd >/dev/null 2>&1 || { \
 	  echo "installing etcd-server (apt-get)"; \
 	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
+
+## Headless Chromium and its driver for the page's end-to-end test (Debian's packages), via apt-get.
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium + chromium-driver (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
@@ -39,6 +45,12 @@ run: build
 	./target/release/ringbridge-control simulate --svg /tmp/ringbridge-day.svg
 	@echo; echo "=== one stream to 100 000 viewers (through the focus, in virtual time) ==="
 	./target/release/ringbridge-control simulate-stream --viewers 100000 2>/dev/null
+	@echo; echo "=== WebRTC: publish and play in a browser ==="
+	@echo "make serve, then open http://127.0.0.1:8080/ (the page publishes the camera with WHIP and plays it with WHEP)"
+
+## A control plane with the WebRTC page on http://127.0.0.1:8080/ and two bridges, until Ctrl-C.
+serve: build
+	bash control/scripts/serve.sh
 
 ## The autoscaler's cost simulation: default day and a 1 000 000-participant day, and one
 ## stream to 1 000 000 viewers -> perf/results/sim-<date>-*.{json,svg}
@@ -49,17 +61,20 @@ sim: toolchain
 	./target/release/ringbridge-control --json simulate-stream --viewers 1000000 > perf/results/sim-$(shell date +%F)-stream-1m.json
 	@cat perf/results/sim-$(shell date +%F)-day.json perf/results/sim-$(shell date +%F)-stream-1m.json
 
-## Python venv with pylibsrtp for the SRTP interop test (python3-venv via apt-get if missing).
+## Python venv with the real clients the tests drive (python3-venv via apt-get if missing):
+## pylibsrtp (SRTP interop), aiortc (WebRTC over WHIP/WHEP) and selenium (drives Chromium through
+## Debian's chromedriver: no browser download). PY_DEPS changes remake it.
 VENV := .venv
-$(VENV)/.ready:
-	@python3 -m venv $(VENV) 2>/dev/null || { \
+PY_DEPS := pylibsrtp==1.0.0 aiortc==1.16.0 numpy==2.4.6 selenium==4.51.0
+$(VENV)/.ready: Makefile
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 venv unavailable: installing python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv python3-pip && python3 -m venv $(VENV); }
-	$(VENV)/bin/pip install -q --disable-pip-version-check pylibsrtp==1.0.0
+	$(VENV)/bin/pip install -q --disable-pip-version-check $(PY_DEPS)
 	@touch $@
 
 ## Unit and end-to-end tests (both engines, libsrtp interop), then lints.
-test: toolchain etcd $(VENV)/.ready
+test: toolchain etcd chromium $(VENV)/.ready
 	RINGBRIDGE_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -82,7 +97,7 @@ perf: toolchain
 ## Coverage-guided fuzzing with libFuzzer on stable Rust: sanitizer-coverage flags (stable -C
 ## options) on a separate crate (fuzz/, not in the workspace), seeds from the tests' packets.
 ## FUZZ_RUNS inputs per target, at most FUZZ_SECS seconds each; a crash fails the target.
-FUZZ_TARGETS ?= rtp rtcp srtp table core
+FUZZ_TARGETS ?= rtp rtcp srtp table core rewrite
 FUZZ_RUNS ?= 10000000
 FUZZ_SECS ?= 600
 FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')

@@ -101,6 +101,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         tuning: Default::default(),
         limits: Default::default(),
         keyframe_interval_ms: 500,
+        ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
     })
     .await
     .unwrap();

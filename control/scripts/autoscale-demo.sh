@@ -5,7 +5,7 @@
 # drains, its participants move (announced), and it is stopped. Bounded: about 30 s.
 source "$(dirname "$0")/lib.sh"
 
-RUST_LOG=${RUST_LOG:-ringbridge_control=info} "$bin/ringbridge-control" serve --listen 127.0.0.1:0 \
+RUST_LOG=${RUST_LOG:-ringbridge_control=info} "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --http 127.0.0.1:0 \
   --data-dir "$data/store" --report-interval-ms 250 \
   --autoscale process --autoscale-interval-ms 500 --min-bridges 1 --max-bridges 4 \
   --target-utilization 0.5 --scale-up-period-ms 500 --scale-down-window-ms 4000 \

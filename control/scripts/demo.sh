@@ -6,7 +6,7 @@
 # its participants move. Everything runs from target/release and is stopped on exit.
 source "$(dirname "$0")/lib.sh"
 
-ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --data-dir "$data/store"
+ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$data/store"
 url=http://$REPLY
 echo "control plane at $url"
 for b in eu-1:eu us-1:us; do

@@ -8,7 +8,7 @@
 # last viewer of an edge leaves and its pull goes. Everything runs from target/release.
 source "$(dirname "$0")/lib.sh"
 
-ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --data-dir "$data/store" \
+ready listen "$bin/ringbridge-control" serve --listen 127.0.0.1:0 --http 127.0.0.1:0 --data-dir "$data/store" \
   --stream-fanout 2 --max-viewers-per-edge 3
 url=http://$REPLY
 echo "control plane at $url (--stream-fanout 2 --max-viewers-per-edge 3)"

@@ -49,10 +49,17 @@ fn main() -> anyhow::Result<()> {
     } else {
         "info"
     };
+    // webrtc-sdp logs a warning per SDP line it does not know (an offer could flood the log):
+    // errors only, unless RUST_LOG names it.
+    let quiet_sdp = !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("webrtc_sdp"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = if quiet_sdp {
+        filter.add_directive("webrtc_sdp=error".parse().expect("a valid directive"))
+    } else {
+        filter
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {

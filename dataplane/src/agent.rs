@@ -36,6 +36,9 @@ pub struct Agent {
     /// restarted bridge from one that registers again by it, and re-keys a restarted one's
     /// relays.
     pub instance_id: String,
+    /// This process's DTLS certificate fingerprint, `sha-256 AB:CD:...` (the `a=fingerprint`
+    /// of every SDP answer for a WebRTC endpoint on this bridge).
+    pub dtls_fingerprint: String,
 }
 
 /// A fresh random instance id for this process (128 bits, hex).
@@ -74,7 +77,7 @@ impl Agent {
             region: self.region.clone(),
             capacity_pps: self.capacity_pps,
             instance_id: self.instance_id.clone(),
-            ..Default::default()
+            dtls_fingerprint: self.dtls_fingerprint.clone(),
         }
     }
 

@@ -10,7 +10,10 @@ use tonic::{Request, Response, Status};
 
 use crate::core::{Counters, DropReason};
 use crate::publish::{PublishError, Publisher};
-use crate::state::{BridgeState, ErrorKind, SrtpRequest, StateError};
+use crate::state::{
+    BridgeState, ErrorKind, NewEndpoint, RewriteRequest, SrtpRequest, StateError, WebRtcRequest,
+};
+use crate::webrtc::transport::Stats;
 
 /// An API failure: a refused request or a change that did not reach every worker.
 #[derive(Debug, thiserror::Error)]
@@ -83,13 +86,26 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         endpoint_key: p.endpoint_key.clone(),
         bridge_key: p.bridge_key.clone(),
     });
-    s.add_endpoint(
-        &r.conference_id,
-        &r.endpoint_id,
-        &r.ssrcs,
-        &r.remote_addr,
-        srtp.as_ref(),
-    )
+    let webrtc = r.webrtc.as_ref().map(|w| WebRtcRequest {
+        local_ufrag: w.local_ufrag.clone(),
+        local_pwd: w.local_pwd.clone(),
+        remote_ufrag: w.remote_ufrag.clone(),
+        remote_fingerprint: w.remote_fingerprint.clone(),
+    });
+    let pairs = |m: &[pb::IdMap]| m.iter().map(|m| (m.from, m.to)).collect();
+    let rewrite = r.rewrite.as_ref().map(|w| RewriteRequest {
+        payload_types: pairs(&w.payload_types),
+        extensions: pairs(&w.extensions),
+    });
+    s.add(NewEndpoint {
+        conference: &r.conference_id,
+        endpoint: &r.endpoint_id,
+        ssrcs: &r.ssrcs,
+        remote_addr: &r.remote_addr,
+        srtp: srtp.as_ref(),
+        webrtc: webrtc.as_ref(),
+        rewrite: rewrite.as_ref(),
+    })
     .map(|_| ())
 }
 
@@ -137,8 +153,11 @@ fn apply_change(s: &mut BridgeState, c: &pb::Change) -> pb::ChangeResult {
     }
 }
 
-fn counters(c: &Counters) -> pb::Counters {
+/// The API's counters: a worker's (`t`: `None`), or the total with the WebRTC transport's.
+fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
     let d = |r: DropReason| c.drops[r as usize];
+    let zero = Stats::default();
+    let t = t.unwrap_or(&zero);
     pb::Counters {
         rx_packets: c.rx_packets,
         rx_bytes: c.rx_bytes,
@@ -161,9 +180,19 @@ fn counters(c: &Counters) -> pb::Counters {
             unknown_relay: d(DropReason::UnknownRelay),
             keyframe_throttled: d(DropReason::KeyframeThrottled),
             relay_hop_limit: d(DropReason::RelayHopLimit),
+            transport_queue_full: d(DropReason::TransportQueueFull),
         }),
         relay_rx: c.relay_rx,
         relay_tx: c.relay_tx,
+        stun_rx: c.stun_rx,
+        dtls_rx: c.dtls_rx,
+        stun_answered: t.stun_answered,
+        stun_rejected: t.stun_rejected_total(),
+        dtls_dropped: t.dtls_dropped,
+        dtls_handshakes: t.dtls_handshakes,
+        dtls_failed: t.dtls_failed_total(),
+        ice_consent_expired: t.consent_expired,
+        webrtc_send_failed: t.send_failed,
     }
 }
 
@@ -273,7 +302,11 @@ impl Bridge for BridgeService {
                                 .as_ref()
                                 .map(|s| s.profile.name().to_string())
                                 .unwrap_or_default(),
-                            ..Default::default()
+                            webrtc_state: st
+                                .webrtc
+                                .as_ref()
+                                .map(|w| w.state.name().to_string())
+                                .unwrap_or_default(),
                         })
                         .collect(),
                 })
@@ -293,14 +326,15 @@ impl Bridge for BridgeService {
         }
         let (conferences, endpoints) = self.publisher.counts();
         let (conferences, endpoints) = (conferences as u32, endpoints as u32);
+        let webrtc = self.publisher.webrtc_stats();
         Ok(Response::new(pb::GetStatsResponse {
-            total: Some(counters(&total)),
+            total: Some(counters(&total, Some(&webrtc))),
             workers: per_worker
                 .iter()
                 .enumerate()
                 .map(|(i, c)| pb::WorkerStats {
                     worker: i as u32,
-                    counters: Some(counters(c)),
+                    counters: Some(counters(c, None)),
                 })
                 .collect(),
             conferences,

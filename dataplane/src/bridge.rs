@@ -1,13 +1,18 @@
-//! Assembles a bridge: engine workers, the table publisher and the gRPC server.
+//! Assembles a bridge: engine workers, the table publisher, the WebRTC transport thread and the
+//! gRPC server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 
 use crate::api::{BridgeService, serve};
 use crate::engine::{self, Choice, Tuning};
-use crate::publish::{Channels, Publisher};
+use crate::publish::{Channels, Publisher, TransportLink};
+use crate::webrtc::dtls::{Certificate, Fingerprint};
+use crate::webrtc::task::{self, SharedStats};
+use crate::webrtc::transport::Transport;
 
 /// How to run a bridge.
 #[derive(Debug, Clone)]
@@ -29,6 +34,9 @@ pub struct Config {
     /// At most one keyframe request (PLI/FIR) per media stream per this many ms goes on
     /// towards its sender (0: no throttling).
     pub keyframe_interval_ms: u32,
+    /// How long a WebRTC endpoint's nominated address keeps consent without a valid check
+    /// ([`crate::webrtc::ice::CONSENT_TIMEOUT_MS`]; shorter only in tests).
+    pub ice_consent_ms: u64,
 }
 
 /// A started bridge whose API is not serving yet.
@@ -43,14 +51,20 @@ pub struct Running {
     pub advertise: SocketAddr,
     /// Number of workers.
     pub workers: usize,
+    /// The SHA-256 fingerprint of this process's DTLS certificate (every WebRTC answer's
+    /// `a=fingerprint`).
+    pub dtls_fingerprint: Fingerprint,
     listener: tokio::net::TcpListener,
     service: BridgeService,
     publisher: Arc<Publisher>,
 }
 
-/// Binds the sockets and starts the workers.
+/// Binds the sockets and starts the workers and the WebRTC transport.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let channels = Channels::with_keyframe_interval(config.keyframe_interval_ms);
+    // One certificate per process, made before anything serves.
+    let cert = Arc::new(Certificate::generate().context("the DTLS certificate")?);
+    let mut channels = Channels::with_keyframe_interval(config.keyframe_interval_ms);
+    let inbox = channels.open_handoff();
     let started = engine::start(
         config.engine,
         config.media,
@@ -81,7 +95,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         advertise.set_ip(lo);
     }
     let workers = started.links.len();
-    let publisher = Publisher::start(started.media, config.limits, channels, started.links);
+    let (commands_tx, commands) = crossbeam_channel::unbounded();
+    let stats = Arc::new(SharedStats::default());
+    let publisher = Publisher::start(
+        started.media,
+        config.limits,
+        channels,
+        started.links,
+        Some(TransportLink {
+            commands: commands_tx,
+            stats: stats.clone(),
+        }),
+    );
+    let dtls_fingerprint = cert.fingerprint().clone();
+    // Ends by itself once the publisher (the commands' sender) is gone.
+    task::spawn(task::Parts {
+        transport: Transport::new(cert, config.ice_consent_ms, Instant::now()),
+        socket: started.sender,
+        inbox,
+        commands,
+        stats,
+        publisher: Arc::downgrade(&publisher),
+    })
+    .context("starting the WebRTC transport thread")?;
     let service = BridgeService::new(publisher.clone(), advertise, started.kind.name());
     Ok(Running {
         engine: started.kind.name(),
@@ -89,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api,
         advertise,
         workers,
+        dtls_fingerprint,
         listener,
         service,
         publisher,

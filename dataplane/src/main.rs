@@ -97,6 +97,11 @@ struct BridgeArgs {
     /// Most relays of one conference (each local packet is sealed once per relay).
     #[arg(long, default_value_t = 1_000, global = true)]
     max_relays_per_conference: usize,
+    /// How long a WebRTC endpoint's nominated address keeps ICE consent without a valid check
+    /// (RFC 7675: 30 s). Shorter only for tests.
+    #[arg(long, default_value_t = ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
+          hide = true, global = true)]
+    ice_consent_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,8 +115,6 @@ enum Cmd {
     },
 }
 
-/// Drains (reports draining, takes nothing new) until no endpoint is left, `timeout` passes or
-/// a second signal arrives.
 /// `--uring-buffers`: a power of two the buffer ring can hold.
 fn parse_buffers(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
@@ -120,6 +123,13 @@ fn parse_buffers(s: &str) -> Result<u16, String> {
     }
 }
 
+/// The DTLS fingerprint as the ready line carries it (no spaces): `sha-256:AB:CD:...`.
+fn ready_fingerprint(fp: &ringbridge_dataplane::webrtc::dtls::Fingerprint) -> String {
+    fp.to_string().replacen(' ', ":", 1)
+}
+
+/// Drains (reports draining, takes nothing new) until no endpoint is left, `timeout` passes or
+/// a second signal arrives.
 async fn drain_then_stop(
     d: &agent::Drain,
     publisher: &ringbridge_dataplane::publish::Publisher,
@@ -195,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             relays_per_conference: a.max_relays_per_conference,
         },
         keyframe_interval_ms: a.keyframe_interval_ms,
+        ice_consent_ms: a.ice_consent_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -219,6 +230,7 @@ fn main() -> anyhow::Result<()> {
                         media_addr: running.advertise.to_string(),
                         drain,
                         instance_id: agent::new_instance_id(),
+                        dtls_fingerprint: running.dtls_fingerprint.to_string(),
                     };
                     tokio::spawn(agent.run(running.publisher()));
                 }
@@ -237,7 +249,7 @@ fn main() -> anyhow::Result<()> {
                                 t += c;
                             }
                             let (c, e) = p.counts();
-                            metrics::bridge(r, &t, c, e)
+                            metrics::bridge(r, &t, &p.webrtc_stats(), c, e)
                         }),
                     ));
                 }
@@ -249,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                         .field("api", running.api)
                         .field("advertise", running.advertise)
                         .field("workers", running.workers)
+                        .field("dtls", ready_fingerprint(&running.dtls_fingerprint))
                         .field_opt("metrics", metrics_addr)
                 );
                 let publisher = running.publisher();

@@ -1,11 +1,13 @@
 //! The bridge's Prometheus metrics (`--metrics ADDR`), exposed through the shared edge crate.
 
-use ringbridge_edge::metrics::{Registry, counter, gauge, labelled_gauges};
+use ringbridge_edge::metrics::{Registry, counter, gauge, labelled_counters, labelled_gauges};
 
 use crate::core::{Counters, DropReason};
+use crate::webrtc::transport::Stats;
 
-/// Fills `r` with the bridge's packet counters, conferences and endpoints.
-pub fn bridge(r: &mut Registry, c: &Counters, conferences: usize, endpoints: usize) {
+/// Fills `r` with the bridge's packet counters (`c`, over all workers), its WebRTC transport's
+/// (`w`), conferences and endpoints.
+pub fn bridge(r: &mut Registry, c: &Counters, w: &Stats, conferences: usize, endpoints: usize) {
     counter(
         r,
         "ringbridge_rx_packets",
@@ -35,6 +37,7 @@ pub fn bridge(r: &mut Registry, c: &Counters, conferences: usize, endpoints: usi
             .iter()
             .map(|d| (d.name(), c.drops[*d as usize] as f64)),
     );
+    webrtc(r, c, w);
     gauge(
         r,
         "ringbridge_conferences",
@@ -42,4 +45,64 @@ pub fn bridge(r: &mut Registry, c: &Counters, conferences: usize, endpoints: usi
         conferences as f64,
     );
     gauge(r, "ringbridge_endpoints", "Endpoints.", endpoints as f64);
+}
+
+/// The WebRTC transport's counters (STUN and DTLS on the media port).
+fn webrtc(r: &mut Registry, c: &Counters, w: &Stats) {
+    counter(
+        r,
+        "ringbridge_stun_rx",
+        "STUN datagrams received on the media port.",
+        c.stun_rx,
+    );
+    counter(
+        r,
+        "ringbridge_dtls_rx",
+        "DTLS datagrams received on the media port.",
+        c.dtls_rx,
+    );
+    counter(
+        r,
+        "ringbridge_stun_answered",
+        "STUN requests answered (ICE checks of WebRTC endpoints).",
+        w.stun_answered,
+    );
+    labelled_counters(
+        r,
+        "ringbridge_stun_rejected",
+        "STUN datagrams given no answer, by reason (wrong_password, unknown_ufrag, ...).",
+        "reason",
+        w.stun_rejected.iter().map(|(&k, &v)| (k, v)),
+    );
+    counter(
+        r,
+        "ringbridge_dtls_dropped",
+        "DTLS datagrams from an address no ICE check passed from.",
+        w.dtls_dropped,
+    );
+    counter(
+        r,
+        "ringbridge_dtls_handshakes",
+        "DTLS-SRTP handshakes completed.",
+        w.dtls_handshakes,
+    );
+    labelled_counters(
+        r,
+        "ringbridge_dtls_failed",
+        "DTLS sessions failed, by reason (fingerprint_mismatch, alert, timeout, ...).",
+        "reason",
+        w.dtls_failed.iter().map(|(&k, &v)| (k, v)),
+    );
+    counter(
+        r,
+        "ringbridge_ice_consent_expired",
+        "WebRTC endpoints' nominated addresses whose ICE consent expired.",
+        w.consent_expired,
+    );
+    counter(
+        r,
+        "ringbridge_webrtc_send_failed",
+        "STUN answers and DTLS flights the media socket refused to send.",
+        w.send_failed,
+    );
 }

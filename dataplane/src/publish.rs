@@ -2,7 +2,9 @@
 //! control path only), which records the change as table ops; the ops go down every worker's
 //! channel as one [`Delta`], the workers are woken, and the call returns once each has
 //! acknowledged that generation: the change is then in force everywhere. Workers never lock;
-//! they apply deltas to their own table between batches.
+//! they apply deltas to their own table between batches. WebRTC endpoints added or removed also
+//! go to the bridge's transport thread as commands ([`TransportLink`]), before the change is
+//! published; what the transport learns comes back through [`Publisher::apply`] like any change.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -12,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::core::handoff::{self, Datagram, Handoff};
 use crate::core::{Delta, Event, KeyframeGate, RemoteSenders};
 use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
+use crate::webrtc::task::SharedStats;
+use crate::webrtc::transport::{Command, Stats};
 
 /// How long an RPC waits for every worker to take a new table in before it reports failure.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +56,8 @@ pub struct WorkerPort {
     pub keyframes: Arc<KeyframeGate>,
     /// The relays remote senders' media arrives over, learned and read by every worker.
     pub senders: Arc<RemoteSenders>,
+    /// Where the worker's core hands STUN and DTLS (the bridge's WebRTC transport), if any.
+    pub handoff: Option<Handoff>,
 }
 
 impl WorkerPort {
@@ -92,6 +99,7 @@ pub struct PortFactory {
     events: Sender<Event>,
     keyframes: Arc<KeyframeGate>,
     senders: Arc<RemoteSenders>,
+    handoff: Option<Handoff>,
 }
 
 impl PortFactory {
@@ -107,6 +115,7 @@ impl PortFactory {
             counters: counters.clone(),
             keyframes: self.keyframes.clone(),
             senders: self.senders.clone(),
+            handoff: self.handoff.clone(),
         };
         (port, tx, counters)
     }
@@ -122,10 +131,20 @@ pub struct PublishError {
     pub generation: u64,
 }
 
+/// The control path's link to the bridge's WebRTC transport thread.
+#[derive(Debug)]
+pub struct TransportLink {
+    /// Where WebRTC endpoints added and removed go.
+    pub commands: Sender<Command>,
+    /// What the transport counted.
+    pub stats: Arc<SharedStats>,
+}
+
 /// Owns the bridge state and the links to all workers.
 pub struct Publisher {
     state: Mutex<BridgeState>,
     links: Vec<WorkerLink>,
+    transport: Option<TransportLink>,
     acks: Receiver<(usize, u64)>,
     /// Conferences and endpoints as of the last change, readable without the state lock (load
     /// reports, stats and metrics never wait for a change being built).
@@ -157,10 +176,19 @@ impl Channels {
                 events: ev_tx,
                 keyframes: Arc::new(KeyframeGate::with_ssrc(interval_ms, random_ssrc())),
                 senders: Arc::new(RemoteSenders::default()),
+                handoff: None,
             },
             acks,
             events,
         }
+    }
+
+    /// Makes the workers (those whose ports are made from now on) hand STUN and DTLS to a
+    /// bounded queue of [`handoff::CAPACITY`]; returns the transport's end.
+    pub fn open_handoff(&mut self) -> crossbeam_channel::Receiver<Datagram> {
+        let (h, rx) = handoff::queue(handoff::CAPACITY);
+        self.factory.handoff = Some(h);
+        rx
     }
 }
 
@@ -171,17 +199,20 @@ impl Default for Channels {
 }
 
 impl Publisher {
-    /// A publisher over running workers. Starts the thread that records latched addresses.
+    /// A publisher over running workers (and the WebRTC transport, when the bridge runs one).
+    /// Starts the thread that records latched addresses.
     pub fn start(
         media: SocketAddr,
         limits: Limits,
         channels: Channels,
         links: Vec<WorkerLink>,
+        transport: Option<TransportLink>,
     ) -> Arc<Self> {
         let Channels { acks, events, .. } = channels;
         let p = Arc::new(Self {
             state: Mutex::new(BridgeState::with_limits(media, limits)),
             links,
+            transport,
             acks,
             counts: (AtomicUsize::new(0), AtomicUsize::new(0)),
         });
@@ -234,12 +265,31 @@ impl Publisher {
         let r = f(&mut st);
         self.counts.0.store(st.conferences(), Relaxed);
         self.counts.1.store(st.endpoints(), Relaxed);
+        // Sent before the table change is published, so the transport knows an endpoint
+        // before the RPC that added it returns (and its first check can arrive).
+        for c in st.take_commands() {
+            if let Some(t) = &self.transport {
+                // Fails only when the transport thread is gone (the bridge is stopping).
+                let _ = t.commands.send(c);
+            }
+        }
         let r = r?;
         self.publish(&mut st)?;
         Ok(r)
     }
 
+    /// What the WebRTC transport counted (all zero without one).
+    pub fn webrtc_stats(&self) -> Stats {
+        self.transport
+            .as_ref()
+            .map(|t| t.stats.read())
+            .unwrap_or_default()
+    }
+
     fn publish(&self, st: &mut BridgeState) -> Result<(), PublishError> {
+        if !st.has_pending() {
+            return Ok(()); // nothing changed for the workers (e.g. only a WebRTC state)
+        }
         let delta = Arc::new(st.delta());
         let generation = delta.generation;
         for l in &self.links {

@@ -3,6 +3,9 @@
 //! request leaves the state as it was. A working [`Table`] is kept in step with every change
 //! (lookups by address and SSRC in O(1)); each change to it is recorded as an [`Op`], and
 //! [`BridgeState::delta`] hands the recorded ops to the workers, whose copies apply the same ops.
+//! WebRTC endpoints are also recorded as [`Command`]s for the bridge's transport thread
+//! ([`BridgeState::take_commands`]), and what their transport learns comes back through
+//! [`BridgeState::webrtc_update`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,9 +13,13 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::core::rewrite::{Rewrite, RewriteError};
 use crate::core::table::ConfIdx;
 use crate::core::{Delta, EndpointUid, Op, Table};
 use crate::srtp::{Profile, Session};
+use crate::webrtc::dtls::parse_fingerprint;
+use crate::webrtc::ice;
+use crate::webrtc::transport::{self, Command, Update, WebRtcState};
 
 /// What kind of mistake a request made; the API maps it to a gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +36,8 @@ pub enum ErrorKind {
 
 /// Longest conference or endpoint id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
+/// Longest `webrtc.remote_fingerprint`, in bytes (a SHA-512 one is 200).
+pub const MAX_FINGERPRINT_LEN: usize = 512;
 /// Most SSRCs one endpoint may declare.
 pub const MAX_SSRCS: usize = 64;
 
@@ -97,6 +106,34 @@ pub enum StateError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// WebRTC parameters that cannot be used (or fields a WebRTC endpoint must leave empty).
+    #[error("{field}: {why}")]
+    BadWebRtc {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The local ufrag routes another WebRTC endpoint's checks.
+    #[error(
+        "webrtc.local_ufrag: {ufrag:?} is already used by endpoint {endpoint:?} of conference {conference:?}"
+    )]
+    UfragTaken {
+        /// The ufrag.
+        ufrag: String,
+        /// Its conference.
+        conference: String,
+        /// Its endpoint.
+        endpoint: String,
+    },
+    /// A rewrite that cannot be used.
+    #[error("rewrite.{0}")]
+    BadRewrite(#[from] RewriteError),
+    /// A rewrite for an endpoint that receives plain RTP.
+    #[error(
+        "rewrite: only an SRTP or WebRTC endpoint's copies can be rewritten (a plain receiver gets the shared received packet)"
+    )]
+    RewriteNeedsSrtp,
     /// SRTP parameters that cannot be used.
     #[error("{field}: {why}")]
     BadSrtp {
@@ -188,6 +225,9 @@ impl StateError {
             | Self::TooLarge { .. }
             | Self::BadAddr { .. }
             | Self::BadSrtp { .. }
+            | Self::BadWebRtc { .. }
+            | Self::BadRewrite(_)
+            | Self::RewriteNeedsSrtp
             | Self::NothingToLatch => ErrorKind::Invalid,
             Self::Full { .. } => ErrorKind::Full,
             Self::ConferenceNotFound(_)
@@ -198,6 +238,7 @@ impl StateError {
             | Self::SsrcTaken { .. }
             | Self::SsrcAmbiguous { .. }
             | Self::RelayExists { .. }
+            | Self::UfragTaken { .. }
             | Self::AddrTaken { .. } => ErrorKind::Exists,
         }
     }
@@ -266,6 +307,62 @@ impl SrtpRequest {
     }
 }
 
+/// A WebRTC endpoint's parameters as a request gives them (`AddEndpointRequest.webrtc`).
+#[derive(Debug, Clone, Default)]
+pub struct WebRtcRequest {
+    /// The bridge's ufrag for the endpoint.
+    pub local_ufrag: String,
+    /// The bridge's ice-pwd for the endpoint.
+    pub local_pwd: String,
+    /// The endpoint's ufrag.
+    pub remote_ufrag: String,
+    /// The endpoint's certificate fingerprint, `sha-256 AB:CD:...`.
+    pub remote_fingerprint: String,
+}
+
+/// A receiver's rewrite as a request gives it (`AddEndpointRequest.rewrite`): `(from, to)` pairs.
+#[derive(Debug, Clone, Default)]
+pub struct RewriteRequest {
+    /// Payload types.
+    pub payload_types: Vec<(u32, u32)>,
+    /// Header extension ids (`to` 0 removes the element).
+    pub extensions: Vec<(u32, u32)>,
+}
+
+impl RewriteRequest {
+    fn is_empty(&self) -> bool {
+        self.payload_types.is_empty() && self.extensions.is_empty()
+    }
+}
+
+/// An endpoint to add (`AddEndpointRequest`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewEndpoint<'a> {
+    /// Its conference.
+    pub conference: &'a str,
+    /// Its id.
+    pub endpoint: &'a str,
+    /// SSRCs it sends.
+    pub ssrcs: &'a [u32],
+    /// "ip:port", or empty (latch; and always for WebRTC).
+    pub remote_addr: &'a str,
+    /// SDES-style SRTP keys.
+    pub srtp: Option<&'a SrtpRequest>,
+    /// WebRTC (ICE-lite, DTLS-SRTP) instead of a configured or latched address and keys.
+    pub webrtc: Option<&'a WebRtcRequest>,
+    /// How its copies are rewritten.
+    pub rewrite: Option<&'a RewriteRequest>,
+}
+
+/// A WebRTC endpoint's transport as the API knows it.
+#[derive(Debug, Clone)]
+pub struct WebRtcInfo {
+    /// The bridge's ufrag for it (unique on the bridge).
+    pub local_ufrag: String,
+    /// Where its transport is.
+    pub state: WebRtcState,
+}
+
 /// One endpoint as the API knows it.
 #[derive(Debug, Clone)]
 pub struct EndpointState {
@@ -277,8 +374,10 @@ pub struct EndpointState {
     pub addr: Option<SocketAddr>,
     /// Whether `addr` was latched.
     pub latched: bool,
-    /// SRTP sessions, when the endpoint uses SRTP.
+    /// SRTP sessions, when the endpoint uses SRTP (a WebRTC endpoint: once its handshake is done).
     pub srtp: Option<EndpointSrtp>,
+    /// A WebRTC endpoint's transport.
+    pub webrtc: Option<WebRtcInfo>,
 }
 
 /// A relay to add: the bridge at `remote_addr`, link conference number `link`, sealing with
@@ -313,6 +412,10 @@ pub struct BridgeState {
     limits: Limits,
     /// Relays over all conferences.
     relay_count: usize,
+    /// WebRTC endpoints by local ufrag.
+    ufrags: FxHashMap<String, EndpointUid>,
+    /// Commands for the transport thread since the last [`BridgeState::take_commands`].
+    commands: Vec<Command>,
 }
 
 /// A relay as the API knows it.
@@ -365,6 +468,8 @@ impl BridgeState {
             generation: 0,
             limits: Limits::default(),
             relay_count: 0,
+            ufrags: FxHashMap::default(),
+            commands: Vec::new(),
         }
     }
 
@@ -434,6 +539,10 @@ impl BridgeState {
             .ok_or_else(|| StateError::ConferenceNotFound(id.into()))?;
         for e in conf.endpoints.values() {
             self.names.remove(&e.uid);
+            if let Some(w) = &e.webrtc {
+                self.ufrags.remove(&w.local_ufrag);
+                self.commands.push(Command::Remove(e.uid));
+            }
         }
         self.relay_count -= conf.relays.len();
         self.record(Op::RemoveConference {
@@ -502,7 +611,7 @@ impl BridgeState {
         self.table.by_addr.get(&addr).map(|&i| self.name_of(i))
     }
 
-    /// Adds an endpoint; returns its uid.
+    /// Adds a plain or SDES-SRTP endpoint; returns its uid. See [`BridgeState::add`].
     pub fn add_endpoint(
         &mut self,
         conference: &str,
@@ -511,6 +620,83 @@ impl BridgeState {
         remote_addr: &str,
         srtp: Option<&SrtpRequest>,
     ) -> Result<EndpointUid, StateError> {
+        self.add(NewEndpoint {
+            conference,
+            endpoint,
+            ssrcs,
+            remote_addr,
+            srtp,
+            ..NewEndpoint::default()
+        })
+    }
+
+    /// Validates a WebRTC endpoint's parameters (and that it leaves `remote_addr` and `srtp`
+    /// empty); returns what its transport needs, less its uid.
+    fn webrtc_params(
+        w: &WebRtcRequest,
+        remote_addr: &str,
+        srtp: bool,
+    ) -> Result<transport::NewEndpoint, StateError> {
+        let bad = |field, why: String| StateError::BadWebRtc { field, why };
+        if !remote_addr.is_empty() {
+            return Err(bad(
+                "remote_addr",
+                "must be empty for a WebRTC endpoint (its address is the one its ICE checks nominate)"
+                    .into(),
+            ));
+        }
+        if srtp {
+            return Err(bad(
+                "srtp",
+                "must be absent for a WebRTC endpoint (its DTLS handshake exports the keys)".into(),
+            ));
+        }
+        let credential = |field, v: &str, check: fn(&str) -> Result<(), ice::CredentialsError>| {
+            if v.is_empty() {
+                return Err(StateError::Empty(field));
+            }
+            check(v).map_err(|e| bad(field, e.to_string()))
+        };
+        credential("webrtc.local_ufrag", &w.local_ufrag, ice::check_ufrag)?;
+        credential("webrtc.local_pwd", &w.local_pwd, ice::check_pwd)?;
+        credential("webrtc.remote_ufrag", &w.remote_ufrag, ice::check_ufrag)?;
+        let fp = &w.remote_fingerprint;
+        if fp.is_empty() {
+            return Err(StateError::Empty("webrtc.remote_fingerprint"));
+        }
+        if fp.len() > MAX_FINGERPRINT_LEN {
+            return Err(StateError::TooLarge {
+                field: "webrtc.remote_fingerprint",
+                got: fp.len(),
+                unit: "bytes",
+                limit: MAX_FINGERPRINT_LEN,
+            });
+        }
+        let fingerprint =
+            parse_fingerprint(fp).map_err(|e| bad("webrtc.remote_fingerprint", e.to_string()))?;
+        Ok(transport::NewEndpoint {
+            uid: 0,
+            local_ufrag: w.local_ufrag.clone(),
+            local_pwd: w.local_pwd.clone(),
+            remote_ufrag: w.remote_ufrag.clone(),
+            fingerprint,
+        })
+    }
+
+    /// Adds an endpoint; returns its uid. A WebRTC endpoint (`webrtc`) has no address and no
+    /// SRTP until its transport gives them ([`BridgeState::webrtc_update`]); its local ufrag is
+    /// unique on the bridge. A `rewrite` needs SRTP or WebRTC (a plain receiver's copy is the
+    /// shared received packet).
+    pub fn add(&mut self, e: NewEndpoint<'_>) -> Result<EndpointUid, StateError> {
+        let NewEndpoint {
+            conference,
+            endpoint,
+            ssrcs,
+            remote_addr,
+            srtp,
+            webrtc,
+            rewrite,
+        } = e;
         // Sizes first: validation is linear in a request that passes them.
         need("conference_id", conference)?;
         need("endpoint_id", endpoint)?;
@@ -522,6 +708,18 @@ impl BridgeState {
                 limit: MAX_SSRCS,
             });
         }
+        let webrtc = webrtc
+            .map(|w| Self::webrtc_params(w, remote_addr, srtp.is_some()))
+            .transpose()?;
+        let rewrite = match rewrite.filter(|r| !r.is_empty()) {
+            Some(r) => {
+                if srtp.is_none() && webrtc.is_none() {
+                    return Err(StateError::RewriteNeedsSrtp);
+                }
+                Rewrite::new(&r.payload_types, &r.extensions)?.map(Arc::new)
+            }
+            None => None,
+        };
         let addr = self.parse_addr("remote_addr", remote_addr)?;
         let mut declared = Vec::with_capacity(ssrcs.len());
         for &s in ssrcs {
@@ -529,7 +727,9 @@ impl BridgeState {
                 declared.push(s);
             }
         }
-        if addr.is_none() && declared.is_empty() {
+        // A WebRTC endpoint never latches: a viewer declares no SSRC.
+        let latches = addr.is_none() && webrtc.is_none();
+        if latches && declared.is_empty() {
             return Err(StateError::NothingToLatch);
         }
         let conf = self
@@ -567,7 +767,17 @@ impl BridgeState {
             });
         }
         let srtp = srtp.map(SrtpRequest::derive).transpose()?;
-        if addr.is_none()
+        if let Some(w) = &webrtc
+            && let Some(other) = self.ufrags.get(&w.local_ufrag)
+        {
+            let (c, e) = &self.names[other];
+            return Err(StateError::UfragTaken {
+                ufrag: w.local_ufrag.clone(),
+                conference: c.clone(),
+                endpoint: e.clone(),
+            });
+        }
+        if latches
             && let Some((&ssrc, &i)) = declared
                 .iter()
                 .find_map(|s| self.table.latch_by_ssrc.get_key_value(s))
@@ -596,10 +806,22 @@ impl BridgeState {
             ssrcs: declared.as_slice().into(),
             addr,
             srtp: keys,
-            claim: addr.is_none().then(Arc::default),
+            claim: latches.then(Arc::default),
+            webrtc: webrtc.is_some(),
+            rewrite,
         };
         self.record(op);
         self.names.insert(uid, (conference.into(), endpoint.into()));
+        let webrtc = webrtc.map(|w| {
+            self.ufrags.insert(w.local_ufrag.clone(), uid);
+            let info = WebRtcInfo {
+                local_ufrag: w.local_ufrag.clone(),
+                state: WebRtcState::Checking,
+            };
+            self.commands
+                .push(Command::Add(transport::NewEndpoint { uid, ..w }));
+            info
+        });
         let conf = self.conferences.get_mut(conference).expect("checked above");
         conf.endpoints.insert(
             endpoint.into(),
@@ -609,6 +831,7 @@ impl BridgeState {
                 addr,
                 latched: false,
                 srtp,
+                webrtc,
             },
         );
         Ok(uid)
@@ -630,8 +853,81 @@ impl BridgeState {
                 endpoint: endpoint.into(),
             })?;
         self.names.remove(&e.uid);
+        if let Some(w) = &e.webrtc {
+            self.ufrags.remove(&w.local_ufrag);
+            self.commands.push(Command::Remove(e.uid));
+        }
         self.record(Op::RemoveEndpoint { uid: e.uid });
         Ok(())
+    }
+
+    /// Commands for the transport thread recorded since the last call (WebRTC endpoints added
+    /// and removed), in order.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// Applies what a WebRTC endpoint's transport learned: its state, its SRTP sessions (the
+    /// first time it is connected) and its address in the table (the nominated one while
+    /// connected, none otherwise). False (nothing changes) when the endpoint is gone. An address
+    /// that belongs to another endpoint is not taken (logged; the endpoint stays without one).
+    pub fn webrtc_update(&mut self, u: Update) -> bool {
+        let uid = u.uid;
+        let Some((c, e)) = self.names.get(&uid) else {
+            return false;
+        };
+        let mut addr = u.addr;
+        if let Some(a) = addr
+            && let Some(&i) = self.table.by_addr.get(&a)
+            && self.table.ep(i).uid != uid
+        {
+            let (oc, oe) = self.name_of(i);
+            tracing::warn!(
+                %a, conference = %c, endpoint = %e,
+                "WebRTC endpoint nominated the address of endpoint {oe:?} of conference {oc:?}: not taken"
+            );
+            addr = None;
+        }
+        let ep = self
+            .conferences
+            .get_mut(c)
+            .and_then(|conf| conf.endpoints.get_mut(e))
+            .expect("names and conferences agree");
+        let Some(w) = ep.webrtc.as_mut() else {
+            return false;
+        };
+        w.state = u.state;
+        let mut ops = Vec::new();
+        if let Some(keys) = u.keys {
+            match (keys.remote_session(), keys.local_session()) {
+                (Ok(rx), Ok(tx)) => {
+                    let (rx, tx) = (Arc::new(rx), Arc::new(tx));
+                    ep.srtp = Some(EndpointSrtp {
+                        profile: keys.profile,
+                        rx: rx.clone(),
+                        tx: tx.clone(),
+                    });
+                    ops.push(Op::SetSrtp {
+                        uid,
+                        srtp: Some((rx, tx)),
+                    });
+                }
+                (Err(why), _) | (_, Err(why)) => {
+                    // Exported by the session for its own profile: cannot happen.
+                    tracing::error!(uid, "WebRTC endpoint's exported keys unusable: {why}");
+                    w.state = WebRtcState::Failed;
+                    addr = None;
+                }
+            }
+        }
+        if ep.addr != addr && (ep.srtp.is_some() || addr.is_none()) {
+            ep.addr = addr;
+            ops.push(Op::SetAddr { uid, addr });
+        }
+        for op in ops {
+            self.record(op);
+        }
+        true
     }
 
     /// Records that endpoint `uid` latched `addr`. Returns false (and changes nothing) when the
@@ -781,6 +1077,11 @@ impl BridgeState {
         &self.table
     }
 
+    /// Whether ops were recorded since the last delta.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The ops recorded since the last delta, stamped with the next generation.
     pub fn delta(&mut self) -> Delta {
         self.generation += 1;
@@ -906,6 +1207,255 @@ mod tests {
         assert!(claim.take(), "the next packet may latch it");
         assert!(s.latch(uid, "127.0.0.1:4001".parse().unwrap()));
         assert!(s.table().ep(i).claim.is_none());
+    }
+
+    const FP: &str = "sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+
+    fn webrtc(ufrag: &str) -> WebRtcRequest {
+        WebRtcRequest {
+            local_ufrag: ufrag.into(),
+            local_pwd: "asd88fgpdd777uzjYhagZg".into(),
+            remote_ufrag: "evtj".into(),
+            remote_fingerprint: FP.into(),
+        }
+    }
+
+    fn add_webrtc(
+        s: &mut BridgeState,
+        id: &str,
+        ssrcs: &[u32],
+        w: &WebRtcRequest,
+        rewrite: Option<&RewriteRequest>,
+    ) -> Result<EndpointUid, StateError> {
+        s.add(NewEndpoint {
+            conference: "c",
+            endpoint: id,
+            ssrcs,
+            webrtc: Some(w),
+            rewrite,
+            ..NewEndpoint::default()
+        })
+    }
+
+    #[test]
+    fn webrtc_endpoints_are_validated_naming_the_field() {
+        let mut s = state();
+        let cases: [(WebRtcRequest, &str, &str); 7] = [
+            (webrtc("abc"), "", "webrtc.local_ufrag"),
+            (webrtc("ab:cd"), "", "webrtc.local_ufrag"),
+            (
+                WebRtcRequest {
+                    local_pwd: "short".into(),
+                    ..webrtc("bRdg")
+                },
+                "",
+                "webrtc.local_pwd",
+            ),
+            (
+                WebRtcRequest {
+                    remote_ufrag: String::new(),
+                    ..webrtc("bRdg")
+                },
+                "",
+                "webrtc.remote_ufrag",
+            ),
+            (
+                WebRtcRequest {
+                    remote_fingerprint: "sha-1 AB:CD".into(),
+                    ..webrtc("bRdg")
+                },
+                "",
+                "webrtc.remote_fingerprint",
+            ),
+            (
+                WebRtcRequest {
+                    remote_fingerprint: "x".repeat(600),
+                    ..webrtc("bRdg")
+                },
+                "",
+                "webrtc.remote_fingerprint",
+            ),
+            (webrtc("bRdg"), "127.0.0.1:4000", "remote_addr"),
+        ];
+        for (w, addr, field) in cases {
+            let e = s
+                .add(NewEndpoint {
+                    conference: "c",
+                    endpoint: "w",
+                    remote_addr: addr,
+                    webrtc: Some(&w),
+                    ..NewEndpoint::default()
+                })
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+            assert!(e.to_string().starts_with(field), "{field}: {e}");
+        }
+        let srtp = SrtpRequest {
+            profile: "AEAD_AES_128_GCM".into(),
+            endpoint_key: vec![1; 28],
+            bridge_key: vec![],
+        };
+        let e = s
+            .add(NewEndpoint {
+                conference: "c",
+                endpoint: "w",
+                srtp: Some(&srtp),
+                webrtc: Some(&webrtc("bRdg")),
+                ..NewEndpoint::default()
+            })
+            .unwrap_err();
+        assert!(e.to_string().starts_with("srtp: must be absent"), "{e}");
+        assert_eq!(s.endpoints(), 0);
+        assert!(s.take_commands().is_empty());
+    }
+
+    #[test]
+    fn webrtc_endpoints_wait_for_their_transport() {
+        let mut s = state();
+        // A receive-only viewer declares no SSRC, and needs nothing to latch on.
+        let viewer = add_webrtc(&mut s, "viewer", &[], &webrtc("vIew"), None).unwrap();
+        let publisher = add_webrtc(&mut s, "pub", &[5], &webrtc("pUbl"), None).unwrap();
+        // Its SSRC does not wait to latch: a plain endpoint elsewhere may latch on it.
+        assert!(!s.table().latch_by_ssrc.contains_key(&5));
+        // The local ufrag is unique on the bridge.
+        s.create_conference("d").unwrap();
+        let e = s
+            .add(NewEndpoint {
+                conference: "d",
+                endpoint: "x",
+                webrtc: Some(&webrtc("vIew")),
+                ..NewEndpoint::default()
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Exists);
+        assert!(e.to_string().starts_with("webrtc.local_ufrag"), "{e}");
+        let cmds = s.take_commands();
+        assert!(
+            matches!(&cmds[..], [Command::Add(v), Command::Add(p)] if v.uid == viewer && p.uid == publisher && v.local_ufrag == "vIew")
+        );
+        let info = |s: &BridgeState, id: &str| {
+            let (_, eps) = s.list().next().unwrap();
+            eps.into_iter()
+                .find(|(e, _)| *e == id)
+                .map(|(_, e)| (e.addr, e.webrtc.as_ref().unwrap().state, e.srtp.is_some()))
+                .unwrap()
+        };
+        assert_eq!(info(&s, "viewer"), (None, WebRtcState::Checking, false));
+
+        // Nominated, not keyed: the state changes, nothing for the workers.
+        s.delta();
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let update = |state, addr, keys| Update {
+            uid: viewer,
+            state,
+            addr,
+            keys,
+        };
+        assert!(s.webrtc_update(update(WebRtcState::Handshaking, None, None)));
+        assert!(!s.has_pending());
+        assert_eq!(info(&s, "viewer"), (None, WebRtcState::Handshaking, false));
+        // An address without keys is never given.
+        s.webrtc_update(update(WebRtcState::Connected, Some(addr), None));
+        assert!(!s.has_pending());
+        // Connected: sessions, then the address.
+        let keys = crate::webrtc::dtls::SrtpKeys {
+            profile: Profile::AeadAes128Gcm,
+            remote: (vec![1; 16], vec![2; 12]),
+            local: (vec![3; 16], vec![4; 12]),
+        };
+        assert!(s.webrtc_update(update(WebRtcState::Connected, Some(addr), Some(keys))));
+        let d = s.delta();
+        assert!(matches!(
+            &d.ops[..],
+            [Op::SetSrtp { srtp: Some(_), .. }, Op::SetAddr { addr: Some(a), .. }] if *a == addr
+        ));
+        assert_eq!(
+            info(&s, "viewer"),
+            (Some(addr), WebRtcState::Connected, true)
+        );
+        // Another endpoint cannot take the address.
+        s.webrtc_update(Update {
+            uid: publisher,
+            state: WebRtcState::Connected,
+            addr: Some(addr),
+            keys: Some(crate::webrtc::dtls::SrtpKeys {
+                profile: Profile::AeadAes128Gcm,
+                remote: (vec![1; 16], vec![2; 12]),
+                local: (vec![3; 16], vec![4; 12]),
+            }),
+        });
+        assert_eq!(info(&s, "pub").0, None);
+        // Consent expired: the address goes.
+        s.delta();
+        s.webrtc_update(update(WebRtcState::Expired, None, None));
+        assert!(matches!(
+            &s.delta().ops[..],
+            [Op::SetAddr { addr: None, .. }]
+        ));
+        assert_eq!(info(&s, "viewer"), (None, WebRtcState::Expired, true));
+
+        // Removal tells the transport and frees the ufrag; updates for it change nothing.
+        s.remove_endpoint("c", "viewer").unwrap();
+        assert_eq!(s.take_commands(), [Command::Remove(viewer)]);
+        assert!(!s.webrtc_update(update(WebRtcState::Connected, None, None)));
+        add_webrtc(&mut s, "again", &[], &webrtc("vIew"), None).unwrap();
+        s.take_commands();
+        s.delete_conference("c").unwrap();
+        let cmds = s.take_commands();
+        assert_eq!(cmds.len(), 2);
+        assert!(cmds.iter().all(|c| matches!(c, Command::Remove(_))));
+        s.create_conference("c").unwrap();
+        add_webrtc(&mut s, "pub", &[5], &webrtc("pUbl"), None).unwrap();
+    }
+
+    #[test]
+    fn rewrite_needs_srtp_or_webrtc() {
+        let mut s = state();
+        let rw = RewriteRequest {
+            payload_types: vec![(96, 100)],
+            extensions: vec![(3, 0)],
+        };
+        let plain = NewEndpoint {
+            conference: "c",
+            endpoint: "p",
+            ssrcs: &[1],
+            remote_addr: "127.0.0.1:4000",
+            rewrite: Some(&rw),
+            ..NewEndpoint::default()
+        };
+        let e = s.add(plain).unwrap_err();
+        assert_eq!(e, StateError::RewriteNeedsSrtp);
+        assert!(e.to_string().starts_with("rewrite: "), "{e}");
+        // An empty rewrite is no rewrite.
+        let empty = RewriteRequest::default();
+        s.add(NewEndpoint {
+            rewrite: Some(&empty),
+            ..plain
+        })
+        .unwrap();
+        let bad = RewriteRequest {
+            payload_types: vec![(96, 300)],
+            extensions: vec![],
+        };
+        let e = add_webrtc(&mut s, "w", &[], &webrtc("wWww"), Some(&bad)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(e.to_string().starts_with("rewrite.payload_types"), "{e}");
+        let uid = add_webrtc(&mut s, "w", &[], &webrtc("wWww"), Some(&rw)).unwrap();
+        let i = s.table().by_uid[&uid];
+        assert!(s.table().ep(i).rewrite.is_some());
+        let srtp = SrtpRequest {
+            profile: "AEAD_AES_128_GCM".into(),
+            endpoint_key: vec![1; 28],
+            bridge_key: vec![],
+        };
+        s.add(NewEndpoint {
+            endpoint: "s",
+            remote_addr: "127.0.0.1:4001",
+            ssrcs: &[2],
+            srtp: Some(&srtp),
+            ..plain
+        })
+        .unwrap();
     }
 
     #[test]

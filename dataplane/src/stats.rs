@@ -16,6 +16,8 @@ pub struct SharedCounters {
     rx_rtcp: AtomicU64,
     relay_rx: AtomicU64,
     relay_tx: AtomicU64,
+    stun_rx: AtomicU64,
+    dtls_rx: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -30,6 +32,8 @@ impl SharedCounters {
         self.rx_rtcp.store(c.rx_rtcp, Relaxed);
         self.relay_rx.store(c.relay_rx, Relaxed);
         self.relay_tx.store(c.relay_tx, Relaxed);
+        self.stun_rx.store(c.stun_rx, Relaxed);
+        self.dtls_rx.store(c.dtls_rx, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -46,6 +50,8 @@ impl SharedCounters {
             rx_rtcp: self.rx_rtcp.load(Relaxed),
             relay_rx: self.relay_rx.load(Relaxed),
             relay_tx: self.relay_tx.load(Relaxed),
+            stun_rx: self.stun_rx.load(Relaxed),
+            dtls_rx: self.dtls_rx.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -61,6 +67,8 @@ impl std::ops::AddAssign for Counters {
         self.rx_rtcp += o.rx_rtcp;
         self.relay_rx += o.relay_rx;
         self.relay_tx += o.relay_tx;
+        self.stun_rx += o.stun_rx;
+        self.dtls_rx += o.dtls_rx;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

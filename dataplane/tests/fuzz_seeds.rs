@@ -65,6 +65,18 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ] {
         out.push(("core", [&[src], &pkt[..]].concat()));
     }
+    // The `rewrite` target: RTP headers with one-byte and two-byte header extensions.
+    for (profile, elements) in [
+        (0xbedeu16, &[0x12u8, 1, 2, 3, 0x31, 7, 8, 0][..]),
+        (0x1000, &[1, 3, 1, 2, 3, 3, 2, 7, 8, 0, 0, 0][..]),
+    ] {
+        let mut p = testkit::rtp(10, 1, 0, b"");
+        p[0] |= 0x10;
+        p.extend_from_slice(&profile.to_be_bytes());
+        p.extend_from_slice(&((elements.len() / 4) as u16).to_be_bytes());
+        p.extend_from_slice(elements);
+        out.push(("rewrite", p));
+    }
     out
 }
 
@@ -74,6 +86,11 @@ fn seeds_are_what_they_claim_and_are_written_on_request() {
     for (target, s) in &seeds {
         match *target {
             "rtp" => assert_ne!(classify(s), Class::Other),
+            "rewrite" => assert_eq!(
+                ringbridge_dataplane::core::rtp::Header::parse(s).map(|h| h.len),
+                Ok(s.len()),
+                "a whole header with its extension"
+            ),
             "rtcp" => assert!(rtcp::summarize(s).is_ok()),
             "srtp" => {
                 let p = Profile::ALL[usize::from(s[0]) % 4];

@@ -117,11 +117,18 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ringbridge-joinbench-{}", std::process::id()));
     let ctl = start(
         "ringbridge-control",
-        &["serve", "--listen", "127.0.0.1:0", "--data-dir"]
-            .map(String::from)
-            .into_iter()
-            .chain([dir.display().to_string()])
-            .collect::<Vec<_>>(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+            "--data-dir",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([dir.display().to_string()])
+        .collect::<Vec<_>>(),
     )?;
     let url = format!("http://{}", field(&ctl.1, "listen"));
     let mut bridges = Vec::new();

@@ -632,6 +632,9 @@ mod tests {
                         remote_addr: String::new(),
                         srtp: None,
                         role: Default::default(),
+                        webrtc: None,
+                        rewrite: None,
+                        media: None,
                     },
                     0,
                 )

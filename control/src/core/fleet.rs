@@ -70,6 +70,9 @@ pub struct Bridge {
     /// The bridge process's instance id (`RegisterBridge.instance_id`): a registration with
     /// another one is a restarted bridge. Empty: unknown (every registration is a new process).
     pub instance: String,
+    /// The bridge process's DTLS certificate fingerprint (`sha-256 AB:CD:...`), which every SDP
+    /// answer for a WebRTC participant on it carries. Empty: it takes no WebRTC participant.
+    pub dtls_fingerprint: String,
 }
 
 /// What a registration of a bridge was, as [`Fleet::register`] tells it.
@@ -103,7 +106,20 @@ impl Bridge {
             probe_failures: 0,
             why: String::new(),
             instance: String::new(),
+            dtls_fingerprint: String::new(),
         }
+    }
+
+    /// The same bridge, with the DTLS fingerprint of its process (see
+    /// [`Bridge::dtls_fingerprint`]).
+    pub fn with_fingerprint(mut self, fingerprint: &str) -> Self {
+        self.dtls_fingerprint = fingerprint.into();
+        self
+    }
+
+    /// Whether it takes WebRTC participants (it registered a DTLS fingerprint).
+    pub fn takes_webrtc(&self) -> bool {
+        !self.dtls_fingerprint.is_empty()
     }
 
     /// The same bridge, as process `instance` (see [`Bridge::instance`]).
@@ -136,6 +152,12 @@ pub enum NoBridge {
     /// All candidates are at or over capacity.
     #[error("all {0} candidate bridges are overloaded (stress >= 1)")]
     AllOverloaded(usize),
+    /// A WebRTC participant, and no registered bridge takes WebRTC (none registered a DTLS
+    /// fingerprint).
+    #[error(
+        "none of the {0} registered bridges takes WebRTC participants (no DTLS fingerprint registered)"
+    )]
+    NoWebRtc(usize),
 }
 
 /// Chooses a bridge among candidates (all up, not draining, under capacity).

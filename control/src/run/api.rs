@@ -89,6 +89,9 @@ impl Focus for FocusService {
         let role = role(&r.role)?;
         let join = JoinRequest {
             role,
+            webrtc: None,
+            rewrite: None,
+            media: None,
             conference: r.conference,
             participant_id: r.participant_id,
             region: r.region,
@@ -394,6 +397,10 @@ impl Registry for RegistryService {
                 "instance_id: longer than the limit of {MAX_ID_LEN} bytes"
             )));
         }
+        if !r.dtls_fingerprint.is_empty() {
+            crate::signal::sdp::check_fingerprint(&r.dtls_fingerprint)
+                .map_err(|e| Status::invalid_argument(format!("dtls_fingerprint: {e}")))?;
+        }
         let b = Bridge::new(
             &r.bridge_id,
             &r.api_addr,
@@ -401,7 +408,8 @@ impl Registry for RegistryService {
             &r.region,
             r.capacity_pps,
         )
-        .with_instance(&r.instance_id);
+        .with_instance(&r.instance_id)
+        .with_fingerprint(&r.dtls_fingerprint);
         if let Some(cl) = c.cluster() {
             // Kept in etcd before it counts: a standby that takes over knows it.
             cl.save_bridge(&crate::store::cluster::BridgeRecord {
@@ -411,13 +419,19 @@ impl Registry for RegistryService {
                 region: r.region.clone(),
                 capacity: r.capacity_pps,
                 instance: r.instance_id.clone(),
+                dtls_fingerprint: r.dtls_fingerprint.clone(),
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         }
-        let plans = c.lock().focus.register(b, now_ms()).map_err(status)?;
+        let (plans, stranded) = {
+            let mut core = c.lock();
+            let plans = core.focus.register(b, now_ms()).map_err(status)?;
+            (plans, core.focus.take_stranded())
+        };
         tracing::info!(bridge = %r.bridge_id, api = %r.api_addr, "bridge registered");
         c.spawn(plans);
+        c.end_stranded(stranded);
         c.reconcile(r.bridge_id, r.api_addr);
         Ok(Response::new(pb::RegisterBridgeResponse {
             report_interval_ms: c.cfg.report_interval_ms,

@@ -64,7 +64,27 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
             endpoint_key: k.endpoint_key.clone(),
             bridge_key: k.bridge_key.clone(),
         }),
-        ..Default::default()
+        webrtc: p.webrtc.as_ref().map(|w| pb::WebRtcParams {
+            local_ufrag: w.local_ufrag.clone(),
+            local_pwd: w.local_pwd.clone(),
+            remote_ufrag: w.remote_ufrag.clone(),
+            remote_fingerprint: w.remote_fingerprint.clone(),
+        }),
+        rewrite: p
+            .rewrite
+            .as_ref()
+            .filter(|r| !r.is_empty())
+            .map(|r| pb::Rewrite {
+                payload_types: r.payload_types.iter().map(id_map).collect(),
+                extensions: r.extensions.iter().map(id_map).collect(),
+            }),
+    }
+}
+
+fn id_map(m: &crate::store::webrtc::IdMap) -> pb::IdMap {
+    pb::IdMap {
+        from: m.from.into(),
+        to: m.to.into(),
     }
 }
 
@@ -359,6 +379,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_webrtc_participant_is_added_with_its_credentials_and_rewrite() {
+        use crate::store::webrtc::{IdMap, Rewrite, WebRtc};
+        let mut p = Participant::plain("eu", vec![], "", None, "b", crate::store::Role::Viewer);
+        p.webrtc = Some(Box::new(WebRtc {
+            local_ufrag: "lu".into(),
+            local_pwd: "lp".into(),
+            remote_ufrag: "ru".into(),
+            remote_fingerprint: "sha-256 AB".into(),
+        }));
+        p.rewrite = Some(Box::new(Rewrite {
+            payload_types: vec![IdMap { from: 111, to: 96 }],
+            extensions: vec![IdMap { from: 4, to: 0 }],
+        }));
+        let r = add_request("s", "whep-1", &p);
+        let w = r.webrtc.unwrap();
+        assert_eq!(
+            (
+                w.local_ufrag.as_str(),
+                w.local_pwd.as_str(),
+                w.remote_ufrag.as_str()
+            ),
+            ("lu", "lp", "ru")
+        );
+        assert_eq!(w.remote_fingerprint, "sha-256 AB");
+        let rw = r.rewrite.unwrap();
+        assert_eq!(
+            (rw.payload_types[0].from, rw.payload_types[0].to),
+            (111, 96)
+        );
+        assert_eq!((rw.extensions[0].from, rw.extensions[0].to), (4, 0));
+        assert!(r.remote_addr.is_empty() && r.srtp.is_none());
+        // An empty rewrite is no rewrite.
+        p.rewrite = Some(Box::default());
+        assert!(add_request("s", "whep-1", &p).rewrite.is_none());
+    }
+
+    #[test]
     fn statuses_map_to_call_outcomes() {
         let create = Call::Create {
             conference: "c".into(),
@@ -376,6 +433,9 @@ mod tests {
                 srtp: None,
                 bridge: String::new(),
                 role: Default::default(),
+                webrtc: None,
+                rewrite: None,
+                media: None,
             },
             if_absent,
         };

@@ -1,6 +1,7 @@
 //! `ringbridge-control serve`: its flags (checked before anything binds, naming the flag) and
 //! the process: the store, the cluster and its elector, the monitor, the flusher, the
-//! autoscaler with its actuator, metrics, and the gRPC server with health and reflection.
+//! autoscaler with its actuator, metrics, the gRPC server with health and reflection, and the
+//! HTTP server of WHIP, WHEP and the page ([`crate::signal::http`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics over HTTP on this address.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// WHIP and WHEP (WebRTC publishers and viewers) and the page, over HTTP on this address;
+    /// `off` serves none.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
     /// This shard's id in the router.
     #[arg(long, default_value = "shard-0")]
     pub shard_id: String,
@@ -189,6 +194,7 @@ impl ServeArgs {
             return Err("--autoscale-interval-ms: must be > 0".into());
         }
         shard_id(&self.shard_id)?;
+        self.http_addr()?;
         if self.store != "file" {
             etcd::endpoints(&self.store)?;
         }
@@ -196,6 +202,19 @@ impl ServeArgs {
             crate::actuator::executable(&self.bridge_binary()?)?;
         }
         Ok(())
+    }
+
+    /// The `--http` address, `None` for `off`.
+    fn http_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.http == "off" {
+            return Ok(None);
+        }
+        self.http.parse().map(Some).map_err(|_| {
+            format!(
+                "--http {:?}: must be ip:port or off",
+                self.http.chars().take(64).collect::<String>()
+            )
+        })
     }
 
     /// The process actuator's bridge binary: `--bridge-binary`, else `ringbridge` next to this
@@ -424,6 +443,22 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             Arc::new(move |r| crate::run::metrics::render(&c, r)),
         ));
     }
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut http_addr = None;
+    let mut http_server = None;
+    if let Some(h) = a.http_addr().map_err(anyhow::Error::msg)? {
+        let l = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("binding --http {h}"))?;
+        http_addr = Some(l.local_addr()?);
+        http_server = Some(tokio::spawn(crate::signal::http::serve(
+            l,
+            control.clone(),
+            async {
+                let _ = http_stopped.await;
+            },
+        )));
+    }
     health.set_serving::<FocusServer<FocusService>>().await;
     health.set_serving::<RouterServer<RouterService>>().await;
     health
@@ -440,6 +475,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .field("data_dir", a.data_dir.display())
             .field("autoscale", format!("{:?}", a.autoscale).to_lowercase())
             .field_opt("metrics", metrics_addr)
+            .field_opt("http", http_addr)
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ringbridge_edge::grpc::serve(
@@ -474,6 +510,10 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let saved = control.flush().await;
     let _ = stop_tx.send(());
+    let _ = http_stop.send(());
+    if let Some(h) = http_server {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), h).await;
+    }
     // Long-lived watch streams would hold a graceful stop open: give calls a moment, then go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     match saved {
@@ -561,6 +601,8 @@ mod tests {
             (&["--shard-id", ""], "--shard-id"),
             (&["--shard-id", "a b"], "--shard-id"),
             (&["--shard-id", "a\n"], "--shard-id"),
+            (&["--http", "8080"], "--http"),
+            (&["--http", "localhost:8080"], "--http"),
             (&["--store", "etcd://127.0.0.1:2379/tenant-a"], "--store"),
             (
                 &["--autoscale", "process", "--bridge-binary", plain],

@@ -314,17 +314,46 @@ impl Control {
     /// cleanup in the background.
     pub async fn run(self: &Arc<Self>, plan: Plan) -> Completion {
         let results = self.executor.run(&plan).await;
-        let c = {
+        let (c, stranded) = {
             let mut core = self.lock();
             let c = core.focus.complete(plan.op, &plan.calls, &results);
             self.announce(&mut core);
-            c
+            (c, core.focus.take_stranded())
         };
         self.idle.notify_waiters();
         if let Some(cleanup) = c.cleanup.clone() {
             self.spawn(vec![cleanup]);
         }
+        self.end_stranded(stranded);
         c
+    }
+
+    /// Makes WebRTC participants whose session cannot follow them leave, in the background (see
+    /// [`Focus::take_stranded`]): their sessions end (a DELETE then gets 404) and their clients
+    /// start new ones.
+    pub fn end_stranded(self: &Arc<Self>, stranded: Vec<(String, String)>) {
+        if stranded.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            for (conference, participant) in stranded {
+                tracing::info!(%conference, %participant, "WebRTC session ended: its bridge changed (the client must start a new one)");
+                match me
+                    .submit(&conference, |f, _| f.leave(&conference, &participant))
+                    .await
+                {
+                    Ok(plan) => {
+                        if let Err(e) = me.run(plan).await.result {
+                            tracing::warn!(%conference, %participant, "ending a stranded WebRTC session: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%conference, %participant, "stranded session already gone: {}", e.message())
+                    }
+                }
+            }
+        });
     }
 
     /// Runs plans in the background.

@@ -406,6 +406,9 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                         remote_addr: String::new(),
                         srtp: None,
                         role: Default::default(),
+                        webrtc: None,
+                        rewrite: None,
+                        media: None,
                     };
                     let ok = w.focus.join(req, now_ms).is_ok_and(|plan| w.run(plan));
                     if ok {

@@ -108,6 +108,9 @@ pub fn run(cfg: &StreamSimConfig, progress: &mut dyn FnMut(u64)) -> StreamReport
         remote_addr: "10.0.0.1:5000".into(),
         srtp: None,
         role: Role::Publisher,
+        webrtc: None,
+        rewrite: None,
+        media: None,
     };
     let plan = focus
         .join(publisher.clone(), 0)

@@ -56,6 +56,10 @@ pub struct BridgeRecord {
     /// The bridge process's instance id (empty from older versions).
     #[serde(default)]
     pub instance: String,
+    /// The bridge process's DTLS fingerprint (empty from older versions, or a bridge that takes
+    /// no WebRTC participants).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dtls_fingerprint: String,
 }
 
 impl BridgeRecord {
@@ -69,6 +73,7 @@ impl BridgeRecord {
             self.capacity,
         )
         .with_instance(&self.instance)
+        .with_fingerprint(&self.dtls_fingerprint)
     }
 }
 

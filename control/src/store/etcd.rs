@@ -752,6 +752,9 @@ mod tests {
             srtp: None,
             bridge: b.into(),
             role: Default::default(),
+            webrtc: None,
+            rewrite: None,
+            media: None,
         };
         m.apply(&Change::Placed {
             conference: "c".into(),

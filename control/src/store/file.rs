@@ -252,6 +252,9 @@ mod tests {
                 }),
                 bridge: "b1".into(),
                 role: Role::Participant,
+                webrtc: None,
+                rewrite: None,
+                media: None,
             },
         }
     }

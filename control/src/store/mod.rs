@@ -5,13 +5,16 @@
 //! - this module: the persisted types, the [`Change`]s the focus emits, and the [`Store`] trait;
 //! - [`file`]: the embedded default, [`FileStore`] in `--data-dir` (snapshot + append-only log);
 //! - [`etcd`]: the etcd store (one key per participant, fenced writes);
-//! - [`cluster`]: several instances on etcd: leases, shared sticky routes, the election.
+//! - [`cluster`]: several instances on etcd: leases, shared sticky routes, the election;
+//! - [`webrtc`]: a WebRTC participant's transport parameters, rewrites and media description.
 
 pub mod cluster;
 pub mod etcd;
 pub mod file;
+pub mod webrtc;
 
 pub use file::FileStore;
+pub use webrtc::{MediaDescription, Rewrite, WebRtc};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -97,6 +100,42 @@ pub struct Participant {
     /// What it does (state from before broadcasts: a participant).
     #[serde(default)]
     pub role: Role,
+    /// A WebRTC participant's ICE-lite and DTLS-SRTP parameters (`None`: plain RTP or SDES
+    /// SRTP, as before WebRTC). Boxed, like the two below: most participants have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webrtc: Option<Box<WebRtc>>,
+    /// Rewrites on the packets it receives (a WebRTC viewer numbering codecs or extensions
+    /// unlike its publisher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Box<Rewrite>>,
+    /// A WebRTC publisher's negotiated media (codecs, extensions, SSRCs per m-line): what a
+    /// viewer's answer is made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Box<MediaDescription>>,
+}
+
+impl Participant {
+    /// A participant with no WebRTC parts (plain RTP or SDES SRTP).
+    pub fn plain(
+        region: &str,
+        ssrcs: Vec<u32>,
+        remote_addr: &str,
+        srtp: Option<SrtpKeys>,
+        bridge: &str,
+        role: Role,
+    ) -> Self {
+        Self {
+            region: region.into(),
+            ssrcs,
+            remote_addr: remote_addr.into(),
+            srtp,
+            bridge: bridge.into(),
+            role,
+            webrtc: None,
+            rewrite: None,
+            media: None,
+        }
+    }
 }
 
 /// The keys of the relay link between two bridges of a conference, one per direction.

@@ -110,7 +110,8 @@ pub fn control(data: &str, listen: &str) -> Proc {
     )
 }
 
-/// A control plane with `extra` flags (none: every default).
+/// A control plane with `extra` flags (none: every default, but WHIP/WHEP on a free port
+/// unless `extra` gives `--http`: tests run side by side).
 pub fn control_with(data: &str, listen: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "serve",
@@ -121,6 +122,12 @@ pub fn control_with(data: &str, listen: &str, extra: &[&str]) -> Proc {
         "--data-dir",
         data,
     ];
+    if !extra
+        .iter()
+        .any(|a| *a == "--http" || a.starts_with("--http="))
+    {
+        args.extend_from_slice(&["--http", "127.0.0.1:0"]);
+    }
     args.extend_from_slice(extra);
     Proc::start("ringbridge-control", &args)
 }

@@ -2,13 +2,16 @@
 //! source address it decides where copies go (a [`Verdict`]) or why it is dropped
 //! ([`DropReason`]), counts what it saw, and queues [`Event`]s for the control path (latched
 //! addresses). SRTP senders are authenticated and decrypted in place here, once; engines
-//! protect each copy for SRTP receivers with [`Peer::srtp`]. Engines feed it and carry out its
-//! verdicts.
+//! protect each copy for SRTP receivers with [`Peer::srtp`] (rewritten on the way for
+//! receivers with a [`Rewrite`]). STUN and DTLS go to the WebRTC transport through a bounded
+//! queue ([`handoff`]), off the packet path. Engines feed it and carry out its verdicts.
 
 pub mod classify;
 mod feedback;
+pub mod handoff;
 pub mod keyframe;
 pub mod relay;
+pub mod rewrite;
 pub mod rtcp;
 pub mod rtp;
 pub mod senders;
@@ -23,7 +26,9 @@ use rustc_hash::FxHashMap;
 
 use crate::srtp::{self, replay};
 pub use classify::Class;
+pub use handoff::Handoff;
 pub use keyframe::KeyframeGate;
+pub use rewrite::Rewrite;
 pub use senders::RemoteSenders;
 pub use table::{ConfIdx, Delta, EndpointUid, LatchClaim, Op, Peer, Table, TableBuilder};
 pub use verdict::{Dests, Sent, Verdict};
@@ -70,11 +75,13 @@ pub enum DropReason {
     /// [`relay::HOP_LIMIT`] links already (downstream relays programmed into a loop): its
     /// onward copies are not sent (local endpoints still get it).
     RelayHopLimit = 12,
+    /// A STUN or DTLS datagram the WebRTC transport's queue had no room for.
+    TransportQueueFull = 13,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -90,6 +97,7 @@ impl DropReason {
         Self::UnknownRelay,
         Self::KeyframeThrottled,
         Self::RelayHopLimit,
+        Self::TransportQueueFull,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -108,6 +116,7 @@ impl DropReason {
             Self::UnknownRelay => "unknown_relay",
             Self::KeyframeThrottled => "keyframe_throttled",
             Self::RelayHopLimit => "relay_hop_limit",
+            Self::TransportQueueFull => "transport_queue_full",
         }
     }
 }
@@ -131,6 +140,11 @@ pub struct Counters {
     pub relay_rx: u64,
     /// Relay packets sent.
     pub relay_tx: u64,
+    /// STUN datagrams received (handed to the WebRTC transport, or dropped when its queue was
+    /// full).
+    pub stun_rx: u64,
+    /// DTLS datagrams received (likewise).
+    pub dtls_rx: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -205,6 +219,8 @@ pub struct Core {
     senders: Arc<RemoteSenders>,
     /// The engine's clock at the start of the batch, ms on the gate's clock.
     now_ms: u32,
+    /// Where STUN and DTLS go (the bridge's WebRTC transport); without it they are `NotRtp`.
+    handoff: Option<Handoff>,
     /// What this core has counted.
     pub counters: Counters,
 }
@@ -220,8 +236,15 @@ impl Core {
             keyframes: Arc::new(KeyframeGate::default()),
             senders: Arc::new(RemoteSenders::default()),
             now_ms: 0,
+            handoff: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Hands STUN and DTLS datagrams to the WebRTC transport through `handoff`.
+    pub fn with_handoff(mut self, handoff: Option<Handoff>) -> Self {
+        self.handoff = handoff;
+        self
     }
 
     /// Throttles keyframe requests with `gate` (shared by the bridge's workers).
@@ -274,7 +297,11 @@ impl Core {
                     self.streams.rtp.retain(|(u, _), _| *u != gone);
                     self.streams.rtcp_out.retain(|(u, _), _| *u != gone);
                 }
-                Op::AddConference | Op::AddEndpoint { .. } | Op::AddRelay { .. } => {}
+                Op::AddConference
+                | Op::AddEndpoint { .. }
+                | Op::AddRelay { .. }
+                | Op::SetAddr { .. }
+                | Op::SetSrtp { .. } => {}
             }
             self.table.apply(op);
             // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
@@ -354,6 +381,9 @@ impl Core {
     /// Decides what happens to one datagram from `src`, and counts it. An SRTP sender's packet
     /// is authenticated and decrypted in place: the plain packet is `pkt[..verdict.len]` (an
     /// RTCP compound may also lose, in place, the keyframe requests the gate holds back).
+    /// STUN and DTLS are not forwarded either (`Err(NotRtp)`), but with a [`Handoff`] they are
+    /// copied to the WebRTC transport and counted as `stun_rx`/`dtls_rx`, not as drops (unless
+    /// its queue is full: `TransportQueueFull`).
     #[inline]
     pub fn handle(&mut self, pkt: &mut [u8], src: SocketAddr) -> Result<Verdict<'_>, DropReason> {
         self.counters.rx_packets += 1;
@@ -374,9 +404,28 @@ impl Core {
             src,
         );
         if let Err(why) = r {
-            self.counters.drop(why);
+            if why == DropReason::NotRtp
+                && let Some(h) = &self.handoff
+                && let Some(kind) = handoff::Kind::of(pkt)
+            {
+                hand_over(h, kind, pkt, src, &mut self.counters);
+            } else {
+                self.counters.drop(why);
+            }
         }
         r
+    }
+}
+
+/// Copies a STUN or DTLS datagram to the transport's queue, counting it (the slow path).
+#[cold]
+fn hand_over(h: &Handoff, kind: handoff::Kind, pkt: &[u8], src: SocketAddr, c: &mut Counters) {
+    match kind {
+        handoff::Kind::Stun => c.stun_rx += 1,
+        handoff::Kind::Dtls => c.dtls_rx += 1,
+    }
+    if !h.offer(pkt, src) {
+        c.drop(DropReason::TransportQueueFull);
     }
 }
 
@@ -741,6 +790,79 @@ mod tests {
     }
 
     #[test]
+    fn stun_and_dtls_go_to_the_transport_queue() {
+        let (h, rx) = handoff::queue(2);
+        let mut c = core().with_handoff(Some(h));
+        let stun = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        let dtls = [22, 0xfe, 0xfd, 0, 0, 0, 0, 0];
+        assert_eq!(dests(&mut c, &stun, a(9)), Err(DropReason::NotRtp));
+        assert_eq!(dests(&mut c, &dtls, a(1)), Err(DropReason::NotRtp));
+        // Full: dropped and counted.
+        assert_eq!(dests(&mut c, &stun, a(9)), Err(DropReason::NotRtp));
+        // Anything else that is not RTP is still not_rtp, not the transport's.
+        assert_eq!(dests(&mut c, &[0x0c, 1, 2], a(9)), Err(DropReason::NotRtp));
+        assert_eq!((c.counters.stun_rx, c.counters.dtls_rx), (2, 1));
+        assert_eq!(c.counters.drops[DropReason::TransportQueueFull as usize], 1);
+        assert_eq!(c.counters.drops[DropReason::NotRtp as usize], 1);
+        assert_eq!(c.counters.dropped(), 2);
+        let got: Vec<_> = rx.try_iter().map(|d| (d.from, d.data.to_vec())).collect();
+        assert_eq!(got, [(a(9), stun.to_vec()), (a(1), dtls.to_vec())]);
+        // RTP is not affected.
+        assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![2, 3]));
+        // Without a transport (tests, benches) they are not_rtp.
+        let mut c = core();
+        assert_eq!(dests(&mut c, &stun, a(9)), Err(DropReason::NotRtp));
+        assert_eq!(c.counters.stun_rx, 0);
+        assert_eq!(c.counters.drops[DropReason::NotRtp as usize], 1);
+    }
+
+    #[test]
+    fn a_receivers_rewrite_changes_its_own_copy_only() {
+        let p = srtp::Profile::AeadAes128Gcm;
+        let session = Arc::new(srtp::Session::new(p, &[1; 16], &[2; 12]).unwrap());
+        let rewrite = Rewrite::new(&[(96, 100)], &[]).unwrap().map(Arc::new);
+        let mut b = TableBuilder::new();
+        let conf = b.conference();
+        b.endpoint(conf, 1, &[10], Some(a(1)), None);
+        let mut c = Core::new(b.build(1));
+        let add = |uid: u64, rewrite: Option<Arc<Rewrite>>| Op::AddEndpoint {
+            conf,
+            uid,
+            ssrcs: Box::new([]),
+            addr: Some(a(uid as u16)),
+            srtp: Some((session.clone(), session.clone())),
+            claim: None,
+            webrtc: false,
+            rewrite,
+        };
+        c.apply(&Delta {
+            generation: 2,
+            ops: vec![add(2, rewrite), add(3, None)],
+        });
+        let mut pkt = rtp(10, 1, 0, b"payload");
+        let sent = pkt.clone();
+        let v = c.handle(&mut pkt, a(1)).unwrap();
+        let plain = v.plain(&pkt);
+        let mut got = Vec::new();
+        for peer in v.dests.iter() {
+            let mut out = [0u8; 128];
+            let s = peer.srtp.as_ref().unwrap();
+            let n = v
+                .protect(plain, s, peer.rewrite.as_deref(), &mut out)
+                .unwrap();
+            let mut copy = out[..n].to_vec();
+            let m = session.unprotect_rtp(&mut copy, 1).unwrap();
+            got.push((peer.addr.port(), copy[1] & 0x7f, copy[2..m].to_vec()));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [(2, 100, sent[2..].to_vec()), (3, 96, sent[2..].to_vec())]
+        );
+        assert_eq!(plain, &sent[..], "the shared packet is untouched");
+    }
+
+    #[test]
     fn drops_are_counted_by_reason() {
         let mut c = core();
         let cases: [(&[u8], SocketAddr, DropReason); 5] = [
@@ -833,6 +955,8 @@ mod tests {
                 addr: Some(a(2)),
                 srtp: None,
                 claim: None,
+                webrtc: false,
+                rewrite: None,
             }],
         });
         assert_eq!(from_origin(500, &mut c), Ok(2));
@@ -1092,6 +1216,8 @@ mod tests {
                 addr: Some(a(1)),
                 srtp: None,
                 claim: None,
+                webrtc: false,
+                rewrite: None,
             }],
         });
         assert_eq!(arrive(&mut c, 5, 1), Ok((1, 0, 0)));

@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 
 use super::relay::Relay;
+use super::rewrite::Rewrite;
 use crate::srtp::Session;
 
 /// Bridge-wide identity of an endpoint, stable for its lifetime.
@@ -27,14 +28,18 @@ pub struct Peer {
     pub raw: SockAddr,
     /// When set, every copy to this peer is protected with this session.
     pub srtp: Option<Arc<Session>>,
+    /// When set, every RTP copy to this peer is rewritten so on its way into `srtp` (only
+    /// peers with `srtp` have one: a plain peer's copy is the shared received buffer).
+    pub rewrite: Option<Arc<Rewrite>>,
 }
 
 impl Peer {
-    fn new(addr: SocketAddr, srtp: Option<Arc<Session>>) -> Self {
+    fn new(addr: SocketAddr, srtp: Option<Arc<Session>>, rewrite: Option<Arc<Rewrite>>) -> Self {
         Self {
             addr,
             raw: SockAddr::from(addr),
             srtp,
+            rewrite,
         }
     }
 }
@@ -77,6 +82,8 @@ pub(crate) struct Endpoint {
     pub srtp_out: Option<Arc<Session>>,
     /// While it waits to latch: the claim every worker's copy shares.
     pub claim: Option<Arc<LatchClaim>>,
+    /// How its copies are rewritten (its peer entry carries it while it has an address).
+    pub rewrite: Option<Arc<Rewrite>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -142,6 +149,11 @@ pub enum Op {
         /// Without `addr`: the latch claim every copy of the table shares (the control path
         /// makes one per endpoint; a copy given none makes its own, not shared).
         claim: Option<Arc<LatchClaim>>,
+        /// A WebRTC endpoint: it never latches (its address and SRTP sessions come from its
+        /// transport, with [`Op::SetAddr`] and [`Op::SetSrtp`]).
+        webrtc: bool,
+        /// How the copies it receives are rewritten.
+        rewrite: Option<Arc<Rewrite>>,
     },
     /// Removes an endpoint.
     RemoveEndpoint {
@@ -168,6 +180,22 @@ pub enum Op {
         uid: EndpointUid,
         /// Its address.
         addr: SocketAddr,
+    },
+    /// Gives a WebRTC endpoint the address its ICE checks nominated (replacing any it had), or
+    /// takes its address away (`None`: consent expired, its transport failed).
+    SetAddr {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// Its address, if any.
+        addr: Option<SocketAddr>,
+    },
+    /// Gives a WebRTC endpoint the (inbound, outbound) SRTP sessions its DTLS handshake
+    /// exported.
+    SetSrtp {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// (inbound, outbound) sessions.
+        srtp: Option<(Arc<Session>, Arc<Session>)>,
     },
 }
 
@@ -265,13 +293,25 @@ impl Table {
                 addr,
                 srtp,
                 claim,
-            } => self.insert_endpoint(*conf, *uid, ssrcs, *addr, srtp.clone(), claim.clone()),
+                webrtc,
+                rewrite,
+            } => self.insert_endpoint(
+                *conf,
+                *uid,
+                ssrcs,
+                *addr,
+                srtp.clone(),
+                (!*webrtc).then(|| claim.clone().unwrap_or_default()),
+                rewrite.clone(),
+            ),
             Op::RemoveEndpoint { uid } => {
                 self.remove_endpoint(*uid);
             }
             Op::Latch { uid, addr } => {
                 self.latch(*uid, *addr);
             }
+            Op::SetAddr { uid, addr } => self.set_transport_addr(*uid, *addr),
+            Op::SetSrtp { uid, srtp } => self.set_srtp(*uid, srtp.clone()),
             Op::AddRelay { conf, relay } => {
                 self.relay_by
                     .insert((relay.addr, relay.link), (conf.0, relay.clone()));
@@ -337,9 +377,24 @@ impl Table {
         addr: Option<SocketAddr>,
         srtp: Option<(Arc<Session>, Arc<Session>)>,
     ) {
-        self.insert_endpoint(conf, uid, ssrcs, addr, srtp, None);
+        self.insert_endpoint(conf, uid, ssrcs, addr, srtp, Some(Arc::default()), None);
     }
 
+    /// Adds a WebRTC endpoint to `conf`: it never latches; [`Op::SetAddr`] and
+    /// [`Op::SetSrtp`] give it an address and sessions. `rewrite` applies to its copies.
+    pub fn add_webrtc_endpoint(
+        &mut self,
+        conf: ConfIdx,
+        uid: EndpointUid,
+        ssrcs: &[u32],
+        rewrite: Option<Arc<Rewrite>>,
+    ) {
+        self.insert_endpoint(conf, uid, ssrcs, None, None, None, rewrite);
+    }
+
+    /// Adds an endpoint; without `addr`, it waits to latch when given a `claim` (a WebRTC
+    /// endpoint, given none, never latches).
+    #[allow(clippy::too_many_arguments)]
     fn insert_endpoint(
         &mut self,
         conf: ConfIdx,
@@ -348,9 +403,11 @@ impl Table {
         addr: Option<SocketAddr>,
         srtp: Option<(Arc<Session>, Arc<Session>)>,
         claim: Option<Arc<LatchClaim>>,
+        rewrite: Option<Arc<Rewrite>>,
     ) {
         let (srtp_in, srtp_out) = srtp.unzip();
-        let claim = addr.is_none().then(|| claim.unwrap_or_default());
+        let claim = claim.filter(|_| addr.is_none());
+        let latches = claim.is_some();
         let ep = Some(Endpoint {
             uid,
             conf: conf.0,
@@ -359,6 +416,7 @@ impl Table {
             srtp_in,
             srtp_out,
             claim,
+            rewrite,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
@@ -377,12 +435,63 @@ impl Table {
         }
         match addr {
             Some(a) => self.set_addr(idx, a),
-            None => {
+            None if latches => {
                 for &s in ssrcs {
                     self.latch_by_ssrc.insert(s, idx);
                 }
             }
+            None => {}
         }
+    }
+
+    /// Gives WebRTC endpoint `uid` the address `addr` (moving it from any it had), or takes its
+    /// address away.
+    fn set_transport_addr(&mut self, uid: EndpointUid, addr: Option<SocketAddr>) {
+        let Some(&i) = self.by_uid.get(&uid) else {
+            return;
+        };
+        self.clear_addr(i);
+        if let Some(a) = addr {
+            self.set_addr(i, a);
+        }
+    }
+
+    /// Gives endpoint `uid` new SRTP sessions (its peer entry too, when it has an address).
+    fn set_srtp(&mut self, uid: EndpointUid, srtp: Option<(Arc<Session>, Arc<Session>)>) {
+        let Some(&i) = self.by_uid.get(&uid) else {
+            return;
+        };
+        let (srtp_in, srtp_out) = srtp.unzip();
+        let ep = self.ep_mut(i);
+        ep.srtp_in = srtp_in;
+        ep.srtp_out = srtp_out.clone();
+        let (conf, slot) = (ep.conf, ep.slot);
+        if let Some(slot) = slot {
+            let c = self.conf_mut(conf);
+            let p = &mut c.peers[slot as usize];
+            c.srtp_peers -= u32::from(p.srtp.is_some());
+            c.srtp_peers += u32::from(srtp_out.is_some());
+            p.srtp = srtp_out;
+        }
+    }
+
+    /// Takes endpoint `idx`'s address away: out of its conference's peers and the address index.
+    fn clear_addr(&mut self, idx: u32) {
+        let ep = self.ep(idx);
+        let (conf, Some(slot)) = (ep.conf, ep.slot) else {
+            return;
+        };
+        let slot = slot as usize;
+        let c = self.conf_mut(conf);
+        let gone = c.peers.swap_remove(slot);
+        c.peer_owner.swap_remove(slot);
+        c.srtp_peers -= u32::from(gone.srtp.is_some());
+        let moved = c.peer_owner.get(slot).copied();
+        if let Some(m) = moved {
+            self.ep_mut(m).slot = Some(slot as u32);
+        }
+        self.by_addr.remove(&gone.addr);
+        self.ep_mut(idx).slot = None;
     }
 
     /// Gives endpoint `uid` (waiting to latch) the address `addr`. False if it is unknown or
@@ -399,7 +508,7 @@ impl Table {
 
     fn set_addr(&mut self, idx: u32, addr: SocketAddr) {
         let ep = self.ep(idx);
-        let (conf, out) = (ep.conf, ep.srtp_out.clone());
+        let (conf, out, rewrite) = (ep.conf, ep.srtp_out.clone(), ep.rewrite.clone());
         for i in 0..ep.ssrcs.len() {
             let s = self.ep(idx).ssrcs[i];
             if self.latch_by_ssrc.get(&s) == Some(&idx) {
@@ -410,7 +519,7 @@ impl Table {
         self.ep_mut(idx).claim = None;
         let c = self.conf_mut(conf);
         c.srtp_peers += u32::from(out.is_some());
-        c.peers.push(Peer::new(addr, out));
+        c.peers.push(Peer::new(addr, out, rewrite));
         c.peer_owner.push(idx);
         let slot = c.peers.len() as u32 - 1;
         self.ep_mut(idx).slot = Some(slot);
@@ -435,6 +544,10 @@ impl Table {
 
     /// Removes endpoint `uid`; false if unknown. O(its SSRCs), whatever the conference's size.
     pub fn remove_endpoint(&mut self, uid: EndpointUid) -> bool {
+        let Some(&i) = self.by_uid.get(&uid) else {
+            return false;
+        };
+        self.clear_addr(i);
         let Some((idx, ep)) = self.unindex(uid) else {
             return false;
         };
@@ -443,15 +556,6 @@ impl Table {
             if c.ssrc_owner.get(s) == Some(&idx) {
                 c.ssrc_owner.remove(s);
             }
-        }
-        let Some(slot) = ep.slot else { return true };
-        let slot = slot as usize;
-        let gone = c.peers.swap_remove(slot);
-        c.peer_owner.swap_remove(slot);
-        c.srtp_peers -= u32::from(gone.srtp.is_some());
-        let moved = c.peer_owner.get(slot).copied();
-        if let Some(m) = moved {
-            self.ep_mut(m).slot = Some(slot as u32);
         }
         true
     }
@@ -526,8 +630,14 @@ mod tests {
                     assert_eq!(c.peer_owner[s as usize], i);
                     assert_eq!(t.by_addr[&c.peers[s as usize].addr], i);
                 }
-                None => assert!(e.ssrcs.iter().all(|s| t.latch_by_ssrc[s] == i)),
+                None if e.claim.is_some() => {
+                    assert!(e.ssrcs.iter().all(|s| t.latch_by_ssrc[s] == i))
+                }
+                // A WebRTC endpoint without an address never latches.
+                None => assert!(e.ssrcs.iter().all(|s| !t.latch_by_ssrc.contains_key(s))),
             }
+            let srtp_peers = c.peers.iter().filter(|p| p.srtp.is_some()).count();
+            assert_eq!(c.srtp_peers as usize, srtp_peers);
             assert!(e.ssrcs.iter().all(|s| c.ssrc_owner[s] == i));
         }
         assert_eq!(
@@ -583,6 +693,8 @@ mod tests {
                 addr: (uid != 5).then(|| a_(uid as u16)),
                 srtp: None,
                 claim: None,
+                webrtc: false,
+                rewrite: None,
             });
         }
         ops.push(Op::RemoveEndpoint { uid: 2 });
@@ -602,6 +714,8 @@ mod tests {
             addr: Some(a_(7)),
             srtp: None,
             claim: None,
+            webrtc: false,
+            rewrite: None,
         });
         for op in &ops {
             a.apply(op);
@@ -619,6 +733,81 @@ mod tests {
         assert_eq!(peers(&a, 1), [a_(7)]);
         assert_eq!(a.by_addr, b.by_addr);
         assert_eq!(a.by_uid, b.by_uid);
+    }
+
+    #[test]
+    fn webrtc_endpoints_get_and_lose_their_transport() {
+        let session = || {
+            let p = crate::srtp::Profile::AeadAes128Gcm;
+            Arc::new(Session::new(p, &[1; 16], &[2; 12]).unwrap())
+        };
+        let rewrite = Rewrite::new(&[(96, 100)], &[]).unwrap().map(Arc::new);
+        let mut t = Table::default();
+        let c = t.add_conference();
+        t.add_endpoint(c, 1, &[10], Some(a(1)), None);
+        t.add_webrtc_endpoint(c, 2, &[20], rewrite.clone());
+        t.add_webrtc_endpoint(c, 3, &[], None);
+        consistent(&t);
+        // Waiting for its transport: no address, and its SSRC latches nothing.
+        assert!(!t.latch_by_ssrc.contains_key(&20));
+        assert!(t.ep(t.by_uid[&2]).claim.is_none());
+        assert_eq!(t.conf(0).peers.len(), 1);
+
+        // DTLS done and ICE nominated: sessions, then the address.
+        t.apply(&Op::SetSrtp {
+            uid: 2,
+            srtp: Some((session(), session())),
+        });
+        t.apply(&Op::SetAddr {
+            uid: 2,
+            addr: Some(a(2)),
+        });
+        t.apply(&Op::SetSrtp {
+            uid: 3,
+            srtp: Some((session(), session())),
+        });
+        t.apply(&Op::SetAddr {
+            uid: 3,
+            addr: Some(a(3)),
+        });
+        consistent(&t);
+        let peer =
+            |t: &Table, port: u16| t.conf(0).peers.iter().find(|p| p.addr == a(port)).cloned();
+        let p2 = peer(&t, 2).unwrap();
+        assert!(p2.srtp.is_some() && p2.rewrite == rewrite);
+        assert_eq!(t.conf(0).srtp_peers, 2);
+
+        // A higher-priority pair: the address moves; consent expiry takes it away.
+        t.apply(&Op::SetAddr {
+            uid: 2,
+            addr: Some(a(22)),
+        });
+        consistent(&t);
+        assert!(peer(&t, 2).is_none() && peer(&t, 22).is_some());
+        assert!(!t.by_addr.contains_key(&a(2)));
+        t.apply(&Op::SetAddr { uid: 2, addr: None });
+        consistent(&t);
+        assert_eq!(t.conf(0).peers.len(), 2);
+        assert_eq!(t.conf(0).srtp_peers, 1);
+        // Consent restored: back, with its sessions and rewrite.
+        t.apply(&Op::SetAddr {
+            uid: 2,
+            addr: Some(a(22)),
+        });
+        consistent(&t);
+        assert_eq!(peer(&t, 22).unwrap().rewrite, rewrite);
+        assert!(t.remove_endpoint(2));
+        assert!(t.remove_endpoint(1));
+        consistent(&t);
+        assert_eq!(t.conf(0).peers.len(), 1);
+        // Ops for endpoints that are gone change nothing.
+        t.apply(&Op::SetAddr {
+            uid: 2,
+            addr: Some(a(2)),
+        });
+        t.apply(&Op::SetSrtp { uid: 2, srtp: None });
+        consistent(&t);
+        assert_eq!(t.endpoints(), 1);
     }
 
     fn a_(port: u16) -> SocketAddr {

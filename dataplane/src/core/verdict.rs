@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::rewrite::Rewrite;
 use super::table::Peer;
 use super::{Class, relay, rtcp};
 use crate::srtp;
@@ -107,14 +108,23 @@ pub struct Verdict<'t> {
 
 impl Verdict<'_> {
     /// Writes the copy for a peer that receives SRTP (`session` is its [`Peer::srtp`]) from the
-    /// plain packet into `out`; returns its length, `None` if it cannot be written (no room).
-    /// Plain peers get `plain` itself: engines only do I/O.
+    /// plain packet into `out`, RTP rewritten by `rewrite` (its [`Peer::rewrite`]) on the way;
+    /// returns its length, `None` if it cannot be written (no room). `plain` itself is never
+    /// changed. Plain peers get `plain` itself: engines only do I/O.
     #[inline]
-    pub fn protect(&self, plain: &[u8], session: &srtp::Session, out: &mut [u8]) -> Option<usize> {
-        match self.class {
-            Class::Rtcp => session.protect_rtcp(plain, self.index as u32, out).ok(),
-            _ => session
-                .protect_rtp_hl(plain, self.rtp_header_len, self.index, out)
+    pub fn protect(
+        &self,
+        plain: &[u8],
+        session: &srtp::Session,
+        rewrite: Option<&Rewrite>,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let (hl, index) = (self.rtp_header_len, self.index);
+        match (self.class, rewrite) {
+            (Class::Rtcp, _) => session.protect_rtcp(plain, index as u32, out).ok(),
+            (_, None) => session.protect_rtp_hl(plain, hl, index, out).ok(),
+            (_, Some(r)) => session
+                .protect_rtp_edited(plain, hl, index, out, |h| r.apply(h))
                 .ok(),
         }
     }

@@ -68,7 +68,8 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
     let fd = udp.as_raw_fd();
     let mut core = Core::new(Table::default())
         .with_keyframe_gate(port.keyframes.clone())
-        .with_remote_senders(port.senders.clone());
+        .with_remote_senders(port.senders.clone())
+        .with_handoff(port.handoff.clone());
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);
@@ -119,7 +120,7 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                         None => plain,
                         Some(s) => {
                             let buf = &mut protected[tx.len()];
-                            match v.protect(plain, s, buf) {
+                            match v.protect(plain, s, peer.rewrite.as_deref(), buf) {
                                 Some(n) => &buf[..n],
                                 None => {
                                     sent.failed += 1;

@@ -84,6 +84,10 @@ pub struct Started {
     pub media: SocketAddr,
     /// One link per worker.
     pub links: Vec<WorkerLink>,
+    /// A duplicate of a worker's socket, bound to the media port, for what the bridge sends
+    /// outside the packet path (the WebRTC transport's answers and DTLS flights). Only ever
+    /// sent on: the worker receives everything that arrives on it.
+    pub sender: Socket,
 }
 
 /// Engine tuning that rarely needs changing.
@@ -145,6 +149,7 @@ pub fn start(
         bound = s.local_addr()?.as_socket().expect("inet socket");
         sockets.push(s);
     }
+    let sender = sockets[0].try_clone()?;
     let allowed = core_affinity::get_core_ids().unwrap_or_default();
     let (pinned, pin_why) = pin::decide(tuning.pin, workers, allowed.len(), pin::online_cpus());
     tracing::info!("{pin_why}");
@@ -172,6 +177,7 @@ pub fn start(
         pinning: pin_why,
         media: bound,
         links,
+        sender,
     })
 }
 

@@ -206,6 +206,20 @@ impl Session {
         index: u64,
         out: &mut [u8],
     ) -> Result<usize, Error> {
+        self.protect_rtp_edited(plain, hl, index, out, |_| {})
+    }
+
+    /// [`Session::protect_rtp_hl`] that lets `edit` change the copy's header (`hl` bytes, in
+    /// `out`) before it is protected: a receiver's own rewrite (payload type, extension ids)
+    /// costs no extra copy and leaves `plain` untouched. `edit` must keep the SSRC.
+    pub fn protect_rtp_edited(
+        &self,
+        plain: &[u8],
+        hl: usize,
+        index: u64,
+        out: &mut [u8],
+        edit: impl FnOnce(&mut [u8]),
+    ) -> Result<usize, Error> {
         if hl > plain.len() {
             return Err(Error::Short);
         }
@@ -213,6 +227,7 @@ impl Session {
         let out = out.get_mut(..total).ok_or(Error::NoRoom)?;
         out[..plain.len()].copy_from_slice(plain);
         let (head, body) = out.split_at_mut(hl);
+        edit(head);
         let plen = plain.len() - hl;
         match &self.rtp {
             Keys::Cm {

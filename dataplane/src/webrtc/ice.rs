@@ -61,6 +61,16 @@ pub fn local_ufrag_of(packet: &[u8]) -> Option<&str> {
     Message::parse(packet).ok()?.local_ufrag()
 }
 
+/// Checks a ufrag: 4-256 ice-chars (RFC 8839 section 5.4).
+pub fn check_ufrag(ufrag: &str) -> Result<(), CredentialsError> {
+    check_ice_chars(ufrag, MIN_UFRAG_LEN, CredentialsError::UfragLength)
+}
+
+/// Checks an ice-pwd: 22-256 ice-chars (RFC 8839 section 5.4).
+pub fn check_pwd(pwd: &str) -> Result<(), CredentialsError> {
+    check_ice_chars(pwd, MIN_PWD_LEN, CredentialsError::PwdLength)
+}
+
 /// Why a pair of ICE credentials is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
@@ -209,6 +219,9 @@ pub struct IceLite {
     pairs: Vec<Pair>,
     nominated: Option<Nomination>,
     events: VecDeque<IceEvent>,
+    /// How long consent lasts without a valid check ([`CONSENT_TIMEOUT_MS`] unless a test
+    /// shortens it).
+    consent_ms: u64,
 }
 
 /// Checks that `s` is `min..=256` ice-chars.
@@ -243,8 +256,8 @@ impl IceLite {
         local_pwd: &str,
         remote_ufrag: Option<&str>,
     ) -> Result<Self, CredentialsError> {
-        check_ice_chars(local_ufrag, MIN_UFRAG_LEN, CredentialsError::UfragLength)?;
-        check_ice_chars(local_pwd, MIN_PWD_LEN, CredentialsError::PwdLength)?;
+        check_ufrag(local_ufrag)?;
+        check_pwd(local_pwd)?;
         Ok(IceLite {
             local_ufrag: local_ufrag.to_owned(),
             local_pwd: local_pwd.to_owned(),
@@ -253,7 +266,15 @@ impl IceLite {
             pairs: Vec::with_capacity(MAX_PAIRS),
             nominated: None,
             events: VecDeque::with_capacity(4),
+            consent_ms: CONSENT_TIMEOUT_MS,
         })
+    }
+
+    /// The same agent with consent lasting `ms` instead of [`CONSENT_TIMEOUT_MS`] (the bridge's
+    /// hidden `--ice-consent-ms`, for tests that cannot wait 30 s; at least 1 ms).
+    pub fn with_consent_timeout(mut self, ms: u64) -> Self {
+        self.consent_ms = ms.max(1);
+        self
     }
 
     /// An agent with fresh random local credentials (an 8-character ufrag, a 24-character
@@ -425,14 +446,15 @@ impl IceLite {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.nominated
             .filter(|n| n.live)
-            .map(|n| n.last_valid_ms.saturating_add(CONSENT_TIMEOUT_MS))
+            .map(|n| n.last_valid_ms.saturating_add(self.consent_ms))
     }
 
     /// Advances the agent to `now_ms`: expires the nominated address's consent when it had no
     /// valid check for [`CONSENT_TIMEOUT_MS`] ([`IceEvent::ConsentExpired`]), and forgets other
     /// addresses as stale.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        let stale = |last: u64| now_ms.saturating_sub(last) >= CONSENT_TIMEOUT_MS;
+        let consent = self.consent_ms;
+        let stale = |last: u64| now_ms.saturating_sub(last) >= consent;
         if let Some(n) = &mut self.nominated
             && n.live
             && stale(n.last_valid_ms)
@@ -806,6 +828,22 @@ mod tests {
         assert_eq!(events(&mut ice), [IceEvent::Nominated(a)]);
         assert!(ice.accepts_media_from(a));
         assert_eq!(ice.poll_timeout(), Some(231_000));
+    }
+
+    #[test]
+    fn consent_timeout_can_be_shortened() {
+        let mut ice = agent().with_consent_timeout(1_500);
+        let a = v4("192.0.2.10:50000");
+        send(&mut ice, &nominate(100), a, 1_000).unwrap();
+        assert_eq!(ice.poll_timeout(), Some(2_500));
+        ice.handle_timeout(2_499);
+        assert_eq!(events(&mut ice), [IceEvent::Nominated(a)]);
+        ice.handle_timeout(2_500);
+        assert_eq!(events(&mut ice), [IceEvent::ConsentExpired(a)]);
+        assert_eq!(check_ufrag("bRdg"), Ok(()));
+        assert_eq!(check_ufrag("bRd"), Err(CredentialsError::UfragLength));
+        assert_eq!(check_pwd(PWD), Ok(()));
+        assert_eq!(check_pwd("x y"), Err(CredentialsError::PwdLength));
     }
 
     #[test]

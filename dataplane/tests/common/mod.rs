@@ -45,6 +45,8 @@ pub struct Bridge {
     pub client: BridgeClient<Channel>,
     /// The Prometheus endpoint, when started with `--metrics`.
     pub metrics: Option<SocketAddr>,
+    /// The ready line's fields.
+    pub ready: ringbridge_edge::ready::Ready,
 }
 
 impl Bridge {
@@ -97,6 +99,7 @@ impl Bridge {
             engine: got,
             client,
             metrics,
+            ready,
         }
     }
 

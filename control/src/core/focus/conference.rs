@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::core::fleet::{Bridge, BridgeId, Health, NoBridge};
-use crate::store::{Change, LinkKeys, Participant, Placement, Role, SrtpKeys, link_key};
+use crate::store::webrtc::is_ice_chars;
+use crate::store::{Change, LinkKeys, Participant, Placement, Role, SrtpKeys, WebRtc, link_key};
 
 /// Streams `group` participants add to a bridge holding `on` of their conference: each sends
 /// one stream in, gets every other local one, and every local one gets theirs
@@ -17,6 +18,41 @@ pub(super) fn streams(on: usize, group: usize) -> u32 {
 
 /// Relay key length (AES-128-GCM).
 pub(super) const LINK_KEY_LEN: usize = 16;
+
+/// Refuses WebRTC parameters a bridge would refuse, naming the field, before any bridge call.
+fn check_webrtc(w: &WebRtc, req: &JoinRequest) -> Result<(), FocusError> {
+    let bad = |field, why: &str| {
+        Err(FocusError::Invalid {
+            field,
+            why: why.into(),
+        })
+    };
+    if !is_ice_chars(&w.local_ufrag, 4) {
+        return bad("webrtc.local_ufrag", "must be 4 to 256 ice-chars");
+    }
+    if !is_ice_chars(&w.local_pwd, 22) {
+        return bad("webrtc.local_pwd", "must be 22 to 256 ice-chars");
+    }
+    if !is_ice_chars(&w.remote_ufrag, 4) {
+        return bad("webrtc.remote_ufrag", "must be 4 to 256 ice-chars");
+    }
+    if w.remote_fingerprint.is_empty() || w.remote_fingerprint.len() > 256 {
+        return bad("webrtc.remote_fingerprint", "must be 'sha-256 AB:CD:...'");
+    }
+    if !req.remote_addr.is_empty() {
+        return bad(
+            "remote_addr",
+            "must be empty for a WebRTC participant: its ICE checks give its address",
+        );
+    }
+    if req.srtp.is_some() {
+        return bad(
+            "srtp",
+            "must be absent for a WebRTC participant: its DTLS handshake keys SRTP",
+        );
+    }
+    Ok(())
+}
 
 impl Focus {
     /// Fresh keys for a relay link.
@@ -211,6 +247,7 @@ impl Focus {
             _ => false,
         };
         (x.ssrcs == req.ssrcs
+            && x.webrtc.as_deref() == req.webrtc.as_ref()
             && x.remote_addr == req.remote_addr
             && x.region == req.region
             && x.role == req.role
@@ -247,6 +284,9 @@ impl Focus {
                 field: "remote_addr",
                 why: "not an ip:port address".into(),
             });
+        }
+        if let Some(w) = &req.webrtc {
+            check_webrtc(w, &req)?;
         }
         if self.busy.contains(&req.conference) {
             return Err(FocusError::Busy(req.conference));
@@ -302,7 +342,9 @@ impl Focus {
             }
         };
         let created = hosting.is_empty();
-        let bridge = self.choose(&req.conference, &req.region, &hosting, &[], 1, false)?;
+        let no_webrtc = self.webrtc_exclusions(req.webrtc.is_some())?;
+        let exclude: Vec<&str> = no_webrtc.iter().map(String::as_str).collect();
+        let bridge = self.choose(&req.conference, &req.region, &hosting, &exclude, 1, false)?;
         let grown = !created && !hosting.contains(&bridge);
         let participant = Participant {
             region: req.region,
@@ -311,6 +353,9 @@ impl Focus {
             srtp,
             bridge: bridge.clone(),
             role: Role::Participant,
+            webrtc: req.webrtc.map(Box::new),
+            rewrite: req.rewrite.map(Box::new),
+            media: req.media.map(Box::new),
         };
         let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
         let mut links = Vec::new();

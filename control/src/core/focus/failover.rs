@@ -109,7 +109,9 @@ impl Focus {
             Registration::Again if !was_down => return Ok(vec![]),
             Registration::Again => {}
             Registration::Restarted => {
-                tracing::info!(bridge = %id, "bridge restarted (a new instance): re-keying its relays")
+                tracing::info!(bridge = %id, "bridge restarted (a new instance): re-keying its relays");
+                // A new process has a new certificate and none of the DTLS sessions.
+                self.strand_webrtc_on(&id);
             }
         }
         // Conferences with participants on it (the index), and broadcasts relaying through it.
@@ -135,6 +137,23 @@ impl Focus {
                 }
             })
             .collect())
+    }
+
+    /// Strands every WebRTC participant on `bridge` (see [`Focus::take_stranded`]).
+    fn strand_webrtc_on(&mut self, bridge: &str) {
+        let Some(confs) = self.index.get(bridge) else {
+            return;
+        };
+        for c in confs.keys() {
+            let Some(p) = self.conferences.get(c) else {
+                continue;
+            };
+            self.stranded.extend(
+                p.on(bridge)
+                    .filter(|(_, x)| x.webrtc.is_some())
+                    .map(|(id, _)| (c.clone(), id.clone())),
+            );
+        }
     }
 
     /// Applies a persisted drain of `bridge` to its registration by process `instance`, or
@@ -298,7 +317,14 @@ impl Focus {
                 .map(|x| x.region.clone())
                 .unwrap_or_default();
             let survivors = p.bridges_except(&dead);
-            let exclude: Vec<&str> = dead.iter().map(String::as_str).collect();
+            // WebRTC participants move only to bridges that take them (and then leave: see
+            // `take_stranded`), so the move itself stays one move.
+            let webrtc = p
+                .participants
+                .values()
+                .any(|x| dead.contains(&x.bridge) && x.webrtc.is_some());
+            let no_webrtc = self.webrtc_exclusions(webrtc).unwrap_or_default();
+            let exclude: Vec<&str> = dead.iter().chain(&no_webrtc).map(String::as_str).collect();
             // A drain can wait for room; a failover cannot.
             let group = p
                 .participants
@@ -444,6 +470,14 @@ impl Focus {
             }
         }
         let moved_count = moved.len() as u64;
+        if !same {
+            self.stranded.extend(
+                moved
+                    .iter()
+                    .filter(|(_, x)| x.webrtc.is_some())
+                    .map(|(id, _)| (conference.clone(), id.clone())),
+            );
+        }
         for old in left {
             self.index(&old, &conference, -1);
             self.index(&to, &conference, 1);

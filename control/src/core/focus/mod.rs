@@ -24,7 +24,7 @@ pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::core::fleet::{BridgeId, Fleet, RegionThenLeastStress, Strategy};
+use crate::core::fleet::{BridgeId, Fleet, NoBridge, RegionThenLeastStress, Strategy};
 use crate::store::{Change, DrainRecord, LinkKeys, Participant, Placement, Snapshot};
 
 pub use announce::{Announcement, LISTED};
@@ -130,6 +130,9 @@ pub struct Focus {
     drains: BTreeMap<BridgeId, DrainRecord>,
     /// Changes taken by [`Focus::take_changes`] and not put back.
     taken: u64,
+    /// WebRTC participants whose bridge changed (a move) or restarted: their DTLS session is
+    /// gone, so they are to leave (see [`Focus::take_stranded`]).
+    stranded: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Focus {
@@ -224,6 +227,36 @@ impl Focus {
             index,
             drains,
             taken: 0,
+            stranded: Vec::new(),
+        }
+    }
+
+    /// WebRTC participants (conference, participant id) stranded since the last call: moved to
+    /// another bridge, or on a bridge that restarted. A WebRTC session cannot follow its
+    /// participant: the client's ICE checks and DTLS session are bound to the bridge (its address
+    /// and certificate) the answer named. The caller makes them leave; their clients start a new
+    /// session (a WHEP player re-POSTs, as on any failure).
+    pub fn take_stranded(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.stranded)
+    }
+
+    /// Bridges a WebRTC participant must not be placed on (they registered no DTLS
+    /// fingerprint), or why none can take it. Empty for other participants.
+    fn webrtc_exclusions(&self, webrtc: bool) -> Result<Vec<BridgeId>, NoBridge> {
+        if !webrtc {
+            return Ok(Vec::new());
+        }
+        let all = self.fleet.iter().count();
+        let without: Vec<BridgeId> = self
+            .fleet
+            .iter()
+            .filter(|b| !b.takes_webrtc())
+            .map(|b| b.id.clone())
+            .collect();
+        match all {
+            0 => Err(NoBridge::NoneRegistered),
+            n if without.len() == n => Err(NoBridge::NoWebRtc(n)),
+            _ => Ok(without),
         }
     }
 
@@ -394,3 +427,5 @@ impl Focus {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_webrtc;

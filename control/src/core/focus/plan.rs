@@ -2,7 +2,7 @@
 //! operation produced, and the errors that refuse or fail one.
 
 use crate::core::fleet::{BridgeId, NoBridge};
-use crate::store::{Participant, Role, SrtpKeys};
+use crate::store::{MediaDescription, Participant, Rewrite, Role, SrtpKeys, WebRtc};
 
 /// Longest conference, participant or bridge id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -210,6 +210,13 @@ pub struct JoinRequest {
     pub srtp: Option<SrtpOffer>,
     /// Participant of a conference, or publisher or viewer of a broadcast.
     pub role: Role,
+    /// A WebRTC participant (ICE-lite, DTLS-SRTP): placed only on a bridge that registered a
+    /// DTLS fingerprint; `remote_addr` must be empty and `srtp` absent.
+    pub webrtc: Option<WebRtc>,
+    /// Rewrites on the packets it receives.
+    pub rewrite: Option<Rewrite>,
+    /// A WebRTC publisher's negotiated media, kept with it.
+    pub media: Option<MediaDescription>,
 }
 
 /// What a committed operation produced.

@@ -61,6 +61,9 @@ pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
         remote_addr: "127.0.0.1:5000".into(),
         srtp: None,
         role: Role::Participant,
+        webrtc: None,
+        rewrite: None,
+        media: None,
     }
 }
 
@@ -774,6 +777,9 @@ fn restored_placements_wait_for_their_bridges_then_move() {
                     srtp: None,
                     bridge: String::new(),
                     role: Role::Participant,
+                    webrtc: None,
+                    rewrite: None,
+                    media: None,
                 },
             )]
             .into(),

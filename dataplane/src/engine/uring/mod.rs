@@ -268,7 +268,8 @@ impl Worker {
     fn run(&mut self, port: &WorkerPort) -> io::Result<()> {
         let mut core = Core::new(Table::default())
             .with_keyframe_gate(port.keyframes.clone())
-            .with_remote_senders(port.senders.clone());
+            .with_remote_senders(port.senders.clone())
+            .with_handoff(port.handoff.clone());
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();
@@ -405,9 +406,9 @@ impl Worker {
                     .slots
                     .take(fd, plain, &peer.raw, bid)
                     .inspect(|_| self.refs[usize::from(bid)] += 1),
-                Some(s) => self
-                    .slots
-                    .take_protected(fd, &peer.raw, |out| v.protect(plain, s, out)),
+                Some(s) => self.slots.take_protected(fd, &peer.raw, |out| {
+                    v.protect(plain, s, peer.rewrite.as_deref(), out)
+                }),
             };
             match entry {
                 Some(e) => self.push(&e)?,

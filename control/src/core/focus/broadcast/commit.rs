@@ -58,6 +58,12 @@ impl Focus {
                 None => p.participants.remove(&id),
             };
             if let Some(o) = old {
+                // A WebRTC session cannot follow its participant to another bridge.
+                if x.as_ref()
+                    .is_some_and(|x| x.bridge != o.bridge && x.webrtc.is_some())
+                {
+                    self.stranded.push((conference.clone(), id.clone()));
+                }
                 counts.push((o.bridge, -1));
             }
             match x {

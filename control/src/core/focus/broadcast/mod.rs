@@ -292,7 +292,7 @@ impl Focus {
                     why: "a viewer sends no media: declare none (its RTCP needs none)".into(),
                 });
             }
-            Role::Viewer if req.remote_addr.is_empty() => {
+            Role::Viewer if req.remote_addr.is_empty() && req.webrtc.is_none() => {
                 return Err(FocusError::Invalid {
                     field: "remote_addr",
                     why: "a viewer needs its address: it sends no RTP to be latched by".into(),
@@ -322,6 +322,8 @@ impl Focus {
                 self.next_link
             }
         };
+        // A WebRTC participant goes only to a bridge with a DTLS fingerprint.
+        let no_webrtc = self.webrtc_exclusions(req.webrtc.is_some())?;
         // The tree after the join, when it changes.
         let mut new_tree: Option<PullTree> = None;
         let (bridge, pulls) = if req.role == Role::Publisher {
@@ -329,7 +331,7 @@ impl Focus {
             for b in &busy {
                 self.require_up(&conf, b)?; // every waiting edge gets a pull
             }
-            let origin = self.origin_for(&req.region, &[], &busy)?;
+            let origin = self.origin_for(&req.region, &no_webrtc, &busy)?;
             let mut t = PullTree::new(&origin, self.stream_fanout);
             // Viewers waiting on their edges: each edge pulls (one walk over the viewers, once
             // per publisher).
@@ -353,7 +355,7 @@ impl Focus {
             if let Some(t) = tree {
                 self.require_up(&conf, t.origin())?;
             }
-            let (edge, streams) = self.viewer_edge(&conf, tree, &req.region, &[], false)?;
+            let (edge, streams) = self.viewer_edge(&conf, tree, &req.region, &no_webrtc, false)?;
             self.fleet.placed(&edge, streams);
             let tree = self.conferences.get(&conf).and_then(Placement::tree);
             let mut pulls = Vec::new();
@@ -382,6 +384,9 @@ impl Focus {
             srtp,
             bridge: bridge.clone(),
             role: req.role,
+            webrtc: req.webrtc.map(Box::new),
+            rewrite: req.rewrite.map(Box::new),
+            media: req.media.map(Box::new),
         };
         calls.push(self.call(
             &bridge,
@@ -660,6 +665,9 @@ mod tests {
             remote_addr: "127.0.0.1:6000".into(),
             srtp: None,
             role: Role::Viewer,
+            webrtc: None,
+            rewrite: None,
+            media: None,
         }
     }
 
@@ -667,6 +675,9 @@ mod tests {
         JoinRequest {
             ssrcs: vec![100, 101],
             role: Role::Publisher,
+            webrtc: None,
+            rewrite: None,
+            media: None,
             ..viewer(s, who, region)
         }
     }

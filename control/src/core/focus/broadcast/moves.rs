@@ -42,7 +42,12 @@ impl Focus {
             && dead.iter().any(|d| d == t.origin())
         {
             let busy = self.with_participants(conference);
-            let origin = match self.origin_for(&publisher.region, dead, &busy) {
+            let mut exclude = dead.to_vec();
+            exclude.extend(
+                self.webrtc_exclusions(publisher.webrtc.is_some())
+                    .unwrap_or_default(),
+            );
+            let origin = match self.origin_for(&publisher.region, &exclude, &busy) {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(%conference, ?dead, "cannot move the publisher yet: {e}");
@@ -60,22 +65,31 @@ impl Focus {
             targets.push(origin);
         }
         if let Some((_, first)) = moving.first() {
-            // Chosen against the tree being built (a new origin takes viewers last).
-            let to =
-                match self.viewer_edge(conference, tree.as_ref(), &first.region, dead, must_fit) {
-                    Ok((to, streams)) => {
-                        self.fleet.placed(&to, streams);
-                        to
-                    }
-                    Err(e) if must_fit => {
-                        tracing::debug!(%conference, ?dead, "drain waits for room: {e}");
-                        return None;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%conference, ?dead, "cannot move its viewers yet: {e}");
-                        return None;
-                    }
-                };
+            // Chosen against the tree being built (a new origin takes viewers last); WebRTC
+            // viewers only to bridges that take them (they then leave: `take_stranded`).
+            let mut exclude = dead.to_vec();
+            let webrtc = moving.iter().any(|(_, v)| v.webrtc.is_some());
+            exclude.extend(self.webrtc_exclusions(webrtc).unwrap_or_default());
+            let to = match self.viewer_edge(
+                conference,
+                tree.as_ref(),
+                &first.region,
+                &exclude,
+                must_fit,
+            ) {
+                Ok((to, streams)) => {
+                    self.fleet.placed(&to, streams);
+                    to
+                }
+                Err(e) if must_fit => {
+                    tracing::debug!(%conference, ?dead, "drain waits for room: {e}");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(%conference, ?dead, "cannot move its viewers yet: {e}");
+                    return None;
+                }
+            };
             for (id, v) in &moving {
                 if let Some(t) = tree.as_mut() {
                     pulls.extend(t.viewer_joined(&to, &v.region));
