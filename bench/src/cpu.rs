@@ -108,6 +108,20 @@ mod tests {
         assert!(b > a, "{a} -> {b}");
         assert!(super::stat(me).is_some());
     }
+
+    #[test]
+    fn thread_cpu_time_grows_and_threads_are_listed() {
+        let a = super::thread_ns();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(super::thread_ns() > a);
+        let threads = super::threads_ns(std::process::id());
+        assert!(!threads.is_empty());
+        assert!(threads.iter().any(|(_, ns)| *ns > 0));
+    }
 }
 
 /// The rig on one CPU and the forwarders it starts on another, so a `--find-max` ramp measures
@@ -156,4 +170,36 @@ fn pin_to(cpu: core_affinity::CoreId) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("could not pin the thread to CPU {}", cpu.id)
     }
+}
+
+/// CPU time of the calling thread in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`: the scheduler's
+/// own accounting, not tick sampling).
+pub fn thread_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(
+        rc, 0,
+        "CLOCK_THREAD_CPUTIME_ID is always available on Linux"
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time of each thread of process `pid`: (thread name, nanoseconds) from
+/// `/proc/PID/task/TID/{comm,schedstat}`. A thread that exits while being read is left out.
+pub fn threads_ns(pid: u32) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|t| {
+        let path = t.ok()?.path();
+        let name = std::fs::read_to_string(path.join("comm")).ok()?;
+        let ns = std::fs::read_to_string(path.join("schedstat")).ok()?;
+        let ns = ns.split_whitespace().next()?.parse().ok()?;
+        Some((name.trim().to_string(), ns))
+    })
+    .collect()
 }

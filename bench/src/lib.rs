@@ -7,6 +7,8 @@
 //! - [`groups`]: the conference setup file the baseline forwarders read.
 //! - [`cpu`]: a process's CPU time from `/proc`; [`drive`]: `--find-max`.
 //! - [`report`]: the JSON report and the human table.
+//! - [`webrtc`]: the client side of a WebRTC endpoint (ICE check, dimpl's DTLS client, SRTP
+//!   keys), for `ringbridge-dtlsbench` and `ringbridge-webrtcload`.
 
 pub mod cpu;
 pub mod drive;
@@ -15,3 +17,4 @@ pub mod report;
 pub mod rig;
 pub mod target;
 pub mod traffic;
+pub mod webrtc;

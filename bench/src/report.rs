@@ -7,6 +7,24 @@ use serde::Serialize;
 use crate::rig::{RunResult, Topology};
 use crate::traffic::Load;
 
+/// This machine's host name, for report file names.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// Today's date, `YYYY-MM-DD` (local time, from `date`), for report file names.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "today".into())
+}
+
 /// One-way latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Latency {

@@ -9,13 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringbridge_proto::v1 as pb;
-use ringbridge_proto::v1::bridge_client::BridgeClient;
-
-/// The test venv's Python (`make test` sets it), else `python3` with aiortc installed.
-fn python() -> String {
-    std::env::var("RINGBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_publishes_over_whip_and_three_viewers_play_over_whep_on_two_edges() {
@@ -60,21 +53,11 @@ async fn aiortc_publishes_over_whip_and_three_viewers_play_over_whep_on_two_edge
     // Every session ended with DELETE: nothing is left on the bridges.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut left = Vec::new();
-        for b in bridges_of(&url).await {
-            let mut c = BridgeClient::new(channel(&format!("http://{}", b.api_addr)).await);
-            let confs = c
-                .list_conferences(pb::ListConferencesRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .conferences;
-            for conf in confs {
-                for e in conf.endpoints {
-                    left.push(format!("{} on {}", e.endpoint_id, b.bridge_id));
-                }
-            }
-        }
+        let left: Vec<String> = endpoints(&url)
+            .await
+            .into_iter()
+            .map(|(bridge, e)| format!("{} on {bridge}", e.endpoint_id))
+            .collect();
         if left.is_empty() {
             break;
         }

@@ -12,10 +12,6 @@ use std::time::Duration;
 use common::*;
 use ringbridge_proto::v1::focus_client::FocusClient;
 
-fn python() -> String {
-    std::env::var("RINGBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_and_two_players_recover_from_a_killed_edge() {
     let data = data_dir("chromium");

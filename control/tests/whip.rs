@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringbridge_proto::v1 as pb;
-use ringbridge_proto::v1::bridge_client::BridgeClient;
 use ringbridge_proto::v1::focus_client::FocusClient;
 use ringbridge_proto::v1::registry_client::RegistryClient;
 
@@ -87,26 +86,6 @@ fn offer(name: &str) -> String {
 
 fn post(http_addr: &str, path: &str, sdp: &str) -> Resp {
     http(http_addr, "POST", path, &[SDP], sdp.as_bytes())
-}
-
-/// Every endpoint every bridge of the control plane at `url` holds.
-async fn endpoints(url: &str) -> Vec<(String, pb::EndpointInfo)> {
-    let mut out = Vec::new();
-    for b in bridges_of(url).await {
-        let mut c = BridgeClient::new(channel(&format!("http://{}", b.api_addr)).await);
-        let confs = c
-            .list_conferences(pb::ListConferencesRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .conferences;
-        for conf in confs {
-            for e in conf.endpoints {
-                out.push((b.bridge_id.clone(), e));
-            }
-        }
-    }
-    out
 }
 
 async fn placements(url: &str) -> Vec<pb::ConferencePlacement> {

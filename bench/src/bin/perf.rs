@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use ringbridge_bench::cpu::SplitCpus;
 use ringbridge_bench::cpu::UserSampler;
 use ringbridge_bench::drive;
-use ringbridge_bench::report::Report;
+use ringbridge_bench::report::{Report, host, today};
 use ringbridge_bench::rig::{Live, Rig, RunOpts, Topology};
 use ringbridge_bench::target::{Kind, Target};
 use ringbridge_bench::traffic::{Load, Stream};
@@ -205,22 +205,6 @@ impl Row {
 
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "host".into())
-}
-
-fn today() -> String {
-    std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "today".into())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -177,6 +177,33 @@ pub async fn bridges_of(url: &str) -> Vec<pb::BridgeInfo> {
         .bridges
 }
 
+/// Every endpoint every bridge of the control plane at `url` holds.
+pub async fn endpoints(url: &str) -> Vec<(String, pb::EndpointInfo)> {
+    let mut out = Vec::new();
+    for b in bridges_of(url).await {
+        let mut c = ringbridge_proto::v1::bridge_client::BridgeClient::new(
+            channel(&format!("http://{}", b.api_addr)).await,
+        );
+        let confs = c
+            .list_conferences(pb::ListConferencesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .conferences;
+        for conf in confs {
+            for e in conf.endpoints {
+                out.push((b.bridge_id.clone(), e));
+            }
+        }
+    }
+    out
+}
+
+/// The test venv's Python (`make test` sets `RINGBRIDGE_PYTHON`), else `python3`.
+pub fn python() -> String {
+    std::env::var("RINGBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// A bridge's drop counters (its `GetStats` totals).
 pub async fn drops_of(
     b: &mut ringbridge_proto::v1::bridge_client::BridgeClient<Channel>,
