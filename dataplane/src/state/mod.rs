@@ -7,352 +7,27 @@
 //! ([`BridgeState::take_commands`]), and what their transport learns comes back through
 //! [`BridgeState::webrtc_update`].
 
+mod error;
+mod request;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::core::rewrite::{Rewrite, RewriteError};
+use crate::core::rewrite::Rewrite;
 use crate::core::table::ConfIdx;
 use crate::core::{Delta, EndpointUid, Op, Table};
-use crate::srtp::{Profile, Session};
+
 use crate::webrtc::dtls::parse_fingerprint;
 use crate::webrtc::ice;
 use crate::webrtc::transport::{self, Command, Update, WebRtcState};
 
-/// What kind of mistake a request made; the API maps it to a gRPC code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request is malformed (`INVALID_ARGUMENT`).
-    Invalid,
-    /// It names something that does not exist (`NOT_FOUND`).
-    NotFound,
-    /// It would create something that already exists (`ALREADY_EXISTS`).
-    Exists,
-    /// It would go over a configured capacity (`RESOURCE_EXHAUSTED`).
-    Full,
-}
-
-/// Longest conference or endpoint id, in bytes.
-pub const MAX_ID_LEN: usize = 256;
-/// Longest `webrtc.remote_fingerprint`, in bytes (a SHA-512 one is 200).
-pub const MAX_FINGERPRINT_LEN: usize = 512;
-/// Most SSRCs one endpoint may declare.
-pub const MAX_SSRCS: usize = 64;
-
-/// Capacity limits of one bridge (`--max-endpoints`, `--max-endpoints-per-conference`,
-/// `--max-relays`, `--max-relays-per-conference`). Relays have limits of their own: they cost
-/// more per packet than an endpoint (one AEAD seal per relay per packet of every local sender)
-/// and the control plane sizes endpoints per bridge without them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Endpoints over all conferences.
-    pub endpoints: usize,
-    /// Endpoints in one conference.
-    pub endpoints_per_conference: usize,
-    /// Relays over all conferences.
-    pub relays: usize,
-    /// Relays of one conference.
-    pub relays_per_conference: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            endpoints: 1_000_000,
-            endpoints_per_conference: 100_000,
-            relays: 100_000,
-            relays_per_conference: 1_000,
-        }
-    }
-}
-
-/// Why a request was refused. Messages name the field to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StateError {
-    /// A required id is empty.
-    #[error("{0} must not be empty")]
-    Empty(&'static str),
-    /// A field is longer or has more items than its limit (the value is not echoed).
-    #[error("{field}: {got} {unit}, more than the limit of {limit}")]
-    TooLarge {
-        /// The request field.
-        field: &'static str,
-        /// Its size.
-        got: usize,
-        /// "bytes" or "items".
-        unit: &'static str,
-        /// The limit.
-        limit: usize,
-    },
-    /// A capacity limit of the bridge is reached.
-    #[error("{what}: the limit of {limit} is reached (--{flag})")]
-    Full {
-        /// What is full.
-        what: &'static str,
-        /// The limit.
-        limit: usize,
-        /// The flag that sets it.
-        flag: &'static str,
-    },
-    /// An address does not parse or cannot be used.
-    #[error("{field}: {value:?} {why}")]
-    BadAddr {
-        /// The request field.
-        field: &'static str,
-        /// What was given.
-        value: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// WebRTC parameters that cannot be used (or fields a WebRTC endpoint must leave empty).
-    #[error("{field}: {why}")]
-    BadWebRtc {
-        /// The request field.
-        field: &'static str,
-        /// What is wrong.
-        why: String,
-    },
-    /// The local ufrag routes another WebRTC endpoint's checks.
-    #[error(
-        "webrtc.local_ufrag: {ufrag:?} is already used by endpoint {endpoint:?} of conference {conference:?}"
-    )]
-    UfragTaken {
-        /// The ufrag.
-        ufrag: String,
-        /// Its conference.
-        conference: String,
-        /// Its endpoint.
-        endpoint: String,
-    },
-    /// A rewrite that cannot be used.
-    #[error("rewrite.{0}")]
-    BadRewrite(#[from] RewriteError),
-    /// A rewrite for an endpoint that receives plain RTP.
-    #[error(
-        "rewrite: only an SRTP or WebRTC endpoint's copies can be rewritten (a plain receiver gets the shared received packet)"
-    )]
-    RewriteNeedsSrtp,
-    /// SRTP parameters that cannot be used.
-    #[error("{field}: {why}")]
-    BadSrtp {
-        /// The request field.
-        field: &'static str,
-        /// What is wrong.
-        why: String,
-    },
-    /// An endpoint that must latch declared no SSRC to latch on.
-    #[error(
-        "ssrcs: an endpoint without remote_addr needs at least one SSRC so the bridge can latch its address"
-    )]
-    NothingToLatch,
-    /// The relay id is taken in that conference, or the address and link number by a relay.
-    #[error("{field}: relay {value:?} already exists")]
-    RelayExists {
-        /// The request field.
-        field: &'static str,
-        /// What is taken.
-        value: String,
-    },
-    /// No such relay in that conference.
-    #[error("relay_id: relay {relay:?} not found in conference {conference:?}")]
-    RelayNotFound {
-        /// Conference id.
-        conference: String,
-        /// Relay id.
-        relay: String,
-    },
-    /// The conference id is taken.
-    #[error("conference_id: conference {0:?} already exists")]
-    ConferenceExists(String),
-    /// No such conference.
-    #[error("conference_id: conference {0:?} not found")]
-    ConferenceNotFound(String),
-    /// The endpoint id is taken in that conference.
-    #[error("endpoint_id: endpoint {endpoint:?} already exists in conference {conference:?}")]
-    EndpointExists {
-        /// Conference id.
-        conference: String,
-        /// Endpoint id.
-        endpoint: String,
-    },
-    /// No such endpoint in that conference.
-    #[error("endpoint_id: endpoint {endpoint:?} not found in conference {conference:?}")]
-    EndpointNotFound {
-        /// Conference id.
-        conference: String,
-        /// Endpoint id.
-        endpoint: String,
-    },
-    /// Another endpoint of the conference sends this SSRC.
-    #[error("ssrcs: SSRC {ssrc} is already sent by endpoint {owner:?} of this conference")]
-    SsrcTaken {
-        /// The SSRC.
-        ssrc: u32,
-        /// Endpoint that declared it.
-        owner: String,
-    },
-    /// An endpoint of another conference waits to latch on this SSRC, so latching would be ambiguous.
-    #[error(
-        "ssrcs: SSRC {ssrc} already waits to be latched in conference {conference:?}; give remote_addr or another SSRC"
-    )]
-    SsrcAmbiguous {
-        /// The SSRC.
-        ssrc: u32,
-        /// The other conference.
-        conference: String,
-    },
-    /// Another endpoint has this address.
-    #[error(
-        "remote_addr: {addr} already belongs to endpoint {endpoint:?} of conference {conference:?}"
-    )]
-    AddrTaken {
-        /// The address.
-        addr: SocketAddr,
-        /// Its conference.
-        conference: String,
-        /// Its endpoint.
-        endpoint: String,
-    },
-}
-
-impl StateError {
-    /// The class of error, for status codes.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Empty(_)
-            | Self::TooLarge { .. }
-            | Self::BadAddr { .. }
-            | Self::BadSrtp { .. }
-            | Self::BadWebRtc { .. }
-            | Self::BadRewrite(_)
-            | Self::RewriteNeedsSrtp
-            | Self::NothingToLatch => ErrorKind::Invalid,
-            Self::Full { .. } => ErrorKind::Full,
-            Self::ConferenceNotFound(_)
-            | Self::EndpointNotFound { .. }
-            | Self::RelayNotFound { .. } => ErrorKind::NotFound,
-            Self::ConferenceExists(_)
-            | Self::EndpointExists { .. }
-            | Self::SsrcTaken { .. }
-            | Self::SsrcAmbiguous { .. }
-            | Self::RelayExists { .. }
-            | Self::UfragTaken { .. }
-            | Self::AddrTaken { .. } => ErrorKind::Exists,
-        }
-    }
-}
-
-/// SRTP parameters as a request gives them.
-#[derive(Debug, Clone, Default)]
-pub struct SrtpRequest {
-    /// Profile name.
-    pub profile: String,
-    /// Master key + salt the endpoint sends with.
-    pub endpoint_key: Vec<u8>,
-    /// Master key + salt the bridge sends with (empty: `endpoint_key`).
-    pub bridge_key: Vec<u8>,
-}
-
-/// An endpoint's SRTP sessions, derived once when it is added.
-#[derive(Debug, Clone)]
-pub struct EndpointSrtp {
-    /// The profile.
-    pub profile: Profile,
-    /// Unprotects what the endpoint sends.
-    pub rx: Arc<Session>,
-    /// Protects what the bridge sends to it.
-    pub tx: Arc<Session>,
-}
-
-impl SrtpRequest {
-    /// Validates and derives the sessions.
-    pub fn derive(&self) -> Result<EndpointSrtp, StateError> {
-        let profile = Profile::from_name(&self.profile).ok_or_else(|| StateError::BadSrtp {
-            field: "srtp.profile",
-            why: format!(
-                "{:?} is not one of AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM, AEAD_AES_256_GCM",
-                self.profile
-            ),
-        })?;
-        let want = profile.key_len() + profile.salt_len();
-        let session = |field: &'static str, k: &[u8]| {
-            if k.len() != want {
-                return Err(StateError::BadSrtp {
-                    field,
-                    why: format!(
-                        "{} needs {want} bytes (master key {} + salt {}), got {}",
-                        profile.name(),
-                        profile.key_len(),
-                        profile.salt_len(),
-                        k.len()
-                    ),
-                });
-            }
-            let (key, salt) = k.split_at(profile.key_len());
-            Session::new(profile, key, salt)
-                .map(Arc::new)
-                .map_err(|why| StateError::BadSrtp { field, why })
-        };
-        let rx = session("srtp.endpoint_key", &self.endpoint_key)?;
-        let tx = if self.bridge_key.is_empty() {
-            // One key for both directions: a separate session object so both sides' state
-            // stays apart (the keys are the same).
-            session("srtp.endpoint_key", &self.endpoint_key)?
-        } else {
-            session("srtp.bridge_key", &self.bridge_key)?
-        };
-        Ok(EndpointSrtp { profile, rx, tx })
-    }
-}
-
-/// A WebRTC endpoint's parameters as a request gives them (`AddEndpointRequest.webrtc`).
-#[derive(Debug, Clone, Default)]
-pub struct WebRtcRequest {
-    /// The bridge's ufrag for the endpoint.
-    pub local_ufrag: String,
-    /// The bridge's ice-pwd for the endpoint.
-    pub local_pwd: String,
-    /// The endpoint's ufrag.
-    pub remote_ufrag: String,
-    /// The endpoint's certificate fingerprint, `sha-256 AB:CD:...`.
-    pub remote_fingerprint: String,
-}
-
-/// A receiver's rewrite as a request gives it (`AddEndpointRequest.rewrite`): `(from, to)` pairs.
-#[derive(Debug, Clone, Default)]
-pub struct RewriteRequest {
-    /// Payload types.
-    pub payload_types: Vec<(u32, u32)>,
-    /// Header extension ids (`to` 0 removes the element).
-    pub extensions: Vec<(u32, u32)>,
-}
-
-impl RewriteRequest {
-    fn is_empty(&self) -> bool {
-        self.payload_types.is_empty() && self.extensions.is_empty()
-    }
-}
-
-/// An endpoint to add (`AddEndpointRequest`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NewEndpoint<'a> {
-    /// Its conference.
-    pub conference: &'a str,
-    /// Its id.
-    pub endpoint: &'a str,
-    /// SSRCs it sends.
-    pub ssrcs: &'a [u32],
-    /// "ip:port", or empty (latch; and always for WebRTC).
-    pub remote_addr: &'a str,
-    /// SDES-style SRTP keys.
-    pub srtp: Option<&'a SrtpRequest>,
-    /// WebRTC (ICE-lite, DTLS-SRTP) instead of a configured or latched address and keys.
-    pub webrtc: Option<&'a WebRtcRequest>,
-    /// How its copies are rewritten.
-    pub rewrite: Option<&'a RewriteRequest>,
-}
+pub use error::{ErrorKind, Limits, MAX_FINGERPRINT_LEN, MAX_ID_LEN, MAX_SSRCS, StateError};
+pub use request::{
+    EndpointSrtp, NewEndpoint, NewRelay, RewriteRequest, SrtpRequest, WebRtcRequest,
+};
 
 /// A WebRTC endpoint's transport as the API knows it.
 #[derive(Debug, Clone)]
@@ -378,23 +53,6 @@ pub struct EndpointState {
     pub srtp: Option<EndpointSrtp>,
     /// A WebRTC endpoint's transport.
     pub webrtc: Option<WebRtcInfo>,
-}
-
-/// A relay to add: the bridge at `remote_addr`, link conference number `link`, sealing with
-/// `tx_key` and opening with `rx_key`; `downstream` when the remote bridge pulls from this one
-/// (a stream's next tier).
-#[derive(Debug, Clone, Copy)]
-pub struct NewRelay<'a> {
-    /// "ip:port" of the remote bridge's media socket.
-    pub remote_addr: &'a str,
-    /// The link's conference number.
-    pub link: u32,
-    /// Key this bridge seals with.
-    pub tx_key: &'a [u8],
-    /// Key the remote bridge seals with.
-    pub rx_key: &'a [u8],
-    /// The remote bridge pulls this conference's media from this one.
-    pub downstream: bool,
 }
 
 /// All conferences of the bridge, keyed by id.
@@ -1095,6 +753,7 @@ impl BridgeState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::srtp::Profile;
 
     fn state() -> BridgeState {
         let mut s = BridgeState::new("127.0.0.1:10000".parse().unwrap());
