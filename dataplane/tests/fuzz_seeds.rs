@@ -77,7 +77,33 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         p.extend_from_slice(elements);
         out.push(("rewrite", p));
     }
+    // The `stun` target: connectivity checks for its agent (ufrag "fuzz", remote "peer"), with
+    // and without USE-CANDIDATE.
+    for nominate in [false, true] {
+        out.push(("stun", stun_check(nominate)));
+    }
     out
+}
+
+/// A Binding request as a browser sends it to the fuzz `stun` target's agent.
+fn stun_check(nominate: bool) -> Vec<u8> {
+    use ringbridge_dataplane::webrtc::stun::{
+        BINDING, Class, IntegrityKey, MessageWriter, TransactionId,
+    };
+    let mut buf = [0u8; 200];
+    let mut w =
+        MessageWriter::new(&mut buf, Class::Request, BINDING, TransactionId([7; 12])).unwrap();
+    w.username("fuzz:peer").unwrap();
+    w.priority(0x6e7f_1eff).unwrap();
+    w.ice_controlling(42).unwrap();
+    if nominate {
+        w.use_candidate().unwrap();
+    }
+    w.message_integrity(&IntegrityKey::short_term("fuzzfuzzfuzzfuzzfuzzfuzz"))
+        .unwrap();
+    w.fingerprint().unwrap();
+    let n = w.finish();
+    buf[..n].to_vec()
 }
 
 #[test]
@@ -92,6 +118,17 @@ fn seeds_are_what_they_claim_and_are_written_on_request() {
                 "a whole header with its extension"
             ),
             "rtcp" => assert!(rtcp::summarize(s).is_ok()),
+            "stun" => {
+                use ringbridge_dataplane::webrtc::ice::{IceLite, RESPONSE_BUF_LEN};
+                let mut agent =
+                    IceLite::new("fuzz", "fuzzfuzzfuzzfuzzfuzzfuzz", Some("peer")).unwrap();
+                let mut out = [0u8; RESPONSE_BUF_LEN];
+                let from = "127.0.0.1:4000".parse().unwrap();
+                assert!(
+                    agent.handle_stun(s, from, 0, &mut out).is_ok(),
+                    "a check it answers"
+                );
+            }
             "srtp" => {
                 let p = Profile::ALL[usize::from(s[0]) % 4];
                 let mut pkt = s[1..].to_vec();
