@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run serve test bench perf fuzz loadgen lint fmt build toolchain sim etcd chromium
+.PHONY: run serve test bench bench-webrtc perf fuzz loadgen lint fmt build toolchain sim etcd chromium
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -94,10 +94,21 @@ perf: toolchain
 	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
 	./target/release/ringbridge-perf --out perf/results
 
+## WebRTC measurements (a few minutes on 2 cores; see docs/measuring.md): DTLS handshakes per
+## second per core, POST /whep -> first decoded frame over 50 aiortc viewers, and RTP forwarding
+## CPU per copy while 200 handshakes run vs none -> perf/results/<date>-{dtls,whep-first-frame,
+## webrtc-forwarding}.json
+bench-webrtc: toolchain $(VENV)/.ready
+	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-control -p ringbridge-bench
+	./target/release/ringbridge-dtlsbench --json perf/results/$(shell date +%F)-dtls.json
+	PYTHON=$(VENV)/bin/python bash bench/webrtc/first-frame.sh --viewers 50 --baseline 50 \
+	  --json perf/results/$(shell date +%F)-whep-first-frame.json
+	./target/release/ringbridge-webrtcload --json perf/results/$(shell date +%F)-webrtc-forwarding.json
+
 ## Coverage-guided fuzzing with libFuzzer on stable Rust: sanitizer-coverage flags (stable -C
 ## options) on a separate crate (fuzz/, not in the workspace), seeds from the tests' packets.
 ## FUZZ_RUNS inputs per target, at most FUZZ_SECS seconds each; a crash fails the target.
-FUZZ_TARGETS ?= rtp rtcp srtp table core rewrite
+FUZZ_TARGETS ?= rtp rtcp srtp table core rewrite stun
 FUZZ_RUNS ?= 10000000
 FUZZ_SECS ?= 600
 FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')

@@ -118,9 +118,9 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(super::thread_ns() > a);
-        let threads = super::threads_ns(std::process::id());
+        let threads = super::threads(std::process::id());
         assert!(!threads.is_empty());
-        assert!(threads.iter().any(|(_, ns)| *ns > 0));
+        assert!(threads.iter().any(|t| t.run_ns > 0 && t.slices > 0));
     }
 }
 
@@ -188,18 +188,36 @@ pub fn thread_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CPU time of each thread of process `pid`: (thread name, nanoseconds) from
-/// `/proc/PID/task/TID/{comm,schedstat}`. A thread that exits while being read is left out.
-pub fn threads_ns(pid: u32) -> Vec<(String, u64)> {
+/// One thread's scheduler figures, from `/proc/PID/task/TID/{comm,schedstat}`.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadCpu {
+    /// The thread's name.
+    pub name: String,
+    /// Time on a CPU, ns.
+    pub run_ns: u64,
+    /// Time runnable but waiting for a CPU, ns.
+    pub wait_ns: u64,
+    /// Times it was put on a CPU (each wakeup or preemption ends one).
+    pub slices: u64,
+}
+
+/// The scheduler figures of every thread of process `pid`. A thread that exits while being
+/// read is left out.
+pub fn threads(pid: u32) -> Vec<ThreadCpu> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     dir.filter_map(|t| {
         let path = t.ok()?.path();
         let name = std::fs::read_to_string(path.join("comm")).ok()?;
-        let ns = std::fs::read_to_string(path.join("schedstat")).ok()?;
-        let ns = ns.split_whitespace().next()?.parse().ok()?;
-        Some((name.trim().to_string(), ns))
+        let stat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+        let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().ok());
+        Some(ThreadCpu {
+            name: name.trim().to_string(),
+            run_ns: f.next()??,
+            wait_ns: f.next()??,
+            slices: f.next()??,
+        })
     })
     .collect()
 }

@@ -9,51 +9,49 @@
 //! `dataplane/tests/webrtc.rs` does (a nominating ICE check written with our STUN writer, then
 //! dimpl's DTLS client, then SRTP with the exported keys), every one sends a consent check each
 //! second, and the publisher sends `--pps` SRTP packets of `--size` bytes per second, each
-//! stamped with the measuring window it was sent in, its send time and its sequence number. The
-//! viewers decrypt every copy. Then `--reps` pairs of windows:
+//! stamped with the measuring window it was sent in and its send time. The viewers decrypt
+//! every copy. Then `--reps` rounds of three windows of equal length:
 //!
-//! - **B**: `--handshakes` endpoints (added beforehand in one `Apply`, in a conference of their
-//!   own, outside the window) start ICE + DTLS at the same moment, each from its own socket,
-//!   DTLS 1.2 and 1.3 alternately; the window lasts until the last one has connected or failed
-//!   (each gives up after 10 s). Their conference is deleted after the window.
-//! - **A**: after a pause, a window of the same length with nothing but the stream.
+//! - **handshakes**: `--handshakes` endpoints (added beforehand in one `Apply`, in a conference
+//!   of their own, outside the window) start ICE + DTLS at the same moment, each from its own
+//!   socket, DTLS 1.2 and 1.3 alternately; the window lasts until the last one has connected or
+//!   failed (each gives up after 10 s). Their conference is deleted after the window.
+//! - **quiet**: the stream alone.
+//! - **quiet, rig busy**: the stream alone while the rig's control thread spins on its CPU, as
+//!   busy as its handshake clients keep it in the first window: a control for the rig's side
+//!   (the kernel delivers the copies to the rig's sockets in the worker's context).
 //!
 //! Per window: the bridge's CPU by thread from `/proc/PID/task/TID/schedstat` (nanoseconds, the
 //! scheduler's accounting): the forwarding worker (`mio-0` / `uring-0`, with any `iou-*` io_uring
-//! helper threads), the transport thread (`webrtc`) and the whole process; the copies the
-//! viewers received and decrypted that were sent in the window, the copies lost, and the
-//! one-way latency (send stamp to receipt, one clock). The figure is the worker's CPU ns per
-//! copy in B over A, per repetition; the median and range over repetitions are reported.
+//! helper threads; also how long it waited for its CPU and how often it was put on it), the
+//! transport thread (`webrtc`) and the whole process; the copies the viewers received and
+//! decrypted that were sent in the window, the copies lost, and the one-way latency (send stamp
+//! to receipt, one clock). The figure is the worker's CPU per copy with handshakes over quiet,
+//! pooled over the repetitions (sum of CPU over sum of copies), with the per-repetition ratios.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hdrhistogram::Histogram;
-use ringbridge_bench::cpu::{SplitCpus, threads_ns};
+use ringbridge_bench::cpu::{SplitCpus, threads};
 use ringbridge_bench::report::{host, today};
 use ringbridge_bench::target::binary;
-use ringbridge_bench::webrtc::{
-    ClientCert, ClientProgress, Credentials, Keys, Version, dtls_client, poll_client,
-};
-use ringbridge_dataplane::webrtc::stun::{Class, Message, TransactionId};
+use ringbridge_bench::webrtc::join::{Burst, add_all, burst, joiners};
+use ringbridge_bench::webrtc::stream::Stream;
+use ringbridge_bench::webrtc::{ClientCert, Credentials};
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+/// The publisher's SSRC.
 const PUB_SSRC: u32 = 0x5eed_0001;
-/// Marks the rig's payloads.
-const MAGIC: u32 = 0x7762_7463;
-/// How long one handshake may take before it counts as failed.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Forwarding CPU of established WebRTC endpoints with and without concurrent handshakes.
 #[derive(Parser, Debug)]
@@ -66,16 +64,16 @@ struct Cli {
     #[arg(long, default_value_t = 20)]
     viewers: u32,
     /// Packets per second the publisher sends.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1000)]
     pps: u32,
     /// Size of each RTP packet before SRTP, bytes.
     #[arg(long, default_value_t = 1000)]
     size: usize,
-    /// Handshakes started at once in each B window.
+    /// Handshakes started at once in each handshakes window.
     #[arg(long, default_value_t = 200)]
     handshakes: u32,
-    /// B/A window pairs per engine.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds of the three windows per engine.
+    #[arg(long, default_value_t = 10)]
     reps: u32,
     /// Do not confine the bridge and the rig to different CPUs.
     #[arg(long)]
@@ -141,408 +139,60 @@ async fn start_bridge(engine: &str, split: Option<SplitCpus>) -> anyhow::Result<
     }))
 }
 
-/// Why a client's handshake did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Failure {
-    /// No answer to its checks.
-    Ice,
-    /// dimpl's client failed or gave up.
-    Dtls,
-    /// Not done within [`HANDSHAKE_LIMIT`].
-    Timeout,
-}
-
-/// ICE (nominating checks every 200 ms until one is answered) then DTLS as the client, from
-/// `sock`; the SRTP keys once connected.
-async fn connect(
-    sock: &tokio::net::UdpSocket,
-    media: SocketAddr,
-    creds: &Credentials,
-    cert: &ClientCert,
-    version: Version,
-) -> Result<Keys, Failure> {
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_LIMIT;
-    let mut buf = [0u8; 2048];
-    loop {
-        let check = creds.binding_request(true, TransactionId::random());
-        sock.send_to(&check, media)
-            .await
-            .map_err(|_| Failure::Ice)?;
-        let wait = tokio::time::Instant::now() + Duration::from_millis(200);
-        match tokio::time::timeout_at(wait.min(deadline), sock.recv(&mut buf)).await {
-            Ok(Ok(n))
-                if Message::parse(&buf[..n]).is_ok_and(|m| m.class() == Class::SuccessResponse) =>
-            {
-                break;
-            }
-            _ if tokio::time::Instant::now() >= deadline => return Err(Failure::Ice),
-            _ => {}
-        }
-    }
-    let mut client = dtls_client(version, cert, Instant::now());
-    let mut progress = ClientProgress::default();
-    loop {
-        client
-            .handle_timeout(Instant::now())
-            .map_err(|_| Failure::Dtls)?;
-        let mut out = Vec::new();
-        poll_client(&mut client, &mut progress, |d| out.push(d.to_vec()));
-        for d in &out {
-            sock.send_to(d, media).await.map_err(|_| Failure::Dtls)?;
-        }
-        if let Some((profile, km)) = progress.material.as_ref().filter(|_| progress.connected) {
-            return Keys::from_export(*profile, km).ok_or(Failure::Dtls);
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Failure::Timeout);
-        }
-        let timer = progress
-            .timeout
-            .map_or(Duration::from_millis(50), |t| {
-                t.saturating_duration_since(Instant::now())
-            })
-            .clamp(Duration::from_millis(1), Duration::from_millis(50));
-        if let Ok(Ok(n)) = tokio::time::timeout_at(now + timer, sock.recv(&mut buf)).await
-            && (20..=63).contains(&buf[0])
-        {
-            // A datagram dimpl refuses is its business; its timers decide the outcome.
-            let _ = client.handle_packet(&buf[..n]);
-        }
-    }
-}
-
-/// One client: its credentials, the certificate it presents, the version it offers.
-struct Joiner {
-    creds: Credentials,
-    cert: ClientCert,
-    version: Version,
-}
-
-impl Joiner {
-    fn add_request(&self, conference: &str, ssrcs: Vec<u32>) -> pb::AddEndpointRequest {
-        pb::AddEndpointRequest {
-            conference_id: conference.into(),
-            endpoint_id: self.creds.local_ufrag.clone(),
-            ssrcs,
-            webrtc: Some(self.creds.params(&self.cert.fingerprint)),
-            ..Default::default()
-        }
-    }
-}
-
-/// Adds `joiners` to a new conference `conference` in one Apply; the first sends `PUB_SSRC`
-/// when `first_publishes`.
-async fn add_all(
-    api: &mut BridgeClient<Channel>,
-    conference: &str,
-    joiners: &[Joiner],
-    first_publishes: bool,
-) -> anyhow::Result<()> {
-    let mut changes = vec![pb::Change {
-        change: Some(pb::change::Change::CreateConference(
-            pb::CreateConferenceRequest {
-                conference_id: conference.into(),
-            },
-        )),
-    }];
-    for (i, j) in joiners.iter().enumerate() {
-        let ssrcs = if i == 0 && first_publishes {
-            vec![PUB_SSRC]
-        } else {
-            vec![]
-        };
-        changes.push(pb::Change {
-            change: Some(pb::change::Change::AddEndpoint(
-                j.add_request(conference, ssrcs),
-            )),
-        });
-    }
-    let results = api
-        .apply(pb::ApplyRequest { changes })
-        .await?
-        .into_inner()
-        .results;
-    if let Some(r) = results.iter().find(|r| r.code != 0) {
-        bail!("Apply in {conference}: {}", r.message);
-    }
-    Ok(())
-}
-
-/// What a burst of handshakes did.
-#[derive(Debug, Default, Serialize)]
-struct Burst {
-    completed: u32,
-    failed: BTreeMap<String, u32>,
-    /// Check sent -> keys, ms.
-    handshake_ms_p50: f64,
-    handshake_ms_p99: f64,
-    handshake_ms_max: f64,
-}
-
-/// Runs every joiner's handshake at once (one task each); returns what happened and the
-/// established sockets and keys of those that connected, in joiner order.
-async fn burst(
-    media: SocketAddr,
-    joiners: Vec<Joiner>,
-    sockets: Vec<tokio::net::UdpSocket>,
-) -> (Burst, Vec<Option<(tokio::net::UdpSocket, Keys)>>) {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, (j, sock)) in joiners.into_iter().zip(sockets).enumerate() {
-        set.spawn(async move {
-            let t = Instant::now();
-            let r = connect(&sock, media, &j.creds, &j.cert, j.version).await;
-            (i, t.elapsed(), r.map(|k| (sock, k)))
-        });
-    }
-    let mut out = Burst::default();
-    let mut times = Histogram::<u64>::new(3).expect("3 significant figures");
-    let mut established: Vec<Option<(tokio::net::UdpSocket, Keys)>> = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        let (i, took, r) = joined.expect("handshake task panicked");
-        if established.len() <= i {
-            established.resize_with(i + 1, || None);
-        }
-        match r {
-            Ok(e) => {
-                out.completed += 1;
-                times.saturating_record(took.as_micros() as u64);
-                established[i] = Some(e);
-            }
-            Err(f) => {
-                *out.failed
-                    .entry(format!("{f:?}").to_lowercase())
-                    .or_default() += 1
-            }
-        }
-    }
-    out.handshake_ms_p50 = times.value_at_quantile(0.5) as f64 / 1e3;
-    out.handshake_ms_p99 = times.value_at_quantile(0.99) as f64 / 1e3;
-    out.handshake_ms_max = times.max() as f64 / 1e3;
-    (out, established)
-}
-
-/// What the viewers received of the packets sent in one window.
-#[derive(Debug)]
-struct WindowRx {
-    copies: u64,
-    undecryptable: u64,
-    latency_us: Histogram<u64>,
-}
-
-impl Default for WindowRx {
-    fn default() -> Self {
-        Self {
-            copies: 0,
-            undecryptable: 0,
-            latency_us: Histogram::new(3).expect("3 significant figures"),
-        }
-    }
-}
-
-/// The stream: the publisher's sender and the viewers' receiver threads, and what they count
-/// per window id (0: between windows, not counted).
-struct Stream {
-    window: Arc<AtomicU32>,
-    sent: Arc<Mutex<BTreeMap<u32, u64>>>,
-    received: Arc<Mutex<BTreeMap<u32, WindowRx>>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-/// The packet index a receiver makes of `seq`: the one nearest the highest seen so far.
-fn estimate_index(highest: u64, seq: u16) -> u64 {
-    let base = highest & !0xffff;
-    [base.wrapping_sub(0x1_0000), base, base + 0x1_0000]
-        .into_iter()
-        .map(|b| b | u64::from(seq))
-        .min_by_key(|&i| i.abs_diff(highest))
-        .expect("three candidates")
-}
-
-impl Stream {
-    /// Starts sending from `publisher` at `pps` and receiving on `viewers`; every endpoint sends
-    /// a consent check each second.
-    fn start(
-        media: SocketAddr,
-        publisher: (UdpSocket, Keys, Credentials),
-        viewers: Vec<(UdpSocket, Keys, Credentials)>,
-        pps: u32,
-        size: usize,
-    ) -> anyhow::Result<Self> {
-        let s = Self {
-            window: Arc::new(AtomicU32::new(0)),
-            sent: Arc::default(),
-            received: Arc::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        };
-        let epoch = Instant::now();
-        let mut consent: Vec<(UdpSocket, Credentials)> = vec![];
-        for (sock, _, c) in std::iter::once(&publisher).chain(&viewers) {
-            consent.push((sock.try_clone()?, c.clone()));
-        }
-        let (window, sent, stop) = (s.window.clone(), s.sent.clone(), s.stop.clone());
-        let sender = std::thread::Builder::new()
-            .name("sender".into())
-            .spawn(move || {
-                let (sock, keys, _) = publisher;
-                let interval = Duration::from_secs_f64(1.0 / f64::from(pps));
-                let (mut plain, mut wire) = (vec![0u8; size.max(32)], vec![0u8; size.max(32) + 64]);
-                let (mut index, mut next, mut next_consent) =
-                    (0u64, Instant::now(), Instant::now());
-                while !stop.load(Relaxed) {
-                    let now = Instant::now();
-                    if now >= next_consent {
-                        for (sock, c) in &consent {
-                            let _ = sock
-                                .send_to(&c.binding_request(false, TransactionId::random()), media);
-                        }
-                        next_consent += Duration::from_secs(1);
-                    }
-                    if now < next {
-                        std::thread::sleep((next - now).min(Duration::from_millis(5)));
-                        continue;
-                    }
-                    let w = window.load(Relaxed);
-                    plain[..2].copy_from_slice(&[0x80, 96]);
-                    plain[2..4].copy_from_slice(&(index as u16).to_be_bytes());
-                    plain[4..8].copy_from_slice(&((index as u32).wrapping_mul(3000)).to_be_bytes());
-                    plain[8..12].copy_from_slice(&PUB_SSRC.to_be_bytes());
-                    plain[12..16].copy_from_slice(&MAGIC.to_be_bytes());
-                    plain[16..20].copy_from_slice(&w.to_be_bytes());
-                    let stamp = epoch.elapsed().as_nanos() as u64;
-                    plain[20..28].copy_from_slice(&stamp.to_be_bytes());
-                    let n = keys
-                        .tx
-                        .protect_rtp(&plain, index, &mut wire)
-                        .expect("the buffer has room for the tag");
-                    if sock.send_to(&wire[..n], media).is_ok() {
-                        *sent.lock().unwrap().entry(w).or_default() += 1;
-                    }
-                    index += 1;
-                    next += interval;
-                }
-            })?;
-        let (received, stop) = (s.received.clone(), s.stop.clone());
-        let receiver = std::thread::Builder::new()
-            .name("receiver".into())
-            .spawn(move || receive(viewers, epoch, &received, &stop))?;
-        Ok(Self {
-            threads: vec![sender, receiver],
-            ..s
-        })
-    }
-
-    fn sent(&self, w: u32) -> u64 {
-        self.sent.lock().unwrap().get(&w).copied().unwrap_or(0)
-    }
-
-    fn take_received(&self, w: u32) -> WindowRx {
-        self.received.lock().unwrap().remove(&w).unwrap_or_default()
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The viewers' receive loop: epoll over their sockets, every copy decrypted with its viewer's
-/// keys and counted in the window its stamp names.
-fn receive(
-    viewers: Vec<(UdpSocket, Keys, Credentials)>,
-    epoch: Instant,
-    received: &Mutex<BTreeMap<u32, WindowRx>>,
-    stop: &AtomicBool,
-) {
-    let mut poll = mio::Poll::new().expect("epoll");
-    let mut socks = Vec::new();
-    for (i, (sock, keys, _)) in viewers.into_iter().enumerate() {
-        sock.set_nonblocking(true).expect("nonblocking");
-        let mut s = mio::net::UdpSocket::from_std(sock);
-        poll.registry()
-            .register(&mut s, mio::Token(i), mio::Interest::READABLE)
-            .expect("register");
-        socks.push((s, keys, 0u64));
-    }
-    let mut events = mio::Events::with_capacity(64);
-    let mut buf = [0u8; 2048];
-    while !stop.load(Relaxed) {
-        let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));
-        for ev in &events {
-            let (sock, keys, highest) = &mut socks[ev.token().0];
-            while let Ok(n) = sock.recv(&mut buf) {
-                // STUN answers (0-3) and anything but RTP are not copies.
-                if n < 12 || buf[0] >> 6 != 2 || (192..=223).contains(&buf[1]) {
-                    continue;
-                }
-                let at = Instant::now();
-                let index = estimate_index(*highest, u16::from_be_bytes([buf[2], buf[3]]));
-                let mut got = received.lock().unwrap();
-                let Ok(m) = keys.rx.unprotect_rtp(&mut buf[..n], index) else {
-                    got.entry(0).or_default().undecryptable += 1;
-                    continue;
-                };
-                *highest = (*highest).max(index);
-                if m < 28 || buf[12..16] != MAGIC.to_be_bytes() {
-                    got.entry(0).or_default().undecryptable += 1;
-                    continue;
-                }
-                let w = u32::from_be_bytes(buf[16..20].try_into().expect("4 bytes"));
-                let stamp = u64::from_be_bytes(buf[20..28].try_into().expect("8 bytes"));
-                let now = at.duration_since(epoch).as_nanos() as u64;
-                let rx = got.entry(w).or_default();
-                rx.copies += 1;
-                rx.latency_us
-                    .saturating_record(now.saturating_sub(stamp) / 1000);
-            }
-        }
-    }
-}
-
-/// The bridge's CPU by thread group, ns.
+/// The bridge's CPU by thread group, ns, and its worker's scheduling.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     worker: u64,
+    /// Time the worker was runnable but another thread had its CPU.
+    worker_wait: u64,
+    /// Times the worker was put on its CPU.
+    worker_slices: u64,
     transport: u64,
     total: u64,
 }
 
 fn cpu(pid: u32) -> Cpu {
     let mut c = Cpu::default();
-    for (name, ns) in threads_ns(pid) {
-        c.total += ns;
+    for t in threads(pid) {
+        c.total += t.run_ns;
         if ["mio-", "uring-", "iou-"]
             .iter()
-            .any(|p| name.starts_with(p))
+            .any(|p| t.name.starts_with(p))
         {
-            c.worker += ns;
-        } else if name == "webrtc" {
-            c.transport += ns;
+            c.worker += t.run_ns;
+            c.worker_wait += t.wait_ns;
+            c.worker_slices += t.slices;
+        } else if t.name == "webrtc" {
+            c.transport += t.run_ns;
         }
     }
     c
 }
 
 /// One measured window.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Window {
+    #[serde(skip)]
+    id: u32,
     rep: u32,
-    /// "handshakes" (B) or "quiet" (A).
-    phase: &'static str,
+    phase: Phase,
     seconds: f64,
     packets_sent: u64,
     copies: u64,
     lost: i64,
     undecryptable: u64,
+    worker_ns: u64,
+    /// The worker was runnable but waited for its CPU this long.
+    worker_wait_ns: u64,
+    /// Times the worker was put on its CPU.
+    worker_slices: u64,
+    transport_ns: u64,
+    process_ns: u64,
+    /// STUN and DTLS datagrams the worker handed to the transport thread.
+    handed_off: u64,
     worker_ns_per_copy: f64,
     /// The worker's share of its core over the window.
     worker_cpu_share: f64,
-    transport_cpu_ms: f64,
     process_ns_per_copy: f64,
     latency_us_p50: u64,
     latency_us_p99: u64,
@@ -554,14 +204,111 @@ struct Window {
     bridge_transport_queue_full: u64,
 }
 
+impl Window {
+    /// Takes what the stream counted for this window.
+    fn collect(&mut self, stream: &Stream, viewers: u32) {
+        let rx = stream.take_received(self.id);
+        self.packets_sent = stream.sent(self.id);
+        self.copies = rx.copies;
+        self.lost = (self.packets_sent * u64::from(viewers)) as i64 - rx.copies as i64;
+        self.undecryptable = rx.undecryptable;
+        let copies = rx.copies.max(1) as f64;
+        self.worker_ns_per_copy = self.worker_ns as f64 / copies;
+        self.worker_cpu_share = self.worker_ns as f64 / (self.seconds * 1e9);
+        self.process_ns_per_copy = self.process_ns as f64 / copies;
+        self.latency_us_p50 = rx.latency_us.value_at_quantile(0.5);
+        self.latency_us_p99 = rx.latency_us.value_at_quantile(0.99);
+        self.latency_us_max = rx.latency_us.max();
+    }
+}
+
+/// One phase over all repetitions, pooled: sums of CPU over sums of copies.
+#[derive(Debug, Serialize)]
+struct PhaseSummary {
+    phase: Phase,
+    seconds: f64,
+    copies: u64,
+    lost: i64,
+    worker_ns_per_copy: f64,
+    process_ns_per_copy: f64,
+    transport_cpu_ms: f64,
+    /// Time the worker waited for its CPU while runnable, ms.
+    worker_wait_ms: f64,
+    /// Times the worker was put on its CPU, per packet the publisher sent.
+    worker_slices_per_packet: f64,
+    /// STUN and DTLS datagrams handed to the transport thread.
+    handed_off: u64,
+    /// Median over the windows of their p50, and the largest p99.
+    latency_us_p50_median: u64,
+    latency_us_p99_max: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct EngineResult {
     engine: String,
     skipped: Option<String>,
     windows: Vec<Window>,
-    /// Worker CPU per copy with handshakes / without, per repetition.
-    ratios: Vec<f64>,
-    ratio_median: f64,
+    phases: Vec<PhaseSummary>,
+    /// Pooled worker CPU per copy with handshakes / quiet.
+    ratio_vs_quiet: f64,
+    /// Pooled worker CPU per copy with handshakes / quiet with the rig as busy.
+    ratio_vs_quiet_rig_busy: f64,
+    /// Per repetition, handshakes / quiet (same repetition).
+    ratios_per_rep: Vec<f64>,
+}
+
+impl EngineResult {
+    fn summarize(&mut self) {
+        self.phases = Phase::ALL
+            .iter()
+            .map(|&phase| {
+                let ws: Vec<&Window> = self.windows.iter().filter(|w| w.phase == phase).collect();
+                let copies = ws.iter().map(|w| w.copies).sum::<u64>();
+                let per_copy = |ns: u64| ns as f64 / copies.max(1) as f64;
+                let mut p50: Vec<u64> = ws.iter().map(|w| w.latency_us_p50).collect();
+                p50.sort_unstable();
+                PhaseSummary {
+                    phase,
+                    seconds: ws.iter().map(|w| w.seconds).sum(),
+                    copies,
+                    lost: ws.iter().map(|w| w.lost).sum(),
+                    worker_ns_per_copy: per_copy(ws.iter().map(|w| w.worker_ns).sum()),
+                    process_ns_per_copy: per_copy(ws.iter().map(|w| w.process_ns).sum()),
+                    transport_cpu_ms: ws.iter().map(|w| w.transport_ns).sum::<u64>() as f64 / 1e6,
+                    worker_wait_ms: ws.iter().map(|w| w.worker_wait_ns).sum::<u64>() as f64 / 1e6,
+                    worker_slices_per_packet: ws.iter().map(|w| w.worker_slices).sum::<u64>()
+                        as f64
+                        / ws.iter().map(|w| w.packets_sent).sum::<u64>().max(1) as f64,
+                    handed_off: ws.iter().map(|w| w.handed_off).sum(),
+                    latency_us_p50_median: p50.get(p50.len() / 2).copied().unwrap_or(0),
+                    latency_us_p99_max: ws.iter().map(|w| w.latency_us_p99).max().unwrap_or(0),
+                }
+            })
+            .collect();
+        let per_copy = |p: Phase| {
+            self.phases
+                .iter()
+                .find(|s| s.phase == p)
+                .map_or(f64::NAN, |s| s.worker_ns_per_copy)
+        };
+        self.ratio_vs_quiet = per_copy(Phase::Handshakes) / per_copy(Phase::Quiet);
+        self.ratio_vs_quiet_rig_busy = per_copy(Phase::Handshakes) / per_copy(Phase::QuietRigBusy);
+        let of = |rep: u32, p: Phase| {
+            self.windows
+                .iter()
+                .find(|w| w.rep == rep && w.phase == p)
+                .map_or(f64::NAN, |w| w.worker_ns_per_copy)
+        };
+        let reps = self
+            .windows
+            .iter()
+            .map(|w| w.rep)
+            .max()
+            .map_or(0, |r| r + 1);
+        self.ratios_per_rep = (0..reps)
+            .map(|r| of(r, Phase::Handshakes) / of(r, Phase::Quiet))
+            .collect();
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -604,34 +351,6 @@ async fn wait_connected(api: &mut BridgeClient<Channel>, conference: &str) -> an
     bail!("the endpoints of {conference} never all connected")
 }
 
-/// `n` joiners numbered from `*next`, alternating DTLS 1.2 and 1.3, and a socket each.
-async fn joiners(
-    n: u32,
-    next: &mut u32,
-    certs: &[ClientCert],
-) -> anyhow::Result<(Vec<Joiner>, Vec<tokio::net::UdpSocket>)> {
-    let mut js = Vec::new();
-    let mut socks = Vec::new();
-    for _ in 0..n {
-        *next += 1;
-        js.push(Joiner {
-            creds: Credentials::new(*next),
-            cert: certs[*next as usize % certs.len()].clone(),
-            version: if *next % 2 == 0 {
-                Version::V12
-            } else {
-                Version::V13
-            },
-        });
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-        s.set_recv_buffer_size(1 << 20)?;
-        s.set_nonblocking(true)?;
-        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-        socks.push(tokio::net::UdpSocket::from_std(s.into())?);
-    }
-    Ok((js, socks))
-}
-
 async fn run_engine(
     cli: &Cli,
     engine: &str,
@@ -642,8 +361,10 @@ async fn run_engine(
         engine: engine.into(),
         skipped: None,
         windows: Vec::new(),
-        ratios: Vec::new(),
-        ratio_median: f64::NAN,
+        phases: Vec::new(),
+        ratio_vs_quiet: f64::NAN,
+        ratio_vs_quiet_rig_busy: f64::NAN,
+        ratios_per_rep: Vec::new(),
     };
     let Some(mut b) = start_bridge(engine, split).await? else {
         result.skipped = Some(format!("the bridge did not start with --engine {engine}"));
@@ -652,7 +373,7 @@ async fn run_engine(
     let mut next = 0;
     // The stream's endpoints: publisher first, then the viewers.
     let (js, socks) = joiners(1 + cli.viewers, &mut next, certs).await?;
-    add_all(&mut b.api, "stream", &js, true).await?;
+    add_all(&mut b.api, "stream", &js, Some(PUB_SSRC)).await?;
     let creds: Vec<Credentials> = js.iter().map(|j| j.creds.clone()).collect();
     let (done, established) = burst(b.media, js, socks).await;
     if done.completed != 1 + cli.viewers {
@@ -667,130 +388,149 @@ async fn run_engine(
         ends.push((sock, keys, c));
     }
     let publisher = ends.remove(0);
-    let stream = Stream::start(b.media, publisher, ends, cli.pps, cli.size)?;
+    let stream = Stream::start(b.media, publisher, ends, PUB_SSRC, cli.pps, cli.size)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     for rep in 0..cli.reps {
         let conf = format!("join-{rep}");
         let (js, socks) = joiners(cli.handshakes, &mut next, certs).await?;
-        add_all(&mut b.api, &conf, &js, false).await?;
+        add_all(&mut b.api, &conf, &js, None).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let b_window = 2 * rep + 1;
-        let (c0, k0, t0) = (cpu(b.pid), counters(&mut b.api).await?, Instant::now());
-        stream.window.store(b_window, Relaxed);
+        let mut measure = Measure::start(&mut b, &stream, Phase::Handshakes, rep).await?;
         let (done, established) = burst(b.media, js, socks).await;
-        stream.window.store(0, Relaxed);
-        let (c1, k1, seconds) = (cpu(b.pid), counters(&mut b.api).await?, t0.elapsed());
+        let seconds = measure.t0.elapsed();
+        let mut windows = vec![measure.finish(&mut b, Some(done)).await?];
         drop(established);
         b.api
             .delete_conference(pb::DeleteConferenceRequest {
                 conference_id: conf,
             })
             .await?;
-        tokio::time::sleep(Duration::from_millis(700)).await;
-
-        let a_window = 2 * rep + 2;
-        let (a0, ak0, at0) = (cpu(b.pid), counters(&mut b.api).await?, Instant::now());
-        stream.window.store(a_window, Relaxed);
-        tokio::time::sleep(seconds).await;
-        stream.window.store(0, Relaxed);
-        let (a1, ak1, a_seconds) = (cpu(b.pid), counters(&mut b.api).await?, at0.elapsed());
-        // Copies in flight when a window closed.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let wb = window(
-            &stream,
-            cli,
-            rep,
-            "handshakes",
-            b_window,
-            seconds,
-            (c0, c1),
-            (&k0, &k1),
-        );
-        let wa = window(
-            &stream,
-            cli,
-            rep,
-            "quiet",
-            a_window,
-            a_seconds,
-            (a0, a1),
-            (&ak0, &ak1),
-        );
-        let wb = Window {
-            burst: Some(done),
-            ..wb
-        };
-        result
-            .ratios
-            .push(wb.worker_ns_per_copy / wa.worker_ns_per_copy);
-        print_window(engine, &wb);
-        print_window(engine, &wa);
-        result.windows.push(wb);
-        result.windows.push(wa);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for phase in [Phase::Quiet, Phase::QuietRigBusy] {
+            measure = Measure::start(&mut b, &stream, phase, rep).await?;
+            if phase == Phase::QuietRigBusy {
+                // As busy as the rig's handshake clients keep this CPU in the handshakes window.
+                let end = Instant::now() + seconds;
+                while Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+            } else {
+                tokio::time::sleep(seconds).await;
+            }
+            windows.push(measure.finish(&mut b, None).await?);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Copies still in flight when the windows closed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for w in &mut windows {
+            w.collect(&stream, cli.viewers);
+            print_window(engine, w);
+        }
+        result.windows.extend(windows);
     }
     stream.stop();
-    let mut r = result.ratios.clone();
-    r.sort_by(f64::total_cmp);
-    result.ratio_median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
+    result.summarize();
     Ok(result)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn window(
-    stream: &Stream,
-    cli: &Cli,
-    rep: u32,
-    phase: &'static str,
+/// What a window is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    /// B: `--handshakes` endpoints connect at once.
+    Handshakes,
+    /// A: the stream alone.
+    #[default]
+    Quiet,
+    /// A with the rig's CPU kept as busy as its handshake clients keep it in B.
+    QuietRigBusy,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Handshakes, Phase::Quiet, Phase::QuietRigBusy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Handshakes => "handshakes",
+            Phase::Quiet => "quiet",
+            Phase::QuietRigBusy => "quiet, rig busy",
+        }
+    }
+}
+
+/// A window being measured: what was read at its start.
+struct Measure {
     id: u32,
-    seconds: Duration,
-    (c0, c1): (Cpu, Cpu),
-    (k0, k1): (&pb::Counters, &pb::Counters),
-) -> Window {
-    let sent = stream.sent(id);
-    let rx = stream.take_received(id);
-    let copies = rx.copies.max(1) as f64;
-    let drops = |k: &pb::Counters| k.drops.as_ref().map_or(0, |d| d.transport_queue_full);
-    Window {
-        rep,
-        phase,
-        seconds: seconds.as_secs_f64(),
-        packets_sent: sent,
-        copies: rx.copies,
-        lost: (sent * u64::from(cli.viewers)) as i64 - rx.copies as i64,
-        undecryptable: rx.undecryptable,
-        worker_ns_per_copy: (c1.worker - c0.worker) as f64 / copies,
-        worker_cpu_share: (c1.worker - c0.worker) as f64 / seconds.as_nanos() as f64,
-        transport_cpu_ms: (c1.transport - c0.transport) as f64 / 1e6,
-        process_ns_per_copy: (c1.total - c0.total) as f64 / copies,
-        latency_us_p50: rx.latency_us.value_at_quantile(0.5),
-        latency_us_p99: rx.latency_us.value_at_quantile(0.99),
-        latency_us_max: rx.latency_us.max(),
-        burst: None,
-        bridge_dtls_handshakes: k1.dtls_handshakes - k0.dtls_handshakes,
-        bridge_dtls_failed: k1.dtls_failed - k0.dtls_failed,
-        bridge_transport_queue_full: drops(k1) - drops(k0),
+    phase: Phase,
+    rep: u32,
+    cpu: Cpu,
+    counters: pb::Counters,
+    t0: Instant,
+    window: Arc<AtomicU32>,
+}
+
+impl Measure {
+    async fn start(b: &mut Bridge, s: &Stream, phase: Phase, rep: u32) -> anyhow::Result<Self> {
+        let id = 3 * rep + phase as u32 + 1;
+        let (cpu, counters) = (cpu(b.pid), counters(&mut b.api).await?);
+        s.window.store(id, Relaxed);
+        Ok(Self {
+            id,
+            phase,
+            rep,
+            cpu,
+            counters,
+            t0: Instant::now(),
+            window: s.window.clone(),
+        })
+    }
+
+    async fn finish(&self, b: &mut Bridge, burst: Option<Burst>) -> anyhow::Result<Window> {
+        self.window.store(0, Relaxed);
+        let seconds = self.t0.elapsed();
+        let (c1, k1) = (cpu(b.pid), counters(&mut b.api).await?);
+        let (c0, k0) = (self.cpu, &self.counters);
+        let drops = |k: &pb::Counters| k.drops.as_ref().map_or(0, |d| d.transport_queue_full);
+        Ok(Window {
+            id: self.id,
+            rep: self.rep,
+            phase: self.phase,
+            seconds: seconds.as_secs_f64(),
+            worker_ns: c1.worker - c0.worker,
+            worker_wait_ns: c1.worker_wait - c0.worker_wait,
+            worker_slices: c1.worker_slices - c0.worker_slices,
+            handed_off: (k1.stun_rx + k1.dtls_rx) - (k0.stun_rx + k0.dtls_rx),
+            transport_ns: c1.transport - c0.transport,
+            process_ns: c1.total - c0.total,
+            burst,
+            bridge_dtls_handshakes: k1.dtls_handshakes - k0.dtls_handshakes,
+            bridge_dtls_failed: k1.dtls_failed - k0.dtls_failed,
+            bridge_transport_queue_full: drops(&k1) - drops(k0),
+            ..Window::default()
+        })
     }
 }
 
 fn print_window(engine: &str, w: &Window) {
     let hs = w.burst.as_ref().map_or(String::new(), |b| {
         format!(
-            "  handshakes {} ok {:?} failed, p50 {:.0} ms p99 {:.0} ms",
+            "  handshakes {} ok {:?} failed, each p50 {:.0} ms p99 {:.0} ms",
             b.completed, b.failed, b.handshake_ms_p50, b.handshake_ms_p99
         )
     });
     println!(
-        "{engine:<5} rep {} {:<10} {:>5.2} s {:>6} copies lost {:>3}  worker {:>6.0} ns/copy ({:>4.1}% core)  webrtc {:>6.1} ms  process {:>6.0} ns/copy  latency p50 {} µs p99 {} µs{hs}",
+        "{engine:<5} rep {:<2} {:<15} {:>5.2} s {:>6} copies lost {:>3}  worker {:>6.0} ns/copy ({:>4.1}% core, waited {:>4.1} ms, {:.2} slices/packet)  webrtc {:>5.1} ms  process {:>6.0} ns/copy  latency p50 {} µs p99 {} µs{hs}",
         w.rep,
-        w.phase,
+        w.phase.name(),
         w.seconds,
         w.copies,
         w.lost,
         w.worker_ns_per_copy,
         100.0 * w.worker_cpu_share,
-        w.transport_cpu_ms,
+        w.worker_wait_ns as f64 / 1e6,
+        w.worker_slices as f64 / w.packets_sent.max(1) as f64,
+        w.transport_ns as f64 / 1e6,
         w.process_ns_per_copy,
         w.latency_us_p50,
         w.latency_us_p99,
@@ -823,17 +563,36 @@ fn main() -> anyhow::Result<()> {
     for e in &engines {
         match &e.skipped {
             Some(why) => println!("{}: skipped ({why})", e.engine),
-            None => println!(
-                "{}: worker CPU per copy with {} handshakes / without: median {:.3}x over {} reps {:?}",
-                e.engine,
-                cli.handshakes,
-                e.ratio_median,
-                e.ratios.len(),
-                e.ratios
-                    .iter()
-                    .map(|r| format!("{r:.3}"))
-                    .collect::<Vec<_>>()
-            ),
+            None => {
+                for p in &e.phases {
+                    println!(
+                        "{:<5} {:<15} {:>6.2} s {:>7} copies lost {:>4}  worker {:>6.0} ns/copy (waited {:.1} ms, {:.2} slices/packet, {} datagrams handed off)  process {:>6.0} ns/copy  webrtc {:>7.1} ms  latency p50 {} µs, p99 up to {} µs",
+                        e.engine,
+                        p.phase.name(),
+                        p.seconds,
+                        p.copies,
+                        p.lost,
+                        p.worker_ns_per_copy,
+                        p.worker_wait_ms,
+                        p.worker_slices_per_packet,
+                        p.handed_off,
+                        p.process_ns_per_copy,
+                        p.transport_cpu_ms,
+                        p.latency_us_p50_median,
+                        p.latency_us_p99_max
+                    );
+                }
+                let reps: Vec<String> =
+                    e.ratios_per_rep.iter().map(|r| format!("{r:.2}")).collect();
+                println!(
+                    "{}: worker CPU per copy with {} handshakes / quiet: {:.3}x (pooled; per rep {}), / quiet with the rig as busy: {:.3}x",
+                    e.engine,
+                    cli.handshakes,
+                    e.ratio_vs_quiet,
+                    reps.join(" "),
+                    e.ratio_vs_quiet_rig_busy
+                );
+            }
         }
     }
     let report = Report {
@@ -853,17 +612,4 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::estimate_index;
-
-    #[test]
-    fn index_follows_the_highest_seen() {
-        assert_eq!(estimate_index(0, 5), 5);
-        assert_eq!(estimate_index(65_530, 3), 65_539);
-        assert_eq!(estimate_index(65_539, 65_534), 65_534);
-        assert_eq!(estimate_index(200_000, 200_001 % 65_536), 200_001);
-    }
 }

@@ -109,6 +109,9 @@ pub struct Cluster {
     client: Client,
     /// A client without a request deadline, for the campaign (it blocks until elected).
     elect: Client,
+    /// A connection of its own for lease renewals and grants: a burst of this instance's own
+    /// requests (a thousand routes at once) must not hold its renewals back past the step-down.
+    leases: Client,
     /// This instance's shard.
     pub shard: String,
     /// This instance's address.
@@ -166,9 +169,18 @@ impl Cluster {
         )
         .await
         .map_err(ClusterError::Etcd)?;
+        let leases = crate::store::etcd::connect(
+            endpoints,
+            ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_timeout(timeout),
+        )
+        .await
+        .map_err(ClusterError::Etcd)?;
         let me = Self {
             client,
             elect,
+            leases,
             shard: shard.into(),
             addr: addr.into(),
             lease: Mutex::new(0),
@@ -187,7 +199,7 @@ impl Cluster {
     /// Grants a fresh lease and puts the member key under it.
     async fn register(&self) -> Result<i64, ClusterError> {
         let sent = self.now_ms();
-        let mut c = self.client.clone();
+        let mut c = self.leases.clone();
         let lease = c.lease_grant(LEASE_TTL_S, None).await.map_err(etcd)?.id();
         c.put(
             member_key(&self.shard, &self.addr),
@@ -251,7 +263,7 @@ impl Cluster {
             tokio::time::sleep(RENEW_EVERY).await;
             let sent = self.now_ms();
             let lease = self.lease();
-            let mut c = self.client.clone();
+            let mut c = self.leases.clone();
             let alive = tokio::time::timeout(STEP_DOWN_AFTER, async {
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;

@@ -46,6 +46,13 @@ pub const MAX_TXN_BYTES: usize = 32 * 1024;
 /// Keys per read when loading (a page stays far below gRPC's 4 MiB message limit).
 pub const PAGE: i64 = 1000;
 
+/// Extra attempts of a load that etcd failed (500 ms apart), while less than
+/// [`LOAD_PATIENCE`] has passed.
+const LOAD_RETRIES: u32 = 10;
+
+/// How long a load keeps retrying.
+const LOAD_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Root of every key ringbridge writes.
 pub const ROOT: &str = "/ringbridge/";
 
@@ -480,16 +487,31 @@ impl Loading {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut kv = self.client.kv_client();
-        let routes_prefix = format!("{ROOT}routes/");
-        let shard_root = self.shard_root.clone();
-        // Reads of a big shard take longer than one call's deadline: a page each.
-        let (routes, shard) = run(self.rt(), self.timeout * 10, async move {
-            let r = get_prefix(&mut kv, &routes_prefix).await?.0;
-            let s = get_prefix(&mut kv, &shard_root).await?.0;
-            Ok::<_, etcd_client::Error>((r, s))
-        })?
-        .map_err(err)?;
+        // Reads of a big shard take longer than one call's deadline: a page each. A cluster in
+        // the middle of electing its leader ("leader changed", unavailable) is waited for a few
+        // times rather than failing a start or a takeover.
+        let mut tries = 0;
+        let started = std::time::Instant::now();
+        let (routes, shard) = loop {
+            let mut kv = self.client.kv_client();
+            let routes_prefix = format!("{ROOT}routes/");
+            let shard_root = self.shard_root.clone();
+            let r = run(self.rt(), self.timeout * 10, async move {
+                let r = get_prefix(&mut kv, &routes_prefix).await?.0;
+                let s = get_prefix(&mut kv, &shard_root).await?.0;
+                Ok::<_, etcd_client::Error>((r, s))
+            })
+            .and_then(|r| r.map_err(err));
+            match r {
+                Ok(v) => break v,
+                Err(e) if tries < LOAD_RETRIES && started.elapsed() < LOAD_PATIENCE => {
+                    tries += 1;
+                    tracing::warn!("loading from etcd: {e} (retrying)");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut snap = Snapshot::default();
         let mut dirty = BTreeSet::new();
         for (k, v) in routes {

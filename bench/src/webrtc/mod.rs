@@ -1,7 +1,14 @@
 //! The client side of a WebRTC endpoint as the benchmarks play it, the way
 //! `dataplane/tests/webrtc.rs` does: a nominating ICE check written with our STUN writer, dimpl's
 //! DTLS *client* with a certificate of its own, and the SRTP sessions its export yields. Sans-IO
-//! pieces only: the binaries bring the sockets and the clock.
+//! pieces only here: the binaries bring the sockets and the clock, or use
+//!
+//! - [`join`]: many clients adding themselves to a bridge and connecting at once;
+//! - [`stream`]: one SRTP stream from a connected publisher to connected viewers, counted by
+//!   measuring window.
+
+pub mod join;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
