@@ -67,6 +67,9 @@ pub struct Config {
     pub max_watches_per_client: usize,
 }
 
+/// Times a reconciliation lists a bridge again while some of its conferences were busy.
+const RECONCILE_ROUNDS: usize = 20;
+
 /// Wall-clock milliseconds (routes persist their last use across restarts).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -572,12 +575,27 @@ impl Control {
     pub fn reconcile(self: &Arc<Self>, bridge: String, api_addr: String) {
         let me = self.clone();
         tokio::spawn(async move {
-            match me.executor.list(&bridge, &api_addr).await {
-                Ok(listing) => {
-                    let plans = me.lock().focus.reconcile(&bridge, listing);
-                    me.spawn(plans);
+            // Conferences busy with an operation are left alone and listed again a little
+            // later (bounded): an orphan in a busy conference would otherwise stay and block
+            // a retried join of its id.
+            for _ in 0..RECONCILE_ROUNDS {
+                match me.executor.list(&bridge, &api_addr).await {
+                    Ok(listing) => {
+                        let (plans, skipped) = me.lock().focus.reconcile_skipping(&bridge, listing);
+                        me.spawn(plans);
+                        if !skipped {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%bridge, "cannot list its conferences to reconcile: {e}");
+                        return;
+                    }
                 }
-                Err(e) => tracing::warn!(%bridge, "cannot list its conferences to reconcile: {e}"),
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !me.is_active() {
+                    return;
+                }
             }
         });
     }

@@ -180,6 +180,17 @@ impl Focus {
     /// Conferences with an operation in flight are left alone. One plan per call, so one failure
     /// does not stop the others.
     pub fn reconcile(&mut self, bridge: &str, listing: Vec<(String, Vec<String>)>) -> Vec<Plan> {
+        self.reconcile_skipping(bridge, listing).0
+    }
+
+    /// [`Focus::reconcile`], and whether conferences were left alone because an operation on
+    /// them was in flight (the caller lists the bridge again later to finish the job).
+    pub fn reconcile_skipping(
+        &mut self,
+        bridge: &str,
+        listing: Vec<(String, Vec<String>)>,
+    ) -> (Vec<Plan>, bool) {
+        let skipped = listing.iter().any(|(c, _)| self.busy.contains(c));
         let mut calls = Vec::new();
         for (conference, endpoints) in listing {
             if self.busy.contains(&conference) {
@@ -202,13 +213,14 @@ impl Focus {
         if !calls.is_empty() {
             tracing::info!(%bridge, calls = calls.len(), "reconciling: removing what the bridge holds but no placement owns");
         }
-        calls
+        let plans = calls
             .into_iter()
             .map(|c| {
                 let call = self.call(bridge, c);
                 self.start(None, Op::Cleanup, vec![call])
             })
-            .collect()
+            .collect();
+        (plans, skipped)
     }
 
     /// Records a load report; `false` means the bridge must register again.
