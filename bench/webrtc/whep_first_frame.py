@@ -28,19 +28,19 @@ import argparse
 import asyncio
 import fractions
 import json
+import os
 import statistics
 import sys
 import time
-import urllib.error
-import urllib.request
 
-import aioice.ice
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from av import VideoFrame
 
-# The bridges listen on loopback; aioice leaves loopback out of its host candidates.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+# The WHIP/WHEP client of the end-to-end test: `http` (one request) and, on import, aioice's
+# host candidates limited to loopback (where the bridges listen).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../control/tests/webrtc"))
+from aiortc_stream import http  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
 
@@ -67,17 +67,6 @@ class Picture(MediaStreamTrack):
         frame.pts = self.t
         frame.time_base = fractions.Fraction(1, FPS)
         return frame
-
-
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        req.add_header("Content-Type", "application/sdp")
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
 
 
 def candidate(sdp: str) -> str:

@@ -386,7 +386,7 @@ impl Focus {
         let conference = req.conference;
         Ok(self.start(
             Some(&conference.clone()),
-            Op::Join {
+            Op::Join(JoinOp {
                 conference,
                 participant_id: req.participant_id,
                 participant,
@@ -395,7 +395,7 @@ impl Focus {
                 grown,
                 link,
                 links,
-            },
+            }),
             calls,
         ))
     }
@@ -446,11 +446,11 @@ impl Focus {
         }
         Ok(self.start(
             Some(conference),
-            Op::Leave {
+            Op::Leave(LeaveOp {
                 conference: conference.into(),
                 participant_id: participant_id.into(),
                 bridge,
-            },
+            }),
             calls,
         ))
     }
@@ -458,12 +458,12 @@ impl Focus {
     /// Commits or rolls back a finished join operation.
     pub(super) fn complete_join(
         &mut self,
-        op: Op,
+        op: JoinOp,
         failure: Option<FocusError>,
         calls: &[BridgeCall],
         results: &[CallResult],
     ) -> Completion {
-        let Op::Join {
+        let JoinOp {
             conference,
             participant_id,
             participant,
@@ -472,10 +472,7 @@ impl Focus {
             grown,
             link,
             links,
-        } = op
-        else {
-            unreachable!("a join operation")
-        };
+        } = op;
         self.busy.remove(&conference);
         if let Some(e) = failure {
             // Undo only what this join added: the conference on the bridge it created
@@ -571,15 +568,16 @@ impl Focus {
     }
 
     /// Commits or rolls back a finished leave operation.
-    pub(super) fn complete_leave(&mut self, op: Op, failure: Option<FocusError>) -> Completion {
-        let Op::Leave {
+    pub(super) fn complete_leave(
+        &mut self,
+        op: LeaveOp,
+        failure: Option<FocusError>,
+    ) -> Completion {
+        let LeaveOp {
             conference,
             participant_id,
             bridge,
-        } = op
-        else {
-            unreachable!("a leave operation")
-        };
+        } = op;
         self.busy.remove(&conference);
         // A bridge that does not answer cannot keep a participant in: the placement
         // forgets it either way (the bridge is suspect and its state will be moved or

@@ -427,13 +427,13 @@ impl Focus {
         }
         self.start(
             Some(conference),
-            Op::Move {
+            Op::Move(MoveOp {
                 conference: conference.into(),
                 from: from.to_vec(),
                 to: to.into(),
                 links,
                 reason,
-            },
+            }),
             calls,
         )
     }
@@ -441,20 +441,17 @@ impl Focus {
     /// Commits or rolls back a finished move operation.
     pub(super) fn complete_move(
         &mut self,
-        op: Op,
+        op: MoveOp,
         failure: Option<FocusError>,
         results: &[CallResult],
     ) -> Completion {
-        let Op::Move {
+        let MoveOp {
             conference,
             from,
             to,
             links,
             reason,
-        } = op
-        else {
-            unreachable!("a move operation")
-        };
+        } = op;
         self.busy.remove(&conference);
         let same = from.len() == 1 && from[0] == to;
         if let Some(e) = failure {

@@ -33,36 +33,48 @@ pub use plan::*;
 
 #[derive(Debug)]
 enum Op {
-    Join {
-        conference: String,
-        participant_id: String,
-        participant: Participant,
-        bridge: BridgeId,
-        /// The conference is new.
-        created: bool,
-        /// The conference grows onto `bridge` (created there, relays to `links`' bridges).
-        grown: bool,
-        link: u32,
-        links: Vec<(String, LinkKeys, BridgeId)>,
-    },
-    Leave {
-        conference: String,
-        participant_id: String,
-        bridge: BridgeId,
-    },
-    Move {
-        conference: String,
-        /// Bridges whose participants move.
-        from: Vec<BridgeId>,
-        to: BridgeId,
-        links: Vec<(String, LinkKeys, BridgeId)>,
-        /// "failover" (off a down bridge), "drained" (off a draining one) or "current" (back
-        /// onto a bridge that registered again).
-        reason: &'static str,
-    },
+    Join(JoinOp),
+    Leave(LeaveOp),
+    Move(MoveOp),
     Cleanup,
     /// An operation on a broadcast.
     Stream(Box<broadcast::StreamOp>),
+}
+
+/// A join in flight: what it adds if its calls succeed.
+#[derive(Debug)]
+struct JoinOp {
+    conference: String,
+    participant_id: String,
+    participant: Participant,
+    bridge: BridgeId,
+    /// The conference is new.
+    created: bool,
+    /// The conference grows onto `bridge` (created there, relays to `links`' bridges).
+    grown: bool,
+    link: u32,
+    links: Vec<(String, LinkKeys, BridgeId)>,
+}
+
+/// A leave in flight.
+#[derive(Debug)]
+struct LeaveOp {
+    conference: String,
+    participant_id: String,
+    bridge: BridgeId,
+}
+
+/// A move in flight (failover, drain, or a bridge programmed again).
+#[derive(Debug)]
+struct MoveOp {
+    conference: String,
+    /// Bridges whose participants move.
+    from: Vec<BridgeId>,
+    to: BridgeId,
+    links: Vec<(String, LinkKeys, BridgeId)>,
+    /// "failover" (off a down bridge), "drained" (off a draining one) or "current" (back
+    /// onto a bridge that registered again).
+    reason: &'static str,
 }
 
 /// Settings of the focus.
@@ -418,9 +430,9 @@ impl Focus {
                 },
                 cleanup: None,
             },
-            op @ Op::Join { .. } => self.complete_join(op, failure, calls, results),
-            op @ Op::Leave { .. } => self.complete_leave(op, failure),
-            op @ Op::Move { .. } => self.complete_move(op, failure, results),
+            Op::Join(op) => self.complete_join(op, failure, calls, results),
+            Op::Leave(op) => self.complete_leave(op, failure),
+            Op::Move(op) => self.complete_move(op, failure, results),
         }
     }
 }
