@@ -176,9 +176,5 @@ impl Agent {
 }
 
 fn total(p: &Publisher) -> Counters {
-    let mut t = Counters::default();
-    for c in p.worker_counters() {
-        t += c;
-    }
-    t
+    p.total_counters()
 }

@@ -320,10 +320,7 @@ impl Bridge for BridgeService {
         _req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let per_worker = self.publisher.worker_counters();
-        let mut total = Counters::default();
-        for c in &per_worker {
-            total += *c;
-        }
+        let total = self.publisher.total_counters();
         let (conferences, endpoints) = self.publisher.counts();
         let (conferences, endpoints) = (conferences as u32, endpoints as u32);
         let webrtc = self.publisher.webrtc_stats();

@@ -10,7 +10,9 @@ use anyhow::Context;
 use crate::api::{BridgeService, serve};
 use crate::engine::{self, Choice, Tuning};
 use crate::publish::{Channels, Publisher, TransportLink};
+use crate::stats::SharedCounters;
 use crate::webrtc::dtls::{Certificate, Fingerprint};
+use crate::webrtc::inbox;
 use crate::webrtc::task::{self, SharedStats};
 use crate::webrtc::transport::Transport;
 
@@ -64,7 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // One certificate per process, made before anything serves.
     let cert = Arc::new(Certificate::generate().context("the DTLS certificate")?);
     let mut channels = Channels::with_keyframe_interval(config.keyframe_interval_ms);
-    let inbox = channels.open_handoff();
+    let (handoff, inbox) = channels.open_handoff();
     let started = engine::start(
         config.engine,
         config.media,
@@ -77,8 +79,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         engine = started.kind.name(),
         workers = started.links.len(),
         media = %started.media,
-        "{}",
-        started.why
+        "{}; {}",
+        started.why,
+        started.steering
     );
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -97,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let workers = started.links.len();
     let (commands_tx, commands) = crossbeam_channel::unbounded();
     let stats = Arc::new(SharedStats::default());
+    let received = Arc::new(SharedCounters::default());
     let publisher = Publisher::start(
         started.media,
         config.limits,
@@ -105,6 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(TransportLink {
             commands: commands_tx,
             stats: stats.clone(),
+            received: received.clone(),
         }),
     );
     let dtls_fingerprint = cert.fingerprint().clone();
@@ -118,6 +123,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         publisher: Arc::downgrade(&publisher),
     })
     .context("starting the WebRTC transport thread")?;
+    if let Some(slow) = started.slow {
+        inbox::spawn(slow, handoff, received, Arc::downgrade(&publisher))
+            .context("starting the WebRTC receive thread")?;
+    }
     let service = BridgeService::new(publisher.clone(), advertise, started.kind.name());
     Ok(Running {
         engine: started.kind.name(),

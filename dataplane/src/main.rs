@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ringbridge_dataplane::core::Counters;
 use ringbridge_dataplane::engine::Choice;
 use ringbridge_dataplane::{agent, bridge, demo, metrics};
 use ringbridge_edge::ready::Ready;
@@ -244,10 +243,7 @@ fn main() -> anyhow::Result<()> {
                     tokio::spawn(ringbridge_edge::metrics::serve(
                         l,
                         std::sync::Arc::new(move |r| {
-                            let mut t = Counters::default();
-                            for c in p.worker_counters() {
-                                t += c;
-                            }
+                            let t = p.total_counters();
                             let (c, e) = p.counts();
                             metrics::bridge(r, &t, &p.webrtc_stats(), c, e)
                         }),

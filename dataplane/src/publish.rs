@@ -138,6 +138,8 @@ pub struct TransportLink {
     pub commands: Sender<Command>,
     /// What the transport counted.
     pub stats: Arc<SharedStats>,
+    /// What the transport's own socket received (kernel steering), counted as a worker counts.
+    pub received: Arc<crate::stats::SharedCounters>,
 }
 
 /// Owns the bridge state and the links to all workers.
@@ -184,11 +186,12 @@ impl Channels {
     }
 
     /// Makes the workers (those whose ports are made from now on) hand STUN and DTLS to a
-    /// bounded queue of [`handoff::CAPACITY`]; returns the transport's end.
-    pub fn open_handoff(&mut self) -> crossbeam_channel::Receiver<Datagram> {
+    /// bounded queue of [`handoff::CAPACITY`]; returns a sender's end (for the transport's own
+    /// socket, when the kernel steers to it) and the transport's end.
+    pub fn open_handoff(&mut self) -> (Handoff, crossbeam_channel::Receiver<Datagram>) {
         let (h, rx) = handoff::queue(handoff::CAPACITY);
-        self.factory.handoff = Some(h);
-        rx
+        self.factory.handoff = Some(h.clone());
+        (h, rx)
     }
 }
 
@@ -312,6 +315,19 @@ impl Publisher {
     /// Each worker's last published counters.
     pub fn worker_counters(&self) -> Vec<crate::core::Counters> {
         self.links.iter().map(|l| l.counters.read()).collect()
+    }
+
+    /// The bridge's counters: every worker's, and what the transport's own socket received
+    /// (STUN and DTLS the kernel steered past the workers).
+    pub fn total_counters(&self) -> crate::core::Counters {
+        let mut t = crate::core::Counters::default();
+        for l in &self.links {
+            t += l.counters.read();
+        }
+        if let Some(tr) = &self.transport {
+            t += tr.received.read();
+        }
+        t
     }
 
     /// Stops every worker and waits for them.

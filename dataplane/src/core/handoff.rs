@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::{Counters, DropReason};
+
 /// Datagrams the queue holds before it drops: a few seconds of every check and handshake
 /// datagram of a thousand endpoints connecting at once.
 pub const CAPACITY: usize = 4096;
@@ -69,6 +71,19 @@ impl Handoff {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
+    }
+}
+
+/// Copies a STUN or DTLS datagram to the transport's queue, counting it in `c` as `stun_rx` or
+/// `dtls_rx` (and as `TransportQueueFull` when the queue had no room). The slow path.
+#[cold]
+pub fn hand_over(h: &Handoff, kind: Kind, pkt: &[u8], src: SocketAddr, c: &mut Counters) {
+    match kind {
+        Kind::Stun => c.stun_rx += 1,
+        Kind::Dtls => c.dtls_rx += 1,
+    }
+    if !h.offer(pkt, src) {
+        c.drop(DropReason::TransportQueueFull);
     }
 }
 

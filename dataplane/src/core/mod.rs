@@ -408,24 +408,12 @@ impl Core {
                 && let Some(h) = &self.handoff
                 && let Some(kind) = handoff::Kind::of(pkt)
             {
-                hand_over(h, kind, pkt, src, &mut self.counters);
+                handoff::hand_over(h, kind, pkt, src, &mut self.counters);
             } else {
                 self.counters.drop(why);
             }
         }
         r
-    }
-}
-
-/// Copies a STUN or DTLS datagram to the transport's queue, counting it (the slow path).
-#[cold]
-fn hand_over(h: &Handoff, kind: handoff::Kind, pkt: &[u8], src: SocketAddr, c: &mut Counters) {
-    match kind {
-        handoff::Kind::Stun => c.stun_rx += 1,
-        handoff::Kind::Dtls => c.dtls_rx += 1,
-    }
-    if !h.offer(pkt, src) {
-        c.drop(DropReason::TransportQueueFull);
     }
 }
 

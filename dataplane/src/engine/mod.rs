@@ -9,6 +9,7 @@ pub mod mio;
 pub mod mmsg;
 pub mod pin;
 pub mod sockaddr;
+pub mod steer;
 pub mod uring;
 mod worker;
 
@@ -84,10 +85,15 @@ pub struct Started {
     pub media: SocketAddr,
     /// One link per worker.
     pub links: Vec<WorkerLink>,
-    /// A duplicate of a worker's socket, bound to the media port, for what the bridge sends
-    /// outside the packet path (the WebRTC transport's answers and DTLS flights). Only ever
-    /// sent on: the worker receives everything that arrives on it.
+    /// A socket bound to the media port for what the bridge sends outside the packet path (the
+    /// WebRTC transport's answers and DTLS flights): the transport's own socket when the slow
+    /// path is steered ([`Started::slow`]), otherwise a duplicate of a worker's, only sent on.
     pub sender: Socket,
+    /// The socket the kernel steers STUN and DTLS to ([`steer`]), for the transport to receive
+    /// on; `None` when steering is unavailable and the workers hand them over.
+    pub slow: Option<Socket>,
+    /// How the slow path reaches the transport (for the log).
+    pub steering: String,
 }
 
 /// Engine tuning that rarely needs changing.
@@ -149,7 +155,23 @@ pub fn start(
         bound = s.local_addr()?.as_socket().expect("inet socket");
         sockets.push(s);
     }
-    let sender = sockets[0].try_clone()?;
+    let (slow, steering) = match steer::attach(&sockets[0], bound, workers as u16) {
+        // Bound after the program is in place: until then the program's index for the slow
+        // path is past the group's end and the kernel hashes over the workers.
+        Ok(()) => (
+            Some(reuseport_socket(bound)?),
+            "STUN and DTLS steered to the transport's socket in the kernel (reuseport cBPF)"
+                .to_string(),
+        ),
+        Err(e) => (
+            None,
+            format!("reuseport cBPF unavailable ({e}): workers hand STUN and DTLS over"),
+        ),
+    };
+    let sender = match &slow {
+        Some(s) => s.try_clone()?,
+        None => sockets[0].try_clone()?,
+    };
     let allowed = core_affinity::get_core_ids().unwrap_or_default();
     let (pinned, pin_why) = pin::decide(tuning.pin, workers, allowed.len(), pin::online_cpus());
     tracing::info!("{pin_why}");
@@ -178,6 +200,8 @@ pub fn start(
         media: bound,
         links,
         sender,
+        slow,
+        steering,
     })
 }
 

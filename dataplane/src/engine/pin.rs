@@ -51,6 +51,26 @@ pub fn online_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
+/// Puts the calling thread behind the workers in the scheduler's eyes: `SCHED_BATCH` (a thread
+/// that wakes up does not preempt the one running) at nice 10. For the slow-path threads (the
+/// WebRTC transport and its receiver), which share cores with the workers: a burst of
+/// handshakes then waits for a worker's batch to end instead of cutting it in two. Best effort;
+/// returns what failed.
+pub fn yield_to_workers() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: gettid has no preconditions; PRIO_PROCESS with a thread id sets that thread's
+    // nice value on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

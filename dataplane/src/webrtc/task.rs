@@ -7,7 +7,8 @@
 //!
 //! Each wakeup takes every pending command first (so an endpoint added before its first check
 //! arrived is known when the check is handled), then at most [`BATCH`] datagrams, then the due
-//! timers, so a flood in the queue never starves the timers or the table updates.
+//! timers, so a flood in the queue never starves the timers or the table updates. Table updates
+//! are published at most every [`COALESCE`].
 
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
@@ -23,6 +24,12 @@ use crate::publish::{PublishError, Publisher};
 
 /// Datagrams handled per wakeup before timers and table updates get their turn.
 pub const BATCH: usize = 256;
+
+/// How long the transport's table updates wait to be published together: each publish wakes
+/// every worker to apply it, so a burst of handshakes (each ending in a nominated address and
+/// keys) costs the workers one wakeup per interval instead of one per handshake. Small next to
+/// a handshake's round trips.
+pub const COALESCE: Duration = Duration::from_millis(10);
 
 /// The transport's counters as last published, for the API and metrics (the transport thread
 /// writes them once per wakeup; readers never wait for a datagram being handled).
@@ -63,7 +70,12 @@ pub struct Parts {
 pub fn spawn(parts: Parts) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("webrtc".into())
-        .spawn(move || run(parts))
+        .spawn(move || {
+            if let Err(e) = crate::engine::pin::yield_to_workers() {
+                tracing::debug!("webrtc: scheduling class unchanged: {e}");
+            }
+            run(parts)
+        })
 }
 
 fn run(parts: Parts) {
@@ -76,6 +88,7 @@ fn run(parts: Parts) {
         publisher,
     } = parts;
     let mut updates: Vec<Update> = Vec::new();
+    let mut pending_since = Instant::now();
     loop {
         loop {
             match commands.try_recv() {
@@ -104,8 +117,12 @@ fn run(parts: Parts) {
         }
         // Counters first: whoever sees an update in force sees what it counted.
         stats.publish(transport.stats());
+        let before = updates.len();
         updates.extend(std::iter::from_fn(|| transport.poll_update()));
-        if !updates.is_empty() {
+        if before == 0 && !updates.is_empty() {
+            pending_since = Instant::now();
+        }
+        if !updates.is_empty() && pending_since.elapsed() >= COALESCE {
             let Some(p) = publisher.upgrade() else { return };
             let r = p.apply(|st| {
                 for u in updates.drain(..) {
@@ -122,7 +139,8 @@ fn run(parts: Parts) {
             sel.recv(&commands);
             sel.recv(&inbox);
             // At least 1 ms: a timer that did not move cannot make the thread spin.
-            match transport.poll_timeout() {
+            let due = (!updates.is_empty()).then(|| pending_since + COALESCE);
+            match transport.poll_timeout().into_iter().chain(due).min() {
                 Some(t) => {
                     let _ = sel.ready_deadline(t.max(Instant::now() + Duration::from_millis(1)));
                 }
