@@ -124,6 +124,24 @@ fn add_relay(s: &mut BridgeState, r: &pb::AddRelayRequest) -> Result<(), StateEr
     )
 }
 
+/// A SetSubscription request applied to the state (the single RPC and `Apply` alike).
+fn set_subscription(s: &mut BridgeState, r: &pb::SetSubscriptionRequest) -> Result<(), StateError> {
+    s.set_subscription(
+        &r.conference_id,
+        crate::state::SubscriptionRequest {
+            endpoint_id: &r.endpoint_id,
+            relay_id: &r.relay_id,
+            all: r.all,
+            endpoints: &r.endpoints,
+            ssrcs: &r.ssrcs,
+        },
+    )
+}
+
+fn subscription(s: Option<&Arc<[u32]>>) -> Option<pb::Subscription> {
+    s.map(|s| pb::Subscription { ssrcs: s.to_vec() })
+}
+
 /// Applies one change of a batch; its failure is its own.
 fn apply_change(s: &mut BridgeState, c: &pb::Change) -> pb::ChangeResult {
     use pb::change::Change as C;
@@ -134,6 +152,7 @@ fn apply_change(s: &mut BridgeState, c: &pb::Change) -> pb::ChangeResult {
         Some(C::DeleteConference(r)) => s.delete_conference(&r.conference_id).map(|_| ()),
         Some(C::AddRelay(r)) => add_relay(s, r),
         Some(C::RemoveRelay(r)) => s.remove_relay(&r.conference_id, &r.relay_id),
+        Some(C::SetSubscription(r)) => set_subscription(s, r),
         None => {
             return pb::ChangeResult {
                 code: tonic::Code::InvalidArgument as i32,
@@ -275,6 +294,15 @@ impl Bridge for BridgeService {
         Ok(Response::new(pb::RemoveRelayResponse {}))
     }
 
+    async fn set_subscription(
+        &self,
+        req: Request<pb::SetSubscriptionRequest>,
+    ) -> Result<Response<pb::SetSubscriptionResponse>, Status> {
+        let r = req.into_inner();
+        self.apply(move |s| set_subscription(s, &r)).await?;
+        Ok(Response::new(pb::SetSubscriptionResponse {}))
+    }
+
     async fn list_conferences(
         &self,
         _req: Request<pb::ListConferencesRequest>,
@@ -288,6 +316,7 @@ impl Bridge for BridgeService {
                             relay_id: id.into(),
                             remote_addr: r.addr.to_string(),
                             link_conference: r.link,
+                            subscription: subscription(r.subscription.as_ref()),
                         })
                         .collect(),
                     conference_id: c.into(),
@@ -307,6 +336,7 @@ impl Bridge for BridgeService {
                                 .as_ref()
                                 .map(|w| w.state.name().to_string())
                                 .unwrap_or_default(),
+                            subscription: subscription(st.subscription.as_ref()),
                         })
                         .collect(),
                 })

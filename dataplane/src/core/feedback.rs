@@ -38,13 +38,13 @@ impl Feedback {
         } else if self.unowned {
             Dests::all(fallback)
         } else {
-            Dests {
-                peers: &conf.relays,
-                select: Select::Only {
+            Dests::new(
+                &conf.relays,
+                Select::Only {
                     slots: self.over,
                     n: self.n_over,
                 },
-            }
+            )
         }
     }
 }

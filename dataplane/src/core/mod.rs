@@ -15,6 +15,7 @@ pub mod rewrite;
 pub mod rtcp;
 pub mod rtp;
 pub mod senders;
+pub mod subscribe;
 pub mod table;
 mod verdict;
 
@@ -301,7 +302,8 @@ impl Core {
                 | Op::AddEndpoint { .. }
                 | Op::AddRelay { .. }
                 | Op::SetAddr { .. }
-                | Op::SetSrtp { .. } => {}
+                | Op::SetSrtp { .. }
+                | Op::Subscribe { .. } => {}
             }
             self.table.apply(op);
             // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
@@ -589,6 +591,8 @@ fn decide<'t>(
     let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
     // Everything goes once to each relay, but feedback only towards the bridge whose endpoint
     // sends the media it is about (that bridge delivers it to that sender only).
+    // RTP goes only to the receivers subscribed to its sender (everyone, by default).
+    let filter = hdr.map(|h| conf.filter(h.ssrc)).unwrap_or_default();
     let (select, relays, len) = match summary {
         Some(s) if s.feedback => {
             let (len, s) = shared.gate(ep.conf, plain, s)?;
@@ -600,12 +604,13 @@ fn decide<'t>(
             }
             (f.select, relays, len)
         }
-        _ => (Select::AllBut(skip), Dests::all(&conf.relays[..]), len),
+        _ => (
+            Select::AllBut(skip),
+            Dests::all(&conf.relays[..]).subscribed(filter.relays, filter.bit),
+            len,
+        ),
     };
-    let dests = Dests {
-        peers: &conf.peers,
-        select,
-    };
+    let dests = Dests::new(&conf.peers, select).subscribed(filter.peers, filter.bit);
     if dests.is_empty() && relays.is_empty() {
         return Err(DropReason::NoReceivers);
     }
@@ -649,6 +654,7 @@ fn decide_relay<'t>(
     let conf = table.conf(*conf_idx);
     // Relays the inner packet goes on to (feedback up the pull tree; media down).
     let mut relays = Dests::none();
+    let mut filter = table::Filter::default();
     let (class, select, index, rtp_header_len) =
         match classify::classify(&pkt[relay::HEADER_LEN..relay::HEADER_LEN + n]) {
             Class::Rtp => {
@@ -666,8 +672,10 @@ fn decide_relay<'t>(
                 } else {
                     0
                 };
+                filter = conf.filter(hdr.ssrc);
                 if !r.downstream {
-                    relays = Dests::all(conf.downstream_relays());
+                    let wants = filter.relays.get(conf.upstream..).unwrap_or_default();
+                    relays = Dests::all(conf.downstream_relays()).subscribed(wants, filter.bit);
                     if !streams.keyframe_wanted.is_empty() {
                         shared.ask_upstream(streams, *conf_idx, r, hdr.ssrc);
                     }
@@ -710,10 +718,7 @@ fn decide_relay<'t>(
             }
             Class::Other => return Err(DropReason::NotRtp),
         };
-    let dests = Dests {
-        peers: &conf.peers,
-        select,
-    };
+    let dests = Dests::new(&conf.peers, select).subscribed(filter.peers, filter.bit);
     if !relays.is_empty() && h.hops <= 1 {
         // A loop of downstream relays (or a tree deeper than the limit): no further.
         relays = Dests::none();
@@ -1260,6 +1265,116 @@ mod tests {
         let n = at_c.seal(0, 1, &rtp(77, 2, 0, b"m"), &mut buf).unwrap();
         assert!(w2.handle(&mut buf[..n], a(8)).is_ok());
         assert_eq!(relays(&mut w1, &nack(10, 77, 3), a(1)), Ok(vec![8]));
+    }
+
+    fn subscribe(c: &mut Core, generation: u64, target: subscribe::Target, ssrcs: Option<&[u32]>) {
+        c.apply(&Delta {
+            generation,
+            ops: vec![Op::Subscribe {
+                conf: table::ConfIdx::first(),
+                target,
+                ssrcs: ssrcs.map(Into::into),
+            }],
+        });
+    }
+
+    #[test]
+    fn a_subscribed_receiver_gets_only_the_senders_it_named() {
+        use subscribe::Target::Endpoint;
+        let mut c = core();
+        // Endpoint 3 subscribes to endpoint 1's SSRC 10 only.
+        subscribe(&mut c, 2, Endpoint(3), Some(&[10]));
+        assert_eq!(dests(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![2, 3]));
+        assert_eq!(dests(&mut c, &rtp(11, 1, 0, b"x"), a(1)), Ok(vec![2]));
+        assert_eq!(dests(&mut c, &rtp(20, 1, 0, b"x"), a(2)), Ok(vec![1]));
+        // Feedback and other RTCP are not filtered.
+        assert_eq!(dests(&mut c, &sender_report(20), a(2)), Ok(vec![1, 3]));
+        // Endpoint 1 subscribes to nobody; 2 then has no one to send to.
+        subscribe(&mut c, 3, Endpoint(1), Some(&[]));
+        assert_eq!(
+            dests(&mut c, &rtp(20, 1, 0, b"x"), a(2)),
+            Err(DropReason::NoReceivers)
+        );
+        // Back to everyone.
+        subscribe(&mut c, 4, Endpoint(3), None);
+        subscribe(&mut c, 5, Endpoint(1), None);
+        assert_eq!(dests(&mut c, &rtp(20, 2, 0, b"x"), a(2)), Ok(vec![1, 3]));
+        assert_eq!(c.table.conf(0).filtered, 0);
+        assert!(c.table.conf(0).bits.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_follows_its_endpoint_through_latching_and_removal() {
+        use subscribe::Target::Endpoint;
+        let mut c = core();
+        // Endpoint 4 (waiting to latch) subscribes to 20; it latches; it gets 20 only.
+        subscribe(&mut c, 2, Endpoint(4), Some(&[20]));
+        assert!(dests(&mut c, &rtp(40, 1, 0, b"x"), a(4)).is_ok());
+        let Some(Event::Latched { addr, .. }) = c.poll_event() else {
+            panic!("latched")
+        };
+        c.apply(&Delta {
+            generation: 3,
+            ops: vec![Op::Latch { uid: 4, addr }],
+        });
+        assert_eq!(dests(&mut c, &rtp(20, 1, 0, b"x"), a(2)), Ok(vec![1, 3, 4]));
+        assert_eq!(dests(&mut c, &rtp(30, 1, 0, b"x"), a(3)), Ok(vec![1, 2]));
+        // Removing the endpoint (it moves another peer's slot) leaves the others as they were.
+        c.apply(&Delta {
+            generation: 4,
+            ops: vec![Op::RemoveEndpoint { uid: 1 }],
+        });
+        assert_eq!(dests(&mut c, &rtp(30, 2, 0, b"x"), a(3)), Ok(vec![2]));
+        assert_eq!(c.table.conf(0).filtered, 1);
+        c.apply(&Delta {
+            generation: 5,
+            ops: vec![Op::RemoveEndpoint { uid: 4 }],
+        });
+        assert_eq!(c.table.conf(0).filtered, 0);
+        assert!(c.table.conf(0).bits.is_empty());
+    }
+
+    #[test]
+    fn media_crosses_a_subscribed_relay_only_for_the_senders_behind_it_wanted() {
+        use subscribe::Target::{Endpoint, Relay};
+        let (ka, kb) = ([1u8; 16], [2u8; 16]);
+        let mut c = core();
+        let conf = table::ConfIdx::first();
+        let to_b = Arc::new(relay::Relay::new(100, a(9), 7, &ka, &kb).unwrap());
+        let to_c = Arc::new(relay::Relay::new(101, a(8), 7, &ka, &kb).unwrap());
+        c.apply(&Delta {
+            generation: 2,
+            ops: vec![
+                Op::AddRelay { conf, relay: to_b },
+                Op::AddRelay { conf, relay: to_c },
+            ],
+        });
+        let relays = |w: &mut Core, pkt: &[u8], src| {
+            let mut buf = pkt.to_vec();
+            w.handle(&mut buf, src)
+                .map(|v| v.relays.iter().map(|r| r.addr.port()).collect::<Vec<_>>())
+        };
+        // B's endpoints want 10 only; C's everything.
+        subscribe(&mut c, 3, Relay(100), Some(&[10]));
+        assert_eq!(relays(&mut c, &rtp(10, 1, 0, b"x"), a(1)), Ok(vec![9, 8]));
+        assert_eq!(relays(&mut c, &rtp(20, 1, 0, b"x"), a(2)), Ok(vec![8]));
+        // Media arriving over C goes to the local endpoints subscribed to it.
+        subscribe(&mut c, 4, Endpoint(2), Some(&[77]));
+        subscribe(&mut c, 5, Endpoint(3), Some(&[10]));
+        let at_c = relay::Relay::new(2, a(0), 7, &kb, &ka).unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = at_c.seal(0, 1, &rtp(77, 1, 0, b"m"), &mut buf).unwrap();
+        let got = c
+            .handle(&mut buf[..n], a(8))
+            .map(|v| v.dests.iter().map(|p| p.addr.port()).collect::<Vec<_>>());
+        assert_eq!(got, Ok(vec![1, 2]));
+        // The relay gone, its subscription goes with it.
+        c.apply(&Delta {
+            generation: 6,
+            ops: vec![Op::RemoveRelay { conf, uid: 100 }],
+        });
+        assert_eq!(c.table.conf(0).filtered, 2);
+        assert_eq!(c.table.conf(0).bits.len(), 2);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use socket2::SockAddr;
 
 use super::relay::Relay;
 use super::rewrite::Rewrite;
+use super::subscribe::{SenderBits, Target, Wants};
 use crate::srtp::Session;
 
 /// Bridge-wide identity of an endpoint, stable for its lifetime.
@@ -84,6 +85,8 @@ pub(crate) struct Endpoint {
     pub claim: Option<Arc<LatchClaim>>,
     /// How its copies are rewritten (its peer entry carries it while it has an address).
     pub rewrite: Option<Arc<Rewrite>>,
+    /// The SSRCs it is subscribed to (`None`: every sender).
+    pub subscription: Option<Arc<[u32]>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -100,6 +103,17 @@ pub(crate) struct Conference {
     pub relays: Vec<Arc<Relay>>,
     /// How many of `relays` come first as not downstream.
     pub upstream: usize,
+    /// Bits of the SSRCs this conference's subscriptions name.
+    pub bits: SenderBits,
+    /// Each peer's subscription (`None`: every sender), parallel to `peers`.
+    pub peer_wants: Vec<Option<Wants>>,
+    /// Each relay's subscription, parallel to `relays`.
+    pub relay_wants: Vec<Option<Wants>>,
+    /// The SSRC lists of the relays' subscriptions, by relay uid.
+    pub relay_subs: FxHashMap<u64, Arc<[u32]>>,
+    /// Receivers (peers and relays) with a subscription: 0 means every RTP packet goes to
+    /// everyone, without looking its SSRC up.
+    pub filtered: u32,
 }
 
 impl Conference {
@@ -120,6 +134,29 @@ impl Conference {
     pub fn downstream_relays(&self) -> &[Arc<Relay>] {
         &self.relays[self.upstream..]
     }
+
+    /// For an RTP packet of `ssrc`: the peers' and the relays' subscriptions and the SSRC's
+    /// bit, or nothing to filter when no receiver has a subscription.
+    #[inline]
+    pub fn filter(&self, ssrc: u32) -> Filter<'_> {
+        if self.filtered == 0 {
+            return Filter::default();
+        }
+        Filter {
+            peers: &self.peer_wants,
+            relays: &self.relay_wants,
+            bit: self.bits.bit(ssrc),
+        }
+    }
+}
+
+/// What one RTP packet's receivers subscribed to (see [`Conference::filter`]); empty slices:
+/// everyone gets it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Filter<'t> {
+    pub peers: &'t [Option<Wants>],
+    pub relays: &'t [Option<Wants>],
+    pub bit: Option<u32>,
 }
 
 /// One change to a table. Every copy applies the same ops in the same order.
@@ -197,6 +234,16 @@ pub enum Op {
         /// (inbound, outbound) sessions.
         srtp: Option<(Arc<Session>, Arc<Session>)>,
     },
+    /// Sets what an endpoint or a relay of a conference receives RTP of: the senders of
+    /// `ssrcs` (distinct), or every sender (`None`).
+    Subscribe {
+        /// The conference.
+        conf: ConfIdx,
+        /// The endpoint or relay.
+        target: Target,
+        /// The SSRCs, or `None` for all.
+        ssrcs: Option<Arc<[u32]>>,
+    },
 }
 
 /// The ops of one publication, stamped with the generation workers acknowledge.
@@ -231,6 +278,12 @@ impl ConfIdx {
     /// The conference's slot (the same in every worker's table).
     pub fn get(self) -> u32 {
         self.0
+    }
+
+    /// The slot of a table's first conference (tests).
+    #[cfg(test)]
+    pub(crate) fn first() -> Self {
+        Self(0)
     }
 }
 
@@ -312,14 +365,21 @@ impl Table {
             }
             Op::SetAddr { uid, addr } => self.set_transport_addr(*uid, *addr),
             Op::SetSrtp { uid, srtp } => self.set_srtp(*uid, srtp.clone()),
+            Op::Subscribe {
+                conf,
+                target,
+                ssrcs,
+            } => self.subscribe(*conf, *target, ssrcs.clone()),
             Op::AddRelay { conf, relay } => {
                 self.relay_by
                     .insert((relay.addr, relay.link), (conf.0, relay.clone()));
                 let c = self.conf_mut(conf.0);
                 if relay.downstream {
                     c.relays.push(relay.clone());
+                    c.relay_wants.push(None);
                 } else {
                     c.relays.insert(c.upstream, relay.clone());
+                    c.relay_wants.insert(c.upstream, None);
                     c.upstream += 1;
                 }
             }
@@ -328,6 +388,12 @@ impl Table {
                 if let Some(i) = c.relays.iter().position(|r| r.uid == *uid) {
                     // Order-preserving: upstream relays stay first.
                     let r = c.relays.remove(i);
+                    if c.relay_wants.remove(i).is_some() {
+                        c.filtered -= 1;
+                    }
+                    if let Some(old) = c.relay_subs.remove(uid) {
+                        c.bits.release(&old);
+                    }
                     if i < c.upstream {
                         c.upstream -= 1;
                     }
@@ -417,6 +483,7 @@ impl Table {
             srtp_out,
             claim,
             rewrite,
+            subscription: None,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
@@ -485,6 +552,9 @@ impl Table {
         let c = self.conf_mut(conf);
         let gone = c.peers.swap_remove(slot);
         c.peer_owner.swap_remove(slot);
+        if c.peer_wants.swap_remove(slot).is_some() {
+            c.filtered -= 1;
+        }
         c.srtp_peers -= u32::from(gone.srtp.is_some());
         let moved = c.peer_owner.get(slot).copied();
         if let Some(m) = moved {
@@ -509,6 +579,7 @@ impl Table {
     fn set_addr(&mut self, idx: u32, addr: SocketAddr) {
         let ep = self.ep(idx);
         let (conf, out, rewrite) = (ep.conf, ep.srtp_out.clone(), ep.rewrite.clone());
+        let sub = ep.subscription.clone();
         for i in 0..ep.ssrcs.len() {
             let s = self.ep(idx).ssrcs[i];
             if self.latch_by_ssrc.get(&s) == Some(&idx) {
@@ -521,6 +592,9 @@ impl Table {
         c.srtp_peers += u32::from(out.is_some());
         c.peers.push(Peer::new(addr, out, rewrite));
         c.peer_owner.push(idx);
+        let wants = sub.map(|s| c.bits.wants(&s));
+        c.filtered += u32::from(wants.is_some());
+        c.peer_wants.push(wants);
         let slot = c.peers.len() as u32 - 1;
         self.ep_mut(idx).slot = Some(slot);
     }
@@ -557,7 +631,54 @@ impl Table {
                 c.ssrc_owner.remove(s);
             }
         }
+        if let Some(old) = &ep.subscription {
+            c.bits.release(old);
+        }
         true
+    }
+
+    /// Sets what endpoint or relay `target` of `conf` receives RTP of (see [`Op::Subscribe`]).
+    /// Costs the SSRCs of the old and new subscriptions. An unknown target changes nothing.
+    fn subscribe(&mut self, conf: ConfIdx, target: Target, ssrcs: Option<Arc<[u32]>>) {
+        match target {
+            Target::Endpoint(uid) => {
+                let Some(&i) = self.by_uid.get(&uid) else {
+                    return;
+                };
+                let ep = self.ep_mut(i);
+                let old = std::mem::replace(&mut ep.subscription, ssrcs.clone());
+                let slot = ep.slot;
+                let c = self.conf_mut(conf.0);
+                let wants = ssrcs.map(|s| c.bits.acquire(&s));
+                if let Some(old) = old {
+                    c.bits.release(&old);
+                }
+                if let Some(slot) = slot {
+                    let w = &mut c.peer_wants[slot as usize];
+                    c.filtered -= u32::from(w.is_some());
+                    c.filtered += u32::from(wants.is_some());
+                    *w = wants;
+                }
+            }
+            Target::Relay(uid) => {
+                let c = self.conf_mut(conf.0);
+                let Some(i) = c.relays.iter().position(|r| r.uid == uid) else {
+                    return;
+                };
+                let wants = ssrcs.as_ref().map(|s| c.bits.acquire(s));
+                let old = match ssrcs {
+                    Some(s) => c.relay_subs.insert(uid, s),
+                    None => c.relay_subs.remove(&uid),
+                };
+                if let Some(old) = old {
+                    c.bits.release(&old);
+                }
+                let w = &mut c.relay_wants[i];
+                c.filtered -= u32::from(w.is_some());
+                c.filtered += u32::from(wants.is_some());
+                *w = wants;
+            }
+        }
     }
 
     /// Removes a conference and all its endpoints (`members`, their uids): the endpoints leave

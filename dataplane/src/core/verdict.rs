@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::rewrite::Rewrite;
+use super::subscribe::Wants;
 use super::table::Peer;
 use super::{Class, relay, rtcp};
 use crate::srtp;
@@ -26,6 +27,10 @@ pub(super) enum Select {
 pub struct Dests<'t, T = Peer> {
     pub(super) peers: &'t [T],
     pub(super) select: Select,
+    /// The subscriptions of `peers` (parallel to it), or empty: no filter.
+    pub(super) wants: &'t [Option<Wants>],
+    /// The bit of the packet's sender in the subscriptions (`None`: nobody subscribed to it).
+    pub(super) bit: Option<u32>,
 }
 
 impl<T> Clone for Dests<'_, T> {
@@ -40,9 +45,35 @@ impl<'t, T> Dests<'t, T> {
     /// Every one of `all`.
     #[inline]
     pub(super) fn all(all: &'t [T]) -> Self {
+        Self::new(all, Select::AllBut(usize::MAX))
+    }
+
+    /// `select` of `peers`, unfiltered.
+    #[inline]
+    pub(super) fn new(peers: &'t [T], select: Select) -> Self {
         Self {
-            peers: all,
-            select: Select::AllBut(usize::MAX),
+            peers,
+            select,
+            wants: &[],
+            bit: None,
+        }
+    }
+
+    /// Only those that subscribed to the sender with `bit` (or to every sender), by `wants`
+    /// (parallel to the peers; empty: no filter).
+    #[inline]
+    pub(super) fn subscribed(mut self, wants: &'t [Option<Wants>], bit: Option<u32>) -> Self {
+        self.wants = wants;
+        self.bit = bit;
+        self
+    }
+
+    /// Whether peer `i` takes the packet by its subscription.
+    #[inline]
+    fn takes(&self, i: usize) -> bool {
+        match self.wants.get(i) {
+            Some(Some(w)) => self.bit.is_some_and(|b| w.has(b)),
+            _ => true,
         }
     }
 
@@ -52,8 +83,11 @@ impl<'t, T> Dests<'t, T> {
         Self::all(&[])
     }
 
-    /// Number of copies to send.
+    /// Number of copies to send (counted one by one when subscriptions filter them).
     pub fn len(&self) -> usize {
+        if !self.wants.is_empty() {
+            return self.iter().count();
+        }
         match self.select {
             Select::AllBut(skip) => self.peers.len() - usize::from(skip < self.peers.len()),
             Select::Only { n, .. } => usize::from(n),
@@ -73,10 +107,10 @@ impl<'t, T> Dests<'t, T> {
         };
         let peers = self.peers;
         all.into_iter()
-            .flat_map(|(skip, p)| {
+            .flat_map(move |(skip, p)| {
                 p.iter()
                     .enumerate()
-                    .filter(move |(i, _)| *i != skip)
+                    .filter(move |(i, _)| *i != skip && self.takes(*i))
                     .map(|(_, p)| p)
             })
             .chain(only.iter().map(move |&s| &peers[s as usize]))

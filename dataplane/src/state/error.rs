@@ -23,6 +23,8 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_FINGERPRINT_LEN: usize = 512;
 /// Most SSRCs one endpoint may declare.
 pub const MAX_SSRCS: usize = 64;
+/// Most senders (endpoints plus SSRCs) one subscription may name.
+pub const MAX_SUBSCRIBED: usize = 4096;
 
 /// Capacity limits of one bridge (`--max-endpoints`, `--max-endpoints-per-conference`,
 /// `--max-relays`, `--max-relays-per-conference`). Relays have limits of their own: they cost
@@ -186,6 +188,22 @@ pub enum StateError {
         /// The other conference.
         conference: String,
     },
+    /// A subscription that cannot be used.
+    #[error("{field}: {why}")]
+    BadSubscription {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A subscription names an endpoint the conference does not have.
+    #[error("endpoints: endpoint {endpoint:?} not found in conference {conference:?}")]
+    UnknownSender {
+        /// Conference id.
+        conference: String,
+        /// The endpoint named.
+        endpoint: String,
+    },
     /// Another endpoint has this address.
     #[error(
         "remote_addr: {addr} already belongs to endpoint {endpoint:?} of conference {conference:?}"
@@ -211,10 +229,12 @@ impl StateError {
             | Self::BadWebRtc { .. }
             | Self::BadRewrite(_)
             | Self::RewriteNeedsSrtp
+            | Self::BadSubscription { .. }
             | Self::NothingToLatch => ErrorKind::Invalid,
             Self::Full { .. } => ErrorKind::Full,
             Self::ConferenceNotFound(_)
             | Self::EndpointNotFound { .. }
+            | Self::UnknownSender { .. }
             | Self::RelayNotFound { .. } => ErrorKind::NotFound,
             Self::ConferenceExists(_)
             | Self::EndpointExists { .. }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::core::rewrite::Rewrite;
+use crate::core::subscribe::Target;
 use crate::core::table::ConfIdx;
 use crate::core::{Delta, EndpointUid, Op, Table};
 
@@ -24,9 +25,12 @@ use crate::webrtc::dtls::parse_fingerprint;
 use crate::webrtc::ice;
 use crate::webrtc::transport::{self, Command, Update, WebRtcState};
 
-pub use error::{ErrorKind, Limits, MAX_FINGERPRINT_LEN, MAX_ID_LEN, MAX_SSRCS, StateError};
+pub use error::{
+    ErrorKind, Limits, MAX_FINGERPRINT_LEN, MAX_ID_LEN, MAX_SSRCS, MAX_SUBSCRIBED, StateError,
+};
 pub use request::{
-    EndpointSrtp, NewEndpoint, NewRelay, RewriteRequest, SrtpRequest, WebRtcRequest,
+    EndpointSrtp, NewEndpoint, NewRelay, RewriteRequest, SrtpRequest, SubscriptionRequest,
+    WebRtcRequest,
 };
 
 /// A WebRTC endpoint's transport as the API knows it.
@@ -53,6 +57,8 @@ pub struct EndpointState {
     pub srtp: Option<EndpointSrtp>,
     /// A WebRTC endpoint's transport.
     pub webrtc: Option<WebRtcInfo>,
+    /// The SSRCs it is subscribed to, sorted (`None`: every sender).
+    pub subscription: Option<Arc<[u32]>>,
 }
 
 /// All conferences of the bridge, keyed by id.
@@ -85,6 +91,8 @@ pub struct RelayState {
     pub addr: SocketAddr,
     /// The link's conference number.
     pub link: u32,
+    /// The SSRCs whose media crosses it, sorted (`None`: every sender's).
+    pub subscription: Option<Arc<[u32]>>,
 }
 
 /// A conference: its endpoints and its place in the working table.
@@ -490,9 +498,105 @@ impl BridgeState {
                 latched: false,
                 srtp,
                 webrtc,
+                subscription: None,
             },
         );
         Ok(uid)
+    }
+
+    /// Sets what an endpoint or a relay of `conference` receives RTP of: every sender, or those
+    /// `r` names (endpoints by id, resolved to the SSRCs they declare now; SSRCs as given).
+    pub fn set_subscription(
+        &mut self,
+        conference: &str,
+        r: SubscriptionRequest<'_>,
+    ) -> Result<(), StateError> {
+        need("conference_id", conference)?;
+        let conf = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        let named = r.endpoints.len() + r.ssrcs.len();
+        if r.all && named > 0 {
+            return Err(StateError::BadSubscription {
+                field: "all",
+                why: "all = true names no endpoints and no ssrcs",
+            });
+        }
+        if named > MAX_SUBSCRIBED {
+            return Err(StateError::TooLarge {
+                field: "endpoints",
+                got: named,
+                unit: "items (endpoints + ssrcs)",
+                limit: MAX_SUBSCRIBED,
+            });
+        }
+        let target = match (r.endpoint_id.is_empty(), r.relay_id.is_empty()) {
+            (false, true) => {
+                need("endpoint_id", r.endpoint_id)?;
+                let e = conf.endpoints.get(r.endpoint_id).ok_or_else(|| {
+                    StateError::EndpointNotFound {
+                        conference: conference.into(),
+                        endpoint: r.endpoint_id.into(),
+                    }
+                })?;
+                Target::Endpoint(e.uid)
+            }
+            (true, false) => {
+                need("relay_id", r.relay_id)?;
+                let rs = conf
+                    .relays
+                    .get(r.relay_id)
+                    .ok_or_else(|| StateError::RelayNotFound {
+                        conference: conference.into(),
+                        relay: r.relay_id.into(),
+                    })?;
+                Target::Relay(rs.uid)
+            }
+            _ => {
+                return Err(StateError::BadSubscription {
+                    field: "endpoint_id",
+                    why: "give exactly one of endpoint_id and relay_id",
+                });
+            }
+        };
+        let ssrcs: Option<Arc<[u32]>> = if r.all {
+            None
+        } else {
+            let mut v = r.ssrcs.to_vec();
+            for e in r.endpoints {
+                let s = conf
+                    .endpoints
+                    .get(e)
+                    .ok_or_else(|| StateError::UnknownSender {
+                        conference: conference.into(),
+                        endpoint: e.clone(),
+                    })?;
+                v.extend_from_slice(&s.ssrcs);
+            }
+            v.sort_unstable();
+            v.dedup();
+            Some(v.into())
+        };
+        let idx = conf.idx;
+        self.record(Op::Subscribe {
+            conf: idx,
+            target,
+            ssrcs: ssrcs.clone(),
+        });
+        let conf = self.conferences.get_mut(conference).expect("checked above");
+        if r.endpoint_id.is_empty() {
+            conf.relays
+                .get_mut(r.relay_id)
+                .expect("checked above")
+                .subscription = ssrcs;
+        } else {
+            conf.endpoints
+                .get_mut(r.endpoint_id)
+                .expect("checked above")
+                .subscription = ssrcs;
+        }
+        Ok(())
     }
 
     /// Removes an endpoint.
@@ -687,7 +791,15 @@ impl BridgeState {
             .get_mut(conference)
             .expect("checked above")
             .relays
-            .insert(relay_id.into(), RelayState { uid, addr, link });
+            .insert(
+                relay_id.into(),
+                RelayState {
+                    uid,
+                    addr,
+                    link,
+                    subscription: None,
+                },
+            );
         self.relay_count += 1;
         Ok(())
     }

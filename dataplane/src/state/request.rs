@@ -132,3 +132,19 @@ pub struct NewRelay<'a> {
     /// The remote bridge pulls this conference's media from this one.
     pub downstream: bool,
 }
+
+/// A subscription as a request gives it: for an endpoint or a relay of a conference, every
+/// sender (`all`) or the senders named by endpoint id and by SSRC.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionRequest<'a> {
+    /// The endpoint it is for (or empty, with `relay_id`).
+    pub endpoint_id: &'a str,
+    /// The relay it is for (or empty, with `endpoint_id`).
+    pub relay_id: &'a str,
+    /// Every sender.
+    pub all: bool,
+    /// Senders by endpoint id (endpoints of the conference on this bridge).
+    pub endpoints: &'a [String],
+    /// Senders by SSRC.
+    pub ssrcs: &'a [u32],
+}
