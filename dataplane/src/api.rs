@@ -97,6 +97,16 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         payload_types: pairs(&w.payload_types),
         extensions: pairs(&w.extensions),
     });
+    if let Some(sub) = &r.subscription
+        && sub.ssrcs.len() > crate::state::MAX_SUBSCRIBED
+    {
+        return Err(StateError::TooLarge {
+            field: "subscription.ssrcs",
+            got: sub.ssrcs.len(),
+            unit: "items",
+            limit: crate::state::MAX_SUBSCRIBED,
+        });
+    }
     s.add(NewEndpoint {
         conference: &r.conference_id,
         endpoint: &r.endpoint_id,
@@ -105,8 +115,21 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         srtp: srtp.as_ref(),
         webrtc: webrtc.as_ref(),
         rewrite: rewrite.as_ref(),
-    })
-    .map(|_| ())
+    })?;
+    if let Some(sub) = &r.subscription {
+        // Cannot fail: the endpoint exists and the list is within the limit.
+        s.set_subscription(
+            &r.conference_id,
+            crate::state::SubscriptionRequest {
+                endpoint_id: &r.endpoint_id,
+                relay_id: "",
+                all: false,
+                endpoints: &[],
+                ssrcs: &sub.ssrcs,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// An AddRelay request applied to the state (the single RPC and `Apply` alike).

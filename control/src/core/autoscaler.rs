@@ -635,6 +635,7 @@ mod tests {
                         webrtc: None,
                         rewrite: None,
                         media: None,
+                        subscription: None,
                     },
                     0,
                 )

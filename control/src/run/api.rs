@@ -92,6 +92,7 @@ impl Focus for FocusService {
             webrtc: None,
             rewrite: None,
             media: None,
+            subscription: None,
             conference: r.conference,
             participant_id: r.participant_id,
             region: r.region,

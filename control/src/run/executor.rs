@@ -78,6 +78,10 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
                 payload_types: r.payload_types.iter().map(id_map).collect(),
                 extensions: r.extensions.iter().map(id_map).collect(),
             }),
+        subscription: p
+            .subscription
+            .as_ref()
+            .map(|s| pb::Subscription { ssrcs: s.clone() }),
     }
 }
 
@@ -436,6 +440,7 @@ mod tests {
                 webrtc: None,
                 rewrite: None,
                 media: None,
+                subscription: None,
             },
             if_absent,
         };

@@ -33,14 +33,14 @@ use crate::store::{MediaDescription, Role, WebRtc};
 pub const PAGE: &str = include_str!("page.html");
 
 /// Characters of a session id after its `whip-`/`whep-` prefix.
-const SESSION_CHARS: usize = 16;
+pub(super) const SESSION_CHARS: usize = 16;
 /// Characters of the bridge's ICE ufrag and password for a session (RFC 8839: at least 4 and
 /// 22; 8 alphanumerics are 47 bits, 24 are 142).
 const UFRAG_CHARS: usize = 8;
 const PWD_CHARS: usize = 24;
 
 /// What a path segment keeps unescaped in a `Location` (RFC 3986 unreserved characters).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -80,7 +80,7 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -105,12 +105,12 @@ impl IntoResponse for HttpError {
 }
 
 /// A bad offer: 400 naming what is wrong.
-fn bad_offer(e: SdpError) -> HttpError {
+pub(super) fn bad_offer(e: SdpError) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, format!("offer: {e}"))
 }
 
 /// The HTTP form of a focus refusal or failure.
-fn from_focus(e: FocusError) -> HttpError {
+pub(super) fn from_focus(e: FocusError) -> HttpError {
     let msg = e.to_string().replacen("conference:", "stream:", 1);
     let status = match &e {
         // A stream name taken by a conference, or joined the other way.
@@ -134,7 +134,7 @@ fn from_focus(e: FocusError) -> HttpError {
 }
 
 /// The HTTP form of a gRPC-style status from the control's glue (standby, store, busy).
-fn from_status(s: tonic::Status) -> HttpError {
+pub(super) fn from_status(s: tonic::Status) -> HttpError {
     let status = match s.code() {
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
@@ -147,7 +147,7 @@ fn from_status(s: tonic::Status) -> HttpError {
 }
 
 /// `n` random alphanumerics (system randomness, unbiased).
-fn random_chars(n: usize) -> String {
+pub(super) fn random_chars(n: usize) -> String {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];
@@ -172,7 +172,7 @@ fn random_session_id() -> u64 {
 }
 
 /// The value of `key` in a query string, percent-decoded (`+` is a space).
-fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| {
@@ -185,7 +185,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 
 /// The offer in a request: `Content-Type: application/sdp` (else 415), at most
 /// [`MAX_SDP_BYTES`] (else 413, before it is read past the limit).
-fn offer_body(
+pub(super) fn offer_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, HttpError> {
@@ -216,16 +216,16 @@ fn offer_body(
 }
 
 /// Where a joined session's participant went.
-struct Placed {
-    bridge: String,
-    media_addr: SocketAddr,
-    fingerprint: String,
+pub(super) struct Placed {
+    pub(super) bridge: String,
+    pub(super) media_addr: SocketAddr,
+    pub(super) fingerprint: String,
 }
 
 /// Joins `join` through the focus as a gRPC Join does (waiting, bounded, while the stream has an
 /// operation in flight), acknowledged once durable. `prepare` runs under the focus's lock just
 /// before the join is planned (a viewer's rewrite is made against the publisher it sees there).
-async fn place(
+pub(super) async fn place(
     c: &Arc<Control>,
     join: JoinRequest,
     mut prepare: impl FnMut(&Focus, &mut JoinRequest) -> Result<(), HttpError> + Send,
@@ -304,7 +304,7 @@ fn abandon(c: &Arc<Control>, conference: String, participant: String) {
 }
 
 /// `s` quoted for an error message, cut to 64 characters.
-fn quoted(s: &str) -> String {
+pub(super) fn quoted(s: &str) -> String {
     match s.char_indices().nth(64) {
         Some((i, _)) => format!("{:?}...", &s[..i]),
         None => format!("{s:?}"),
@@ -343,7 +343,7 @@ fn publisher_media(f: &Focus, stream: &str) -> Result<MediaDescription, HttpErro
 }
 
 /// The bridge's ICE credentials for a new session, and the participant's from its offer.
-fn webrtc(offer: &Offer) -> WebRtc {
+pub(super) fn webrtc(offer: &Offer) -> WebRtc {
     WebRtc {
         local_ufrag: random_chars(UFRAG_CHARS),
         local_pwd: random_chars(PWD_CHARS),
@@ -375,7 +375,12 @@ fn created(kind: Kind, stream: &str, session: &str, sdp: String) -> Response {
 }
 
 /// The answer's text for a session placed as `placed`, with `w`'s credentials.
-fn answer_text(offer: &Offer, sections: &[Section], w: &WebRtc, placed: &Placed) -> String {
+pub(super) fn answer_text(
+    offer: &Offer,
+    sections: &[Section],
+    w: &WebRtc,
+    placed: &Placed,
+) -> String {
     answer::write(
         offer,
         sections,
@@ -413,6 +418,7 @@ async fn whip(
         webrtc: Some(w.clone()),
         rewrite: None,
         media: Some(publish.media.clone()),
+        subscription: None,
     };
     let placed = place(&c, join, |_, _| Ok(())).await?;
     tracing::info!(%stream, %session, bridge = %placed.bridge, "WHIP session: publishing");
@@ -444,6 +450,7 @@ async fn whep(
         webrtc: Some(w.clone()),
         rewrite: None,
         media: None,
+        subscription: None,
     };
     let mut play = None;
     let placed = place(&c, join, |f, j| {
@@ -572,7 +579,7 @@ async fn fallback(method: Method) -> Response {
     }
 }
 
-async fn preflight() -> StatusCode {
+pub(super) async fn preflight() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
@@ -615,6 +622,7 @@ pub fn router(control: Arc<Control>) -> Router {
                 .patch(patch_whep)
                 .options(preflight),
         )
+        .merge(super::room::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
         .layer(axum::middleware::map_response(cors))

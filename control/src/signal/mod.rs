@@ -7,7 +7,10 @@
 //!   viewer's rewrite, the answer's text. Pure functions: unit-tested against golden files.
 //! - [`http`]: WHIP (RFC 9725) and WHEP over HTTP (axum), CORS, and the served page
 //!   (`page.html`): I/O at the edge, every decision through the focus.
+//! - [`room`]: rooms (conferences) for browsers: a publish session each, a watch session per
+//!   other publisher, the room's events (SSE) and its page (`room.html`).
 
 pub mod answer;
 pub mod http;
+pub mod room;
 pub mod sdp;

@@ -409,6 +409,7 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                         webrtc: None,
                         rewrite: None,
                         media: None,
+                        subscription: None,
                     };
                     let ok = w.focus.join(req, now_ms).is_ok_and(|plan| w.run(plan));
                     if ok {

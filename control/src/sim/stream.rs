@@ -111,6 +111,7 @@ pub fn run(cfg: &StreamSimConfig, progress: &mut dyn FnMut(u64)) -> StreamReport
         webrtc: None,
         rewrite: None,
         media: None,
+        subscription: None,
     };
     let plan = focus
         .join(publisher.clone(), 0)

@@ -777,6 +777,7 @@ mod tests {
             webrtc: None,
             rewrite: None,
             media: None,
+            subscription: None,
         };
         m.apply(&Change::Placed {
             conference: "c".into(),

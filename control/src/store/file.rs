@@ -255,6 +255,7 @@ mod tests {
                 webrtc: None,
                 rewrite: None,
                 media: None,
+                subscription: None,
             },
         }
     }

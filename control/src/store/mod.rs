@@ -112,6 +112,10 @@ pub struct Participant {
     /// viewer's answer is made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<Box<MediaDescription>>,
+    /// The SSRCs whose media it receives (`None`: every sender of its conference): a room's
+    /// watch session receives one publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Vec<u32>>,
 }
 
 impl Participant {
@@ -134,6 +138,7 @@ impl Participant {
             webrtc: None,
             rewrite: None,
             media: None,
+            subscription: None,
         }
     }
 }

@@ -251,6 +251,7 @@ impl Focus {
             && x.remote_addr == req.remote_addr
             && x.region == req.region
             && x.role == req.role
+            && x.subscription == req.subscription
             && same_srtp)
             .then(|| Done::Joined {
                 bridge: x.bridge.clone(),
@@ -356,6 +357,7 @@ impl Focus {
             webrtc: req.webrtc.map(Box::new),
             rewrite: req.rewrite.map(Box::new),
             media: req.media.map(Box::new),
+            subscription: req.subscription,
         };
         let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
         let mut links = Vec::new();
@@ -386,7 +388,7 @@ impl Focus {
         let conference = req.conference;
         Ok(self.start(
             Some(&conference.clone()),
-            Op::Join(JoinOp {
+            Op::Join(Box::new(JoinOp {
                 conference,
                 participant_id: req.participant_id,
                 participant,
@@ -395,7 +397,7 @@ impl Focus {
                 grown,
                 link,
                 links,
-            }),
+            })),
             calls,
         ))
     }

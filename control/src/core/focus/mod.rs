@@ -33,7 +33,7 @@ pub use plan::*;
 
 #[derive(Debug)]
 enum Op {
-    Join(JoinOp),
+    Join(Box<JoinOp>),
     Leave(LeaveOp),
     Move(MoveOp),
     Cleanup,
@@ -430,7 +430,7 @@ impl Focus {
                 },
                 cleanup: None,
             },
-            Op::Join(op) => self.complete_join(op, failure, calls, results),
+            Op::Join(op) => self.complete_join(*op, failure, calls, results),
             Op::Leave(op) => self.complete_leave(op, failure),
             Op::Move(op) => self.complete_move(op, failure, results),
         }

@@ -217,6 +217,8 @@ pub struct JoinRequest {
     pub rewrite: Option<Rewrite>,
     /// A WebRTC publisher's negotiated media, kept with it.
     pub media: Option<MediaDescription>,
+    /// The SSRCs whose media it receives (`None`: every sender).
+    pub subscription: Option<Vec<u32>>,
 }
 
 /// What a committed operation produced.

@@ -64,6 +64,7 @@ pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
         webrtc: None,
         rewrite: None,
         media: None,
+        subscription: None,
     }
 }
 
@@ -780,6 +781,7 @@ fn restored_placements_wait_for_their_bridges_then_move() {
                     webrtc: None,
                     rewrite: None,
                     media: None,
+                    subscription: None,
                 },
             )]
             .into(),

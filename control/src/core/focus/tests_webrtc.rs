@@ -45,6 +45,7 @@ fn publisher(s: &str, who: &str, region: &str) -> JoinRequest {
         webrtc: Some(webrtc(1)),
         rewrite: None,
         media: Some(MediaDescription::default()),
+        subscription: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
         role: Role::Viewer,
         webrtc: Some(webrtc(2)),
         media: None,
+        subscription: None,
         ..publisher(s, who, region)
     }
 }

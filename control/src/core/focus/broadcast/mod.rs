@@ -387,6 +387,7 @@ impl Focus {
             webrtc: req.webrtc.map(Box::new),
             rewrite: req.rewrite.map(Box::new),
             media: req.media.map(Box::new),
+            subscription: req.subscription,
         };
         calls.push(self.call(
             &bridge,
@@ -668,6 +669,7 @@ mod tests {
             webrtc: None,
             rewrite: None,
             media: None,
+            subscription: None,
         }
     }
 
@@ -678,6 +680,7 @@ mod tests {
             webrtc: None,
             rewrite: None,
             media: None,
+            subscription: None,
             ..viewer(s, who, region)
         }
     }
