@@ -107,6 +107,7 @@ pub async fn run(url: &str, json_out: bool, cmd: Command) -> anyhow::Result<()> 
                     remote_addr,
                     srtp,
                     role,
+                    last_n: 0,
                 })
                 .await?
                 .into_inner();

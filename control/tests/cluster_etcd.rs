@@ -87,6 +87,7 @@ async fn instances_share_routes_elect_one_focus_and_the_standby_takes_over() {
                 remote_addr: String::new(), // latched by the bridge: no socket per participant
                 srtp: None,
                 role: String::new(),
+                last_n: 0,
             };
             let j = loop {
                 match f.join(req.clone()).await {

@@ -33,6 +33,7 @@ fn latching(conference: &str, id: &str, ssrc: u32) -> pb::JoinRequest {
         remote_addr: String::new(),
         srtp: None,
         role: String::new(),
+        last_n: 0,
     }
 }
 
@@ -168,6 +169,7 @@ async fn a_broadcast_bigger_than_one_etcd_value_keeps_the_shard_working_and_surv
                     remote_addr: format!("127.0.0.1:{}", 20_000 + i),
                     srtp: None,
                     role: "viewer".into(),
+                    last_n: 0,
                 };
                 f.join(req)
                     .await

@@ -175,6 +175,60 @@ impl Agent {
     }
 }
 
+/// How often the agent sends the endpoints' audio levels (while there are any).
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Deadline of one audio report.
+const AUDIO_DEADLINE: Duration = Duration::from_secs(1);
+
+impl Agent {
+    /// Sends the endpoints' audio levels to the control plane every [`AUDIO_INTERVAL`] while
+    /// some endpoint sent any (to the first instance of `--control` that takes them: a standby
+    /// refuses).
+    pub async fn report_audio(self, publisher: Arc<Publisher>) {
+        let mut clients = Vec::new();
+        for url in self
+            .control
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            if let Ok(c) = Channel::from_shared(url.to_string()) {
+                clients.push(RegistryClient::new(c.connect_lazy()));
+            }
+        }
+        if clients.is_empty() {
+            return;
+        }
+        let mut at = 0;
+        let mut tick = tokio::time::interval(AUDIO_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let levels = publisher.read(|s| s.take_audio_levels());
+            if levels.is_empty() {
+                continue;
+            }
+            let mut req = tonic::Request::new(pb::AudioReport {
+                bridge_id: self.bridge_id.clone(),
+                levels: levels
+                    .into_iter()
+                    .map(|(c, e, loudness, packets)| pb::AudioLevel {
+                        conference_id: c,
+                        endpoint_id: e,
+                        loudness,
+                        packets,
+                    })
+                    .collect(),
+            });
+            req.set_timeout(AUDIO_DEADLINE);
+            if clients[at].report_audio(req).await.is_err() {
+                at = (at + 1) % clients.len();
+            }
+        }
+    }
+}
+
 fn total(p: &Publisher) -> Counters {
     p.total_counters()
 }

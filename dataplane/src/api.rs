@@ -107,6 +107,12 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
             limit: crate::state::MAX_SUBSCRIBED,
         });
     }
+    if r.audio_level_ext_id > 255 {
+        return Err(StateError::BadValue {
+            field: "audio_level_ext_id",
+            why: "an RTP header extension id is 1-255 (0: none)",
+        });
+    }
     s.add(NewEndpoint {
         conference: &r.conference_id,
         endpoint: &r.endpoint_id,
@@ -116,6 +122,10 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         webrtc: webrtc.as_ref(),
         rewrite: rewrite.as_ref(),
     })?;
+    if r.audio_level_ext_id != 0 {
+        // Cannot fail: the endpoint exists and the id is in range.
+        s.set_audio_level(&r.conference_id, &r.endpoint_id, r.audio_level_ext_id)?;
+    }
     if let Some(sub) = &r.subscription {
         // Cannot fail: the endpoint exists and the list is within the limit.
         s.set_subscription(

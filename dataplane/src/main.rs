@@ -231,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                         instance_id: agent::new_instance_id(),
                         dtls_fingerprint: running.dtls_fingerprint.to_string(),
                     };
+                    tokio::spawn(agent.clone().report_audio(running.publisher()));
                     tokio::spawn(agent.run(running.publisher()));
                 }
                 let mut metrics_addr = None;

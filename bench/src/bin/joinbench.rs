@@ -96,6 +96,7 @@ async fn joins(
                             remote_addr: format!("{}.{}.{}.{}:5000", ip[0], ip[1], ip[2], ip[3]),
                             srtp: None,
                             role: String::new(),
+                            last_n: 0,
                         })
                         .await?;
                     h.record(t.elapsed().as_micros() as u64)?;

@@ -636,6 +636,7 @@ mod tests {
                         rewrite: None,
                         media: None,
                         subscription: None,
+                        last_n: 0,
                     },
                     0,
                 )

@@ -8,9 +8,11 @@
 //! - [`router`]: sticky conference -> shard routes, HAProxy stick-table style.
 //! - [`autoscaler`]: HPA arithmetic and the scaler that drains and removes bridges.
 //! - [`pulltree`]: a broadcast's edge choice and pull tree with bounded origin fan-out.
+//! - [`speakers`]: a conference's dominant speaker and recent speakers from audio levels.
 
 pub mod autoscaler;
 pub mod fleet;
 pub mod focus;
 pub mod pulltree;
 pub mod router;
+pub mod speakers;

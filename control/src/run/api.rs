@@ -93,6 +93,7 @@ impl Focus for FocusService {
             rewrite: None,
             media: None,
             subscription: None,
+            last_n: r.last_n,
             conference: r.conference,
             participant_id: r.participant_id,
             region: r.region,
@@ -437,6 +438,34 @@ impl Registry for RegistryService {
         Ok(Response::new(pb::RegisterBridgeResponse {
             report_interval_ms: c.cfg.report_interval_ms,
         }))
+    }
+
+    async fn report_audio(
+        &self,
+        req: Request<pb::AudioReport>,
+    ) -> Result<Response<pb::AudioReportResponse>, Status> {
+        self.0.check_active().await?;
+        let r = req.into_inner();
+        need("bridge_id", &r.bridge_id)?;
+        let levels: Vec<(String, String, f64)> = r
+            .levels
+            .into_iter()
+            .filter(|l| l.loudness.is_finite())
+            .map(|l| (l.conference_id, l.endpoint_id, l.loudness))
+            .collect();
+        let mut core = self.0.lock();
+        if core.focus.fleet().get(&r.bridge_id).is_none() {
+            return Err(Status::not_found(
+                "bridge_id: not registered (or declared down); register again",
+            ));
+        }
+        core.focus.observe_audio(&r.bridge_id, &levels, now_ms());
+        self.0.announce(&mut core);
+        // A new speaker's video goes to last-N receivers now, not at the next tick.
+        let plans = core.focus.sync_subscriptions();
+        drop(core);
+        self.0.spawn(plans);
+        Ok(Response::new(pb::AudioReportResponse {}))
     }
 
     async fn report_load(

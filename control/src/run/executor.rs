@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::core::focus::{Applied, BridgeCall, Call, CallError, CallResult, Plan};
+use crate::core::focus::{Applied, BridgeCall, Call, CallError, CallResult, Plan, SubTarget};
 use crate::store::Participant;
 
 /// Most calls one batch carries (the bridge's limit is higher).
@@ -82,7 +82,19 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
             .subscription
             .as_ref()
             .map(|s| pb::Subscription { ssrcs: s.clone() }),
+        audio_level_ext_id: audio_level_ext_id(p),
     }
+}
+
+/// The RFC 6464 audio level extension id a WebRTC participant's audio carries (0: none).
+fn audio_level_ext_id(p: &Participant) -> u32 {
+    p.media
+        .iter()
+        .flat_map(|m| &m.sections)
+        .filter(|s| s.kind == "audio")
+        .flat_map(|s| &s.extensions)
+        .find(|e| e.uri == "urn:ietf:params:rtp-hdrext:ssrc-audio-level")
+        .map_or(0, |e| u32::from(e.id))
 }
 
 fn id_map(m: &crate::store::webrtc::IdMap) -> pb::IdMap {
@@ -139,6 +151,24 @@ fn change(call: &Call) -> pb::Change {
             conference_id: conference.clone(),
             relay_id: relay_id.clone(),
         }),
+        Call::Subscribe {
+            conference,
+            target,
+            ssrcs,
+        } => {
+            let (endpoint_id, relay_id) = match target {
+                SubTarget::Endpoint(e) => (e.clone(), String::new()),
+                SubTarget::Relay(r) => (String::new(), r.clone()),
+            };
+            C::SetSubscription(pb::SetSubscriptionRequest {
+                conference_id: conference.clone(),
+                endpoint_id,
+                relay_id,
+                all: ssrcs.is_none(),
+                endpoints: Vec::new(),
+                ssrcs: ssrcs.clone().unwrap_or_default(),
+            })
+        }
     };
     pb::Change { change: Some(c) }
 }
@@ -441,6 +471,7 @@ mod tests {
                 rewrite: None,
                 media: None,
                 subscription: None,
+                last_n: 0,
             },
             if_absent,
         };

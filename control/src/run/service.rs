@@ -169,6 +169,8 @@ pub fn placement_msg(a: Announcement) -> pb::ConferencePlacement {
         media_addr: a.media_addr,
         participants: a.participants,
         reason: a.reason.into(),
+        dominant_speaker: a.dominant_speaker,
+        recent_speakers: a.recent_speakers,
         bridges: a
             .bridges
             .into_iter()

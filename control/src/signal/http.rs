@@ -419,6 +419,7 @@ async fn whip(
         rewrite: None,
         media: Some(publish.media.clone()),
         subscription: None,
+        last_n: 0,
     };
     let placed = place(&c, join, |_, _| Ok(())).await?;
     tracing::info!(%stream, %session, bridge = %placed.bridge, "WHIP session: publishing");
@@ -451,6 +452,7 @@ async fn whep(
         rewrite: None,
         media: None,
         subscription: None,
+        last_n: 0,
     };
     let mut play = None;
     let placed = place(&c, join, |f, j| {

@@ -70,6 +70,10 @@ pub struct RoomView {
     pub publishers: Vec<RoomPublisher>,
     /// Every session (publish and watch) and its bridge, at most [`LISTED_SESSIONS`].
     pub sessions: BTreeMap<String, String>,
+    /// The dominant speaker's publish session (empty until someone spoke).
+    pub speaker: String,
+    /// Recent speakers, most recent first.
+    pub recent: Vec<String>,
 }
 
 /// The room `conference` as the focus has it now (empty when it does not exist).
@@ -78,7 +82,13 @@ pub fn view(f: &Focus, conference: &str) -> RoomView {
         conference: conference.into(),
         publishers: Vec::new(),
         sessions: BTreeMap::new(),
+        speaker: String::new(),
+        recent: Vec::new(),
     };
+    if let Some(s) = f.speakers(conference) {
+        v.speaker = s.dominant().unwrap_or_default().to_string();
+        v.recent = s.recent().to_vec();
+    }
     let Some(p) = f.conferences().get(conference) else {
         return v;
     };
@@ -169,6 +179,7 @@ fn session_join(conference: &str, session: &str, query: Option<&str>) -> JoinReq
         rewrite: None,
         media: None,
         subscription: None,
+        last_n: 0,
     }
 }
 
@@ -191,6 +202,7 @@ async fn publish(
         media: Some(publish.media.clone()),
         // It sends; what it receives comes over its watch sessions.
         subscription: Some(Vec::new()),
+        last_n: 0,
         ..session_join(&conference, &session, query.as_deref())
     };
     let placed = place(&c, join, |_, _| Ok(())).await?;
@@ -210,10 +222,20 @@ async fn watch(
     c.check_active().await.map_err(from_status)?;
     let offer = sdp::parse_offer(&body).map_err(bad_offer)?;
     answer::check_play(&offer).map_err(bad_offer)?;
+    let last_n = match query_param(query.as_deref(), "last_n") {
+        None => 0,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("last_n: {} is not a number of speakers", quoted(&v)),
+            )
+        })?,
+    };
     let session = format!("sub-{}", random_chars(SESSION_CHARS));
     let w = webrtc(&offer);
     let join = JoinRequest {
         webrtc: Some(w.clone()),
+        last_n,
         ..session_join(&conference, &session, query.as_deref())
     };
     let mut play = None;

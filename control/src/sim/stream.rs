@@ -112,6 +112,7 @@ pub fn run(cfg: &StreamSimConfig, progress: &mut dyn FnMut(u64)) -> StreamReport
         rewrite: None,
         media: None,
         subscription: None,
+        last_n: 0,
     };
     let plan = focus
         .join(publisher.clone(), 0)

@@ -778,6 +778,7 @@ mod tests {
             rewrite: None,
             media: None,
             subscription: None,
+            last_n: 0,
         };
         m.apply(&Change::Placed {
             conference: "c".into(),

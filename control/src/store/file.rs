@@ -256,6 +256,7 @@ mod tests {
                 rewrite: None,
                 media: None,
                 subscription: None,
+                last_n: 0,
             },
         }
     }

@@ -116,6 +116,13 @@ pub struct Participant {
     /// watch session receives one publisher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Vec<u32>>,
+    /// Last-N: it receives the video of only this many most recent speakers (0: no limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_n: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Participant {
@@ -139,6 +146,7 @@ impl Participant {
             rewrite: None,
             media: None,
             subscription: None,
+            last_n: 0,
         }
     }
 }

@@ -44,7 +44,10 @@ impl Proc {
     pub fn start(name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(bin(name))
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -276,6 +279,7 @@ impl Party {
             remote_addr: self.sock.local_addr().unwrap().to_string(),
             srtp: None,
             role: String::new(),
+            last_n: 0,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! receivers with a [`Rewrite`]). STUN and DTLS go to the WebRTC transport through a bounded
 //! queue ([`handoff`]), off the packet path. Engines feed it and carry out its verdicts.
 
+pub mod audio;
 pub mod classify;
 mod feedback;
 pub mod handoff;
@@ -303,7 +304,8 @@ impl Core {
                 | Op::AddRelay { .. }
                 | Op::SetAddr { .. }
                 | Op::SetSrtp { .. }
-                | Op::Subscribe { .. } => {}
+                | Op::Subscribe { .. }
+                | Op::SetAudioLevel { .. } => {}
             }
             self.table.apply(op);
             // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
@@ -587,6 +589,12 @@ fn decide<'t>(
             uid: ep.uid,
             addr: src,
         });
+    }
+    // Its audio level, when it sends one we read (authenticated: a forged level is dropped).
+    if let (Some(h), Some((id, meter))) = (&hdr, &ep.audio)
+        && let Some(level) = audio::level(&plain[..h.len], *id)
+    {
+        meter.record(level);
     }
     let skip = ep.slot.map_or(usize::MAX, |s| s as usize);
     // Everything goes once to each relay, but feedback only towards the bridge whose endpoint

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustc_hash::FxHashMap;
 use socket2::SockAddr;
 
+use super::audio::AudioMeter;
 use super::relay::Relay;
 use super::rewrite::Rewrite;
 use super::subscribe::{SenderBits, Target, Wants};
@@ -87,6 +88,8 @@ pub(crate) struct Endpoint {
     pub rewrite: Option<Arc<Rewrite>>,
     /// The SSRCs it is subscribed to (`None`: every sender).
     pub subscription: Option<Arc<[u32]>>,
+    /// The audio level extension id its audio carries, and the meter its levels go to.
+    pub audio: Option<(u8, Arc<AudioMeter>)>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -234,6 +237,16 @@ pub enum Op {
         /// (inbound, outbound) sessions.
         srtp: Option<(Arc<Session>, Arc<Session>)>,
     },
+    /// Reads the audio level (RFC 6464) in extension element `ext_id` of an endpoint's RTP
+    /// into `meter`.
+    SetAudioLevel {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// The extension id (1-255).
+        ext_id: u8,
+        /// Where its levels go (shared by every copy of the table).
+        meter: Arc<AudioMeter>,
+    },
     /// Sets what an endpoint or a relay of a conference receives RTP of: the senders of
     /// `ssrcs` (distinct), or every sender (`None`).
     Subscribe {
@@ -370,6 +383,11 @@ impl Table {
                 target,
                 ssrcs,
             } => self.subscribe(*conf, *target, ssrcs.clone()),
+            Op::SetAudioLevel { uid, ext_id, meter } => {
+                if let Some(&i) = self.by_uid.get(uid) {
+                    self.ep_mut(i).audio = Some((*ext_id, meter.clone()));
+                }
+            }
             Op::AddRelay { conf, relay } => {
                 self.relay_by
                     .insert((relay.addr, relay.link), (conf.0, relay.clone()));
@@ -484,6 +502,7 @@ impl Table {
             claim,
             rewrite,
             subscription: None,
+            audio: None,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {

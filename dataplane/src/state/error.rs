@@ -188,9 +188,9 @@ pub enum StateError {
         /// The other conference.
         conference: String,
     },
-    /// A subscription that cannot be used.
+    /// A value that cannot be used (a subscription, an extension id).
     #[error("{field}: {why}")]
-    BadSubscription {
+    BadValue {
         /// The request field.
         field: &'static str,
         /// What is wrong.
@@ -229,7 +229,7 @@ impl StateError {
             | Self::BadWebRtc { .. }
             | Self::BadRewrite(_)
             | Self::RewriteNeedsSrtp
-            | Self::BadSubscription { .. }
+            | Self::BadValue { .. }
             | Self::NothingToLatch => ErrorKind::Invalid,
             Self::Full { .. } => ErrorKind::Full,
             Self::ConferenceNotFound(_)

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::core::audio::AudioMeter;
 use crate::core::rewrite::Rewrite;
 use crate::core::subscribe::Target;
 use crate::core::table::ConfIdx;
@@ -59,6 +60,10 @@ pub struct EndpointState {
     pub webrtc: Option<WebRtcInfo>,
     /// The SSRCs it is subscribed to, sorted (`None`: every sender).
     pub subscription: Option<Arc<[u32]>>,
+    /// Its audio levels (when its audio carries the RFC 6464 extension the bridge reads).
+    pub audio: Option<Arc<AudioMeter>>,
+    /// SRTCP index of the last RTCP the control path sent it itself.
+    pub rtcp_index: u32,
 }
 
 /// All conferences of the bridge, keyed by id.
@@ -80,6 +85,11 @@ pub struct BridgeState {
     ufrags: FxHashMap<String, EndpointUid>,
     /// Commands for the transport thread since the last [`BridgeState::take_commands`].
     commands: Vec<Command>,
+    /// Endpoints whose audio levels are read, by uid.
+    metered: FxHashMap<EndpointUid, Arc<AudioMeter>>,
+    /// The sender SSRC of the RTCP this state makes itself (keyframe requests when a receiver
+    /// subscribes to a sender): random per process.
+    rtcp_ssrc: u32,
 }
 
 /// A relay as the API knows it.
@@ -136,6 +146,12 @@ impl BridgeState {
             relay_count: 0,
             ufrags: FxHashMap::default(),
             commands: Vec::new(),
+            metered: FxHashMap::default(),
+            rtcp_ssrc: {
+                let mut b = [0u8; 4];
+                let _ = aws_lc_rs::rand::fill(&mut b);
+                u32::from_be_bytes(b) | 1
+            },
         }
     }
 
@@ -205,6 +221,7 @@ impl BridgeState {
             .ok_or_else(|| StateError::ConferenceNotFound(id.into()))?;
         for e in conf.endpoints.values() {
             self.names.remove(&e.uid);
+            self.metered.remove(&e.uid);
             if let Some(w) = &e.webrtc {
                 self.ufrags.remove(&w.local_ufrag);
                 self.commands.push(Command::Remove(e.uid));
@@ -499,9 +516,65 @@ impl BridgeState {
                 srtp,
                 webrtc,
                 subscription: None,
+                audio: None,
+                rtcp_index: 0,
             },
         );
         Ok(uid)
+    }
+
+    /// Reads endpoint `endpoint`'s audio levels from RTP header extension element `ext_id`
+    /// (RFC 6464; 1-14 one-byte or 1-255 two-byte form). Its levels are then in
+    /// [`BridgeState::take_audio_levels`].
+    pub fn set_audio_level(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        ext_id: u32,
+    ) -> Result<(), StateError> {
+        let ext_id = u8::try_from(ext_id)
+            .ok()
+            .filter(|&i| i != 0)
+            .ok_or(StateError::BadValue {
+                field: "audio_level_ext_id",
+                why: "an RTP header extension id is 1-255 (0: none)",
+            })?;
+        let e = self
+            .conferences
+            .get(conference)
+            .and_then(|c| c.endpoints.get(endpoint))
+            .ok_or_else(|| StateError::EndpointNotFound {
+                conference: conference.into(),
+                endpoint: endpoint.into(),
+            })?;
+        let (uid, meter) = (e.uid, Arc::new(AudioMeter::default()));
+        self.record(Op::SetAudioLevel {
+            uid,
+            ext_id,
+            meter: meter.clone(),
+        });
+        self.metered.insert(uid, meter.clone());
+        self.conferences
+            .get_mut(conference)
+            .and_then(|c| c.endpoints.get_mut(endpoint))
+            .expect("checked above")
+            .audio = Some(meter);
+        Ok(())
+    }
+
+    /// Every metered endpoint's audio since the last call: (conference, endpoint, mean
+    /// loudness 0-127, packets), for endpoints that sent audio levels meanwhile.
+    pub fn take_audio_levels(&self) -> Vec<(String, String, f64, u64)> {
+        let mut out = Vec::new();
+        for (uid, m) in &self.metered {
+            let (loudness, packets) = m.take();
+            if packets > 0
+                && let Some((c, e)) = self.names.get(uid)
+            {
+                out.push((c.clone(), e.clone(), loudness, packets));
+            }
+        }
+        out
     }
 
     /// Sets what an endpoint or a relay of `conference` receives RTP of: every sender, or those
@@ -518,7 +591,7 @@ impl BridgeState {
             .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
         let named = r.endpoints.len() + r.ssrcs.len();
         if r.all && named > 0 {
-            return Err(StateError::BadSubscription {
+            return Err(StateError::BadValue {
                 field: "all",
                 why: "all = true names no endpoints and no ssrcs",
             });
@@ -554,7 +627,7 @@ impl BridgeState {
                 Target::Relay(rs.uid)
             }
             _ => {
-                return Err(StateError::BadSubscription {
+                return Err(StateError::BadValue {
                     field: "endpoint_id",
                     why: "give exactly one of endpoint_id and relay_id",
                 });
@@ -585,18 +658,65 @@ impl BridgeState {
             ssrcs: ssrcs.clone(),
         });
         let conf = self.conferences.get_mut(conference).expect("checked above");
-        if r.endpoint_id.is_empty() {
-            conf.relays
-                .get_mut(r.relay_id)
-                .expect("checked above")
-                .subscription = ssrcs;
+        let old = if r.endpoint_id.is_empty() {
+            let r = conf.relays.get_mut(r.relay_id).expect("checked above");
+            std::mem::replace(&mut r.subscription, ssrcs.clone())
         } else {
-            conf.endpoints
+            let e = conf
+                .endpoints
                 .get_mut(r.endpoint_id)
-                .expect("checked above")
-                .subscription = ssrcs;
+                .expect("checked above");
+            std::mem::replace(&mut e.subscription, ssrcs.clone())
+        };
+        // Senders newly subscribed to: their receiver (or the far side of the relay) needs a
+        // keyframe to start decoding, so ask the local ones for one now.
+        if let (Some(old), Some(new)) = (old, &ssrcs) {
+            let added: Vec<u32> = new.iter().filter(|s| !old.contains(s)).copied().collect();
+            self.ask_keyframes(conference, idx, &added);
         }
         Ok(())
+    }
+
+    /// Most keyframe requests one subscription change sends.
+    const MAX_KEYFRAME_ASKS: usize = 32;
+
+    /// Sends a PLI (from this state's own SSRC) to the local sender of each of `ssrcs` that
+    /// has an address, SRTCP-protected for an SRTP sender, through the transport thread.
+    fn ask_keyframes(&mut self, conference: &str, idx: ConfIdx, ssrcs: &[u32]) {
+        for &ssrc in ssrcs.iter().take(Self::MAX_KEYFRAME_ASKS) {
+            let Some(uid) = self.table.ssrc_owner(idx, ssrc) else {
+                continue; // behind a relay: the far bridge asks when its relay subscribes
+            };
+            let Some((_, e)) = self.names.get(&uid) else {
+                continue;
+            };
+            let Some(ep) = self
+                .conferences
+                .get_mut(conference)
+                .and_then(|c| c.endpoints.get_mut(e.as_str()))
+            else {
+                continue;
+            };
+            let Some(to) = ep.addr else { continue };
+            let pli = crate::core::keyframe::pli(self.rtcp_ssrc, ssrc);
+            let data = match &ep.srtp {
+                None => pli.to_vec(),
+                Some(s) => {
+                    ep.rtcp_index = (ep.rtcp_index + 1) & 0x7fff_ffff;
+                    let mut out = vec![0u8; pli.len() + 32];
+                    match s.tx.protect_rtcp(&pli, ep.rtcp_index, &mut out) {
+                        Ok(n) => {
+                            out.truncate(n);
+                            out
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            };
+            tracing::debug!(%conference, ssrc, %to, "keyframe asked for a new subscriber");
+            self.commands
+                .push(Command::Send(transport::Transmit { to, data }));
+        }
     }
 
     /// Removes an endpoint.
@@ -615,6 +735,7 @@ impl BridgeState {
                 endpoint: endpoint.into(),
             })?;
         self.names.remove(&e.uid);
+        self.metered.remove(&e.uid);
         if let Some(w) = &e.webrtc {
             self.ufrags.remove(&w.local_ufrag);
             self.commands.push(Command::Remove(e.uid));

@@ -91,6 +91,9 @@ pub enum Command {
     Add(NewEndpoint),
     /// A WebRTC endpoint was removed (RemoveEndpoint, DeleteConference).
     Remove(EndpointUid),
+    /// A datagram the control path made (a keyframe request for a receiver that subscribed to
+    /// a sender), sent from the media port like the transport's own.
+    Send(Transmit),
 }
 
 /// A datagram to send from the media port.
@@ -412,6 +415,7 @@ impl Transport {
                 );
             }
             Command::Remove(uid) => self.remove(uid),
+            Command::Send(t) => self.out.transmits.push_back(t),
         }
     }
 

@@ -33,6 +33,10 @@ pub struct Announcement {
     pub reason: &'static str,
     /// A broadcast's publisher and pull tree (`None` for a conference).
     pub stream: Option<StreamView>,
+    /// The dominant speaker (empty until someone spoke).
+    pub dominant_speaker: String,
+    /// Recent speakers, most recent first.
+    pub recent_speakers: Vec<String>,
 }
 
 impl Focus {
@@ -95,6 +99,17 @@ impl Focus {
                 .collect(),
             reason,
             stream: self.stream_view(conference, p),
+            dominant_speaker: self
+                .speakers
+                .get(conference)
+                .and_then(|s| s.dominant())
+                .unwrap_or_default()
+                .to_string(),
+            recent_speakers: self
+                .speakers
+                .get(conference)
+                .map(|s| s.recent().to_vec())
+                .unwrap_or_default(),
         }
     }
 }

@@ -358,6 +358,7 @@ impl Focus {
             rewrite: req.rewrite.map(Box::new),
             media: req.media.map(Box::new),
             subscription: req.subscription,
+            last_n: req.last_n,
         };
         let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
         let mut links = Vec::new();

@@ -244,8 +244,17 @@ impl Focus {
     }
 
     /// Periodic work at `now_ms`: bridges that missed their reports go down, and every
-    /// conference on a down bridge (or, after the restart grace, on an unknown one) is moved.
+    /// conference on a down bridge (or, after the restart grace, on an unknown one) is moved;
+    /// subscriptions whose speakers or placement changed are brought up to date.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Plan> {
+        let mut plans = self.move_plans(now_ms);
+        plans.extend(self.sync_subscriptions());
+        plans
+    }
+
+    /// The moves [`Focus::tick`] plans: off down bridges, bridges that never came back, and
+    /// draining ones past their grace.
+    fn move_plans(&mut self, now_ms: u64) -> Vec<Plan> {
         for id in self.fleet.check(now_ms) {
             tracing::warn!(bridge = %id, "bridge missed its reports: down");
             self.downed.push(id);

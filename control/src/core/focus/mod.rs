@@ -20,6 +20,7 @@ mod announce;
 mod broadcast;
 mod conference;
 mod failover;
+mod lastn;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -29,6 +30,7 @@ use crate::store::{Change, DrainRecord, LinkKeys, Participant, Placement, Snapsh
 
 pub use announce::{Announcement, LISTED};
 pub use broadcast::StreamView;
+pub use lastn::{SubKey, Subscriptions};
 pub use plan::*;
 
 #[derive(Debug)]
@@ -39,6 +41,8 @@ enum Op {
     Cleanup,
     /// An operation on a broadcast.
     Stream(Box<broadcast::StreamOp>),
+    /// Subscriptions brought up to date.
+    Sync(lastn::SyncOp),
 }
 
 /// A join in flight: what it adds if its calls succeed.
@@ -145,6 +149,20 @@ pub struct Focus {
     /// WebRTC participants whose bridge changed (a move) or restarted: their DTLS session is
     /// gone, so they are to leave (see [`Focus::take_stranded`]).
     stranded: Vec<(String, String)>,
+    /// Each conference's speakers (once someone's audio level was reported).
+    speakers: HashMap<String, crate::core::speakers::Speakers>,
+    /// What each conference's bridges hold of its subscriptions, when known.
+    subs_programmed: HashMap<String, Subscriptions>,
+    /// Conferences whose subscriptions are to be looked at by the next sync.
+    subs_dirty: BTreeSet<String>,
+    /// Conferences where some subscription differs from the default (synced even when that
+    /// ends, to put the defaults back).
+    subs_active: BTreeSet<String>,
+    /// Conferences with a subscription sync in flight (one at a time each; syncs do not make
+    /// a conference busy: joins and moves go on, and mark it for another sync).
+    subs_syncing: HashSet<String>,
+    /// Placement changes per conference, so a sync that crossed one does not record stale state.
+    subs_epoch: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Focus {
@@ -213,6 +231,12 @@ impl Focus {
             .filter(|(_, p)| p.broadcast.is_some())
             .map(|(c, _)| c.clone())
             .collect();
+        // After a restart or a takeover nothing is known of the bridges' subscriptions.
+        let subs_dirty = conferences
+            .iter()
+            .filter(|(_, p)| p.broadcast.is_none())
+            .map(|(c, _)| c.clone())
+            .collect();
         Self {
             fleet,
             broadcasts,
@@ -240,6 +264,12 @@ impl Focus {
             drains,
             taken: 0,
             stranded: Vec::new(),
+            speakers: HashMap::new(),
+            subs_programmed: HashMap::new(),
+            subs_dirty,
+            subs_active: BTreeSet::new(),
+            subs_syncing: HashSet::new(),
+            subs_epoch: HashMap::new(),
         }
     }
 
@@ -421,7 +451,14 @@ impl Focus {
                 error: CallError::Unavailable("the executor made no call".into()),
             }))
         };
-        match state {
+        let conference = match &state {
+            Op::Join(op) => Some(op.conference.clone()),
+            Op::Leave(op) => Some(op.conference.clone()),
+            Op::Move(op) => Some(op.conference.clone()),
+            Op::Stream(_) | Op::Cleanup | Op::Sync(_) => None,
+        };
+        let done = match state {
+            Op::Sync(op) => return self.complete_sync(op, failure),
             Op::Stream(op) => self.complete_stream(*op, failure),
             Op::Cleanup => Completion {
                 result: match failure {
@@ -433,11 +470,17 @@ impl Focus {
             Op::Join(op) => self.complete_join(*op, failure, calls, results),
             Op::Leave(op) => self.complete_leave(op, failure),
             Op::Move(op) => self.complete_move(op, failure, results),
+        };
+        if let Some(c) = conference {
+            self.subscriptions_changed(&c);
         }
+        done
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lastn;
 #[cfg(test)]
 mod tests_webrtc;

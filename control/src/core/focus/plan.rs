@@ -68,6 +68,24 @@ pub enum Call {
         /// The remote bridge's id.
         relay_id: String,
     },
+    /// SetSubscription of an endpoint or a relay.
+    Subscribe {
+        /// Conference.
+        conference: String,
+        /// The endpoint (participant) or relay (remote bridge id).
+        target: SubTarget,
+        /// The SSRCs it receives, or every sender (`None`).
+        ssrcs: Option<Vec<u32>>,
+    },
+}
+
+/// Whom a subscription call is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SubTarget {
+    /// A participant's endpoint.
+    Endpoint(String),
+    /// The relay to another bridge of the conference (its id).
+    Relay(String),
 }
 
 /// A call addressed to one bridge.
@@ -219,6 +237,8 @@ pub struct JoinRequest {
     pub media: Option<MediaDescription>,
     /// The SSRCs whose media it receives (`None`: every sender).
     pub subscription: Option<Vec<u32>>,
+    /// Last-N (0: no limit).
+    pub last_n: u32,
 }
 
 /// What a committed operation produced.

@@ -65,6 +65,7 @@ pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
         rewrite: None,
         media: None,
         subscription: None,
+        last_n: 0,
     }
 }
 
@@ -402,6 +403,7 @@ pub(super) fn shape(p: &Plan) -> Vec<String> {
                 } => format!("feed {relay_id}"),
                 Call::AddRelay { relay_id, .. } => format!("relay to {relay_id}"),
                 Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
+                Call::Subscribe { target, ssrcs, .. } => format!("subscribe {target:?} {ssrcs:?}"),
             };
             format!("{what}@{}", c.bridge)
         })
@@ -782,6 +784,7 @@ fn restored_placements_wait_for_their_bridges_then_move() {
                     rewrite: None,
                     media: None,
                     subscription: None,
+                    last_n: 0,
                 },
             )]
             .into(),

@@ -46,6 +46,7 @@ fn publisher(s: &str, who: &str, region: &str) -> JoinRequest {
         rewrite: None,
         media: Some(MediaDescription::default()),
         subscription: None,
+        last_n: 0,
     }
 }
 
@@ -56,6 +57,7 @@ fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
         webrtc: Some(webrtc(2)),
         media: None,
         subscription: None,
+        last_n: 0,
         ..publisher(s, who, region)
     }
 }

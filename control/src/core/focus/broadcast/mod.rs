@@ -388,6 +388,7 @@ impl Focus {
             rewrite: req.rewrite.map(Box::new),
             media: req.media.map(Box::new),
             subscription: req.subscription,
+            last_n: req.last_n,
         };
         calls.push(self.call(
             &bridge,
@@ -670,6 +671,7 @@ mod tests {
             rewrite: None,
             media: None,
             subscription: None,
+            last_n: 0,
         }
     }
 
@@ -681,6 +683,7 @@ mod tests {
             rewrite: None,
             media: None,
             subscription: None,
+            last_n: 0,
             ..viewer(s, who, region)
         }
     }
