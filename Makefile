@@ -47,6 +47,7 @@ run: build
 	./target/release/ringbridge-control simulate-stream --viewers 100000 2>/dev/null
 	@echo; echo "=== WebRTC: publish and play in a browser ==="
 	@echo "make serve, then open http://127.0.0.1:8080/ (the page publishes the camera with WHIP and plays it with WHEP)"
+	@echo "and http://127.0.0.1:8080/room/demo in two tabs or more (a room: everyone sees and hears everyone)"
 
 ## A control plane with the WebRTC page on http://127.0.0.1:8080/ and two bridges, until Ctrl-C.
 serve: build

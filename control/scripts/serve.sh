@@ -14,4 +14,5 @@ for b in eu-1:eu us-1:us; do
 done
 echo "control plane (gRPC) at $url"
 echo "WebRTC page: http://$http/  (WHIP: POST /whip/STREAM, WHEP: POST /whep/STREAM; Ctrl-C stops)"
+echo "Room page:   http://$http/room/demo  (open it in two tabs or more; docs/rooms.md)"
 wait

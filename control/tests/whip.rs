@@ -515,3 +515,134 @@ async fn a_standby_answers_503_naming_the_active_instance() {
     // The page is served by any instance.
     assert_eq!(http(&h, "GET", "/", &[], b"").status, 200);
 }
+
+/// Rooms at the HTTP level: a publish session and a watch session from Chrome's offers; a
+/// malformed offer, an unknown publisher, a bad last_n, a stream's name, an unknown session each
+/// get an error for that client alone and the room stays as it was; the events stream lists the
+/// room; DELETE ends sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_sessions_and_bad_room_requests_touch_only_the_client_that_made_them() {
+    let data = data_dir("room-http");
+    let ctl = control_with(&data, "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let url = format!("http://{}", ctl.field("listen"));
+    let h = ctl.field("http");
+    let _b = bridge(&url, "eu-1", "eu");
+    wait_bridges(&url, 1).await;
+    let r = post(
+        &h,
+        "/room/r1/publish?region=eu",
+        &offer("chrome_whip_offer.sdp"),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let loc = r.header("Location").unwrap().to_string();
+    assert!(loc.starts_with("/room/r1/pub-"), "{loc}");
+    let publisher = loc.rsplit('/').next().unwrap().to_string();
+    assert!(r.body.contains("a=recvonly"), "{}", r.body);
+    let w = post(
+        &h,
+        &format!("/room/r1/watch/{publisher}?region=eu&last_n=3"),
+        &offer("chrome_whep_offer.sdp"),
+    );
+    assert_eq!(w.status, 201, "{}", w.body);
+    assert!(
+        w.body.contains("a=ssrc:"),
+        "the publisher's streams: {}",
+        w.body
+    );
+    let watch_loc = w.header("Location").unwrap().to_string();
+    let before = placements(&url).await;
+    assert_eq!(before[0].participants.len(), 2);
+
+    let bad: [(&str, &str, String, u16, &str); 6] = [
+        (
+            "POST",
+            "/room/r1/publish",
+            "v=0\r\nnot sdp".into(),
+            400,
+            "offer",
+        ),
+        (
+            "POST",
+            "/room/r1/watch/pub-nobody",
+            offer("chrome_whep_offer.sdp"),
+            404,
+            "no publisher",
+        ),
+        (
+            "POST",
+            "/room/r1/watch/PUB?last_n=many",
+            offer("chrome_whep_offer.sdp"),
+            400,
+            "last_n",
+        ),
+        (
+            "DELETE",
+            "/room/r1/sub-nobody",
+            String::new(),
+            404,
+            "no session",
+        ),
+        (
+            "DELETE",
+            "/room/r1/whatever",
+            String::new(),
+            404,
+            "no session",
+        ),
+        (
+            "POST",
+            "/room/r1/watch/PUB",
+            offer("chrome_whip_offer.sdp"),
+            400,
+            "offer",
+        ),
+    ];
+    for (method, path, body, code, says) in bad {
+        let path = path.replace("PUB", &publisher);
+        let r = http(&h, method, &path, &[SDP], body.as_bytes());
+        assert_eq!(r.status, code, "{method} {path}: {}", r.body);
+        assert!(r.body.contains(says), "{method} {path}: {}", r.body);
+    }
+    // A stream's name is not a room.
+    let s = post(&h, "/whip/live?region=eu", &offer("chrome_whip_offer.sdp"));
+    assert_eq!(s.status, 201, "{}", s.body);
+    let r = post(&h, "/room/live/publish", &offer("chrome_whip_offer.sdp"));
+    assert_eq!(r.status, 409, "{}", r.body);
+    // The room is as it was.
+    let after = placements(&url).await;
+    let room = after.iter().find(|p| p.conference == "r1").unwrap();
+    assert_eq!(room.participants, before[0].participants);
+
+    // The events stream's first message lists the room.
+    let mut s = TcpStream::connect(&h).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /room/r1/events HTTP/1.1\r\nHost: {h}\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("\n\n")
+        || !String::from_utf8_lossy(&got).contains("data:")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event: {}",
+            String::from_utf8_lossy(&got)
+        );
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("text/event-stream"), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data:")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+    assert_eq!(v["publishers"][0]["session"], publisher.as_str());
+    assert_eq!(v["sessions"].as_object().unwrap().len(), 2);
+
+    for l in [watch_loc, loc] {
+        let r = http(&h, "DELETE", &l, &[], b"");
+        assert_eq!(r.status, 200, "{l}: {}", r.body);
+    }
+    assert!(placements(&url).await.iter().all(|p| p.conference != "r1"));
+    let _ = std::fs::remove_dir_all(&data);
+}
