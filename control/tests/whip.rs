@@ -644,5 +644,5 @@ async fn room_sessions_and_bad_room_requests_touch_only_the_client_that_made_the
         assert_eq!(r.status, 200, "{l}: {}", r.body);
     }
     assert!(placements(&url).await.iter().all(|p| p.conference != "r1"));
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(data);
 }
