@@ -236,9 +236,18 @@ impl Focus {
                 self.subs_dirty.insert(c);
                 continue;
             }
-            if !self.conferences.contains_key(&c) {
+            let Some(p) = self.conferences.get(&c) else {
                 self.subs_programmed.remove(&c);
                 self.subs_active.remove(&c);
+                continue;
+            };
+            // Most conferences: nobody has a subscription or a last-N (a cheap look, before
+            // anything is computed or allocated).
+            let users = p
+                .participants
+                .values()
+                .any(|x| x.subscription.is_some() || x.last_n > 0);
+            if !users && !self.subs_active.contains(&c) {
                 continue;
             }
             let want = self.desired_subscriptions(&c);
