@@ -45,8 +45,11 @@ pub struct Params {
     pub conferences: usize,
     /// Participants per conference.
     pub participants: usize,
-    /// Copies per received packet (participants - 1).
+    /// Copies per received packet (participants - 1) without subscriptions.
     pub fanout: usize,
+    /// `--subscribe K`: each participant subscribed to K senders of its conference (fewer when
+    /// it has fewer other senders); `null`: no subscriptions, everyone receives every sender.
+    pub subscribe: Option<usize>,
     /// Streams each participant sends.
     pub streams: Load,
     /// Packets per second all participants together offer.
@@ -141,6 +144,7 @@ impl Report {
                 conferences: topo.conferences,
                 participants: topo.participants,
                 fanout: topo.participants.saturating_sub(1),
+                subscribe: r.subscribe,
                 streams: load.clone(),
                 offered_pps: r.offered_pps,
                 duration_s: secs,
@@ -179,11 +183,13 @@ impl Report {
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.0}{unit}"));
         let _ = writeln!(
             s,
-            "target {} | {} conference(s) x {} participants (fan-out {}) | offered {:.0} pps | {:.1} s measured{}",
+            "target {} | {} conference(s) x {} participants (fan-out {}{}) | offered {:.0} pps | {:.1} s measured{}",
             self.target,
             p.conferences,
             p.participants,
             p.fanout,
+            p.subscribe
+                .map_or(String::new(), |k| format!(", subscribed to {k}")),
             p.offered_pps,
             p.duration_s,
             if self.interrupted {

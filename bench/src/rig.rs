@@ -5,6 +5,14 @@
 //! packets with one `sendmmsg`. The receiver waits on all sockets with epoll and drains them with
 //! `recvmmsg`. Every payload carries a [`Stamp`]; a packet counts once per (receiver, sender,
 //! stream, sequence), so loss, duplicates and reordering are exact.
+//!
+//! With [`Rig::carry_sequences`], RTP sequence numbers (and so SRTP indices) go on from one run
+//! to the next, so that the runs of one rig through one bridge (`--find-max`,
+//! `--subscribe-cycle`) are never replays to its SRTP contexts.
+//!
+//! With [`Rig::subscribe`] each participant receives only the senders it subscribes to, and the
+//! accounting follows: only their copies are expected, and a copy from any other sender is
+//! misrouted.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -121,7 +129,8 @@ pub struct RunResult {
     pub sent_total: u64,
     /// Packets sent in the measured window.
     pub sent_packets: u64,
-    /// Copies the participants should have received from the window's packets.
+    /// Copies the participants should have received from the window's packets (with
+    /// [`Rig::subscribe`], of the senders each subscribed to).
     pub expected_packets: u64,
     /// Distinct copies received.
     pub received_packets: u64,
@@ -131,8 +140,9 @@ pub struct RunResult {
     pub duplicate_packets: u64,
     /// Copies that arrived after a later one of the same stream.
     pub reordered_packets: u64,
-    /// Copies delivered to the wrong participant (another conference, or the sender itself),
-    /// or (with SRTP) that did not unprotect with the receiver's keys.
+    /// Copies delivered to the wrong participant (another conference, the sender itself, or
+    /// with [`Rig::subscribe`] a receiver that did not subscribe to the sender), or (with SRTP)
+    /// that did not unprotect with the receiver's keys.
     pub misrouted_packets: u64,
     /// Bytes of distinct copies received.
     pub received_bytes: u64,
@@ -150,6 +160,8 @@ pub struct RunResult {
     pub achieved_pps: f64,
     /// True when the run was cut short.
     pub interrupted: bool,
+    /// K of [`Rig::subscribe`], if the participants subscribed.
+    pub subscribe: Option<usize>,
 }
 
 impl RunResult {
@@ -177,6 +189,16 @@ pub struct Rig {
     runs: u32,
     /// Participants from this index on also record into [`RunResult::far_latency_ns`].
     far_from: Option<usize>,
+    /// With [`Rig::subscribe`]: K, and per (receiver, sender's index in its conference) whether
+    /// the receiver subscribed to that sender (`n x participants`).
+    subscription: Option<(usize, Vec<bool>)>,
+    /// Per (participant, stream): the extended sequence number (SRTP index) of its next packet.
+    next_index: Vec<u64>,
+    /// [`Rig::carry_sequences`]: `next_index` and `rocs` go on from run to run.
+    carry: bool,
+    /// Per (receiver, sender's index in its conference, stream): rollover tracking for
+    /// unprotecting SRTP, kept from run to run like the indices.
+    rocs: Vec<replay::Stream>,
 }
 
 /// The SSRC of stream `k` of participant `g`.
@@ -187,8 +209,6 @@ pub fn ssrc(g: usize, k: usize) -> u32 {
 /// Per (receiver, sender, stream): which sequence numbers arrived.
 #[derive(Default, Clone)]
 struct Track {
-    /// Rollover tracking for unprotecting SRTP.
-    roc: replay::Stream,
     seen: Vec<u64>,
     max: Option<u64>,
     received: u64,
@@ -233,12 +253,73 @@ impl Rig {
         }
         Ok(Self {
             topo,
-            parts,
             streams,
             epoch: Instant::now(),
             runs: 0,
             far_from: None,
+            subscription: None,
+            next_index: vec![0; parts.len() * streams],
+            carry: false,
+            rocs: Vec::new(),
+            parts,
         })
+    }
+
+    /// `--subscribe K`: every participant subscribes to `k` senders of its conference, the
+    /// senders that follow it in the conference's order (wrapping around, itself skipped; in a
+    /// full mesh every sender then has K subscribers). A participant with fewer than `k` other
+    /// senders subscribes to all of them (with `--senders S`, a sender has S - 1, a receive-only
+    /// participant S). [`Rig::members`] then names each participant's senders for the target to
+    /// program, and a run expects only the copies of subscribed senders: a copy from any other
+    /// counts as misrouted.
+    ///
+    /// Fails when `k` exceeds every participant's number of other senders (a typo, not a
+    /// subscription to everyone: that is K = participants - 1 in a full mesh).
+    pub fn subscribe(&mut self, k: usize) -> anyhow::Result<()> {
+        let p = self.topo.participants;
+        let senders = self.topo.senders.min(p);
+        let most = if senders < p { senders } else { p - 1 };
+        anyhow::ensure!(
+            k <= most,
+            "--subscribe {k}: a participant has at most {most} other senders in its conference"
+        );
+        let mut wants = vec![false; self.parts.len() * p];
+        for g in 0..self.parts.len() {
+            let me = g % p;
+            let named = (1..p)
+                .map(|d| (me + d) % p)
+                .filter(|&s| s < senders)
+                .take(k);
+            for s in named {
+                wants[g * p + s] = true;
+            }
+        }
+        self.subscription = Some((k, wants));
+        Ok(())
+    }
+
+    /// Sequence numbers (SRTP indices) and the receivers' rollover tracking go on from run to
+    /// run instead of starting at 0 every run: for runs through one and the same target, whose
+    /// SRTP contexts take a run that starts at 0 again as replays. Leave it off when every run
+    /// has a fresh target: a fresh SRTP receiver assumes a rollover counter of 0.
+    pub fn carry_sequences(&mut self) {
+        self.carry = true;
+    }
+
+    /// Back to no subscriptions (everyone receives every other sender of its conference), as
+    /// before [`Rig::subscribe`]; [`Rig::members`] then names none.
+    pub fn unsubscribe(&mut self) {
+        self.subscription = None;
+    }
+
+    /// Whether participant `g` receives the sender with index `s` in its conference: a sender
+    /// other than itself it subscribed to (everyone but itself without [`Rig::subscribe`]).
+    fn wants(&self, g: usize, s: usize) -> bool {
+        let p = self.topo.participants;
+        match &self.subscription {
+            None => s != g % p,
+            Some((_, w)) => w[g * p + s],
+        }
     }
 
     /// Also records the latency of the copies received by participants `from..` apart (for
@@ -250,12 +331,20 @@ impl Rig {
     /// The conferences as a target must be programmed.
     pub fn members(&self) -> anyhow::Result<Vec<Vec<Member>>> {
         let mut confs = vec![Vec::new(); self.topo.conferences];
+        let n = self.topo.participants;
         for (g, p) in self.parts.iter().enumerate() {
+            let first = p.conf * n;
             confs[p.conf].push(Member {
                 name: format!("p{g}"),
                 addr: p.sock.local_addr()?,
                 ssrcs: (0..self.streams).map(|k| ssrc(g, k)).collect(),
                 srtp: p.srtp.as_ref().map(|s| s.params.clone()),
+                subscribe: self.subscription.as_ref().map(|_| {
+                    (0..n)
+                        .filter(|&s| self.wants(g, s))
+                        .map(|s| format!("p{}", first + s))
+                        .collect()
+                }),
             });
         }
         Ok(confs)
@@ -281,18 +370,29 @@ impl Rig {
         );
         self.runs += 1;
         let run = self.runs;
-        let done = AtomicBool::new(false);
+        if !self.carry {
+            self.next_index.fill(0);
+            self.rocs.clear();
+        }
+        let done = &AtomicBool::new(false);
+        let rocs = std::mem::take(&mut self.rocs);
         let this = &*self;
         // One bound for sender and receiver: packets stamped at or after it are measured.
         let warm_end_ns = self.now_ns() + opts.warmup.as_nanos() as u64;
-        std::thread::scope(|s| {
-            let rx = s.spawn(|| this.receive(run, warm_end_ns, &done, live));
+        let (result, sent, rocs) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let rx = s.spawn(move || this.receive(run, warm_end_ns, rocs, done, live));
             let tx = this.send(run, media, pids, load, (warm_end_ns, opts), live);
             std::thread::sleep(opts.drain);
             done.store(true, Relaxed);
-            let rx = rx.join().expect("receiver thread")?;
-            Ok(this.result(tx, rx, load))
-        })
+            let mut rx = rx.join().expect("receiver thread")?;
+            let (sent, rocs) = (tx.sent.clone(), std::mem::take(&mut rx.rocs));
+            Ok((this.result(tx, rx, load), sent, rocs))
+        })?;
+        for (next, n) in self.next_index.iter_mut().zip(sent) {
+            *next += n;
+        }
+        self.rocs = rocs;
+        Ok(result)
     }
 
     fn send(
@@ -344,6 +444,7 @@ impl Rig {
                     let i = g * k + j;
                     let due = ((el * st.pps) as u64).saturating_sub(sent[i]);
                     for _ in 0..due.min((MAX_BURST - used) as u64) {
+                        let index = self.next_index[i] + sent[i];
                         let stamp = Stamp {
                             run,
                             sender: g as u32,
@@ -352,10 +453,13 @@ impl Rig {
                             sent_ns: now_ns,
                         };
                         let len = match &p.srtp {
-                            None => traffic::write(&mut bufs[used], ssrc(g, j), &stamp, st.size),
+                            None => {
+                                traffic::write(&mut bufs[used], ssrc(g, j), index, &stamp, st.size)
+                            }
                             Some(s) => {
-                                let n = traffic::write(&mut plain, ssrc(g, j), &stamp, st.size);
-                                s.tx.protect_rtp(&plain[..n], stamp.seq, &mut bufs[used])
+                                let n =
+                                    traffic::write(&mut plain, ssrc(g, j), index, &stamp, st.size);
+                                s.tx.protect_rtp(&plain[..n], index, &mut bufs[used])
                                     .expect("room for SRTP")
                             }
                         };
@@ -385,6 +489,7 @@ impl Rig {
         Sent {
             window_sent: sent.iter().zip(&at_window).map(|(a, b)| a - b).collect(),
             sent_total: sent.iter().sum(),
+            sent,
             window: end.saturating_duration_since(start),
             cpu: cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
             interrupted,
@@ -395,6 +500,7 @@ impl Rig {
         &self,
         run: u32,
         warm_end_ns: u64,
+        mut rocs: Vec<replay::Stream>,
         done: &AtomicBool,
         live: &Live,
     ) -> anyhow::Result<Received> {
@@ -407,6 +513,7 @@ impl Rig {
         let p = self.topo.participants;
         let k = self.streams;
         let mut tracks = vec![Track::default(); self.parts.len() * p * k];
+        rocs.resize(tracks.len(), replay::Stream::default());
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
         let mut far = self.far_from.map(|_| latency.clone());
         let far_from = self.far_from.unwrap_or(usize::MAX);
@@ -434,7 +541,7 @@ impl Rig {
                         };
                         let pkt = match &self.parts[g].srtp {
                             None => &*pkt,
-                            Some(s) => match self.unprotect(&s.rx, g, pkt, &mut tracks) {
+                            Some(s) => match self.unprotect(&s.rx, g, pkt, &mut rocs) {
                                 Some(n) => &pkt[..n],
                                 None => {
                                     srtp_failed += 1;
@@ -451,6 +558,7 @@ impl Rig {
                         let sender = st.sender as usize;
                         if sender == g
                             || self.parts.get(sender).map(|s| s.conf) != Some(self.parts[g].conf)
+                            || !self.wants(g, sender % p)
                         {
                             misrouted += 1;
                             continue;
@@ -475,6 +583,7 @@ impl Rig {
         }
         Ok(Received {
             tracks,
+            rocs,
             latency,
             far,
             misrouted: misrouted + srtp_failed,
@@ -489,7 +598,7 @@ impl Rig {
         s: &Session,
         g: usize,
         pkt: &mut [u8],
-        tracks: &mut [Track],
+        rocs: &mut [replay::Stream],
     ) -> Option<usize> {
         let ssrc = u32::from_be_bytes(pkt.get(8..12)?.try_into().ok()?);
         let rel = ssrc.checked_sub(0x1000_0000)? as usize;
@@ -498,10 +607,10 @@ impl Rig {
         if sender >= self.parts.len() || stream >= self.streams {
             return None;
         }
-        let t = &mut tracks[(g * p + sender % p) * self.streams + stream];
-        let index = t.roc.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
+        let roc = &mut rocs[(g * p + sender % p) * self.streams + stream];
+        let index = roc.estimate(u16::from_be_bytes([pkt[2], pkt[3]]));
         let n = s.unprotect_rtp(pkt, index).ok()?;
-        t.roc.accept(index);
+        roc.accept(index);
         Some(n)
     }
 
@@ -515,7 +624,7 @@ impl Rig {
         for (g, part) in self.parts.iter().enumerate() {
             for s_local in 0..p {
                 let sender = part.conf * p + s_local;
-                if sender == g {
+                if !self.wants(g, s_local) {
                     continue;
                 }
                 for j in 0..k {
@@ -548,6 +657,7 @@ impl Rig {
                 * (self.topo.conferences * self.topo.senders.min(p)) as f64,
             achieved_pps: sent_packets as f64 / secs,
             interrupted: tx.interrupted,
+            subscribe: self.subscription.as_ref().map(|(k, _)| *k),
         }
     }
 }
@@ -555,6 +665,8 @@ impl Rig {
 struct Sent {
     window_sent: Vec<u64>,
     sent_total: u64,
+    /// Per (participant, stream), warm-up included.
+    sent: Vec<u64>,
     window: Duration,
     cpu: Option<u64>,
     interrupted: bool,
@@ -562,6 +674,7 @@ struct Sent {
 
 struct Received {
     tracks: Vec<Track>,
+    rocs: Vec<replay::Stream>,
     latency: Histogram<u64>,
     far: Option<Histogram<u64>>,
     misrouted: u64,

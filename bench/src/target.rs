@@ -75,6 +75,9 @@ pub struct Member {
     pub ssrcs: Vec<u32>,
     /// SRTP parameters, when the rig runs with `--srtp`.
     pub srtp: Option<pb::SrtpParams>,
+    /// With `--subscribe`: the endpoint ids of the senders it subscribes to (programmed with
+    /// `SetSubscription` once the whole conference is added); `None`: everyone (the default).
+    pub subscribe: Option<Vec<String>>,
 }
 
 /// A programmed forwarder.
@@ -186,6 +189,12 @@ impl Target {
                 if conferences.iter().flatten().any(|m| m.srtp.is_some()) {
                     bail!("{} has no SRTP: use --srtp with uring or mio", kind.label());
                 }
+                if conferences.iter().flatten().any(|m| m.subscribe.is_some()) {
+                    bail!(
+                        "{} has no subscriptions: use --subscribe with uring or mio",
+                        kind.label()
+                    );
+                }
                 let groups = Groups {
                     groups: conferences
                         .iter()
@@ -216,7 +225,8 @@ impl Target {
         }
     }
 
-    /// Programs `conferences` into the bridge whose API is at `api` ("host:port").
+    /// Programs `conferences` into the bridge whose API is at `api` ("host:port"): each
+    /// conference, its endpoints, then the subscriptions of those that have one.
     pub async fn remote(
         api: &str,
         conferences: &[Vec<Member>],
@@ -251,7 +261,7 @@ impl Target {
                 media = Some(r.into_inner().media_addr.parse()?);
             }
         }
-        Ok(Self {
+        let mut t = Self {
             label: format!("ringbridge at {api}"),
             media: media.context("no participants to program")?,
             pid,
@@ -260,7 +270,36 @@ impl Target {
             client: Some(client),
             conferences: ids,
             setup: None,
-        })
+        };
+        if conferences.iter().flatten().any(|m| m.subscribe.is_some()) {
+            t.set_subscriptions(conferences).await?;
+        }
+        Ok(t)
+    }
+
+    /// Programs every member's subscription (`SetSubscription`): the senders it names, or
+    /// everyone (`all`) for a member without one. `conferences` must be those the target was
+    /// programmed with (the same members, in the same order).
+    pub async fn set_subscriptions(&mut self, conferences: &[Vec<Member>]) -> anyhow::Result<()> {
+        let client = self
+            .client
+            .as_mut()
+            .context("subscriptions need a ringbridge target")?;
+        for (id, members) in self.conferences.iter().zip(conferences) {
+            for m in members {
+                client
+                    .set_subscription(pb::SetSubscriptionRequest {
+                        conference_id: id.clone(),
+                        endpoint_id: m.name.clone(),
+                        all: m.subscribe.is_none(),
+                        endpoints: m.subscribe.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("SetSubscription {id}/{}", m.name))?;
+            }
+        }
+        Ok(())
     }
 
     /// The bridge's own counters, when it has an API.

@@ -78,14 +78,11 @@ pub struct Stamp {
 }
 
 /// Writes an RTP packet of `size` bytes (at least [`MIN_PACKET`]) carrying `stamp` into `buf`.
-pub fn write(buf: &mut [u8], ssrc: u32, stamp: &Stamp, size: usize) -> usize {
+/// `index` is the packet's extended sequence number (its SRTP index): the header carries its
+/// low 16 bits and a timestamp of `index` x 960.
+pub fn write(buf: &mut [u8], ssrc: u32, index: u64, stamp: &Stamp, size: usize) -> usize {
     let size = size.clamp(MIN_PACKET, buf.len());
-    write_rtp_header(
-        buf,
-        ssrc,
-        stamp.seq as u16,
-        (stamp.seq as u32).wrapping_mul(960),
-    );
+    write_rtp_header(buf, ssrc, index as u16, (index as u32).wrapping_mul(960));
     let p = &mut buf[RTP_HEADER_LEN..];
     p[0..4].copy_from_slice(&MAGIC.to_be_bytes());
     p[4..8].copy_from_slice(&stamp.run.to_be_bytes());
@@ -123,7 +120,7 @@ mod tests {
             sent_ns: 123_456_789,
         };
         let mut buf = [0u8; MAX_PACKET];
-        let n = write(&mut buf, 9, &s, 160);
+        let n = write(&mut buf, 9, 5, &s, 160);
         assert_eq!(n, 160);
         assert_eq!(read(&buf[..n]), Some(s));
         assert_eq!(read(&buf[..20]), None);

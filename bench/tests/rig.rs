@@ -125,6 +125,56 @@ async fn through_ringbridge(srtp: Option<Profile>) {
     server.await.unwrap().unwrap();
 }
 
+/// With `--subscribe 1` each of 3 participants receives only the sender after it: one copy
+/// per packet is expected, and every one arrives from the right sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_through_ringbridge_with_subscriptions() {
+    let running = bridge::start(Config {
+        media: "127.0.0.1:0".parse().unwrap(),
+        api: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        engine: Choice::Auto,
+        advertise: None,
+        tuning: Default::default(),
+        limits: Default::default(),
+        keyframe_interval_ms: 500,
+        ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
+    })
+    .await
+    .unwrap();
+    let api = running.api;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(running.serve(async {
+        let _ = stop_rx.await;
+    }));
+    let mut rig = Rig::new(topo(), 2).unwrap();
+    assert!(
+        rig.subscribe(3).is_err(),
+        "3 participants: at most 2 others"
+    );
+    rig.subscribe(1).unwrap();
+    let members = rig.members().unwrap();
+    assert_eq!(members[0][0].subscribe, Some(vec!["p1".to_string()]));
+    assert_eq!(members[1][2].subscribe, Some(vec!["p3".to_string()]));
+    let target = Target::remote(&api.to_string(), &members, None)
+        .await
+        .unwrap();
+    let media = target.media;
+    let r = tokio::task::block_in_place(|| rig.run(media, &[], &load(), &opts(), &Live::default()))
+        .unwrap();
+    assert_eq!(r.subscribe, Some(1));
+    assert_eq!(
+        r.expected_packets, r.sent_packets,
+        "one subscribed sender each"
+    );
+    assert_eq!(r.received_packets, r.expected_packets);
+    assert_eq!(r.lost_packets, 0);
+    assert_eq!(r.misrouted_packets, 0);
+    target.close().await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_and_cpu_through_a_spawned_baseline() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_floor-forwarder"));

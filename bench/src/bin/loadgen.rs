@@ -83,6 +83,31 @@ struct Cli {
     /// AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM, AEAD_AES_256_GCM); ringbridge targets only.
     #[arg(long, value_parser = parse_profile)]
     srtp: Option<Profile>,
+    /// Each participant subscribes (SetSubscription) to K senders of its conference: the ones
+    /// after it in the conference's order, wrapping, itself skipped (all of them when it has
+    /// fewer); participants - 1 is an explicit subscription to everyone. Copies are expected
+    /// only from subscribed senders; any other counts as misrouted. ringbridge targets only.
+    #[arg(long, value_name = "K")]
+    subscribe: Option<usize>,
+    /// Instead of one run: `--rounds` rounds of windows on one bridge and one rig, a window per
+    /// item of this list in turn, each `--warmup` (which lets the bridge apply the change) then
+    /// `--duration` measured: `plain` (no subscriptions) or K (as `--subscribe K`), e.g.
+    /// `plain,8,4`. Subscriptions are reprogrammed before each window. The JSON report lists
+    /// every window. ringbridge targets only.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_window,
+        conflicts_with_all = ["subscribe", "find_max"]
+    )]
+    subscribe_cycle: Vec<Window>,
+    /// Rounds of --subscribe-cycle.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// With --subscribe-cycle: sample the bridge with `perf record -e cpu-clock` during every
+    /// window for the share of its CPU spent in user mode (needs `perf` and the bridge's PID).
+    #[arg(long)]
+    user_share: bool,
     /// Address the participants' sockets bind to (must be reachable from the bridge).
     #[arg(long, default_value = "127.0.0.1")]
     bind_ip: IpAddr,
@@ -92,6 +117,120 @@ struct Cli {
     /// No progress line and no table (JSON only).
     #[arg(long)]
     quiet: bool,
+}
+
+/// One window of `--subscribe-cycle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// No subscriptions.
+    Plain,
+    /// Every participant subscribed to K senders.
+    Subscribe(usize),
+}
+
+impl Window {
+    fn label(self) -> String {
+        match self {
+            Window::Plain => "plain".into(),
+            Window::Subscribe(k) => format!("subscribe {k}"),
+        }
+    }
+}
+
+fn parse_window(s: &str) -> Result<Window, String> {
+    match s {
+        "plain" => Ok(Window::Plain),
+        k => k
+            .parse()
+            .map(Window::Subscribe)
+            .map_err(|_| format!("expected plain or a number of senders, not {k:?}")),
+    }
+}
+
+/// One window of `--subscribe-cycle` in the JSON report.
+#[derive(Debug, serde::Serialize)]
+struct CycleWindow {
+    /// Round, from 1.
+    round: usize,
+    /// `plain` or `subscribe K`.
+    window: String,
+    /// Share of the bridge's CPU samples in user mode (`--user-share`).
+    user_share: Option<f64>,
+    /// The window's report.
+    report: Report,
+}
+
+/// The JSON report of `--subscribe-cycle`.
+#[derive(Debug, serde::Serialize)]
+struct CycleReport {
+    /// What the traffic flowed through.
+    target: String,
+    /// The windows of a round, in order.
+    cycle: Vec<String>,
+    /// Every window, in the order run.
+    windows: Vec<CycleWindow>,
+}
+
+/// `--subscribe-cycle`: rounds of windows on one bridge, subscriptions reprogrammed between
+/// them, so that the windows compared share the machine's state as closely as they can.
+fn cycle(
+    cli: &Cli,
+    rt: &tokio::runtime::Runtime,
+    rig: &mut Rig,
+    target: &mut Target,
+    (topo, load, opts): (&Topology, &Load, &RunOpts),
+) -> anyhow::Result<CycleReport> {
+    let pid = target.pid;
+    if cli.user_share && pid.is_none() {
+        bail!("--user-share needs the bridge's PID (--spawn, or --api with --bridge-pid)");
+    }
+    let mut windows = Vec::new();
+    for round in 1..=cli.rounds {
+        for &w in &cli.subscribe_cycle {
+            match w {
+                Window::Plain => rig.unsubscribe(),
+                Window::Subscribe(k) => rig.subscribe(k)?,
+            }
+            rt.block_on(target.set_subscriptions(&rig.members()?))?;
+            let sampler = pid
+                .filter(|_| cli.user_share)
+                .and_then(ringbridge_bench::cpu::UserSampler::start);
+            let r = rig.run(target.media, &target.pids(), load, opts, &Live::default())?;
+            let user_share = sampler.and_then(|s| s.finish());
+            let report = Report::new(&target.label, topo, load, cli.warmup, &r);
+            if !cli.quiet {
+                eprintln!(
+                    "round {round} {:<12} {:>6.0} ns/copy  {:>5.1}% of a core  user share {}  lost {}  misrouted {}",
+                    w.label(),
+                    report
+                        .bridge_cpu_ns_per_forwarded_packet
+                        .unwrap_or(f64::NAN),
+                    report.bridge_cpu_percent.unwrap_or(f64::NAN),
+                    user_share.map_or("-".into(), |u| format!("{:.2}%", u * 100.0)),
+                    report.lost_packets,
+                    report.misrouted_packets
+                );
+            }
+            let interrupted = report.interrupted;
+            windows.push(CycleWindow {
+                round,
+                window: w.label(),
+                user_share,
+                report,
+            });
+            if interrupted {
+                break;
+            }
+        }
+        if opts.stop.load(Relaxed) {
+            break;
+        }
+    }
+    Ok(CycleReport {
+        target: target.label.clone(),
+        cycle: cli.subscribe_cycle.iter().map(|w| w.label()).collect(),
+        windows,
+    })
 }
 
 fn parse_profile(s: &str) -> Result<Profile, String> {
@@ -162,8 +301,13 @@ fn main() -> anyhow::Result<()> {
     };
     let mut rig =
         Rig::new(topo.clone(), load.streams.len()).context("binding participant sockets")?;
+    // Every run of this process goes through the one target.
+    rig.carry_sequences();
+    if let Some(k) = cli.subscribe {
+        rig.subscribe(k)?;
+    }
     let members = rig.members()?;
-    let target = rt.block_on(async {
+    let mut target = rt.block_on(async {
         match (&cli.api, cli.spawn) {
             (Some(api), None) => Target::remote(api, &members, cli.bridge_pid).await,
             (None, Some(kind)) => Target::spawn(kind, &members, cli.workers, !cli.no_pin).await,
@@ -176,6 +320,15 @@ fn main() -> anyhow::Result<()> {
         drain: Duration::from_millis(cli.drain_ms),
         stop: stop.clone(),
     };
+    if !cli.subscribe_cycle.is_empty() {
+        let report = cycle(&cli, &rt, &mut rig, &mut target, (&topo, &load, &opts))?;
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        rt.block_on(target.close());
+        return Ok(());
+    }
     let live = Live::default();
     let bar = (!cli.quiet).then(|| {
         let total = ((cli.warmup + cli.duration) * 10.0) as u64;

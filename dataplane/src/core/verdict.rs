@@ -94,9 +94,13 @@ impl<'t, T> Dests<'t, T> {
         }
     }
 
-    /// True when there is nobody to send to.
+    /// True when there is nobody to send to (with subscriptions, stops at the first taker).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        if self.wants.is_empty() {
+            self.len() == 0
+        } else {
+            self.iter().next().is_none()
+        }
     }
 
     /// The destinations, in a stable order.
