@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run serve test bench bench-webrtc perf fuzz loadgen lint fmt build toolchain sim etcd chromium
+.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -94,6 +94,14 @@ fmt:
 perf: toolchain
 	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
 	./target/release/ringbridge-perf --out perf/results
+
+## Subscriptions vs plain fan-out (bridge CPU per copy, interleaved windows; ~8 min) and a
+## 50-person room with last-N 4 -> perf/results/<date>-{subscriptions,room50-lastn4}.json
+bench-subscriptions: toolchain
+	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
+	bash bench/subscriptions.sh perf/results/$(shell date +%F)-subscriptions.json
+	ROUNDS=6 SECS=4 P=50 CONFS=1 PPS=40 CYCLE=plain,4 bash bench/subscriptions.sh \
+		perf/results/$(shell date +%F)-room50-lastn4.json
 
 ## WebRTC measurements (a few minutes on 2 cores; see docs/measuring.md): DTLS handshakes per
 ## second per core, POST /whep -> first decoded frame over 50 aiortc viewers, and RTP forwarding
