@@ -637,6 +637,7 @@ mod tests {
                         media: None,
                         subscription: None,
                         last_n: 0,
+                        owner: String::new(),
                     },
                     0,
                 )

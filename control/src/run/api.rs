@@ -94,6 +94,7 @@ impl Focus for FocusService {
             media: None,
             subscription: None,
             last_n: r.last_n,
+            owner: String::new(),
             conference: r.conference,
             participant_id: r.participant_id,
             region: r.region,

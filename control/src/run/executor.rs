@@ -472,6 +472,7 @@ mod tests {
                 media: None,
                 subscription: None,
                 last_n: 0,
+                owner: String::new(),
             },
             if_absent,
         };

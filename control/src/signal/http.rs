@@ -420,6 +420,7 @@ async fn whip(
         media: Some(publish.media.clone()),
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     };
     let placed = place(&c, join, |_, _| Ok(())).await?;
     tracing::info!(%stream, %session, bridge = %placed.bridge, "WHIP session: publishing");
@@ -453,6 +454,7 @@ async fn whep(
         media: None,
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     };
     let mut play = None;
     let placed = place(&c, join, |f, j| {

@@ -180,6 +180,7 @@ fn session_join(conference: &str, session: &str, query: Option<&str>) -> JoinReq
         media: None,
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     }
 }
 
@@ -203,6 +204,7 @@ async fn publish(
         // It sends; what it receives comes over its watch sessions.
         subscription: Some(Vec::new()),
         last_n: 0,
+        owner: String::new(),
         ..session_join(&conference, &session, query.as_deref())
     };
     let placed = place(&c, join, |_, _| Ok(())).await?;
@@ -233,9 +235,18 @@ async fn watch(
     };
     let session = format!("sub-{}", random_chars(SESSION_CHARS));
     let w = webrtc(&offer);
+    // The page's own publish session: last-N counts the speakers other than it.
+    let owner = query_param(query.as_deref(), "owner").unwrap_or_default();
+    if !owner.is_empty() && (!owner.starts_with("pub-") || owner.len() > 64) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("owner: {} is not a publish session", quoted(&owner)),
+        ));
+    }
     let join = JoinRequest {
         webrtc: Some(w.clone()),
         last_n,
+        owner,
         ..session_join(&conference, &session, query.as_deref())
     };
     let mut play = None;

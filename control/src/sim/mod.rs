@@ -411,6 +411,7 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
                         media: None,
                         subscription: None,
                         last_n: 0,
+                        owner: String::new(),
                     };
                     let ok = w.focus.join(req, now_ms).is_ok_and(|plan| w.run(plan));
                     if ok {

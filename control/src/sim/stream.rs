@@ -113,6 +113,7 @@ pub fn run(cfg: &StreamSimConfig, progress: &mut dyn FnMut(u64)) -> StreamReport
         media: None,
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     };
     let plan = focus
         .join(publisher.clone(), 0)

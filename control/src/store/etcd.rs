@@ -779,6 +779,7 @@ mod tests {
             media: None,
             subscription: None,
             last_n: 0,
+            owner: String::new(),
         };
         m.apply(&Change::Placed {
             conference: "c".into(),

@@ -257,6 +257,7 @@ mod tests {
                 media: None,
                 subscription: None,
                 last_n: 0,
+                owner: String::new(),
             },
         }
     }

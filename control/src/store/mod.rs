@@ -119,6 +119,10 @@ pub struct Participant {
     /// Last-N: it receives the video of only this many most recent speakers (0: no limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub last_n: u32,
+    /// The participant this one receives for (a room's watch session: its page's publish
+    /// session): last-N counts the speakers other than it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -147,6 +151,7 @@ impl Participant {
             media: None,
             subscription: None,
             last_n: 0,
+            owner: String::new(),
         }
     }
 }

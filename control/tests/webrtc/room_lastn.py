@@ -4,9 +4,9 @@ wrote).
 Five participants (A, B, C in the first region, D and E in the second) publish a small video and
 an audio track into the room and watch each other with last_n=2. A speaks (a loud tone; the
 others send silence), then B, then C. The room's events must announce A, B, C as dominant
-speaker in that order; then, counted per publisher at each receiver over a window, every
-receiver gets the video of exactly the two most recent speakers (C and B; B and C themselves
-get the other one), counted in RTP packets per SSRC at the receiver, and the audio of everyone.
+speaker in that order; then every receiver gets the video of exactly the two most recent
+speakers other than itself (C and B; B gets C and A, C gets B and A), counted in RTP packets per
+SSRC at the receiver, and the audio of everyone.
 
 Usage: room_lastn.py HTTP_BASE ROOM REGION1 REGION2
 Prints one JSON line; exits 1 on failure.
@@ -184,7 +184,7 @@ async def main() -> int:
             w.pc.addTransceiver("video", direction="recvonly")
             w.pc.addTransceiver("audio", direction="recvonly")
             w.session = await negotiate(
-                w.pc, base, f"{rb}/watch/{q.id}?region={p.region}&last_n=2"
+                w.pc, base, f"{rb}/watch/{q.id}?region={p.region}&last_n=2&owner={p.id}"
             )
             p.watches[q.name] = w
     # Everyone hears everyone before anyone speaks.
@@ -219,7 +219,8 @@ async def main() -> int:
     for p in people:
         video = sorted(k for k in p.watches if after[p.name][k][0] - before[p.name][k][0] >= 10)
         silent_audio = sorted(k for k in p.watches if after[p.name][k][1] - before[p.name][k][1] < 50)
-        want = sorted(x for x in "BC" if x != p.name)
+        # The two most recent speakers other than the receiver itself (C, B, A in that order).
+        want = sorted([x for x in "CBA" if x != p.name][:2])
         report["receivers"][p.name] = {
             "video_from": video,
             "want": want,

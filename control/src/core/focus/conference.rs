@@ -252,6 +252,8 @@ impl Focus {
             && x.region == req.region
             && x.role == req.role
             && x.subscription == req.subscription
+            && x.last_n == req.last_n
+            && x.owner == req.owner
             && same_srtp)
             .then(|| Done::Joined {
                 bridge: x.bridge.clone(),
@@ -359,6 +361,7 @@ impl Focus {
             media: req.media.map(Box::new),
             subscription: req.subscription,
             last_n: req.last_n,
+            owner: req.owner,
         };
         let mut calls = Vec::with_capacity(2 + 2 * hosting.len());
         let mut links = Vec::new();

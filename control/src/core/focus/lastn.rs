@@ -163,7 +163,8 @@ impl Focus {
         let needs_n = p.participants.values().map(|x| x.last_n).max().unwrap_or(0);
         let (audio, video_of): (Vec<u32>, Vec<&str>) = if needs_n > 0 {
             let audio = p.participants.values().flat_map(audio_ssrcs).collect();
-            (audio, self.last_n(conference, p, needs_n as usize))
+            // One more than asked: a receiver's own publisher is left out of its last-N.
+            (audio, self.last_n(conference, p, needs_n as usize + 1))
         } else {
             (Vec::new(), Vec::new())
         };
@@ -173,7 +174,8 @@ impl Focus {
                 x.subscription.clone()
             } else {
                 let mut allowed: BTreeSet<u32> = audio.iter().copied().collect();
-                for v in video_of.iter().take(x.last_n as usize) {
+                let others = video_of.iter().filter(|v| **v != x.owner && **v != id);
+                for v in others.take(x.last_n as usize) {
                     allowed.extend(p.participants[*v].ssrcs.iter().copied());
                 }
                 Some(match &x.subscription {

@@ -239,6 +239,9 @@ pub struct JoinRequest {
     pub subscription: Option<Vec<u32>>,
     /// Last-N (0: no limit).
     pub last_n: u32,
+    /// The participant it receives for (a room's watch session: its page's publish session),
+    /// left out of its last-N; empty: none.
+    pub owner: String,
 }
 
 /// What a committed operation produced.

@@ -66,6 +66,7 @@ pub(super) fn join(conf: &str, who: &str, region: &str) -> JoinRequest {
         media: None,
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     }
 }
 
@@ -785,6 +786,7 @@ fn restored_placements_wait_for_their_bridges_then_move() {
                     media: None,
                     subscription: None,
                     last_n: 0,
+                    owner: String::new(),
                 },
             )]
             .into(),

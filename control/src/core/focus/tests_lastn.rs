@@ -51,6 +51,7 @@ fn publisher(who: &str, n: u32, region: &str) -> JoinRequest {
         }),
         subscription: Some(Vec::new()),
         last_n: 0,
+        owner: String::new(),
     }
 }
 
@@ -129,6 +130,20 @@ fn last_n_follows_the_speakers_and_relays_carry_what_the_far_side_wants() {
             "subscribe Relay(\"eu-1\") Some([10, 20, 30, 31])@us-1",
         ]
     );
+    // A receiver for c's own page (owner c) gets the most recent speaker other than c: a
+    // (filled by id, as nobody else spoke).
+    let p = f
+        .join(
+            JoinRequest {
+                owner: "c".into(),
+                ..watch("ca", 1, "us", 1)
+            },
+            0,
+        )
+        .unwrap();
+    run_ok(&mut f, p);
+    let want = f.desired_subscriptions("room");
+    assert_eq!(get(&want, "us-1", ep("ca")), &Some(vec![10, 11]));
     // A report from a bridge that does not host the speaker is ignored.
     f.observe_audio("eu-1", &[("room".into(), "c".into(), 120.0)], 2100);
     assert_eq!(f.speakers("room").unwrap().recent(), ["c"]);

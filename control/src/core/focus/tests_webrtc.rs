@@ -47,6 +47,7 @@ fn publisher(s: &str, who: &str, region: &str) -> JoinRequest {
         media: Some(MediaDescription::default()),
         subscription: None,
         last_n: 0,
+        owner: String::new(),
     }
 }
 
@@ -58,6 +59,7 @@ fn viewer(s: &str, who: &str, region: &str) -> JoinRequest {
         media: None,
         subscription: None,
         last_n: 0,
+        owner: String::new(),
         ..publisher(s, who, region)
     }
 }

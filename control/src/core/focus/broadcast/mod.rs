@@ -389,6 +389,7 @@ impl Focus {
             media: req.media.map(Box::new),
             subscription: req.subscription,
             last_n: req.last_n,
+            owner: req.owner,
         };
         calls.push(self.call(
             &bridge,
@@ -672,6 +673,7 @@ mod tests {
             media: None,
             subscription: None,
             last_n: 0,
+            owner: String::new(),
         }
     }
 
@@ -684,6 +686,7 @@ mod tests {
             media: None,
             subscription: None,
             last_n: 0,
+            owner: String::new(),
             ..viewer(s, who, region)
         }
     }
