@@ -184,8 +184,7 @@ struct StreamState {
     rtp: FxHashMap<(EndpointUid, u32), replay::Stream>,
     /// SRTCP replay windows of SRTP senders.
     rtcp_in: FxHashMap<(EndpointUid, u32), replay::Window>,
-    /// SRTCP index counters for plain RTCP senders whose packets go to SRTP receivers, from
-    /// [`srtp::first_srtcp_index`] (never reused by a later process under the same keys).
+    /// SRTCP index counters for plain RTCP senders whose packets go to SRTP receivers.
     rtcp_out: FxHashMap<(EndpointUid, u32), u32>,
     /// Replay windows of relay links, per (relay uid, sending worker).
     relay_in: FxHashMap<(u64, u16), replay::Window>,
@@ -565,10 +564,7 @@ fn decide<'t>(
             (pkt.len(), index)
         }
         (None, None) if conf.srtp_out() => {
-            let n = streams
-                .rtcp_out
-                .entry(key)
-                .or_insert_with(srtp::first_srtcp_index);
+            let n = streams.rtcp_out.entry(key).or_insert(0);
             *n = (*n + 1) & 0x7fff_ffff;
             (pkt.len(), u64::from(*n))
         }
@@ -720,10 +716,7 @@ fn decide_relay<'t>(
                     Select::AllBut(usize::MAX)
                 };
                 let index = if conf.srtp_out() {
-                    let n = streams
-                        .rtcp_out
-                        .entry((r.uid, s.sender_ssrc))
-                        .or_insert_with(srtp::first_srtcp_index);
+                    let n = streams.rtcp_out.entry((r.uid, s.sender_ssrc)).or_insert(0);
                     *n = (*n + 1) & 0x7fff_ffff;
                     u64::from(*n)
                 } else {

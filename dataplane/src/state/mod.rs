@@ -517,7 +517,7 @@ impl BridgeState {
                 webrtc,
                 subscription: None,
                 audio: None,
-                rtcp_index: crate::srtp::first_srtcp_index(),
+                rtcp_index: 0,
             },
         );
         Ok(uid)
