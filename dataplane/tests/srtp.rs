@@ -249,7 +249,50 @@ async fn no_latch_without_authentication(engine: &str) {
     assert_eq!(d.srtp_auth_failed, 1);
 }
 
+/// A plain sender's RTCP reaches an SRTP receiver numbered by the bridge; a bridge process that
+/// replaces another (the conference moved, a restart) under the same SDES keys numbers it past
+/// every index the earlier process used: no SRTCP index (an AES-GCM nonce) is used twice under
+/// one key, and the receiver's replay window takes the new ones.
+async fn a_replacing_bridge_never_reuses_an_srtcp_index(engine: &str) {
+    let plain = Party::new("plain", 7100);
+    let gcm = Keys::new(Profile::AeadAes128Gcm, 9);
+    let receiver = Party::new("gcm", 7101);
+    let session = gcm.session(&gcm.bridge_key);
+    let mut replay = ringbridge_dataplane::srtp::replay::Window::default();
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let mut b = Bridge::start(engine).await;
+        b.conference("s").await;
+        b.add("s", &plain, false).await;
+        b.add_with("s", &receiver, false, Some(gcm.params())).await;
+        for _ in 0..3 {
+            plain.send(
+                b.media,
+                &ringbridge_dataplane::testkit::sender_report(plain.ssrc),
+            );
+        }
+        let got = collect(&receiver.sock, 3, Duration::from_millis(300));
+        assert_eq!(got.len(), 3, "round {round}");
+        for mut pkt in got {
+            let i = session.rtcp_index(&pkt).unwrap();
+            // What a receiver's SRTCP replay check does: an index used before is refused.
+            replay.check(u64::from(i)).unwrap_or_else(|e| {
+                panic!("round {round}: index {i} reused or too old ({e:?}); earlier {seen:?}")
+            });
+            replay.accept(u64::from(i));
+            session.unprotect_rtcp(&mut pkt).unwrap();
+            seen.push(i);
+        }
+        drop(b); // killed: the next round is another process with the same keys
+    }
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "{seen:?}");
+}
+
 per_engine!(
+    a_replacing_bridge_never_reuses_an_srtcp_index,
     mixed_profiles_and_rollover,
     srtcp_between_profiles,
     replay_and_tamper_rejected,

@@ -564,7 +564,10 @@ fn decide<'t>(
             (pkt.len(), index)
         }
         (None, None) if conf.srtp_out() => {
-            let n = streams.rtcp_out.entry(key).or_insert(0);
+            let n = streams
+                .rtcp_out
+                .entry(key)
+                .or_insert_with(srtp::first_srtcp_index);
             *n = (*n + 1) & 0x7fff_ffff;
             (pkt.len(), u64::from(*n))
         }

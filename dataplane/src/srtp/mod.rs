@@ -116,3 +116,42 @@ pub fn rtp_header_len(pkt: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests;
+
+/// SRTCP indices per second of wall-clock time [`first_srtcp_index`] moves by.
+pub const SRTCP_INDEX_PER_SEC: u64 = 256;
+
+/// The first SRTCP index this process gives an RTCP stream it numbers itself (a plain sender's
+/// RTCP protected for an SRTP receiver, the bridge's own RTCP): [`SRTCP_INDEX_PER_SEC`] per
+/// second of wall-clock time since the Unix epoch, mod 2^31. A bridge process that replaces
+/// another under the same SDES keys (a conference moved, a restart) thus starts past every
+/// index the earlier one used, as long as that one sent fewer than 256 RTCP packets per second
+/// on the stream: an index is never used twice under one key (AES-GCM's nonce), and the
+/// receiver's replay window takes the jump forward. The 31-bit index wraps after 97 days of
+/// wall-clock time, which SDES keys should not outlive (RFC 3711 9.2: rekey before it wraps).
+pub fn first_srtcp_index() -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    srtcp_index_at(now.as_millis() as u64)
+}
+
+/// [`first_srtcp_index`] at `unix_ms`.
+pub fn srtcp_index_at(unix_ms: u64) -> u32 {
+    ((unix_ms.wrapping_mul(SRTCP_INDEX_PER_SEC) / 1000) & 0x7fff_ffff) as u32
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn a_later_process_starts_past_an_earlier_one() {
+        // A process started at t sent 255 RTCP packets per second for an hour; its successor,
+        // started right after, starts past all of them.
+        let t = 1_796_000_000_000;
+        let last_of_earlier = srtcp_index_at(t) + 255 * 3600;
+        assert!(srtcp_index_at(t + 3_600_000) > last_of_earlier);
+        assert!(srtcp_index_at(t) <= 0x7fff_ffff);
+        assert_ne!(first_srtcp_index(), 0);
+    }
+}

@@ -517,7 +517,7 @@ impl BridgeState {
                 webrtc,
                 subscription: None,
                 audio: None,
-                rtcp_index: 0,
+                rtcp_index: crate::srtp::first_srtcp_index(),
             },
         );
         Ok(uid)
