@@ -353,12 +353,10 @@ pub(super) fn webrtc(offer: &Offer) -> WebRtc {
 }
 
 /// `201 Created` with the answer and the session's `Location`.
-fn created(kind: Kind, stream: &str, session: &str, sdp: String) -> Response {
-    let location = format!(
-        "/{}/{}/{session}",
-        kind.path(),
-        utf8_percent_encode(stream, SEGMENT)
-    );
+/// `201 Created` with the answer, the session's `Location` (`/{prefix}/{name}/{session}`) and
+/// its `ETag`.
+pub(super) fn created(prefix: &str, name: &str, session: &str, sdp: String) -> Response {
+    let location = format!("/{prefix}/{}/{session}", utf8_percent_encode(name, SEGMENT));
     let mut r = (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/sdp")],
@@ -425,7 +423,7 @@ async fn whip(
     let placed = place(&c, join, |_, _| Ok(())).await?;
     tracing::info!(%stream, %session, bridge = %placed.bridge, "WHIP session: publishing");
     let sdp = answer_text(&offer, &publish.sections, &w, &placed);
-    Ok(created(Kind::Whip, &stream, &session, sdp))
+    Ok(created(Kind::Whip.path(), &stream, &session, sdp))
 }
 
 async fn whep(
@@ -468,7 +466,7 @@ async fn whep(
     let play = play.expect("negotiated before the join");
     tracing::info!(%stream, %session, bridge = %placed.bridge, "WHEP session: playing");
     let sdp = answer_text(&offer, &play.sections, &w, &placed);
-    Ok(created(Kind::Whep, &stream, &session, sdp))
+    Ok(created(Kind::Whep.path(), &stream, &session, sdp))
 }
 
 /// 404 unless `session` is a live WebRTC session of `kind` on `stream`.
@@ -507,15 +505,25 @@ async fn end(
 ) -> Result<Response, HttpError> {
     c.check_active().await.map_err(from_status)?;
     find_session(&c, kind, &stream, &session)?;
+    leave(&c, &stream, &session).await?;
+    tracing::info!(%stream, %session, "{} session ended by DELETE", kind.path());
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Makes session `session` of `conference` leave through the focus, acknowledged once durable.
+pub(super) async fn leave(
+    c: &Arc<Control>,
+    conference: &str,
+    session: &str,
+) -> Result<(), HttpError> {
     c.check_store().map_err(from_status)?;
     let plan = c
-        .submit(&stream, |f, _| f.leave(&stream, &session))
+        .submit(conference, |f, _| f.leave(conference, session))
         .await
         .map_err(from_status)?;
     c.run(plan).await.result.map_err(from_focus)?;
     c.durable().await.map_err(from_status)?;
-    tracing::info!(%stream, %session, "{} session ended by DELETE", kind.path());
-    Ok(StatusCode::OK.into_response())
+    Ok(())
 }
 
 async fn trickle(

@@ -23,18 +23,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use percent_encoding::utf8_percent_encode;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::answer;
 use super::http::{
-    HttpError, SEGMENT, SESSION_CHARS, answer_text, bad_offer, from_focus, from_status, offer_body,
+    HttpError, SESSION_CHARS, answer_text, bad_offer, created, from_status, leave, offer_body,
     place, preflight, query_param, quoted, random_chars, webrtc,
 };
 use super::sdp;
@@ -147,24 +146,6 @@ fn publisher_of(
     }
 }
 
-/// `201 Created` with the answer and the session's `Location` (`/room/{conference}/{session}`).
-fn created(conference: &str, session: &str, sdp: String) -> Response {
-    let location = format!(
-        "/room/{}/{session}",
-        utf8_percent_encode(conference, SEGMENT)
-    );
-    let mut r = (
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/sdp")],
-        sdp,
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
-}
-
 /// A publish or watch session's participant: WebRTC, in a conference, placed by region.
 fn session_join(conference: &str, session: &str, query: Option<&str>) -> JoinRequest {
     JoinRequest {
@@ -210,7 +191,7 @@ async fn publish(
     let placed = place(&c, join, |_, _| Ok(())).await?;
     tracing::info!(%conference, %session, bridge = %placed.bridge, "room: publishing");
     let sdp = answer_text(&offer, &publish.sections, &w, &placed);
-    Ok(created(&conference, &session, sdp))
+    Ok(created("room", &conference, &session, sdp))
 }
 
 async fn watch(
@@ -262,7 +243,7 @@ async fn watch(
     let play = play.expect("negotiated before the join");
     tracing::info!(%conference, %session, %publisher, bridge = %placed.bridge, "room: watching");
     let sdp = answer_text(&offer, &play.sections, &w, &placed);
-    Ok(created(&conference, &session, sdp))
+    Ok(created("room", &conference, &session, sdp))
 }
 
 /// 404 unless `session` is a live publish or watch session of room `conference`.
@@ -294,13 +275,7 @@ async fn end(
 ) -> Result<Response, HttpError> {
     c.check_active().await.map_err(from_status)?;
     find_session(&c, &conference, &session)?;
-    c.check_store().map_err(from_status)?;
-    let plan = c
-        .submit(&conference, |f, _| f.leave(&conference, &session))
-        .await
-        .map_err(from_status)?;
-    c.run(plan).await.result.map_err(from_focus)?;
-    c.durable().await.map_err(from_status)?;
+    leave(&c, &conference, &session).await?;
     tracing::info!(%conference, %session, "room: session ended by DELETE");
     Ok(StatusCode::OK.into_response())
 }
