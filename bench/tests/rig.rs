@@ -101,6 +101,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
         tuning: Default::default(),
         limits: Default::default(),
         keyframe_interval_ms: 500,
+        nack_cache: (512, 64),
         ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
     })
     .await
@@ -138,6 +139,7 @@ async fn exact_counts_through_ringbridge_with_subscriptions() {
         tuning: Default::default(),
         limits: Default::default(),
         keyframe_interval_ms: 500,
+        nack_cache: (512, 64),
         ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
     })
     .await

@@ -8,6 +8,7 @@ use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_server::{Bridge, BridgeServer};
 use tonic::{Request, Response, Status};
 
+use crate::core::repair::rtx::Rtx;
 use crate::core::{Counters, DropReason};
 use crate::publish::{PublishError, Publisher};
 use crate::state::{
@@ -79,6 +80,14 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Most changes one `Apply` may carry.
 pub const MAX_BATCH: usize = 4096;
 
+/// A random first sequence number for an RTX stream.
+fn random_u16() -> u16 {
+    let mut b = [0u8; 2];
+    // Without system randomness the stream starts at 0: still one counter per stream.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u16::from_be_bytes(b)
+}
+
 /// An AddEndpoint request applied to the state (the single RPC and `Apply` alike).
 fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), StateError> {
     let srtp = r.srtp.as_ref().map(|p| SrtpRequest {
@@ -107,6 +116,17 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
             limit: crate::state::MAX_SUBSCRIBED,
         });
     }
+    // Checked before anything changes: a request that fails adds nothing.
+    let rtx = match &r.rtx {
+        None => None,
+        Some(_) if r.srtp.is_none() && r.webrtc.is_none() => {
+            return Err(StateError::RtxNeedsSrtp);
+        }
+        Some(x) => {
+            let streams: Vec<_> = x.streams.iter().map(|m| (m.media, m.rtx)).collect();
+            Rtx::new(&pairs(&x.payload_types), &streams, random_u16)?.map(Arc::new)
+        }
+    };
     if r.audio_level_ext_id > 255 {
         return Err(StateError::BadValue {
             field: "audio_level_ext_id",
@@ -122,6 +142,10 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         webrtc: webrtc.as_ref(),
         rewrite: rewrite.as_ref(),
     })?;
+    if rtx.is_some() {
+        // Cannot fail: the endpoint exists.
+        s.set_rtx(&r.conference_id, &r.endpoint_id, rtx)?;
+    }
     if r.audio_level_ext_id != 0 {
         // Cannot fail: the endpoint exists and the id is in range.
         s.set_audio_level(&r.conference_id, &r.endpoint_id, r.audio_level_ext_id)?;
@@ -233,6 +257,7 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
             keyframe_throttled: d(DropReason::KeyframeThrottled),
             relay_hop_limit: d(DropReason::RelayHopLimit),
             transport_queue_full: d(DropReason::TransportQueueFull),
+            nack_answered: d(DropReason::NackAnswered),
         }),
         relay_rx: c.relay_rx,
         relay_tx: c.relay_tx,
@@ -245,6 +270,9 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
         dtls_failed: t.dtls_failed_total(),
         ice_consent_expired: t.consent_expired,
         webrtc_send_failed: t.send_failed,
+        nack_rx: c.nack_rx,
+        nack_repaired: c.nack_repaired,
+        nack_forwarded: c.nack_forwarded,
     }
 }
 
@@ -401,6 +429,17 @@ impl Bridge for BridgeService {
             endpoints,
             engine: self.engine.into(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            repair_cache: self.publisher.repair_cache().map(|c| {
+                let (in_use, reserved) = c.memory();
+                pb::RepairCacheStats {
+                    rings: c.rings() as u32,
+                    rings_in_use: c.rings_in_use() as u32,
+                    packets: c.packets() as u32,
+                    ring_bytes: c.ring_bytes() as u64,
+                    bytes_in_use: in_use as u64,
+                    bytes_reserved: reserved as u64,
+                }
+            }),
         }))
     }
 }

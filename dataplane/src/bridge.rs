@@ -36,6 +36,8 @@ pub struct Config {
     /// At most one keyframe request (PLI/FIR) per media stream per this many ms goes on
     /// towards its sender (0: no throttling).
     pub keyframe_interval_ms: u32,
+    /// Retransmission cache: slots per stream (0: no cache, NACKs go upstream) and streams.
+    pub nack_cache: (usize, usize),
     /// How long a WebRTC endpoint's nominated address keeps consent without a valid check
     /// ([`crate::webrtc::ice::CONSENT_TIMEOUT_MS`]; shorter only in tests).
     pub ice_consent_ms: u64,
@@ -65,7 +67,9 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     // One certificate per process, made before anything serves.
     let cert = Arc::new(Certificate::generate().context("the DTLS certificate")?);
-    let mut channels = Channels::with_keyframe_interval(config.keyframe_interval_ms);
+    let (packets, streams) = config.nack_cache;
+    let mut channels = Channels::with_keyframe_interval(config.keyframe_interval_ms)
+        .with_repair_cache(streams, packets);
     let (handoff, inbox) = channels.open_handoff();
     let started = engine::start(
         config.engine,

@@ -83,6 +83,16 @@ struct BridgeArgs {
     /// as keyframe_throttled); 0 forwards every one.
     #[arg(long, default_value_t = 500)]
     keyframe_interval_ms: u32,
+    /// Retransmission cache: packets kept per stream (rounded up to a power of two; 512 is about
+    /// 2 s of a 2.5 Mbit/s video stream). The bridge answers receivers' NACKs from it and sends
+    /// upstream only what it does not hold. 0 disables it (NACKs go to the sender).
+    #[arg(long, default_value_t = ringbridge_dataplane::core::repair::DEFAULT_PACKETS)]
+    nack_cache_packets: usize,
+    /// Retransmission cache: streams cached at once (those receivers NACKed; a stream nobody
+    /// asked anything of for 10 s gives its ring to another). Memory: streams x packets x 1.5 KB
+    /// at most, reported by GetStats (repair_cache).
+    #[arg(long, default_value_t = ringbridge_dataplane::core::repair::DEFAULT_STREAMS)]
+    nack_cache_streams: usize,
     /// Most endpoints over all conferences (AddEndpoint beyond it: RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 1_000_000, global = true)]
     max_endpoints: usize,
@@ -204,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             relays_per_conference: a.max_relays_per_conference,
         },
         keyframe_interval_ms: a.keyframe_interval_ms,
+        nack_cache: (a.nack_cache_packets, a.nack_cache_streams),
         ice_consent_ms: a.ice_consent_ms,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

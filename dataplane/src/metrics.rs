@@ -38,6 +38,24 @@ pub fn bridge(r: &mut Registry, c: &Counters, w: &Stats, conferences: usize, end
             .map(|d| (d.name(), c.drops[*d as usize] as f64)),
     );
     webrtc(r, c, w);
+    counter(
+        r,
+        "ringbridge_nack_rx",
+        "Sequence numbers receivers' generic NACKs asked for.",
+        c.nack_rx,
+    );
+    counter(
+        r,
+        "ringbridge_nack_repaired",
+        "Packets resent from the retransmission cache (RTX or plain).",
+        c.nack_repaired,
+    );
+    counter(
+        r,
+        "ringbridge_nack_forwarded",
+        "NACKed sequence numbers the cache did not hold (their NACK went upstream).",
+        c.nack_forwarded,
+    );
     gauge(
         r,
         "ringbridge_conferences",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::handoff::{self, Datagram, Handoff};
-use crate::core::{Delta, Event, KeyframeGate, RemoteSenders};
+use crate::core::{Delta, Event, KeyframeGate, RemoteSenders, RepairCache};
 use crate::state::{BridgeState, Limits};
 use crate::stats::SharedCounters;
 use crate::webrtc::task::SharedStats;
@@ -58,6 +58,8 @@ pub struct WorkerPort {
     pub senders: Arc<RemoteSenders>,
     /// Where the worker's core hands STUN and DTLS (the bridge's WebRTC transport), if any.
     pub handoff: Option<Handoff>,
+    /// The bridge's retransmission cache, shared by its workers (`None`: disabled).
+    pub repair: Option<Arc<RepairCache>>,
 }
 
 impl WorkerPort {
@@ -100,6 +102,7 @@ pub struct PortFactory {
     keyframes: Arc<KeyframeGate>,
     senders: Arc<RemoteSenders>,
     handoff: Option<Handoff>,
+    repair: Option<Arc<RepairCache>>,
 }
 
 impl PortFactory {
@@ -116,6 +119,7 @@ impl PortFactory {
             keyframes: self.keyframes.clone(),
             senders: self.senders.clone(),
             handoff: self.handoff.clone(),
+            repair: self.repair.clone(),
         };
         (port, tx, counters)
     }
@@ -147,6 +151,7 @@ pub struct Publisher {
     state: Mutex<BridgeState>,
     links: Vec<WorkerLink>,
     transport: Option<TransportLink>,
+    repair: Option<Arc<RepairCache>>,
     acks: Receiver<(usize, u64)>,
     /// Conferences and endpoints as of the last change, readable without the state lock (load
     /// reports, stats and metrics never wait for a change being built).
@@ -179,10 +184,23 @@ impl Channels {
                 keyframes: Arc::new(KeyframeGate::with_ssrc(interval_ms, random_ssrc())),
                 senders: Arc::new(RemoteSenders::default()),
                 handoff: None,
+                repair: None,
             },
             acks,
             events,
         }
+    }
+
+    /// Gives the workers (those whose ports are made from now on) a retransmission cache of
+    /// `streams` rings of `packets` slots (`packets` 0: none, NACKs go upstream).
+    pub fn with_repair_cache(mut self, streams: usize, packets: usize) -> Self {
+        self.factory.repair = (packets > 0).then(|| Arc::new(RepairCache::new(streams, packets)));
+        self
+    }
+
+    /// The retransmission cache the workers share, if any.
+    pub fn repair_cache(&self) -> Option<Arc<RepairCache>> {
+        self.factory.repair.clone()
     }
 
     /// Makes the workers (those whose ports are made from now on) hand STUN and DTLS to a
@@ -211,11 +229,13 @@ impl Publisher {
         links: Vec<WorkerLink>,
         transport: Option<TransportLink>,
     ) -> Arc<Self> {
+        let repair = channels.repair_cache();
         let Channels { acks, events, .. } = channels;
         let p = Arc::new(Self {
             state: Mutex::new(BridgeState::with_limits(media, limits)),
             links,
             transport,
+            repair,
             acks,
             counts: (AtomicUsize::new(0), AtomicUsize::new(0)),
         });
@@ -279,6 +299,11 @@ impl Publisher {
         let r = r?;
         self.publish(&mut st)?;
         Ok(r)
+    }
+
+    /// The retransmission cache, if the bridge keeps one (its memory is in the stats).
+    pub fn repair_cache(&self) -> Option<&RepairCache> {
+        self.repair.as_deref()
     }
 
     /// What the WebRTC transport counted (all zero without one).

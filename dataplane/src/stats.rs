@@ -18,6 +18,9 @@ pub struct SharedCounters {
     relay_tx: AtomicU64,
     stun_rx: AtomicU64,
     dtls_rx: AtomicU64,
+    nack_rx: AtomicU64,
+    nack_repaired: AtomicU64,
+    nack_forwarded: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -34,6 +37,9 @@ impl SharedCounters {
         self.relay_tx.store(c.relay_tx, Relaxed);
         self.stun_rx.store(c.stun_rx, Relaxed);
         self.dtls_rx.store(c.dtls_rx, Relaxed);
+        self.nack_rx.store(c.nack_rx, Relaxed);
+        self.nack_repaired.store(c.nack_repaired, Relaxed);
+        self.nack_forwarded.store(c.nack_forwarded, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -52,6 +58,9 @@ impl SharedCounters {
             relay_tx: self.relay_tx.load(Relaxed),
             stun_rx: self.stun_rx.load(Relaxed),
             dtls_rx: self.dtls_rx.load(Relaxed),
+            nack_rx: self.nack_rx.load(Relaxed),
+            nack_repaired: self.nack_repaired.load(Relaxed),
+            nack_forwarded: self.nack_forwarded.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -69,6 +78,9 @@ impl std::ops::AddAssign for Counters {
         self.relay_tx += o.relay_tx;
         self.stun_rx += o.stun_rx;
         self.dtls_rx += o.dtls_rx;
+        self.nack_rx += o.nack_rx;
+        self.nack_repaired += o.nack_repaired;
+        self.nack_forwarded += o.nack_forwarded;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

@@ -42,7 +42,7 @@ pub fn sender_report(ssrc: u32) -> Vec<u8> {
 }
 
 /// Feedback with the common header (`sender`, `media`) and an FCI.
-fn feedback(fmt: u8, pt: u8, sender: u32, media: u32, fci: &[u8]) -> Vec<u8> {
+pub fn feedback(fmt: u8, pt: u8, sender: u32, media: u32, fci: &[u8]) -> Vec<u8> {
     let mut body = sender.to_be_bytes().to_vec();
     body.extend_from_slice(&media.to_be_bytes());
     body.extend_from_slice(fci);

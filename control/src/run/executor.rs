@@ -73,11 +73,22 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
         rewrite: p
             .rewrite
             .as_ref()
-            .filter(|r| !r.is_empty())
+            .filter(|r| r.rewrites())
             .map(|r| pb::Rewrite {
                 payload_types: r.payload_types.iter().map(id_map).collect(),
                 extensions: r.extensions.iter().map(id_map).collect(),
             }),
+        rtx: p.rewrite.as_ref().filter(|r| r.has_rtx()).map(|r| pb::Rtx {
+            payload_types: r.rtx_payload_types.iter().map(id_map).collect(),
+            streams: r
+                .rtx_ssrcs
+                .iter()
+                .map(|s| pb::SsrcMap {
+                    media: s.media,
+                    rtx: s.rtx,
+                })
+                .collect(),
+        }),
         subscription: p
             .subscription
             .as_ref()
@@ -414,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_webrtc_participant_is_added_with_its_credentials_and_rewrite() {
-        use crate::store::webrtc::{IdMap, Rewrite, WebRtc};
+        use crate::store::webrtc::{IdMap, Rewrite, RtxStream, WebRtc};
         let mut p = Participant::plain("eu", vec![], "", None, "b", crate::store::Role::Viewer);
         p.webrtc = Some(Box::new(WebRtc {
             local_ufrag: "lu".into(),
@@ -425,8 +436,10 @@ mod tests {
         p.rewrite = Some(Box::new(Rewrite {
             payload_types: vec![IdMap { from: 111, to: 96 }],
             extensions: vec![IdMap { from: 4, to: 0 }],
+            ..Rewrite::default()
         }));
         let r = add_request("s", "whep-1", &p);
+        assert!(r.rtx.is_none(), "no RTX negotiated");
         let w = r.webrtc.unwrap();
         assert_eq!(
             (
@@ -447,6 +460,17 @@ mod tests {
         // An empty rewrite is no rewrite.
         p.rewrite = Some(Box::default());
         assert!(add_request("s", "whep-1", &p).rewrite.is_none());
+        // RTX alone: no rewrite, the RTX streams.
+        p.rewrite = Some(Box::new(Rewrite {
+            rtx_payload_types: vec![IdMap { from: 96, to: 97 }],
+            rtx_ssrcs: vec![RtxStream { media: 5, rtx: 6 }],
+            ..Rewrite::default()
+        }));
+        let r = add_request("s", "whep-1", &p);
+        assert!(r.rewrite.is_none());
+        let x = r.rtx.unwrap();
+        assert_eq!((x.payload_types[0].from, x.payload_types[0].to), (96, 97));
+        assert_eq!((x.streams[0].media, x.streams[0].rtx), (5, 6));
     }
 
     #[test]

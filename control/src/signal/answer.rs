@@ -4,8 +4,10 @@
 //!
 //! The bridge is ICE-lite with one host candidate (its advertised media address), the DTLS server
 //! (`a=setup:passive`), muxes RTP and RTCP on one port and BUNDLEs every m-line it takes. It
-//! forwards opus, VP8, VP9 and H264, in the offerer's numbering; RTX, RED and FEC are not
-//! negotiated (NACKs reach the publisher, which retransmits on the media SSRC). Header
+//! forwards opus, VP8, VP9 and H264, in the offerer's numbering. A viewer that offers RTX gets
+//! it: the bridge answers its NACKs from its retransmission cache on an RTX stream of its own
+//! per video SSRC (`a=ssrc-group:FID`). Publishers are not offered RTX, RED nor FEC: the NACKs
+//! the bridge cannot answer reach them and they retransmit on the media SSRC. Header
 //! extensions kept: [`KEPT_EXTENSIONS`]; transport-cc is not (the bridge does not terminate
 //! congestion control), nor is its rtcp-fb. A publisher's MID and RID extensions are accepted
 //! but never reach a viewer: its copy has them stripped ([`STRIPPED_EXTENSIONS`]), and its answer
@@ -14,7 +16,9 @@
 use std::net::SocketAddr;
 
 use super::sdp::{Kind, Offer, OfferedMedia, SdpError, fmtp_param};
-use crate::store::webrtc::{Codec, Extension, IdMap, MediaDescription, MediaSection, Rewrite};
+use crate::store::webrtc::{
+    Codec, Extension, IdMap, MediaDescription, MediaSection, Rewrite, RtxStream,
+};
 
 /// Header extensions the bridge keeps (forwarded to viewers that offered them too).
 pub const KEPT_EXTENSIONS: [&str; 5] = [
@@ -72,6 +76,8 @@ pub struct Section {
     pub msid: String,
     /// Their CNAME.
     pub cname: String,
+    /// The RTX SSRC of each of `ssrcs` that has one (`a=ssrc-group:FID`).
+    pub rtx_ssrcs: Vec<RtxStream>,
 }
 
 impl Section {
@@ -84,6 +90,7 @@ impl Section {
             ssrcs: Vec::new(),
             msid: String::new(),
             cname: String::new(),
+            rtx_ssrcs: Vec::new(),
         }
     }
 }
@@ -320,6 +327,42 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
             })
             .cloned()
             .collect();
+        // RTX: the viewer's rtx payload type of each video codec taken; the bridge answers the
+        // viewer's NACKs from its cache on an RTX stream per media SSRC.
+        let mut codecs = codecs;
+        let mut rtx_ssrcs = Vec::new();
+        if m.kind == Kind::Video {
+            let rtx: Vec<(u8, Codec)> = m
+                .codecs
+                .iter()
+                .filter(|c| c.name.eq_ignore_ascii_case("rtx"))
+                .filter_map(|c| {
+                    let apt = fmtp_param(&c.fmtp, "apt")?.parse::<u8>().ok()?;
+                    codecs.iter().any(|v| v.pt == apt).then(|| (apt, c.clone()))
+                })
+                .collect();
+            for (apt, c) in rtx {
+                rewrite.rtx_payload_types.push(IdMap {
+                    from: apt,
+                    to: c.pt,
+                });
+                codecs.push(Codec {
+                    rtcp_fb: Vec::new(),
+                    ..c
+                });
+            }
+            if rewrite
+                .rtx_payload_types
+                .iter()
+                .any(|x| codecs.iter().any(|c| c.pt == x.from))
+            {
+                for &media in &p.ssrcs {
+                    let rtx = rtx_ssrc(media, &p.ssrcs);
+                    rtx_ssrcs.push(RtxStream { media, rtx });
+                    rewrite.rtx_ssrcs.push(RtxStream { media, rtx });
+                }
+            }
+        }
         sections[i] = Section {
             accepted: true,
             direction: "sendonly",
@@ -328,6 +371,7 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
             ssrcs: p.ssrcs.clone(),
             msid: p.msid.clone(),
             cname: p.cname.clone(),
+            rtx_ssrcs,
         };
     }
     if sections.iter().all(|s| !s.accepted) {
@@ -355,6 +399,16 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
         }
     }
     Ok(Play { sections, rewrite })
+}
+
+/// The RTX SSRC the bridge repairs `media` on for a viewer: derived from it (a viewer's RTX
+/// streams have their own SRTP keys, so two viewers may share one), never one of `taken`.
+fn rtx_ssrc(media: u32, taken: &[u32]) -> u32 {
+    let mut s = media.wrapping_mul(0x9E37_79B1) ^ 0x5254_5821;
+    while s == 0 || taken.contains(&s) {
+        s = s.wrapping_add(1);
+    }
+    s
 }
 
 /// The answer's text (CRLF line ends).
@@ -439,7 +493,11 @@ pub fn write(offer: &Offer, sections: &[Section], local: &Local) -> String {
         } else {
             &a.cname
         };
-        for ssrc in &a.ssrcs {
+        for r in &a.rtx_ssrcs {
+            line(&format!("a=ssrc-group:FID {} {}", r.media, r.rtx));
+        }
+        let rtx = a.rtx_ssrcs.iter().map(|r| &r.rtx);
+        for ssrc in a.ssrcs.iter().chain(rtx) {
             line(&format!("a=ssrc:{ssrc} cname:{cname}"));
             if !a.msid.is_empty() {
                 line(&format!("a=ssrc:{ssrc} msid:{}", a.msid));

@@ -188,7 +188,21 @@ fn a_chrome_viewer_of_a_chrome_publisher_gets_its_streams_and_extension_ids_swap
     assert!(video.contains(
         &"a=ssrc:1437773623 msid:6a8e1467-cb69-4125-ac5c-391af328d17f 0f95c04d-2a67-48f7-af92-55291fe94ca6"
     ));
-    assert!(!sdp.contains("2485078479"), "no RTX SSRC");
+    assert!(!sdp.contains("2485078479"), "not the publisher's RTX SSRC");
+    // RTX of the bridge's own for the video stream, in the viewer's numbering.
+    let rtx = v.rewrite.rtx_ssrcs[0];
+    assert_eq!(rtx.media, 1437773623);
+    assert!(video.contains(&format!("a=ssrc-group:FID 1437773623 {}", rtx.rtx).as_str()));
+    assert!(video.contains(&"a=fmtp:97 apt=96"));
+    assert_eq!(
+        v.rewrite.rtx_payload_types.len(),
+        9,
+        "one per video codec taken"
+    );
+    assert!(
+        !section(&sdp, 1).iter().any(|l| l.contains("rtx")),
+        "no RTX for audio"
+    );
     assert!(!video.iter().any(|l| l.contains("sdes:")), "{video:?}");
     let audio = section(&sdp, 1);
     assert!(audio.contains(&"a=ssrc:3334011600 cname:IBmwshR0dXzff+g+"));
@@ -211,7 +225,12 @@ fn an_aiortc_viewer_of_a_chrome_publisher_gets_payload_types_in_its_numbering() 
     let sdp = write(&o, &v.sections, &local());
     golden("aiortc_whep_answer.sdp", &sdp);
     transport_lines_are_the_bridges(&sdp, &[0, 1]);
-    assert_eq!(pts(section(&sdp, 0)[0]), [97, 99, 101]);
+    // Its video codecs, then their RTX (the bridge repairs from its cache on those).
+    assert_eq!(pts(section(&sdp, 0)[0]), [97, 99, 101, 98, 100, 102]);
+    assert_eq!(
+        sorted(v.rewrite.rtx_payload_types.clone()),
+        [(97, 98), (99, 100), (101, 102)]
+    );
     assert_eq!(pts(section(&sdp, 1)[0]), [96]);
     // opus 111 -> 96, VP8 96 -> 97, H264 42001f 102 -> 99, 42e01f 108 -> 101.
     assert_eq!(

@@ -44,12 +44,39 @@ pub struct Rewrite {
     pub payload_types: Vec<IdMap>,
     /// Header extension ids (`to` = 0 strips the extension).
     pub extensions: Vec<IdMap>,
+    /// RTX the receiver negotiated: `from` a media payload type, `to` its RTX payload type,
+    /// both in the receiver's numbering (the answer's `a=fmtp:<to> apt=<from>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtx_payload_types: Vec<IdMap>,
+    /// The RTX SSRC the bridge sends this receiver repairs of each media SSRC on (the answer's
+    /// `a=ssrc-group:FID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtx_ssrcs: Vec<RtxStream>,
+}
+
+/// A media SSRC and the RTX SSRC its repairs go out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtxStream {
+    /// The media SSRC.
+    pub media: u32,
+    /// Its RTX SSRC.
+    pub rtx: u32,
 }
 
 impl Rewrite {
-    /// Nothing to rewrite.
+    /// Nothing to rewrite and no RTX.
     pub fn is_empty(&self) -> bool {
-        self.payload_types.is_empty() && self.extensions.is_empty()
+        !self.rewrites() && !self.has_rtx()
+    }
+
+    /// Some payload type or extension id changes.
+    pub fn rewrites(&self) -> bool {
+        !self.payload_types.is_empty() || !self.extensions.is_empty()
+    }
+
+    /// The receiver negotiated RTX for some stream.
+    pub fn has_rtx(&self) -> bool {
+        !self.rtx_payload_types.is_empty() && !self.rtx_ssrcs.is_empty()
     }
 }
 

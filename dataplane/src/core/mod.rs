@@ -12,6 +12,7 @@ mod feedback;
 pub mod handoff;
 pub mod keyframe;
 pub mod relay;
+pub mod repair;
 pub mod rewrite;
 pub mod rtcp;
 pub mod rtp;
@@ -30,6 +31,7 @@ use crate::srtp::{self, replay};
 pub use classify::Class;
 pub use handoff::Handoff;
 pub use keyframe::KeyframeGate;
+pub use repair::RepairCache;
 pub use rewrite::Rewrite;
 pub use senders::RemoteSenders;
 pub use table::{ConfIdx, Delta, EndpointUid, LatchClaim, Op, Peer, Table, TableBuilder};
@@ -79,11 +81,14 @@ pub enum DropReason {
     RelayHopLimit = 12,
     /// A STUN or DTLS datagram the WebRTC transport's queue had no room for.
     TransportQueueFull = 13,
+    /// RTCP whose only feedback was generic NACKs the bridge answered from its retransmission
+    /// cache (nothing left to go on upstream): repaired, not lost.
+    NackAnswered = 14,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -100,6 +105,7 @@ impl DropReason {
         Self::KeyframeThrottled,
         Self::RelayHopLimit,
         Self::TransportQueueFull,
+        Self::NackAnswered,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -119,6 +125,7 @@ impl DropReason {
             Self::KeyframeThrottled => "keyframe_throttled",
             Self::RelayHopLimit => "relay_hop_limit",
             Self::TransportQueueFull => "transport_queue_full",
+            Self::NackAnswered => "nack_answered",
         }
     }
 }
@@ -147,6 +154,12 @@ pub struct Counters {
     pub stun_rx: u64,
     /// DTLS datagrams received (likewise).
     pub dtls_rx: u64,
+    /// Sequence numbers receivers' generic NACKs asked this bridge for.
+    pub nack_rx: u64,
+    /// Packets resent from the retransmission cache (as RTX or plain), one per answered number.
+    pub nack_repaired: u64,
+    /// Sequence numbers asked for that the cache did not hold: their NACK went on upstream.
+    pub nack_forwarded: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -193,6 +206,25 @@ struct StreamState {
     keyframe_wanted: FxHashMap<u32, keyframe::Wanted>,
     /// Keyframe requests this core made, for the engine to seal into their relay and send.
     keyframe_out: Vec<(Arc<relay::Relay>, [u8; keyframe::PLI_LEN])>,
+    /// Packets to resend from the retransmission cache, answered this batch (bounded:
+    /// [`MAX_REPAIRS`]); the engine takes them with [`Core::next_repair`].
+    repairs: Vec<Repair>,
+    /// The next of `repairs` to send.
+    repairs_at: usize,
+}
+
+/// Most repairs one batch answers: later NACKed numbers go on upstream.
+pub const MAX_REPAIRS: usize = 256;
+
+/// A packet to resend: which cached packet, to which peer.
+#[derive(Debug, Clone, Copy)]
+struct Repair {
+    ring: repair::RingRef,
+    seq: u16,
+    ssrc: u32,
+    conf: u32,
+    /// The receiver's peer slot in `conf`.
+    slot: u32,
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {
@@ -223,6 +255,10 @@ pub struct Core {
     now_ms: u32,
     /// Where STUN and DTLS go (the bridge's WebRTC transport); without it they are `NotRtp`.
     handoff: Option<Handoff>,
+    /// The retransmission cache (shared with the other workers); without it NACKs go upstream.
+    repair: Option<Arc<RepairCache>>,
+    /// Where a repair is read back and written (a slot, and the 2 bytes RTX adds).
+    scratch: Box<[u8]>,
     /// What this core has counted.
     pub counters: Counters,
 }
@@ -239,6 +275,8 @@ impl Core {
             senders: Arc::new(RemoteSenders::default()),
             now_ms: 0,
             handoff: None,
+            repair: None,
+            scratch: vec![0; repair::SLOT_BYTES + 2].into_boxed_slice(),
             counters: Counters::default(),
         }
     }
@@ -255,6 +293,15 @@ impl Core {
         self
     }
 
+    /// Answers NACKs from `cache` (shared by the bridge's workers; `None`: NACKs go upstream).
+    pub fn with_repair_cache(mut self, cache: Option<Arc<RepairCache>>) -> Self {
+        self.repair = cache;
+        if self.repair.is_some() {
+            self.streams.repairs.reserve_exact(MAX_REPAIRS);
+        }
+        self
+    }
+
     /// Learns and looks up remote senders in `senders` (shared by the bridge's workers).
     pub fn with_remote_senders(mut self, senders: Arc<RemoteSenders>) -> Self {
         self.senders = senders;
@@ -266,6 +313,9 @@ impl Core {
     #[inline]
     pub fn set_now(&mut self, now_ms: u32) {
         self.now_ms = now_ms;
+        // Repairs live for one batch: the engine sent the last batch's at its end.
+        self.streams.repairs.clear();
+        self.streams.repairs_at = 0;
     }
 
     /// The table in force.
@@ -285,6 +335,9 @@ impl Core {
                         self.forget(uid);
                     }
                     self.streams.keyframe_wanted.remove(&conf.get());
+                    if let Some(cache) = &self.repair {
+                        cache.release_conference(conf.get());
+                    }
                 }
                 Op::Latch { uid, .. } => {
                     // The recorded address is in the table now; any other this worker latched
@@ -305,7 +358,8 @@ impl Core {
                 | Op::SetAddr { .. }
                 | Op::SetSrtp { .. }
                 | Op::Subscribe { .. }
-                | Op::SetAudioLevel { .. } => {}
+                | Op::SetAudioLevel { .. }
+                | Op::SetRtx { .. } => {}
             }
             self.table.apply(op);
             // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
@@ -328,10 +382,14 @@ impl Core {
         let Some(&i) = self.table.by_uid.get(&uid) else {
             return;
         };
-        for &ssrc in self.table.ep(i).ssrcs.iter() {
+        let ep = self.table.ep(i);
+        for &ssrc in ep.ssrcs.iter() {
             self.streams.rtp.remove(&(uid, ssrc));
             self.streams.rtcp_in.remove(&(uid, ssrc));
             self.streams.rtcp_out.remove(&(uid, ssrc));
+            if let Some(cache) = &self.repair {
+                cache.release(ep.conf, ssrc);
+            }
         }
         if !self.latched.is_empty() {
             self.latched.retain(|_, (u, _)| *u != uid);
@@ -377,6 +435,37 @@ impl Core {
         self.streams.keyframe_out.pop()
     }
 
+    /// Whether this batch's NACKs left packets to resend ([`Core::next_repair`]).
+    #[inline]
+    pub fn has_repairs(&self) -> bool {
+        self.streams.repairs_at < self.streams.repairs.len()
+    }
+
+    /// Writes the next packet this batch's NACKs asked for, as the receiver gets it (RTX
+    /// where it negotiated it, else the copy it was sent before, SRTP-protected the same way),
+    /// into `out` (room for a protected datagram); returns its length and destination. Engines
+    /// send them with the batch's other copies. A packet overwritten since its NACK was
+    /// answered is skipped.
+    pub fn next_repair(&mut self, out: &mut [u8]) -> Option<(usize, socket2::SockAddr)> {
+        let cache = self.repair.as_deref()?;
+        while let Some(r) = self.streams.repairs.get(self.streams.repairs_at).copied() {
+            self.streams.repairs_at += 1;
+            let Some(c) = cache.fetch(r.ring, r.seq, self.now_ms, &mut self.scratch) else {
+                continue;
+            };
+            let Some(peer) = self.table.conf(r.conf).peers.get(r.slot as usize) else {
+                continue;
+            };
+            if let Some(n) = resend(&mut self.scratch, c, r.ssrc, peer, out) {
+                self.counters.nack_repaired += 1;
+                return Some((n, peer.raw.clone()));
+            }
+        }
+        self.streams.repairs.clear();
+        self.streams.repairs_at = 0;
+        None
+    }
+
     /// Next event for the control path.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -395,6 +484,7 @@ impl Core {
         let shared = Shared {
             gate: &self.keyframes,
             senders: &self.senders,
+            repair: self.repair.as_deref(),
             now_ms: self.now_ms,
         };
         let r = decide(
@@ -426,6 +516,7 @@ impl Core {
 struct Shared<'a> {
     gate: &'a KeyframeGate,
     senders: &'a RemoteSenders,
+    repair: Option<&'a RepairCache>,
     now_ms: u32,
 }
 
@@ -449,6 +540,58 @@ impl Shared<'_> {
             let pli = keyframe::pli(self.gate.ssrc(), ssrc);
             streams.keyframe_out.push((r.clone(), pli));
         }
+    }
+
+    /// Keeps RTP packet `pkt` (sequence `seq`, SRTP index `index`) of stream `ssrc` in
+    /// conference `conf` in the retransmission cache, if a receiver NACKed that stream.
+    #[inline]
+    fn keep(self, conf: u32, ssrc: u32, seq: u16, index: u64, pkt: &[u8]) {
+        if let Some(cache) = self.repair
+            && let Some(r) = cache.ring_of(conf, ssrc)
+        {
+            cache.store(r, seq, index, self.now_ms, pkt);
+        }
+    }
+
+    /// Answers the generic NACKs of feedback compound `pkt` from receiver peer `slot` of
+    /// conference `conf` from the retransmission cache: what it holds is queued to be resent
+    /// and taken out of the compound, in place; a stream it does not cache yet starts being
+    /// cached. Returns the compound's new length (0: nothing is left to go on).
+    #[cold]
+    fn answer_nacks(
+        self,
+        streams: &mut StreamState,
+        counters: &mut Counters,
+        conf: u32,
+        slot: u32,
+        pkt: &mut [u8],
+    ) -> usize {
+        let Some(cache) = self.repair else {
+            return pkt.len();
+        };
+        let now = self.now_ms;
+        let repairs = &mut streams.repairs;
+        let a = repair::nack::answer(pkt, |ssrc, seq| {
+            let Some(ring) = cache.ring_of(conf, ssrc) else {
+                cache.claim(conf, ssrc, now);
+                return false;
+            };
+            cache.touch(ring, now);
+            if repairs.len() >= MAX_REPAIRS || !cache.holds(ring, seq, now) {
+                return false;
+            }
+            repairs.push(Repair {
+                ring,
+                seq,
+                ssrc,
+                conf,
+                slot,
+            });
+            true
+        });
+        counters.nack_rx += u64::from(a.asked);
+        counters.nack_forwarded += u64::from(a.asked - a.taken);
+        a.len
     }
 
     /// Gates every keyframe request of feedback compound `pkt` (summarized as `s`) in
@@ -477,6 +620,36 @@ impl Shared<'_> {
             _ => Err(DropReason::KeyframeThrottled),
         }
     }
+}
+
+/// Writes the resend of the cached packet `scratch[..c.len]` (of media stream `ssrc`) for
+/// `peer` into `out`: for an SRTP peer its copy rewritten as before, then as RTX if the peer
+/// negotiated it for this stream and codec (fresh SSRC, sequence and index), else under the
+/// index the packet was first sent with (the very bytes it was sent before); a plain peer gets
+/// the packet as it arrived. `None` if it cannot be written.
+fn resend(
+    scratch: &mut [u8],
+    c: repair::Cached,
+    ssrc: u32,
+    peer: &Peer,
+    out: &mut [u8],
+) -> Option<usize> {
+    let len = c.len;
+    let h = rtp::Header::parse(&scratch[..len]).ok()?;
+    let Some(s) = &peer.srtp else {
+        out.get_mut(..len)?.copy_from_slice(&scratch[..len]);
+        return Some(len);
+    };
+    if let Some(r) = &peer.rewrite {
+        r.apply(&mut scratch[..h.len]);
+    }
+    if let Some(rtx) = &peer.rtx
+        && let Some(next) = rtx.next(ssrc, scratch[1] & 0x7f)
+    {
+        let n = repair::rtx::wrap(scratch, h.len, len, next)?;
+        return s.protect_rtp_hl(&scratch[..n], h.len, next.index, out).ok();
+    }
+    s.protect_rtp_hl(&scratch[..len], h.len, c.index, out).ok()
 }
 
 /// The decision itself, over split borrows of [`Core`].
@@ -593,6 +766,10 @@ fn decide<'t>(
             addr: src,
         });
     }
+    // Kept for repairs, when a receiver NACKed its stream.
+    if let Some(h) = &hdr {
+        shared.keep(ep.conf, ssrc, h.seq, index, plain);
+    }
     // Its audio level, when it sends one we read (authenticated: a forged level is dropped).
     if let (Some(h), Some((id, meter))) = (&hdr, &ep.audio)
         && let Some(level) = audio::level(&plain[..h.len], *id)
@@ -606,8 +783,18 @@ fn decide<'t>(
     let filter = hdr.map(|h| conf.filter(h.ssrc)).unwrap_or_default();
     let (select, relays, len) = match summary {
         Some(s) if s.feedback => {
-            let (len, s) = shared.gate(ep.conf, plain, s)?;
+            let (mut len, s) = shared.gate(ep.conf, plain, s)?;
             let f = feedback_targets(table, shared.senders, ep.conf, Some(idx), s.targets(), None);
+            // NACKs the cache answers go no further (what is left goes where it went).
+            if s.nacks
+                && shared.repair.is_some()
+                && let Some(slot) = ep.slot
+            {
+                len = shared.answer_nacks(streams, counters, ep.conf, slot, &mut plain[..len]);
+                if len == 0 {
+                    return Err(DropReason::NackAnswered);
+                }
+            }
             // Unknown owner: towards the media owner, never down a stream's pull tree.
             let relays = f.relays(conf, conf.upstream_relays());
             if !f.here && relays.is_empty() {
@@ -683,6 +870,7 @@ fn decide_relay<'t>(
                 } else {
                     0
                 };
+                shared.keep(*conf_idx, hdr.ssrc, hdr.seq, index, inner);
                 filter = conf.filter(hdr.ssrc);
                 if !r.downstream {
                     let wants = filter.relays.get(conf.upstream..).unwrap_or_default();
@@ -752,6 +940,9 @@ fn decide_relay<'t>(
         rtp_header_len,
     })
 }
+
+#[cfg(test)]
+mod tests_repair;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,8 @@ pub struct Summary {
     /// True when it holds a keyframe request (PLI, FIR): each is gated on its own
     /// ([`hold_back_keyframes`]).
     pub keyframes: bool,
+    /// True when it holds a generic NACK (the retransmission cache may answer it).
+    pub nacks: bool,
     targets: [u32; MAX_TARGETS],
     n_targets: u8,
 }
@@ -64,6 +66,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
         sender_ssrc: be32(pkt, 4),
         feedback: false,
         keyframes: false,
+        nacks: false,
         targets: [0; MAX_TARGETS],
         n_targets: 0,
     };
@@ -86,6 +89,7 @@ pub fn summarize(pkt: &[u8]) -> Result<Summary, DropReason> {
                 }
                 s.feedback = true;
                 s.keyframes |= one[1] == PSFB && (fmt == FMT_PLI || fmt == FMT_FIR);
+                s.nacks |= one[1] == RTPFB && fmt == super::repair::nack::FMT_NACK;
                 let fci = &one[12..];
                 match (one[1], fmt) {
                     (PSFB, FMT_FIR) => {

@@ -14,6 +14,7 @@ use socket2::SockAddr;
 
 use super::audio::AudioMeter;
 use super::relay::Relay;
+use super::repair::rtx::Rtx;
 use super::rewrite::Rewrite;
 use super::subscribe::{SenderBits, Target, Wants};
 use crate::srtp::Session;
@@ -33,15 +34,18 @@ pub struct Peer {
     /// When set, every RTP copy to this peer is rewritten so on its way into `srtp` (only
     /// peers with `srtp` have one: a plain peer's copy is the shared received buffer).
     pub rewrite: Option<Arc<Rewrite>>,
+    /// When set, repairs of the streams it lists go to this peer as RTX (else plain resends).
+    pub rtx: Option<Arc<Rtx>>,
 }
 
 impl Peer {
-    fn new(addr: SocketAddr, srtp: Option<Arc<Session>>, rewrite: Option<Arc<Rewrite>>) -> Self {
+    fn new(addr: SocketAddr, ep: &Endpoint) -> Self {
         Self {
             addr,
             raw: SockAddr::from(addr),
-            srtp,
-            rewrite,
+            srtp: ep.srtp_out.clone(),
+            rewrite: ep.rewrite.clone(),
+            rtx: ep.rtx.clone(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub(crate) struct Endpoint {
     pub subscription: Option<Arc<[u32]>>,
     /// The audio level extension id its audio carries, and the meter its levels go to.
     pub audio: Option<(u8, Arc<AudioMeter>)>,
+    /// Its RTX as a receiver (its peer entry carries it while it has an address).
+    pub rtx: Option<Arc<Rtx>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -247,6 +253,14 @@ pub enum Op {
         /// Where its levels go (shared by every copy of the table).
         meter: Arc<AudioMeter>,
     },
+    /// Sets how an endpoint gets repairs of what it NACKs: RTX on the streams `rtx` lists
+    /// (`None`: plain resends).
+    SetRtx {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// Its RTX.
+        rtx: Option<Arc<Rtx>>,
+    },
     /// Sets what an endpoint or a relay of a conference receives RTP of: the senders of
     /// `ssrcs` (distinct), or every sender (`None`).
     Subscribe {
@@ -388,6 +402,16 @@ impl Table {
                     self.ep_mut(i).audio = Some((*ext_id, meter.clone()));
                 }
             }
+            Op::SetRtx { uid, rtx } => {
+                if let Some(&i) = self.by_uid.get(uid) {
+                    let ep = self.ep_mut(i);
+                    ep.rtx = rtx.clone();
+                    if let Some(slot) = ep.slot {
+                        let conf = ep.conf;
+                        self.conf_mut(conf).peers[slot as usize].rtx = rtx.clone();
+                    }
+                }
+            }
             Op::AddRelay { conf, relay } => {
                 self.relay_by
                     .insert((relay.addr, relay.link), (conf.0, relay.clone()));
@@ -503,6 +527,7 @@ impl Table {
             rewrite,
             subscription: None,
             audio: None,
+            rtx: None,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
@@ -597,7 +622,8 @@ impl Table {
 
     fn set_addr(&mut self, idx: u32, addr: SocketAddr) {
         let ep = self.ep(idx);
-        let (conf, out, rewrite) = (ep.conf, ep.srtp_out.clone(), ep.rewrite.clone());
+        let (conf, srtp) = (ep.conf, ep.srtp_out.is_some());
+        let peer = Peer::new(addr, ep);
         let sub = ep.subscription.clone();
         for i in 0..ep.ssrcs.len() {
             let s = self.ep(idx).ssrcs[i];
@@ -608,8 +634,8 @@ impl Table {
         self.by_addr.insert(addr, idx);
         self.ep_mut(idx).claim = None;
         let c = self.conf_mut(conf);
-        c.srtp_peers += u32::from(out.is_some());
-        c.peers.push(Peer::new(addr, out, rewrite));
+        c.srtp_peers += u32::from(srtp);
+        c.peers.push(peer);
         c.peer_owner.push(idx);
         let wants = sub.map(|s| c.bits.wants(&s));
         c.filtered += u32::from(wants.is_some());

@@ -69,7 +69,8 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
     let mut core = Core::new(Table::default())
         .with_keyframe_gate(port.keyframes.clone())
         .with_remote_senders(port.senders.clone())
-        .with_handoff(port.handoff.clone());
+        .with_handoff(port.handoff.clone())
+        .with_repair_cache(port.repair.clone());
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);
@@ -165,6 +166,19 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                 // SAFETY: as above: `protected[tx.len()]` is not written again before the flush
                 // that ends this batch (the destination is copied into the batch).
                 unsafe { tx.push(&buf[..n], &relay.raw) };
+            }
+            // Repairs the batch's NACKs asked the retransmission cache for.
+            while core.has_repairs() {
+                if tx.is_full() {
+                    sent += tx.flush(fd);
+                }
+                let buf = &mut protected[tx.len()];
+                let Some((n, to)) = core.next_repair(buf) else {
+                    break;
+                };
+                // SAFETY: as above: `protected[tx.len()]` is not written again before the flush
+                // that ends this batch (the destination is copied into the batch).
+                unsafe { tx.push(&buf[..n], &to) };
             }
             sent += tx.flush(fd);
             core.count_sent(sent);

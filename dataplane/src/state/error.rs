@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use crate::core::repair::rtx::RtxError;
 use crate::core::rewrite::RewriteError;
 
 /// What kind of mistake a request made; the API maps it to a gRPC code.
@@ -114,6 +115,12 @@ pub enum StateError {
     /// A rewrite that cannot be used.
     #[error("rewrite.{0}")]
     BadRewrite(#[from] RewriteError),
+    /// An RTX configuration that cannot be used.
+    #[error("rtx.{0}")]
+    BadRtx(#[from] RtxError),
+    /// RTX for an endpoint that receives plain RTP.
+    #[error("rtx: only an SRTP or WebRTC endpoint negotiates RTX")]
+    RtxNeedsSrtp,
     /// A rewrite for an endpoint that receives plain RTP.
     #[error(
         "rewrite: only an SRTP or WebRTC endpoint's copies can be rewritten (a plain receiver gets the shared received packet)"
@@ -229,6 +236,8 @@ impl StateError {
             | Self::BadWebRtc { .. }
             | Self::BadRewrite(_)
             | Self::RewriteNeedsSrtp
+            | Self::BadRtx(_)
+            | Self::RtxNeedsSrtp
             | Self::BadValue { .. }
             | Self::NothingToLatch => ErrorKind::Invalid,
             Self::Full { .. } => ErrorKind::Full,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::core::audio::AudioMeter;
+use crate::core::repair::rtx::Rtx;
 use crate::core::rewrite::Rewrite;
 use crate::core::subscribe::Target;
 use crate::core::table::ConfIdx;
@@ -559,6 +560,27 @@ impl BridgeState {
             .and_then(|c| c.endpoints.get_mut(endpoint))
             .expect("checked above")
             .audio = Some(meter);
+        Ok(())
+    }
+
+    /// Sends endpoint `endpoint` the repairs of what it NACKs as `rtx` says (checked by
+    /// [`Rtx::new`]; `None`: plain resends).
+    pub fn set_rtx(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        rtx: Option<Arc<Rtx>>,
+    ) -> Result<(), StateError> {
+        let e = self
+            .conferences
+            .get(conference)
+            .and_then(|c| c.endpoints.get(endpoint))
+            .ok_or_else(|| StateError::EndpointNotFound {
+                conference: conference.into(),
+                endpoint: endpoint.into(),
+            })?;
+        let uid = e.uid;
+        self.record(Op::SetRtx { uid, rtx });
         Ok(())
     }
 

@@ -269,7 +269,8 @@ impl Worker {
         let mut core = Core::new(Table::default())
             .with_keyframe_gate(port.keyframes.clone())
             .with_remote_senders(port.senders.clone())
-            .with_handoff(port.handoff.clone());
+            .with_handoff(port.handoff.clone())
+            .with_repair_cache(port.repair.clone());
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();
@@ -286,6 +287,7 @@ impl Worker {
                 self.complete(&mut core, cqe)?;
             }
             self.send_keyframe_requests(&mut core)?;
+            self.send_repairs(&mut core)?;
             self.bufs.publish();
             core.count_sent(std::mem::take(&mut self.tx));
             end_batch(port, &mut core);
@@ -458,6 +460,21 @@ impl Worker {
                     self.push(&e)?
                 }
                 None => self.tx.failed += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the packets the batch's NACKs asked the retransmission cache for.
+    fn send_repairs(&mut self, core: &mut Core) -> io::Result<()> {
+        while core.has_repairs() {
+            if self.slots.free.is_empty() {
+                self.wait_for_slot()?;
+            }
+            let fd = self.sock_ref;
+            match self.slots.take_written(fd, |out| core.next_repair(out)) {
+                Some(e) => self.push(&e)?,
+                None => break,
             }
         }
         Ok(())

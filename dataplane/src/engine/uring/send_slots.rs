@@ -99,6 +99,22 @@ impl SendSlots {
         Some(self.fill(i, fd, (out, n), to, NO_BUF))
     }
 
+    /// As [`SendSlots::take_protected`], for a datagram whose destination `write` gives with
+    /// its length (a repair the core writes).
+    pub(super) fn take_written(
+        &mut self,
+        fd: SockRef,
+        write: impl FnOnce(&mut [u8]) -> Option<(usize, SockAddr)>,
+    ) -> Option<squeue::Entry> {
+        let i = *self.free.last()?;
+        let at = i as usize * PROTECTED_SIZE;
+        let (n, to) = write(&mut self.protected[at..at + PROTECTED_SIZE])?;
+        self.free.pop();
+        // As in `take_protected`: the region stays untouched until the send completes.
+        let out = self.protected[at..].as_ptr();
+        Some(self.fill(i, fd, (out, n), &to, NO_BUF))
+    }
+
     /// Points slot `i` at `len` bytes at `ptr` (kept alive by the caller until completion).
     fn fill(
         &mut self,
