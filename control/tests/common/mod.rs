@@ -146,28 +146,39 @@ pub fn bridge_on(url: &str, id: &str, region: &str, media: &str) -> Proc {
 
 /// A bridge on the given media and API addresses (mio engine, one unpinned worker).
 pub fn bridge_with(url: &str, id: &str, region: &str, media: &str, api: &str) -> Proc {
-    Proc::start(
-        "ringbridge",
-        &[
-            "--metrics",
-            "127.0.0.1:0",
-            "--engine",
-            "mio",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--media",
-            media,
-            "--api",
-            api,
-            "--control",
-            url,
-            "--bridge-id",
-            id,
-            "--region",
-            region,
-        ],
-    )
+    bridge_args(url, id, region, media, api, &[])
+}
+
+/// [`bridge_with`] with `extra` flags after the usual ones.
+pub fn bridge_args(
+    url: &str,
+    id: &str,
+    region: &str,
+    media: &str,
+    api: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec![
+        "--metrics",
+        "127.0.0.1:0",
+        "--engine",
+        "mio",
+        "--workers",
+        "1",
+        "--no-pin",
+        "--media",
+        media,
+        "--api",
+        api,
+        "--control",
+        url,
+        "--bridge-id",
+        id,
+        "--region",
+        region,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("ringbridge", &args)
 }
 
 /// Every bridge the control plane at `url` knows.
@@ -205,6 +216,64 @@ pub async fn endpoints(url: &str) -> Vec<(String, pb::EndpointInfo)> {
 /// The test venv's Python (`make test` sets `RINGBRIDGE_PYTHON`), else `python3`.
 pub fn python() -> String {
     std::env::var("RINGBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs `cmd` to its end, at most `limit`: its output, or a panic with what it printed after
+/// killing it (its whole process group: it runs in a new one, with everything it started).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{cmd:?} still running after {limit:?}, killed: {}\n--- stderr ---\n{}",
+            String::from_utf8_lossy(&stdout),
+            tail(&String::from_utf8_lossy(&stderr), 4000)
+        );
+    };
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The last `max` bytes of `s` or a few more (whole characters).
+pub fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start -= 1;
+    }
+    &s[start..]
 }
 
 /// A bridge's drop counters (its `GetStats` totals).
