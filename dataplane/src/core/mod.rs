@@ -17,6 +17,7 @@ pub mod rewrite;
 pub mod rtcp;
 pub mod rtp;
 pub mod senders;
+pub mod simulcast;
 pub mod subscribe;
 pub mod table;
 mod verdict;
