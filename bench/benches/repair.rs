@@ -38,7 +38,13 @@ fn core(cache: Option<Arc<RepairCache>>) -> Core {
     let mut b = TableBuilder::new();
     let conf = b.conference();
     for e in 0..10u16 {
-        b.endpoint(conf, u64::from(e), &[100 + u32::from(e)], Some(addr(e)), None);
+        b.endpoint(
+            conf,
+            u64::from(e),
+            &[100 + u32::from(e)],
+            Some(addr(e)),
+            None,
+        );
     }
     Core::new(b.build(1)).with_repair_cache(cache)
 }
