@@ -734,6 +734,10 @@ fn decide<'t>(
         (None, Some(h)) if conf.srtp_out() => {
             let st = streams.rtp.entry(key).or_default();
             let index = st.estimate(h.seq);
+            // A duplicate (a retransmission of what was forwarded) would go out again under an
+            // index its SRTP receivers' keys already used, with whatever changed in it: a nonce
+            // reused with other bytes. Dropped (and answered from the cache if asked for).
+            st.check(index).map_err(srtp_drop)?;
             st.accept(index);
             (pkt.len(), index)
         }
@@ -866,6 +870,8 @@ fn decide_relay<'t>(
                 let index = if conf.srtp_out() {
                     let st = streams.rtp.entry((r.uid, hdr.ssrc)).or_default();
                     let index = st.estimate(hdr.seq);
+                    // As for a local plain sender: never twice under one index.
+                    st.check(index).map_err(srtp_drop)?;
                     st.accept(index);
                     index
                 } else {

@@ -252,3 +252,37 @@ fn a_removed_senders_stream_answers_no_more() {
     assert!(c.handle(&mut nack(20, 10, 7), a(2)).is_err());
     assert!(repairs(&mut c).is_empty());
 }
+
+#[test]
+fn a_plain_senders_duplicate_never_reaches_srtp_receivers_twice() {
+    let p = srtp::Profile::AeadAes128Gcm;
+    let s2 = Arc::new(srtp::Session::new(p, &[2; 16], &[2; 12]).unwrap());
+    let mut b = TableBuilder::new();
+    let conf = b.conference();
+    b.endpoint(conf, 1, &[10], Some(a(1)), None);
+    let mut c = Core::new(b.build(1));
+    c.apply(&Delta {
+        generation: 2,
+        ops: vec![Op::AddEndpoint {
+            conf,
+            uid: 2,
+            ssrcs: Box::new([]),
+            addr: Some(a(2)),
+            srtp: Some((s2.clone(), s2)),
+            claim: None,
+            webrtc: false,
+            rewrite: None,
+        }],
+    });
+    assert!(c.handle(&mut rtp(10, 7, 0, b"first"), a(1)).is_ok());
+    // The sender retransmits 7 with other bytes: under the receiver's key, index 7 is used.
+    assert_eq!(
+        c.handle(&mut rtp(10, 7, 0, b"again"), a(1)).err(),
+        Some(DropReason::SrtpReplay)
+    );
+    assert!(c.handle(&mut rtp(10, 8, 0, b"next"), a(1)).is_ok());
+    // Between plain endpoints only, nothing changes: the duplicate goes on.
+    let mut c = core();
+    assert_eq!(send(&mut c, 7), [2, 3]);
+    assert_eq!(send(&mut c, 7), [2, 3]);
+}
