@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium
+.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium nft
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -26,6 +26,13 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
 	  echo "installing chromium + chromium-driver (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+## nft for the NACK repair test's lossy link (an nftables rule in a network namespace: the
+## kernels we run on may lack netem), Debian's nftables, via apt-get when missing.
+nft:
+	@command -v nft >/dev/null 2>&1 || { \
+	  echo "installing nftables (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq nftables >/dev/null; }
 
 build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
@@ -75,7 +82,7 @@ $(VENV)/.ready: Makefile
 	@touch $@
 
 ## Unit and end-to-end tests (both engines, libsrtp interop), then lints.
-test: toolchain etcd chromium $(VENV)/.ready
+test: toolchain etcd chromium nft $(VENV)/.ready
 	RINGBRIDGE_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) test --workspace --lib --bins --tests -- --test-threads=2
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -127,6 +127,18 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
             Rtx::new(&pairs(&x.payload_types), &streams, random_u16)?.map(Arc::new)
         }
     };
+    if let Some(x) = &r.simulcast {
+        crate::state::check_simulcast(&x.layers, &r.ssrcs)?;
+    }
+    if r.cache_ssrcs.iter().any(|s| !r.ssrcs.contains(s)) {
+        return Err(StateError::BadValue {
+            field: "cache_ssrcs",
+            why: "every SSRC must be one of the endpoint's ssrcs",
+        });
+    }
+    if let Some(x) = &r.simulcast_receive {
+        s.check_sim_receive(&r.conference_id, &x.publisher, x.ssrc, &r.ssrcs)?;
+    }
     if r.audio_level_ext_id > 255 {
         return Err(StateError::BadValue {
             field: "audio_level_ext_id",
@@ -145,6 +157,25 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
     if rtx.is_some() {
         // Cannot fail: the endpoint exists.
         s.set_rtx(&r.conference_id, &r.endpoint_id, rtx)?;
+    }
+    if !r.cache_ssrcs.is_empty() {
+        // Cannot fail: checked before the endpoint was added.
+        s.cache_streams(&r.conference_id, &r.endpoint_id, &r.cache_ssrcs)?;
+    }
+    if let Some(x) = &r.simulcast {
+        // Cannot fail: checked before the endpoint was added.
+        s.set_simulcast(&r.conference_id, &r.endpoint_id, &x.layers)?;
+    }
+    if let Some(x) = &r.simulcast_receive {
+        // Cannot fail: checked before the endpoint was added.
+        s.set_sim_receive(
+            &r.conference_id,
+            &r.endpoint_id,
+            &x.publisher,
+            x.ssrc,
+            x.max_height,
+            random_u16(),
+        )?;
     }
     if r.audio_level_ext_id != 0 {
         // Cannot fail: the endpoint exists and the id is in range.
@@ -258,6 +289,7 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
             relay_hop_limit: d(DropReason::RelayHopLimit),
             transport_queue_full: d(DropReason::TransportQueueFull),
             nack_answered: d(DropReason::NackAnswered),
+            feedback_taken: d(DropReason::FeedbackTaken),
         }),
         relay_rx: c.relay_rx,
         relay_tx: c.relay_tx,
@@ -362,6 +394,17 @@ impl Bridge for BridgeService {
         let r = req.into_inner();
         self.apply(move |s| set_subscription(s, &r)).await?;
         Ok(Response::new(pb::SetSubscriptionResponse {}))
+    }
+
+    async fn set_simulcast_limit(
+        &self,
+        req: Request<pb::SetSimulcastLimitRequest>,
+    ) -> Result<Response<pb::SetSimulcastLimitResponse>, Status> {
+        let r = req.into_inner();
+        self.publisher
+            .read(|s| s.set_simulcast_limit(&r.conference_id, &r.endpoint_id, r.max_height))
+            .map_err(|e| Status::from(ApiError::from(e)))?;
+        Ok(Response::new(pb::SetSimulcastLimitResponse {}))
     }
 
     async fn list_conferences(

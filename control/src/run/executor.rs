@@ -94,7 +94,21 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
             .as_ref()
             .map(|s| pb::Subscription { ssrcs: s.clone() }),
         audio_level_ext_id: audio_level_ext_id(p),
+        simulcast: None,
+        simulcast_receive: None,
+        cache_ssrcs: video_ssrcs(p),
     }
+}
+
+/// A WebRTC publisher's video SSRCs: the bridge caches them for repairs from the start.
+fn video_ssrcs(p: &Participant) -> Vec<u32> {
+    p.media
+        .iter()
+        .flat_map(|m| &m.sections)
+        .filter(|s| s.kind == "video")
+        .flat_map(|s| s.ssrcs.iter().copied())
+        .filter(|s| p.ssrcs.contains(s))
+        .collect()
 }
 
 /// The RFC 6464 audio level extension id a WebRTC participant's audio carries (0: none).

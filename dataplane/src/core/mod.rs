@@ -36,7 +36,7 @@ pub use repair::RepairCache;
 pub use rewrite::Rewrite;
 pub use senders::RemoteSenders;
 pub use table::{ConfIdx, Delta, EndpointUid, LatchClaim, Op, Peer, Table, TableBuilder};
-pub use verdict::{Dests, Sent, Verdict};
+pub use verdict::{CopyKind, Dests, Sent, Verdict};
 
 use feedback::feedback_targets;
 use verdict::Select;
@@ -85,11 +85,14 @@ pub enum DropReason {
     /// RTCP whose only feedback was generic NACKs the bridge answered from its retransmission
     /// cache (nothing left to go on upstream): repaired, not lost.
     NackAnswered = 14,
+    /// RTCP whose only feedback the bridge acts on itself (a simulcast receiver's REMB, a NACK
+    /// about its stream): nothing to forward.
+    FeedbackTaken = 15,
 }
 
 impl DropReason {
     /// Number of reasons, for counter arrays.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::NotRtp,
@@ -107,6 +110,7 @@ impl DropReason {
         Self::RelayHopLimit,
         Self::TransportQueueFull,
         Self::NackAnswered,
+        Self::FeedbackTaken,
     ];
 
     /// Stable snake_case name, as used in stats and logs.
@@ -127,6 +131,7 @@ impl DropReason {
             Self::RelayHopLimit => "relay_hop_limit",
             Self::TransportQueueFull => "transport_queue_full",
             Self::NackAnswered => "nack_answered",
+            Self::FeedbackTaken => "feedback_taken",
         }
     }
 }
@@ -212,6 +217,10 @@ struct StreamState {
     repairs: Vec<Repair>,
     /// The next of `repairs` to send.
     repairs_at: usize,
+    /// Simulcast receivers' state, and what the packet being decided gives each peer.
+    sim: simulcast::select::Receivers,
+    /// The SRTCP index of the bridge's own RTCP (its keyframe requests) to each endpoint.
+    own_rtcp: FxHashMap<EndpointUid, u32>,
 }
 
 /// Most repairs one batch answers: later NACKed numbers go on upstream.
@@ -360,7 +369,16 @@ impl Core {
                 | Op::SetSrtp { .. }
                 | Op::Subscribe { .. }
                 | Op::SetAudioLevel { .. }
-                | Op::SetRtx { .. } => {}
+                | Op::SetRtx { .. }
+                | Op::SetSimReceive { .. } => {}
+                Op::SetSimulcast { .. } => {}
+                Op::CacheStreams { conf, ssrcs } => {
+                    if let Some(cache) = &self.repair {
+                        for &ssrc in ssrcs.iter() {
+                            cache.claim(conf.get(), ssrc, self.now_ms);
+                        }
+                    }
+                }
             }
             self.table.apply(op);
             // A receive-only endpoint (a viewer) joined a conference fed from upstream: it
@@ -392,6 +410,8 @@ impl Core {
                 cache.release(ep.conf, ssrc);
             }
         }
+        self.streams.sim.forget(uid);
+        self.streams.own_rtcp.remove(&uid);
         if !self.latched.is_empty() {
             self.latched.retain(|_, (u, _)| *u != uid);
         }
@@ -440,6 +460,7 @@ impl Core {
     #[inline]
     pub fn has_repairs(&self) -> bool {
         self.streams.repairs_at < self.streams.repairs.len()
+            || !self.streams.sim.keyframes.is_empty()
     }
 
     /// Writes the next packet this batch's NACKs asked for, as the receiver gets it (RTX
@@ -464,6 +485,36 @@ impl Core {
         }
         self.streams.repairs.clear();
         self.streams.repairs_at = 0;
+        // Keyframes simulcast receivers wait for, asked of their publisher.
+        while let Some((slot, ssrc, conf)) = self.streams.sim.keyframes.pop() {
+            let c = self.table.conf(conf);
+            let (Some(peer), Some(&owner)) =
+                (c.peers.get(slot as usize), c.peer_owner.get(slot as usize))
+            else {
+                continue;
+            };
+            let pli = keyframe::pli(self.keyframes.ssrc(), ssrc);
+            let n = match &peer.srtp {
+                None => {
+                    out.get_mut(..pli.len())?.copy_from_slice(&pli);
+                    pli.len()
+                }
+                Some(s) => {
+                    let uid = self.table.ep(owner).uid;
+                    let i = self
+                        .streams
+                        .own_rtcp
+                        .entry(uid)
+                        .or_insert_with(srtp::first_srtcp_index);
+                    *i = (*i + 1) & 0x7fff_ffff;
+                    match s.protect_rtcp(&pli, *i, out) {
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            return Some((n, peer.raw.clone()));
+        }
         None
     }
 
@@ -660,7 +711,7 @@ fn decide<'t>(
     table: &'t Table,
     latched: &mut FxHashMap<SocketAddr, (EndpointUid, u32)>,
     events: &mut VecDeque<Event>,
-    streams: &mut StreamState,
+    streams: &'t mut StreamState,
     counters: &mut Counters,
     shared: Shared<'_>,
     pkt: &mut [u8],
@@ -788,6 +839,21 @@ fn decide<'t>(
     let filter = hdr.map(|h| conf.filter(h.ssrc)).unwrap_or_default();
     let (select, relays, len) = match summary {
         Some(s) if s.feedback => {
+            // A simulcast receiver's feedback about its stream: the bridge's to act on.
+            let (plain, s) = match ep.sim.as_ref().and_then(|sim| {
+                let g = conf.groups.iter().find(|g| g.owner == sim.group)?;
+                Some((sim, g))
+            }) {
+                Some((sim, g)) => {
+                    let n = simulcast::select::take_feedback(plain, sim, g);
+                    let s = rtcp::summarize(&plain[..n]).ok().filter(|s| s.feedback);
+                    match s {
+                        Some(s) => (&mut plain[..n], s),
+                        None => return Err(DropReason::FeedbackTaken),
+                    }
+                }
+                None => (plain, s),
+            };
             let (mut len, s) = shared.gate(ep.conf, plain, s)?;
             let f = feedback_targets(table, shared.senders, ep.conf, Some(idx), s.targets(), None);
             // NACKs the cache answers go no further (what is left goes where it went).
@@ -817,6 +883,26 @@ fn decide<'t>(
     if dests.is_empty() && relays.is_empty() {
         return Err(DropReason::NoReceivers);
     }
+    // A simulcast layer: each receiver of its group as one stream gets it or not, rewritten.
+    let sim = match (&hdr, conf.layers.is_empty()) {
+        (Some(h), false) => conf.layers.get(&h.ssrc).map(|(g, layer)| {
+            streams.sim.decide(
+                table,
+                conf,
+                ep.conf,
+                g,
+                *layer,
+                &pkt[..len],
+                h.len,
+                &dests,
+                shared.gate,
+                ep.slot,
+                shared.now_ms,
+            )
+        }),
+        _ => None,
+    };
+    let streams: &'t StreamState = streams;
     Ok(Verdict {
         class,
         dests,
@@ -826,6 +912,7 @@ fn decide<'t>(
         len,
         index,
         rtp_header_len: hdr.map_or(0, |h| h.len),
+        sim: sim.map(|d| (&streams.sim.copies[..], d)),
     })
 }
 
@@ -945,6 +1032,7 @@ fn decide_relay<'t>(
         len: n,
         index,
         rtp_header_len,
+        sim: None,
     })
 }
 

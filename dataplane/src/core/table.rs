@@ -16,6 +16,7 @@ use super::audio::AudioMeter;
 use super::relay::Relay;
 use super::repair::rtx::Rtx;
 use super::rewrite::Rewrite;
+use super::simulcast::group::{Group, SimReceive};
 use super::subscribe::{SenderBits, Target, Wants};
 use crate::srtp::Session;
 
@@ -36,6 +37,9 @@ pub struct Peer {
     pub rewrite: Option<Arc<Rewrite>>,
     /// When set, repairs of the streams it lists go to this peer as RTX (else plain resends).
     pub rtx: Option<Arc<Rtx>>,
+    /// When set, this peer gets one simulcast group's video as one stream (one layer at a
+    /// time, rewritten), not the group's layers as they are.
+    pub sim: Option<Arc<SimReceive>>,
 }
 
 impl Peer {
@@ -46,6 +50,7 @@ impl Peer {
             srtp: ep.srtp_out.clone(),
             rewrite: ep.rewrite.clone(),
             rtx: ep.rtx.clone(),
+            sim: ep.sim.clone(),
         }
     }
 }
@@ -96,6 +101,8 @@ pub(crate) struct Endpoint {
     pub audio: Option<(u8, Arc<AudioMeter>)>,
     /// Its RTX as a receiver (its peer entry carries it while it has an address).
     pub rtx: Option<Arc<Rtx>>,
+    /// The simulcast group it receives as one stream (likewise).
+    pub sim: Option<Arc<SimReceive>>,
 }
 
 /// One conference: the addresses of its endpoints and who sends which SSRC.
@@ -123,6 +130,10 @@ pub(crate) struct Conference {
     /// Receivers (peers and relays) with a subscription: 0 means every RTP packet goes to
     /// everyone, without looking its SSRC up.
     pub filtered: u32,
+    /// Simulcast groups of its publishers.
+    pub groups: Vec<Arc<Group>>,
+    /// The group and layer of every SSRC of `groups` (empty: no simulcast, no lookup).
+    pub layers: FxHashMap<u32, (Arc<Group>, u8)>,
 }
 
 impl Conference {
@@ -252,6 +263,31 @@ pub enum Op {
         ext_id: u8,
         /// Where its levels go (shared by every copy of the table).
         meter: Arc<AudioMeter>,
+    },
+    /// Starts keeping streams of `conf` in the retransmission cache (an endpoint's video):
+    /// no change to the table, each worker's core asks the shared cache (idempotent).
+    CacheStreams {
+        /// The conference.
+        conf: ConfIdx,
+        /// The streams' SSRCs.
+        ssrcs: Box<[u32]>,
+    },
+    /// Declares (or with `None` removes) the simulcast group endpoint `owner` of `conf`
+    /// publishes.
+    SetSimulcast {
+        /// The conference.
+        conf: ConfIdx,
+        /// The publisher.
+        owner: EndpointUid,
+        /// Its layers.
+        group: Option<Arc<Group>>,
+    },
+    /// Makes an endpoint receive a simulcast group as one stream (`None`: as the layers are).
+    SetSimReceive {
+        /// The receiver.
+        uid: EndpointUid,
+        /// What it receives.
+        sim: Option<Arc<SimReceive>>,
     },
     /// Sets how an endpoint gets repairs of what it NACKs: RTX on the streams `rtx` lists
     /// (`None`: plain resends).
@@ -402,6 +438,18 @@ impl Table {
                     self.ep_mut(i).audio = Some((*ext_id, meter.clone()));
                 }
             }
+            Op::SetSimulcast { conf, owner, group } => self.set_group(*conf, *owner, group),
+            Op::CacheStreams { .. } => {}
+            Op::SetSimReceive { uid, sim } => {
+                if let Some(&i) = self.by_uid.get(uid) {
+                    let ep = self.ep_mut(i);
+                    ep.sim = sim.clone();
+                    if let Some(slot) = ep.slot {
+                        let conf = ep.conf;
+                        self.conf_mut(conf).peers[slot as usize].sim = sim.clone();
+                    }
+                }
+            }
             Op::SetRtx { uid, rtx } => {
                 if let Some(&i) = self.by_uid.get(uid) {
                     let ep = self.ep_mut(i);
@@ -528,6 +576,7 @@ impl Table {
             subscription: None,
             audio: None,
             rtx: None,
+            sim: None,
         });
         let idx = match self.free_endpoints.pop() {
             Some(i) => {
@@ -679,7 +728,24 @@ impl Table {
         if let Some(old) = &ep.subscription {
             c.bits.release(old);
         }
+        if !c.groups.is_empty() {
+            c.groups.retain(|g| g.owner != uid);
+            c.layers.retain(|_, (g, _)| g.owner != uid);
+        }
         true
+    }
+
+    /// Replaces publisher `owner`'s simulcast group in `conf` by `group` (`None`: removes it).
+    fn set_group(&mut self, conf: ConfIdx, owner: EndpointUid, group: &Option<Arc<Group>>) {
+        let c = self.conf_mut(conf.0);
+        c.groups.retain(|g| g.owner != owner);
+        c.layers.retain(|_, (g, _)| g.owner != owner);
+        if let Some(g) = group {
+            for (i, &ssrc) in g.ssrcs.iter().enumerate() {
+                c.layers.insert(ssrc, (g.clone(), i as u8));
+            }
+            c.groups.push(g.clone());
+        }
     }
 
     /// Sets what endpoint or relay `target` of `conf` receives RTP of (see [`Op::Subscribe`]).

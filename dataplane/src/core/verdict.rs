@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use super::rewrite::Rewrite;
+use super::simulcast::select::SimCopy;
+use super::simulcast::vp8;
 use super::subscribe::Wants;
 use super::table::Peer;
 use super::{Class, relay, rtcp};
@@ -105,6 +107,11 @@ impl<'t, T> Dests<'t, T> {
 
     /// The destinations, in a stable order.
     pub fn iter(&self) -> impl Iterator<Item = &'t T> + '_ {
+        self.iter_slots().map(|(_, p)| p)
+    }
+
+    /// The destinations with their index among the conference's peers, in a stable order.
+    pub fn iter_slots(&self) -> impl Iterator<Item = (usize, &'t T)> + '_ {
         let (all, only): (Option<(usize, &'t [T])>, &[u32]) = match &self.select {
             Select::AllBut(skip) => (Some((*skip, self.peers)), &[]),
             Select::Only { slots, n } => (None, &slots[..usize::from(*n)]),
@@ -115,9 +122,8 @@ impl<'t, T> Dests<'t, T> {
                 p.iter()
                     .enumerate()
                     .filter(move |(i, _)| *i != skip && self.takes(*i))
-                    .map(|(_, p)| p)
             })
-            .chain(only.iter().map(move |&s| &peers[s as usize]))
+            .chain(only.iter().map(move |&s| (s as usize, &peers[s as usize])))
     }
 }
 
@@ -142,9 +148,68 @@ pub struct Verdict<'t> {
     pub index: u64,
     /// RTP: the header length (parsed once, on arrival). RTCP: 0.
     pub rtp_header_len: usize,
+    /// A simulcast layer's packet: what each peer (by index) gets of it, and its VP8
+    /// descriptor (rewritten on each receiver's copy).
+    pub(super) sim: Option<(&'t [SimCopy], vp8::Descriptor)>,
+}
+
+/// How the copy for one destination is made ([`Verdict::copy_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKind {
+    /// The plain packet itself, shared by every such copy.
+    Shared,
+    /// A copy of its own, written by [`Verdict::write`] (SRTP, a rewrite, a simulcast stream).
+    Written,
+    /// None: this receiver does not get this packet (another simulcast layer).
+    Skip,
 }
 
 impl Verdict<'_> {
+    /// How the copy for `peer` (index `slot` among the conference's peers, as
+    /// [`Dests::iter_slots`] gives it) is made.
+    #[inline]
+    pub fn copy_kind(&self, slot: usize, peer: &Peer) -> CopyKind {
+        match self.sim.and_then(|(c, _)| c.get(slot).copied()) {
+            Some(SimCopy::Skip) => CopyKind::Skip,
+            Some(SimCopy::Send(..)) => CopyKind::Written,
+            _ if peer.srtp.is_some() => CopyKind::Written,
+            _ => CopyKind::Shared,
+        }
+    }
+
+    /// Writes the copy for `peer` (index `slot`) whose [`Verdict::copy_kind`] is `Written` into
+    /// `out`; returns its length, `None` if it cannot be written. A simulcast receiver's copy is
+    /// its stream's: SSRC, sequence number, timestamp, VP8 picture id and TL0PICIDX rewritten,
+    /// protected under its stream's index.
+    #[inline]
+    pub fn write(&self, slot: usize, peer: &Peer, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+        if let Some((copies, d)) = self.sim
+            && let Some(SimCopy::Send(o, ssrc)) = copies.get(slot).copied()
+        {
+            let hl = self.rtp_header_len;
+            let edit = |pkt: &mut [u8]| {
+                if let Some(r) = &peer.rewrite {
+                    r.apply(&mut pkt[..hl]);
+                }
+                pkt[2..4].copy_from_slice(&o.seq().to_be_bytes());
+                pkt[4..8].copy_from_slice(&o.ts.to_be_bytes());
+                pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                vp8::rewrite(&mut pkt[hl..], &d, o.picture_id, o.tl0);
+            };
+            return match &peer.srtp {
+                Some(s) => s.protect_rtp_whole(plain, hl, o.index, out, edit).ok(),
+                None => {
+                    let copy = out.get_mut(..plain.len())?;
+                    copy.copy_from_slice(plain);
+                    edit(copy);
+                    Some(plain.len())
+                }
+            };
+        }
+        let s = peer.srtp.as_ref()?;
+        self.protect(plain, s, peer.rewrite.as_deref(), out)
+    }
+
     /// Writes the copy for a peer that receives SRTP (`session` is its [`Peer::srtp`]) from the
     /// plain packet into `out`, RTP rewritten by `rewrite` (its [`Peer::rewrite`]) on the way;
     /// returns its length, `None` if it cannot be written (no room). `plain` itself is never

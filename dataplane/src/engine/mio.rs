@@ -14,7 +14,7 @@ use super::PROTECTED_SIZE;
 use super::mmsg::{RecvBatch, SendBatch};
 use super::worker::{drain_control, end_batch, pin};
 use crate::core::Sent;
-use crate::core::{Core, DropReason, Table};
+use crate::core::{CopyKind, Core, DropReason, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
 /// Datagrams per `recvmmsg`.
@@ -113,15 +113,19 @@ fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Resu
                     continue;
                 };
                 let plain = v.plain(pkt);
-                for peer in v.dests.iter() {
+                for (slot, peer) in v.dests.iter_slots() {
+                    let kind = v.copy_kind(slot, peer);
+                    if kind == CopyKind::Skip {
+                        continue;
+                    }
                     if tx.is_full() {
                         sent += tx.flush(fd);
                     }
-                    let out = match &peer.srtp {
-                        None => plain,
-                        Some(s) => {
+                    let out = match kind {
+                        CopyKind::Shared => plain,
+                        _ => {
                             let buf = &mut protected[tx.len()];
-                            match v.protect(plain, s, peer.rewrite.as_deref(), buf) {
+                            match v.write(slot, peer, plain, buf) {
                                 Some(n) => &buf[..n],
                                 None => {
                                     sent.failed += 1;

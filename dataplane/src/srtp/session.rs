@@ -220,14 +220,28 @@ impl Session {
         out: &mut [u8],
         edit: impl FnOnce(&mut [u8]),
     ) -> Result<usize, Error> {
+        self.protect_rtp_whole(plain, hl, index, out, |p| edit(&mut p[..hl]))
+    }
+
+    /// [`Session::protect_rtp_edited`] whose `edit` may change the whole copy (header and
+    /// payload, not its length) before it is protected under `index`, SSRC included: a
+    /// simulcast receiver's stream is a rewrite of the layer it is on.
+    pub fn protect_rtp_whole(
+        &self,
+        plain: &[u8],
+        hl: usize,
+        index: u64,
+        out: &mut [u8],
+        edit: impl FnOnce(&mut [u8]),
+    ) -> Result<usize, Error> {
         if hl > plain.len() {
             return Err(Error::Short);
         }
         let total = plain.len() + self.profile.rtp_overhead();
         let out = out.get_mut(..total).ok_or(Error::NoRoom)?;
         out[..plain.len()].copy_from_slice(plain);
+        edit(&mut out[..plain.len()]);
         let (head, body) = out.split_at_mut(hl);
-        edit(head);
         let plen = plain.len() - hl;
         match &self.rtp {
             Keys::Cm {

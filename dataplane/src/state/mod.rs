@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::core::audio::AudioMeter;
 use crate::core::repair::rtx::Rtx;
 use crate::core::rewrite::Rewrite;
+use crate::core::simulcast::group::{Group, MAX_LAYERS, SimReceive};
 use crate::core::subscribe::Target;
 use crate::core::table::ConfIdx;
 use crate::core::{Delta, EndpointUid, Op, Table};
@@ -63,6 +64,8 @@ pub struct EndpointState {
     pub subscription: Option<Arc<[u32]>>,
     /// Its audio levels (when its audio carries the RFC 6464 extension the bridge reads).
     pub audio: Option<Arc<AudioMeter>>,
+    /// The simulcast group it receives as one stream.
+    pub sim: Option<Arc<SimReceive>>,
     /// SRTCP index of the last RTCP the control path sent it itself.
     pub rtcp_index: u32,
 }
@@ -114,6 +117,28 @@ struct Conf {
     relays: BTreeMap<String, RelayState>,
     /// By id; hashed, as a conference may hold 100 000 endpoints (listing sorts).
     endpoints: FxHashMap<String, EndpointState>,
+}
+
+/// Checks simulcast `layers` of an endpoint sending `ssrcs`: 1 to [`MAX_LAYERS`] distinct SSRCs
+/// it sends.
+pub fn check_simulcast(layers: &[u32], ssrcs: &[u32]) -> Result<(), StateError> {
+    let distinct = layers
+        .iter()
+        .enumerate()
+        .all(|(i, s)| !layers[..i].contains(s));
+    if layers.is_empty() || layers.len() > MAX_LAYERS || !distinct {
+        return Err(StateError::BadValue {
+            field: "simulcast.layers",
+            why: "1 to 4 distinct SSRCs, lowest layer first",
+        });
+    }
+    if layers.iter().any(|s| !ssrcs.contains(s)) {
+        return Err(StateError::BadValue {
+            field: "simulcast.layers",
+            why: "every layer must be one of the endpoint's ssrcs",
+        });
+    }
+    Ok(())
 }
 
 fn need(field: &'static str, v: &str) -> Result<(), StateError> {
@@ -518,6 +543,7 @@ impl BridgeState {
                 webrtc,
                 subscription: None,
                 audio: None,
+                sim: None,
                 rtcp_index: crate::srtp::first_srtcp_index(),
             },
         );
@@ -582,6 +608,142 @@ impl BridgeState {
         let uid = e.uid;
         self.record(Op::SetRtx { uid, rtx });
         Ok(())
+    }
+
+    /// Keeps endpoint `endpoint`'s streams `ssrcs` (of those it declared) in the
+    /// retransmission cache from now on, not only from their first NACK.
+    pub fn cache_streams(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        ssrcs: &[u32],
+    ) -> Result<(), StateError> {
+        let (conf, e) = self.endpoint_of(conference, endpoint)?;
+        if ssrcs.iter().any(|s| !e.ssrcs.contains(s)) {
+            return Err(StateError::BadValue {
+                field: "cache_ssrcs",
+                why: "every SSRC must be one of the endpoint's ssrcs",
+            });
+        }
+        self.record(Op::CacheStreams {
+            conf,
+            ssrcs: ssrcs.into(),
+        });
+        Ok(())
+    }
+
+    /// Declares that endpoint `endpoint` sends one video as simulcast `layers` (SSRCs it
+    /// declared, lowest first, 1 to [`MAX_LAYERS`]).
+    pub fn set_simulcast(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        layers: &[u32],
+    ) -> Result<(), StateError> {
+        let (conf, e) = self.endpoint_of(conference, endpoint)?;
+        check_simulcast(layers, &e.ssrcs)?;
+        let owner = e.uid;
+        self.record(Op::SetSimulcast {
+            conf,
+            owner,
+            group: Some(Arc::new(Group::new(owner, layers))),
+        });
+        Ok(())
+    }
+
+    /// Makes endpoint `endpoint` receive the simulcast video of `publisher` (same conference)
+    /// as one stream on `ssrc`, at most `max_height` pixels high (0: no limit).
+    pub fn set_sim_receive(
+        &mut self,
+        conference: &str,
+        endpoint: &str,
+        publisher: &str,
+        ssrc: u32,
+        max_height: u32,
+        first_seq: u16,
+    ) -> Result<(), StateError> {
+        let (_, e) = self.endpoint_of(conference, endpoint)?;
+        let own = e.ssrcs.clone();
+        let group = self.check_sim_receive(conference, publisher, ssrc, &own)?;
+        let uid = e.uid;
+        let sim = Arc::new(SimReceive::new(group, ssrc, first_seq, max_height));
+        self.record(Op::SetSimReceive {
+            uid,
+            sim: Some(sim.clone()),
+        });
+        self.conferences
+            .get_mut(conference)
+            .and_then(|c| c.endpoints.get_mut(endpoint))
+            .expect("checked above")
+            .sim = Some(sim);
+        Ok(())
+    }
+
+    /// Sets the largest frame height receiver `endpoint` wants of its simulcast stream (0: no
+    /// limit); it moves to the layer that fits at the layer's next keyframe.
+    pub fn set_simulcast_limit(
+        &self,
+        conference: &str,
+        endpoint: &str,
+        max_height: u32,
+    ) -> Result<(), StateError> {
+        let (_, e) = self.endpoint_of(conference, endpoint)?;
+        let sim = e.sim.as_ref().ok_or(StateError::BadValue {
+            field: "endpoint_id",
+            why: "the endpoint receives no simulcast stream",
+        })?;
+        sim.max_height
+            .store(max_height, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks that endpoint `publisher` of `conference` may be received as one simulcast
+    /// stream on `ssrc` by an endpoint sending `own` SSRCs; returns the publisher's uid.
+    pub fn check_sim_receive(
+        &self,
+        conference: &str,
+        publisher: &str,
+        ssrc: u32,
+        own: &[u32],
+    ) -> Result<EndpointUid, StateError> {
+        let (_, p) = self
+            .endpoint_of(conference, publisher)
+            .map_err(|_| StateError::BadValue {
+                field: "simulcast_receive.publisher",
+                why: "no such endpoint in the conference",
+            })?;
+        let taken = own.contains(&ssrc)
+            || self.conferences[conference]
+                .endpoints
+                .values()
+                .any(|x| x.ssrcs.contains(&ssrc));
+        if ssrc == 0 || taken {
+            return Err(StateError::BadValue {
+                field: "simulcast_receive.ssrc",
+                why: "must be non-zero and no sender's SSRC in the conference",
+            });
+        }
+        Ok(p.uid)
+    }
+
+    /// A conference's table slot and one of its endpoints.
+    fn endpoint_of(
+        &self,
+        conference: &str,
+        endpoint: &str,
+    ) -> Result<(ConfIdx, &EndpointState), StateError> {
+        let c = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
+        let e = c
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| StateError::EndpointNotFound {
+                conference: conference.into(),
+                endpoint: endpoint.into(),
+            })?;
+        Ok((c.idx, e))
     }
 
     /// Every metered endpoint's audio since the last call: (conference, endpoint, mean

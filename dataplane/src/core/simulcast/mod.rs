@@ -4,5 +4,7 @@
 //! estimate and limits ([`policy`]).
 
 pub mod forward;
+pub mod group;
 pub mod policy;
+pub mod select;
 pub mod vp8;

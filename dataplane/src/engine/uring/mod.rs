@@ -25,7 +25,7 @@ use send_slots::{SendSlots, SockRef, complete_send};
 
 use super::RECV_SIZE;
 use super::worker::{drain_control, end_batch, pin};
-use crate::core::{Core, DropReason, Sent, Table};
+use crate::core::{CopyKind, Core, DropReason, Sent, Table};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
 /// Space for the `io_uring_recvmsg_out` header (16 bytes) and a `sockaddr_in6` (28) in front of
@@ -399,18 +399,22 @@ impl Worker {
         // One reference for this loop itself: sends of this buffer may complete while we wait
         // for a slot below, and the buffer must not return to the ring before the loop ends.
         self.refs[usize::from(bid)] = 1;
-        for peer in v.dests.iter() {
+        for (slot, peer) in v.dests.iter_slots() {
+            let kind = v.copy_kind(slot, peer);
+            if kind == CopyKind::Skip {
+                continue;
+            }
             if self.slots.free.is_empty() {
                 self.wait_for_slot()?;
             }
-            let entry = match &peer.srtp {
-                None => self
+            let entry = match kind {
+                CopyKind::Shared => self
                     .slots
                     .take(fd, plain, &peer.raw, bid)
                     .inspect(|_| self.refs[usize::from(bid)] += 1),
-                Some(s) => self.slots.take_protected(fd, &peer.raw, |out| {
-                    v.protect(plain, s, peer.rewrite.as_deref(), out)
-                }),
+                _ => self
+                    .slots
+                    .take_protected(fd, &peer.raw, |out| v.write(slot, peer, plain, out)),
             };
             match entry {
                 Some(e) => self.push(&e)?,

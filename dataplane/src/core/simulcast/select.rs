@@ -1,0 +1,188 @@
+//! The core's side of simulcast: for a packet of a group's layer, which of its receivers get it
+//! and rewritten how (their worker-local [`Forwarder`] and [`Policy`]), the keyframes to ask the
+//! publisher for, and the feedback of a receiver of a group (its REMB is the bridge's, its
+//! keyframe requests go to the layer it is on).
+
+use rustc_hash::FxHashMap;
+
+use super::forward::{Forwarder, Out, Packet};
+use super::group::{Group, NO_LAYER, SimReceive};
+use super::policy::Policy;
+use super::vp8;
+use crate::core::rtcp::{PSFB, RTPFB};
+use crate::core::table::{Conference, Table};
+use crate::core::verdict::Dests;
+use crate::core::{EndpointUid, KeyframeGate, keyframe};
+
+/// What one peer gets of a packet of a simulcast layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimCopy {
+    /// Not a receiver of this group as one stream: the packet as it is.
+    Normal,
+    /// A receiver on another layer (or waiting for a keyframe): nothing.
+    Skip,
+    /// A receiver on this layer: rewritten so, on its stream `ssrc`.
+    Send(Out, u32),
+}
+
+/// Per worker: the receivers' forwarding state, and what the last packet decided.
+#[derive(Debug, Default)]
+pub struct Receivers {
+    /// By (receiver, its stream's SSRC).
+    state: FxHashMap<(EndpointUid, u32), (Forwarder, Policy)>,
+    /// What each peer of the conference gets of the packet being decided.
+    pub copies: Vec<SimCopy>,
+    /// Keyframe requests to send: (publisher's peer slot in `conf`, layer SSRC, conf).
+    pub keyframes: Vec<(u32, u32, u32)>,
+}
+
+impl Receivers {
+    /// Forgets the state of receiver `uid` (it left).
+    pub fn forget(&mut self, uid: EndpointUid) {
+        if !self.state.is_empty() {
+            self.state.retain(|(u, _), _| *u != uid);
+        }
+    }
+
+    /// Decides RTP packet `pkt` (header `hl` bytes, sequence `seq`, timestamp `ts`) of layer
+    /// `layer` of `group` in conference `conf` (slot `conf_idx`) for `dests`: fills
+    /// [`Receivers::copies`], measures the layer, queues keyframe requests (through `gate`) to
+    /// the publisher at peer slot `publisher` for receivers waiting for a layer. Returns the
+    /// packet's VP8 descriptor (the copies rewrite it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide(
+        &mut self,
+        table: &Table,
+        conf: &Conference,
+        conf_idx: u32,
+        group: &Group,
+        layer: u8,
+        pkt: &[u8],
+        hl: usize,
+        dests: &Dests<'_>,
+        gate: &KeyframeGate,
+        publisher: Option<u32>,
+        now_ms: u32,
+    ) -> vp8::Descriptor {
+        let d = vp8::parse(&pkt[hl..]).unwrap_or_default();
+        if let Some(s) = group.stats.get(usize::from(layer)) {
+            s.record(pkt.len(), now_ms, d.size);
+        }
+        let p = Packet {
+            layer,
+            seq: u16::from_be_bytes([pkt[2], pkt[3]]),
+            ts: u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+            keyframe: d.keyframe,
+            picture_id: d.picture_id.map(|(id, _)| id),
+            tl0: d.tl0,
+        };
+        let (layers, n) = group.layers(now_ms);
+        self.copies.clear();
+        self.copies.resize(conf.peers.len(), SimCopy::Normal);
+        for (i, peer) in dests.iter_slots() {
+            let Some(sim) = peer.sim.as_ref().filter(|s| s.group == group.owner) else {
+                continue;
+            };
+            let uid = table.ep(conf.peer_owner[i]).uid;
+            let (f, policy) = self
+                .state
+                .entry((uid, sim.ssrc))
+                .or_insert_with(|| (Forwarder::new(sim.first_seq), Policy::default()));
+            let limit = sim.max_height.load(std::sync::atomic::Ordering::Relaxed) as u16;
+            let target = policy.choose(&layers[..n], sim.estimate().bps(), limit, now_ms);
+            report(sim, target, f.layer());
+            self.copies[i] = match f.on_packet(&p, target, now_ms) {
+                Some(out) => SimCopy::Send(out, sim.ssrc),
+                None => SimCopy::Skip,
+            };
+            if f.needs_keyframe(target)
+                && let Some(t) = target
+                && let (Some(slot), Some(&ssrc)) = (publisher, group.ssrcs.get(usize::from(t)))
+                && gate.allow(keyframe::stream_key(conf_idx, ssrc), now_ms)
+            {
+                self.keyframes.push((slot, ssrc, conf_idx));
+            }
+        }
+        d
+    }
+}
+
+fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let v = |l: Option<u8>| l.map_or(NO_LAYER, u32::from);
+    if sim.target.load(Relaxed) != v(target) {
+        sim.target.store(v(target), Relaxed);
+    }
+    if sim.layer.load(Relaxed) != v(layer) {
+        sim.layer.store(v(layer), Relaxed);
+    }
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Takes the feedback of `sim`'s receiver about its stream, in compound `pkt`, in place: a
+/// REMB is its estimate (kept, and taken out), a PLI or FIR about its stream goes to the layer
+/// it is on (its SSRC written in), a NACK about it is taken out (its numbers are the receiver's
+/// own). Returns the compound's new length.
+pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let layer = match sim.layer.load(Relaxed) {
+        NO_LAYER => sim.target.load(Relaxed),
+        l => l,
+    };
+    let to = group.ssrcs.get(layer as usize).copied();
+    let (mut r, mut w) = (0, 0);
+    while r + 4 <= pkt.len() {
+        let len = (usize::from(u16::from_be_bytes([pkt[r + 2], pkt[r + 3]])) + 1) * 4;
+        let Some(end) = r.checked_add(len).filter(|&e| e <= pkt.len()) else {
+            break;
+        };
+        let (pt, fmt) = (pkt[r + 1], pkt[r] & 0x1f);
+        let mut keep = true;
+        if (pt == RTPFB || pt == PSFB) && len >= 12 {
+            let media = be32(pkt, r + 8);
+            match (pt, fmt) {
+                (PSFB, 15) if len >= 20 && &pkt[r + 12..r + 16] == b"REMB" => {
+                    let n = usize::from(pkt[r + 16]);
+                    let ssrcs = (r + 20..end).step_by(4).take(n);
+                    if ssrcs
+                        .clone()
+                        .any(|at| at + 4 <= end && be32(pkt, at) == sim.ssrc)
+                    {
+                        let exp = pkt[r + 17] >> 2;
+                        let mantissa = (u32::from(pkt[r + 17] & 3) << 16)
+                            | (u32::from(pkt[r + 18]) << 8)
+                            | u32::from(pkt[r + 19]);
+                        sim.on_remb(mantissa.checked_shl(u32::from(exp)).unwrap_or(u32::MAX));
+                        keep = false;
+                    }
+                }
+                (PSFB, 4) => {
+                    for at in (r + 12..end).step_by(8) {
+                        if at + 8 <= end && be32(pkt, at) == sim.ssrc {
+                            match to {
+                                Some(t) => pkt[at..at + 4].copy_from_slice(&t.to_be_bytes()),
+                                None => keep = false,
+                            }
+                        }
+                    }
+                }
+                (RTPFB, 1) if media == sim.ssrc => keep = false,
+                _ if media == sim.ssrc => match to {
+                    Some(t) => pkt[r + 8..r + 12].copy_from_slice(&t.to_be_bytes()),
+                    None => keep = false,
+                },
+                _ => {}
+            }
+        }
+        if keep {
+            pkt.copy_within(r..end, w);
+            w += len;
+        }
+        r = end;
+    }
+    w
+}
