@@ -305,6 +305,7 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
         nack_rx: c.nack_rx,
         nack_repaired: c.nack_repaired,
         nack_forwarded: c.nack_forwarded,
+        nack_unsent: c.nack_unsent,
     }
 }
 

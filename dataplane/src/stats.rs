@@ -21,6 +21,7 @@ pub struct SharedCounters {
     nack_rx: AtomicU64,
     nack_repaired: AtomicU64,
     nack_forwarded: AtomicU64,
+    nack_unsent: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -40,6 +41,7 @@ impl SharedCounters {
         self.nack_rx.store(c.nack_rx, Relaxed);
         self.nack_repaired.store(c.nack_repaired, Relaxed);
         self.nack_forwarded.store(c.nack_forwarded, Relaxed);
+        self.nack_unsent.store(c.nack_unsent, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -61,6 +63,7 @@ impl SharedCounters {
             nack_rx: self.nack_rx.load(Relaxed),
             nack_repaired: self.nack_repaired.load(Relaxed),
             nack_forwarded: self.nack_forwarded.load(Relaxed),
+            nack_unsent: self.nack_unsent.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -81,6 +84,7 @@ impl std::ops::AddAssign for Counters {
         self.nack_rx += o.nack_rx;
         self.nack_repaired += o.nack_repaired;
         self.nack_forwarded += o.nack_forwarded;
+        self.nack_unsent += o.nack_unsent;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

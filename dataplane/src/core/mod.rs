@@ -166,6 +166,9 @@ pub struct Counters {
     pub nack_repaired: u64,
     /// Sequence numbers asked for that the cache did not hold: their NACK went on upstream.
     pub nack_forwarded: u64,
+    /// Sequence numbers asked for that were never sent to the receiver (they arrived before
+    /// its subscription changed, e.g. a video paused by last-N): not repaired, not forwarded.
+    pub nack_unsent: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -221,6 +224,10 @@ struct StreamState {
     sim: simulcast::select::Receivers,
     /// The SRTCP index of the bridge's own RTCP (its keyframe requests) to each endpoint.
     own_rtcp: FxHashMap<EndpointUid, u32>,
+    /// When each endpoint's subscription last changed (ms): it is never sent repairs of
+    /// packets that arrived before (a video paused by last-N leaves a gap the receiver NACKs;
+    /// those packets were never its to get).
+    subscribed_at: FxHashMap<EndpointUid, u32>,
 }
 
 /// Most repairs one batch answers: later NACKed numbers go on upstream.
@@ -362,6 +369,12 @@ impl Core {
                     self.streams.rtp.retain(|(u, _), _| *u != gone);
                     self.streams.rtcp_out.retain(|(u, _), _| *u != gone);
                 }
+                Op::Subscribe {
+                    target: subscribe::Target::Endpoint(uid),
+                    ..
+                } => {
+                    self.streams.subscribed_at.insert(*uid, self.now_ms);
+                }
                 Op::AddConference
                 | Op::AddEndpoint { .. }
                 | Op::AddRelay { .. }
@@ -370,8 +383,8 @@ impl Core {
                 | Op::Subscribe { .. }
                 | Op::SetAudioLevel { .. }
                 | Op::SetRtx { .. }
-                | Op::SetSimReceive { .. } => {}
-                Op::SetSimulcast { .. } => {}
+                | Op::SetSimReceive { .. }
+                | Op::SetSimulcast { .. } => {}
                 Op::CacheStreams { conf, ssrcs } => {
                     if let Some(cache) = &self.repair {
                         for &ssrc in ssrcs.iter() {
@@ -412,6 +425,7 @@ impl Core {
         }
         self.streams.sim.forget(uid);
         self.streams.own_rtcp.remove(&uid);
+        self.streams.subscribed_at.remove(&uid);
         if !self.latched.is_empty() {
             self.latched.retain(|_, (u, _)| *u != uid);
         }
@@ -614,14 +628,16 @@ impl Shared<'_> {
         self,
         streams: &mut StreamState,
         counters: &mut Counters,
-        conf: u32,
+        receiver: &table::Endpoint,
         slot: u32,
         pkt: &mut [u8],
     ) -> usize {
         let Some(cache) = self.repair else {
             return pkt.len();
         };
-        let now = self.now_ms;
+        let (now, conf) = (self.now_ms, receiver.conf);
+        let since = streams.subscribed_at.get(&receiver.uid).copied();
+        let mut unsent = 0;
         let repairs = &mut streams.repairs;
         let a = repair::nack::answer(pkt, |ssrc, seq| {
             let Some(ring) = cache.ring_of(conf, ssrc) else {
@@ -629,6 +645,16 @@ impl Shared<'_> {
                 return false;
             };
             cache.touch(ring, now);
+            if let Some(since) = since
+                && cache
+                    .arrived(ring, seq, now)
+                    .is_some_and(|at| at.wrapping_sub(since) > u32::MAX / 2)
+            {
+                // Before the receiver's subscription changed: never sent to it. Nobody
+                // repairs it, upstream neither.
+                unsent += 1;
+                return true;
+            }
             if repairs.len() >= MAX_REPAIRS || !cache.holds(ring, seq, now) {
                 return false;
             }
@@ -643,6 +669,7 @@ impl Shared<'_> {
         });
         counters.nack_rx += u64::from(a.asked);
         counters.nack_forwarded += u64::from(a.asked - a.taken);
+        counters.nack_unsent += unsent;
         a.len
     }
 
@@ -698,8 +725,8 @@ fn resend(
     if let Some(rtx) = &peer.rtx
         && let Some(next) = rtx.next(ssrc, scratch[1] & 0x7f)
     {
-        let n = repair::rtx::wrap(scratch, h.len, len, next)?;
-        return s.protect_rtp_hl(&scratch[..n], h.len, next.index, out).ok();
+        let (n, hl) = repair::rtx::wrap(scratch, h.len, len, next)?;
+        return s.protect_rtp_hl(&scratch[..n], hl, next.index, out).ok();
     }
     s.protect_rtp_hl(&scratch[..len], h.len, c.index, out).ok()
 }
@@ -861,7 +888,7 @@ fn decide<'t>(
                 && shared.repair.is_some()
                 && let Some(slot) = ep.slot
             {
-                len = shared.answer_nacks(streams, counters, ep.conf, slot, &mut plain[..len]);
+                len = shared.answer_nacks(streams, counters, ep, slot, &mut plain[..len]);
                 if len == 0 {
                     return Err(DropReason::NackAnswered);
                 }

@@ -299,6 +299,18 @@ impl RepairCache {
         ok && s[0].load(Relaxed) == v
     }
 
+    /// When packet `seq` of ring `r`'s current claim arrived (ms), if the ring holds it young
+    /// enough at `now_ms`.
+    #[inline]
+    pub fn arrived(&self, r: RingRef, seq: u16, now_ms: u32) -> Option<u32> {
+        let s = self.slot(r.ring, seq);
+        let v = s[0].load(Acquire);
+        let m = s[2].load(Relaxed);
+        let ok = v & 1 == 0 && v != 0 && s[1].load(Relaxed) == r.epoch && fits(m, seq, now_ms);
+        fence(Acquire);
+        (ok && s[0].load(Relaxed) == v).then_some((m >> 32) as u32)
+    }
+
     /// Notes that a receiver asked ring `r` for a packet at `now_ms` (it stays claimed).
     #[inline]
     pub fn touch(&self, r: RingRef, now_ms: u32) {

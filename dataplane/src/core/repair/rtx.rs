@@ -133,8 +133,9 @@ impl Rtx {
 /// Turns the plain RTP packet `buf[..len]` (header `hl` bytes, already as this receiver gets
 /// it) into its RTX packet in place (RFC 4588 section 4): SSRC, payload type and sequence
 /// number from `next`, the original sequence number in front of the payload, the original's
-/// padding left out. `buf` needs 2 bytes of room after `len`. Returns the RTX packet's length.
-pub fn wrap(buf: &mut [u8], hl: usize, len: usize, next: Next) -> Option<usize> {
+/// padding and header extensions left out. `buf` needs 2 bytes of room after `len`. Returns the
+/// RTX packet's length and header length.
+pub fn wrap(buf: &mut [u8], hl: usize, len: usize, next: Next) -> Option<(usize, usize)> {
     if len < hl || hl < 12 {
         return None;
     }
@@ -144,18 +145,22 @@ pub fn wrap(buf: &mut [u8], hl: usize, len: usize, next: Next) -> Option<usize> 
         0
     };
     let body = len.checked_sub(hl + pad)?;
-    let total = hl + 2 + body;
-    if buf.len() < total {
+    if buf.len() < hl + 2 + body {
         return None;
     }
     let osn = [buf[2], buf[3]];
-    buf.copy_within(hl..hl + body, hl + 2);
-    buf[hl..hl + 2].copy_from_slice(&osn);
-    buf[0] &= !0x20;
+    // Header extensions stay behind: their values (abs-send-time above all) were the original's,
+    // and a receiver's delay-based estimator reading an old send time at a late arrival sees a
+    // queue that is not there. RFC 4588 does not need them.
+    let fixed = 12 + 4 * usize::from(buf[0] & 0x0f);
+    let hl_out = fixed.min(hl);
+    buf.copy_within(hl..hl + body, hl_out + 2);
+    buf[hl_out..hl_out + 2].copy_from_slice(&osn);
+    buf[0] &= !0x30;
     buf[1] = (buf[1] & 0x80) | next.pt;
     buf[2..4].copy_from_slice(&(next.index as u16).to_be_bytes());
     buf[8..12].copy_from_slice(&next.ssrc.to_be_bytes());
-    Some(total)
+    Some((hl_out + 2 + body, hl_out))
 }
 
 #[cfg(test)]
@@ -220,10 +225,21 @@ mod tests {
             pt: 97,
             index: 0x3_0005,
         };
-        let n = wrap(&mut pkt, 12, padded, next).unwrap();
-        assert_eq!(n, len + 2);
+        let (n, hl) = wrap(&mut pkt, 12, padded, next).unwrap();
+        assert_eq!((n, hl), (len + 2, 12));
         let mut want = rtp(2000, 5, 99, b"\x12\x34payload");
         want[1] = 0x80 | 97;
         assert_eq!(pkt[..n], want[..]);
+        // With a header extension (abs-send-time, id 3): left behind.
+        let mut pkt = rtp(1000, 7, 99, b"");
+        pkt[0] |= 0x10;
+        pkt.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x32, 1, 2, 3]);
+        pkt.extend_from_slice(b"data");
+        let len = pkt.len();
+        pkt.extend_from_slice(&[0; 2]);
+        let (n, hl) = wrap(&mut pkt, 20, len, next).unwrap();
+        let mut want = rtp(2000, 5, 99, b"\x00\x07data");
+        want[1] = 97;
+        assert_eq!((&pkt[..n], hl), (&want[..], 12));
     }
 }
