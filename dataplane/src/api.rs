@@ -128,7 +128,7 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
         }
     };
     if let Some(x) = &r.simulcast {
-        crate::state::check_simulcast(&x.layers, &r.ssrcs)?;
+        crate::state::check_simulcast(&x.layers, &x.rids, x.rid_ext_id, &r.ssrcs)?;
     }
     if r.cache_ssrcs.iter().any(|s| !r.ssrcs.contains(s)) {
         return Err(StateError::BadValue {
@@ -164,7 +164,13 @@ fn add_endpoint(s: &mut BridgeState, r: &pb::AddEndpointRequest) -> Result<(), S
     }
     if let Some(x) = &r.simulcast {
         // Cannot fail: checked before the endpoint was added.
-        s.set_simulcast(&r.conference_id, &r.endpoint_id, &x.layers)?;
+        s.set_simulcast(
+            &r.conference_id,
+            &r.endpoint_id,
+            &x.layers,
+            &x.rids,
+            x.rid_ext_id,
+        )?;
     }
     if let Some(x) = &r.simulcast_receive {
         // Cannot fail: checked before the endpoint was added.

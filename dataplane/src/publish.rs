@@ -247,12 +247,20 @@ impl Publisher {
                     let Some(p) = weak.upgrade() else { return };
                     let mut st = p.lock();
                     let mut changed = false;
-                    for Event::Latched { uid, addr } in
-                        std::iter::once(first).chain(events.try_iter())
-                    {
-                        if st.latch(uid, addr) {
-                            tracing::info!(%addr, uid, "endpoint latched");
-                            changed = true;
+                    for ev in std::iter::once(first).chain(events.try_iter()) {
+                        match ev {
+                            Event::Latched { uid, addr } => {
+                                if st.latch(uid, addr) {
+                                    tracing::info!(%addr, uid, "endpoint latched");
+                                    changed = true;
+                                }
+                            }
+                            Event::Learned { uid, ssrc, layer } => {
+                                if st.learn_layer(uid, ssrc, layer) {
+                                    tracing::info!(uid, ssrc, layer, "simulcast layer learned");
+                                    changed = true;
+                                }
+                            }
                         }
                     }
                     if changed && let Err(e) = p.publish(&mut st) {

@@ -26,7 +26,14 @@ struct Publisher {
     frame: u16,
     key: [bool; 3],
     plis: usize,
+    /// Names each layer by its RID (a one-byte header extension with id [`RID_EXT`]) instead
+    /// of declaring the SSRCs, as a WebRTC publisher does.
+    rids: bool,
 }
+
+/// The RID header extension id of the RID-naming publisher.
+const RID_EXT: u8 = 10;
+const RIDS: [&str; 3] = ["q", "h", "f"];
 
 impl Publisher {
     /// One frame of every layer to `to`.
@@ -36,10 +43,23 @@ impl Publisher {
             let (n, size) = SHAPE[l];
             let key = std::mem::take(&mut self.key[l]);
             for k in 0..n {
-                let mut p = vec![0x80, 96];
+                let mut p = vec![if self.rids { 0x90 } else { 0x80 }, 96];
                 p.extend_from_slice(&self.seq[l].to_be_bytes());
                 p.extend_from_slice(&(u32::from(self.frame) * 3000).to_be_bytes());
                 p.extend_from_slice(&LAYERS[l].to_be_bytes());
+                if self.rids {
+                    // One-byte form, one word: the RID element (1 byte) and padding.
+                    p.extend_from_slice(&[
+                        0xbe,
+                        0xde,
+                        0,
+                        1,
+                        RID_EXT << 4,
+                        RIDS[l].as_bytes()[0],
+                        0,
+                        0,
+                    ]);
+                }
                 // VP8 descriptor: X, S on the frame's first packet; I (15-bit id), L (TL0PICIDX).
                 p.push(0x80 | if k == 0 { 0x10 } else { 0 });
                 p.push(0xc0);
@@ -98,13 +118,18 @@ fn drain(sock: &std::net::UdpSocket, out: &mut Vec<Got>) {
         if n < 20 || p[1] & 0x7f != 96 {
             continue;
         }
+        // After the header (and its extension block, if any): the VP8 descriptor.
+        let mut h = 12;
+        if p[0] & 0x10 != 0 {
+            h += 4 + 4 * usize::from(u16::from_be_bytes([p[14], p[15]]));
+        }
         out.push(Got {
             ssrc: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
             seq: u16::from_be_bytes([p[2], p[3]]),
-            pic: u16::from_be_bytes([p[14], p[15]]) & 0x7fff,
+            pic: u16::from_be_bytes([p[h + 2], p[h + 3]]) & 0x7fff,
             layer: p[n - 1],
-            start: p[12] & 0x10 != 0,
-            key: p[12] & 0x10 != 0 && p[17] & 1 == 0,
+            start: p[h] & 0x10 != 0,
+            key: p[h] & 0x10 != 0 && p[h + 5] & 1 == 0,
         });
     }
     sock.set_nonblocking(false).unwrap();
@@ -180,7 +205,7 @@ fn remb(sender: u32, bps: u32, media: u32) -> Vec<u8> {
     p
 }
 
-async fn receivers_get_one_layer_as_one_stream(engine: &str) {
+async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
     let mut b = Bridge::start(engine).await;
     b.conference("c").await;
     let mut publisher = Publisher {
@@ -189,16 +214,28 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str) {
         frame: 1,
         key: [true; 3],
         plis: 0,
+        rids,
+    };
+    let simulcast = if rids {
+        // The layers' SSRCs are learned from their packets (the first ones are dropped).
+        pb::SimulcastSend {
+            rids: RIDS.iter().map(|r| r.to_string()).collect(),
+            rid_ext_id: u32::from(RID_EXT),
+            ..Default::default()
+        }
+    } else {
+        pb::SimulcastSend {
+            layers: LAYERS.to_vec(),
+            ..Default::default()
+        }
     };
     b.client
         .add_endpoint(pb::AddEndpointRequest {
             conference_id: "c".into(),
             endpoint_id: "pub".into(),
-            ssrcs: LAYERS.to_vec(),
+            ssrcs: if rids { vec![999] } else { LAYERS.to_vec() },
             remote_addr: publisher.party.addr().to_string(),
-            simulcast: Some(pb::SimulcastSend {
-                layers: LAYERS.to_vec(),
-            }),
+            simulcast: Some(simulcast),
             ..Default::default()
         })
         .await
@@ -237,6 +274,17 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str) {
         "climbed to the top: {big_layers:?}"
     );
     assert!(publisher.plis >= 1, "keyframes were asked for");
+    if rids {
+        // The learned layers are the endpoint's SSRCs now.
+        let listed = b.list().await.conferences[0]
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == "pub")
+            .unwrap()
+            .ssrcs
+            .clone();
+        assert_eq!(listed, [999, 1001, 1002, 1003]);
+    }
 
     // The big one's link collapses: its REMB says 300 kbit/s. It drops to the layer that fits
     // (360 lines at ~480 kbit/s does not; 180 lines does) at that layer's next keyframe.
@@ -289,10 +337,15 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mio_receivers_get_one_layer_as_one_stream() {
-    receivers_get_one_layer_as_one_stream("mio").await;
+    receivers_get_one_layer_as_one_stream("mio", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uring_receivers_get_one_layer_as_one_stream() {
-    receivers_get_one_layer_as_one_stream("uring").await;
+    receivers_get_one_layer_as_one_stream("uring", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_named_by_rid_are_learned_from_their_packets() {
+    receivers_get_one_layer_as_one_stream("uring", true).await;
 }

@@ -196,6 +196,16 @@ pub enum Event {
         /// The source address it now has.
         addr: SocketAddr,
     },
+    /// A simulcast publisher sent an authenticated packet of a new SSRC naming layer `layer`
+    /// by its RID: the control path adds the SSRC to the endpoint and its group.
+    Learned {
+        /// The publisher.
+        uid: EndpointUid,
+        /// The layer's SSRC.
+        ssrc: u32,
+        /// The layer.
+        layer: u8,
+    },
 }
 
 /// Per-stream SRTP state of the senders this worker handles (their packets all land here).
@@ -224,6 +234,8 @@ struct StreamState {
     sim: simulcast::select::Receivers,
     /// The SRTCP index of the bridge's own RTCP (its keyframe requests) to each endpoint.
     own_rtcp: FxHashMap<EndpointUid, u32>,
+    /// SSRCs this worker reported as learned (a layer's first packets all land here).
+    learned: rustc_hash::FxHashSet<(EndpointUid, u32)>,
     /// When each endpoint's subscription last changed (ms): it is never sent repairs of
     /// packets that arrived before (a video paused by last-N leaves a gap the receiver NACKs;
     /// those packets were never its to get).
@@ -384,6 +396,7 @@ impl Core {
                 | Op::SetAudioLevel { .. }
                 | Op::SetRtx { .. }
                 | Op::SetSimReceive { .. }
+                | Op::AddSsrc { .. }
                 | Op::SetSimulcast { .. } => {}
                 Op::CacheStreams { conf, ssrcs } => {
                     if let Some(cache) = &self.repair {
@@ -426,6 +439,9 @@ impl Core {
         self.streams.sim.forget(uid);
         self.streams.own_rtcp.remove(&uid);
         self.streams.subscribed_at.remove(&uid);
+        if !self.streams.learned.is_empty() {
+            self.streams.learned.retain(|(u, _)| *u != uid);
+        }
         if !self.latched.is_empty() {
             self.latched.retain(|_, (u, _)| *u != uid);
         }
@@ -701,6 +717,47 @@ impl Shared<'_> {
     }
 }
 
+/// An RTP packet of `ep` with an SSRC it did not declare: if `ep` publishes a simulcast group
+/// whose layers are named by RID and the packet names one (and authenticates, for an SRTP
+/// sender), report the SSRC as that layer's, once per worker. The slow path: a layer's first
+/// packets, dropped until the control path has added the SSRC.
+#[cold]
+fn learn_layer(
+    conf: &table::Conference,
+    ep: &table::Endpoint,
+    h: &rtp::Header,
+    pkt: &mut [u8],
+    learned: &mut rustc_hash::FxHashSet<(EndpointUid, u32)>,
+    events: &mut VecDeque<Event>,
+) {
+    let Some(g) = conf
+        .groups
+        .iter()
+        .find(|g| g.owner == ep.uid && g.rid_ext != 0)
+    else {
+        return;
+    };
+    let Some(layer) = rtp::extension(&pkt[..h.len], g.rid_ext).and_then(|r| g.layer_of_rid(r))
+    else {
+        return;
+    };
+    if learned.contains(&(ep.uid, h.ssrc)) || learned.len() >= 64 {
+        return;
+    }
+    // A new stream starts with rollover counter 0; forged packets do not authenticate.
+    if let Some(s) = &ep.srtp_in
+        && s.unprotect_rtp_hl(pkt, h.len, u64::from(h.seq)).is_err()
+    {
+        return;
+    }
+    learned.insert((ep.uid, h.ssrc));
+    events.push_back(Event::Learned {
+        uid: ep.uid,
+        ssrc: h.ssrc,
+        layer,
+    });
+}
+
 /// Writes the resend of the cached packet `scratch[..c.len]` (of media stream `ssrc`) for
 /// `peer` into `out`: for an SRTP peer its copy rewritten as before, then as RTX if the peer
 /// negotiated it for this stream and codec (fresh SSRC, sequence and index), else under the
@@ -783,6 +840,11 @@ fn decide<'t>(
     if is_rtp {
         counters.rx_rtp += 1;
         if !ep.ssrcs.contains(&ssrc) {
+            if !conf.groups.is_empty()
+                && let Some(h) = &hdr
+            {
+                learn_layer(conf, ep, h, pkt, &mut streams.learned, events);
+            }
             return Err(DropReason::UnknownSsrc);
         }
     } else {

@@ -264,6 +264,14 @@ pub enum Op {
         /// Where its levels go (shared by every copy of the table).
         meter: Arc<AudioMeter>,
     },
+    /// Adds an SSRC to those an endpoint sends (learned from its packets: a simulcast layer
+    /// named by its RID).
+    AddSsrc {
+        /// The endpoint.
+        uid: EndpointUid,
+        /// The SSRC.
+        ssrc: u32,
+    },
     /// Starts keeping streams of `conf` in the retransmission cache (an endpoint's video):
     /// no change to the table, each worker's core asks the shared cache (idempotent).
     CacheStreams {
@@ -440,6 +448,18 @@ impl Table {
             }
             Op::SetSimulcast { conf, owner, group } => self.set_group(*conf, *owner, group),
             Op::CacheStreams { .. } => {}
+            Op::AddSsrc { uid, ssrc } => {
+                if let Some(&i) = self.by_uid.get(uid) {
+                    let ep = self.ep_mut(i);
+                    if !ep.ssrcs.contains(ssrc) {
+                        let mut v = ep.ssrcs.to_vec();
+                        v.push(*ssrc);
+                        ep.ssrcs = v.into();
+                    }
+                    let conf = ep.conf;
+                    self.conf_mut(conf).ssrc_owner.insert(*ssrc, i);
+                }
+            }
             Op::SetSimReceive { uid, sim } => {
                 if let Some(&i) = self.by_uid.get(uid) {
                     let ep = self.ep_mut(i);
@@ -741,7 +761,7 @@ impl Table {
         c.groups.retain(|g| g.owner != owner);
         c.layers.retain(|_, (g, _)| g.owner != owner);
         if let Some(g) = group {
-            for (i, &ssrc) in g.ssrcs.iter().enumerate() {
+            for (i, &ssrc) in g.ssrcs.iter().enumerate().filter(|(_, s)| **s != 0) {
                 c.layers.insert(ssrc, (g.clone(), i as u8));
             }
             c.groups.push(g.clone());

@@ -66,6 +66,9 @@ pub struct EndpointState {
     pub audio: Option<Arc<AudioMeter>>,
     /// The simulcast group it receives as one stream.
     pub sim: Option<Arc<SimReceive>>,
+    /// The simulcast group it publishes: layers' SSRCs (0: not learned yet), their RIDs and
+    /// the RID extension id.
+    pub simulcast: Option<(Vec<u32>, Vec<String>, u8)>,
     /// SRTCP index of the last RTCP the control path sent it itself.
     pub rtcp_index: u32,
 }
@@ -119,9 +122,36 @@ struct Conf {
     endpoints: FxHashMap<String, EndpointState>,
 }
 
-/// Checks simulcast `layers` of an endpoint sending `ssrcs`: 1 to [`MAX_LAYERS`] distinct SSRCs
-/// it sends.
-pub fn check_simulcast(layers: &[u32], ssrcs: &[u32]) -> Result<(), StateError> {
+/// Checks a simulcast group of an endpoint sending `ssrcs`: 1 to [`MAX_LAYERS`] distinct
+/// `layers` it sends, or none and 1 to [`MAX_LAYERS`] distinct `rids` (1-16 alphanumerics)
+/// carried in extension `rid_ext` (1-255).
+pub fn check_simulcast(
+    layers: &[u32],
+    rids: &[String],
+    rid_ext: u32,
+    ssrcs: &[u32],
+) -> Result<(), StateError> {
+    if !rids.is_empty() {
+        let good = |r: &String| {
+            (1..=16).contains(&r.len())
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let distinct = rids.iter().enumerate().all(|(i, r)| !rids[..i].contains(r));
+        if !layers.is_empty() || rids.len() > MAX_LAYERS || !distinct || !rids.iter().all(good) {
+            return Err(StateError::BadValue {
+                field: "simulcast.rids",
+                why: "1 to 4 distinct RIDs (1-16 alphanumerics), lowest layer first, and no layers",
+            });
+        }
+        if !(1..=255).contains(&rid_ext) {
+            return Err(StateError::BadValue {
+                field: "simulcast.rid_ext_id",
+                why: "the RID header extension id is 1-255",
+            });
+        }
+        return Ok(());
+    }
     let distinct = layers
         .iter()
         .enumerate()
@@ -544,6 +574,7 @@ impl BridgeState {
                 subscription: None,
                 audio: None,
                 sim: None,
+                simulcast: None,
                 rtcp_index: crate::srtp::first_srtcp_index(),
             },
         );
@@ -639,16 +670,69 @@ impl BridgeState {
         conference: &str,
         endpoint: &str,
         layers: &[u32],
+        rids: &[String],
+        rid_ext: u32,
     ) -> Result<(), StateError> {
         let (conf, e) = self.endpoint_of(conference, endpoint)?;
-        check_simulcast(layers, &e.ssrcs)?;
+        check_simulcast(layers, rids, rid_ext, &e.ssrcs)?;
         let owner = e.uid;
+        let ssrcs = if rids.is_empty() {
+            layers.to_vec()
+        } else {
+            vec![0; rids.len()]
+        };
+        let rid_ext = rid_ext as u8;
         self.record(Op::SetSimulcast {
             conf,
             owner,
-            group: Some(Arc::new(Group::new(owner, layers))),
+            group: Some(Arc::new(Group::with_rids(owner, &ssrcs, rids, rid_ext))),
         });
+        self.conferences
+            .get_mut(conference)
+            .and_then(|c| c.endpoints.get_mut(endpoint))
+            .expect("checked above")
+            .simulcast = Some((ssrcs, rids.to_vec(), rid_ext));
         Ok(())
+    }
+
+    /// A simulcast publisher's packets named layer `layer` on `ssrc` (reported by a worker):
+    /// the SSRC becomes one of the endpoint's and its group's (and cached for repairs). False
+    /// when nothing changes (known already, taken by another endpoint, not a simulcast
+    /// publisher).
+    pub fn learn_layer(&mut self, uid: EndpointUid, ssrc: u32, layer: u8) -> bool {
+        let Some((c, e)) = self.names.get(&uid).cloned() else {
+            return false;
+        };
+        let Some(conf) = self.conferences.get_mut(&c) else {
+            return false;
+        };
+        if ssrc == 0 || conf.endpoints.values().any(|x| x.ssrcs.contains(&ssrc)) {
+            return false;
+        }
+        let idx = conf.idx;
+        let Some(ep) = conf.endpoints.get_mut(&e) else {
+            return false;
+        };
+        let Some((ssrcs, rids, rid_ext)) = ep.simulcast.as_mut() else {
+            return false;
+        };
+        let Some(slot) = ssrcs.get_mut(usize::from(layer)) else {
+            return false;
+        };
+        *slot = ssrc;
+        let group = Group::with_rids(uid, ssrcs, rids, *rid_ext);
+        ep.ssrcs.push(ssrc);
+        self.record(Op::AddSsrc { uid, ssrc });
+        self.record(Op::SetSimulcast {
+            conf: idx,
+            owner: uid,
+            group: Some(Arc::new(group)),
+        });
+        self.record(Op::CacheStreams {
+            conf: idx,
+            ssrcs: Box::new([ssrc]),
+        });
+        true
     }
 
     /// Makes endpoint `endpoint` receive the simulcast video of `publisher` (same conference)

@@ -78,6 +78,11 @@ pub struct Group {
     pub ssrcs: Box<[u32]>,
     /// What is measured of each (parallel to `ssrcs`).
     pub stats: Box<[LayerStats]>,
+    /// The layers' RTP stream ids (RFC 8852), parallel to `ssrcs`, when the publisher names
+    /// them (WebRTC): a layer's SSRC (0 until then) is learned from its packets' RID.
+    pub rids: Box<[Box<[u8]>]>,
+    /// The id of the RID header extension in the publisher's packets (0: none).
+    pub rid_ext: u8,
 }
 
 impl Group {
@@ -87,7 +92,27 @@ impl Group {
             owner,
             ssrcs: ssrcs.into(),
             stats: ssrcs.iter().map(|_| LayerStats::default()).collect(),
+            rids: Box::default(),
+            rid_ext: 0,
         }
+    }
+
+    /// A group whose layers are named by `rids` (lowest first), carried in header extension
+    /// `rid_ext`; `ssrcs` parallel to them, 0 where not learned yet.
+    pub fn with_rids(owner: EndpointUid, ssrcs: &[u32], rids: &[String], rid_ext: u8) -> Self {
+        Self {
+            rids: rids.iter().map(|r| r.as_bytes().into()).collect(),
+            rid_ext,
+            ..Self::new(owner, ssrcs)
+        }
+    }
+
+    /// The layer a packet carrying RID `rid` belongs to.
+    pub fn layer_of_rid(&self, rid: &[u8]) -> Option<u8> {
+        self.rids
+            .iter()
+            .position(|r| &r[..] == rid)
+            .map(|i| i as u8)
     }
 
     /// The layers as the policy sees them at `now_ms` (the first `n` entries).
