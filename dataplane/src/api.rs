@@ -247,6 +247,9 @@ fn apply_change(s: &mut BridgeState, c: &pb::Change) -> pb::ChangeResult {
         Some(C::AddRelay(r)) => add_relay(s, r),
         Some(C::RemoveRelay(r)) => s.remove_relay(&r.conference_id, &r.relay_id),
         Some(C::SetSubscription(r)) => set_subscription(s, r),
+        Some(C::SetSimulcastLimit(r)) => {
+            s.set_simulcast_limit(&r.conference_id, &r.endpoint_id, r.max_height)
+        }
         None => {
             return pb::ChangeResult {
                 code: tonic::Code::InvalidArgument as i32,

@@ -94,8 +94,25 @@ fn add_request(conference: &str, endpoint: &str, p: &Participant) -> pb::AddEndp
             .as_ref()
             .map(|s| pb::Subscription { ssrcs: s.clone() }),
         audio_level_ext_id: audio_level_ext_id(p),
-        simulcast: None,
-        simulcast_receive: None,
+        simulcast: p
+            .media
+            .iter()
+            .flat_map(|m| &m.sections)
+            .find(|s| !s.rids.is_empty())
+            .map(|s| pb::SimulcastSend {
+                layers: Vec::new(),
+                rids: s.rids.clone(),
+                rid_ext_id: s.rid_ext.into(),
+            }),
+        simulcast_receive: p
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.simulcast.as_ref())
+            .map(|v| pb::SimulcastReceive {
+                publisher: v.publisher.clone(),
+                ssrc: v.ssrc,
+                max_height: v.max_height,
+            }),
         cache_ssrcs: video_ssrcs(p),
     }
 }
@@ -194,6 +211,15 @@ fn change(call: &Call) -> pb::Change {
                 ssrcs: ssrcs.clone().unwrap_or_default(),
             })
         }
+        Call::SimulcastLimit {
+            conference,
+            endpoint,
+            max_height,
+        } => C::SetSimulcastLimit(pb::SetSimulcastLimitRequest {
+            conference_id: conference.clone(),
+            endpoint_id: endpoint.clone(),
+            max_height: *max_height,
+        }),
     };
     pb::Change { change: Some(c) }
 }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use super::sdp::{Kind, Offer, OfferedMedia, SdpError, fmtp_param};
 use crate::store::webrtc::{
-    Codec, Extension, IdMap, MediaDescription, MediaSection, Rewrite, RtxStream,
+    Codec, Extension, IdMap, MediaDescription, MediaSection, Rewrite, RtxStream, SimulcastView,
 };
 
 /// Header extensions the bridge keeps (forwarded to viewers that offered them too).
@@ -78,6 +78,8 @@ pub struct Section {
     pub cname: String,
     /// The RTX SSRC of each of `ssrcs` that has one (`a=ssrc-group:FID`).
     pub rtx_ssrcs: Vec<RtxStream>,
+    /// A simulcast publisher's layers the bridge receives (`a=rid:<id> recv`, `a=simulcast:recv`).
+    pub rids: Vec<String>,
 }
 
 impl Section {
@@ -91,8 +93,42 @@ impl Section {
             msid: String::new(),
             cname: String::new(),
             rtx_ssrcs: Vec::new(),
+            rids: Vec::new(),
         }
     }
+}
+
+/// The URI of the RID header extension (RFC 8852).
+pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+
+/// The SSRC a viewer of a simulcast publisher gets its video on (one layer at a time): the same
+/// for every viewer (each one's SRTP keys are its own), never a publisher's SSRC in practice
+/// (those are random; a collision would only confuse that one viewer).
+pub const SIMULCAST_SSRC: u32 = 0x5242_5631; // "RBV1"
+
+/// The layers (RIDs, in the order the offer's `a=simulcast:send` lists them, which the bridge
+/// takes as lowest first) of a video m-line that sends simulcast with the RID extension; empty
+/// for anything else. Of each layer's alternatives the first; paused ones (`~`) are skipped.
+pub fn simulcast_rids(m: &OfferedMedia) -> Vec<String> {
+    if m.kind != Kind::Video || !m.extensions.iter().any(|e| e.uri == RID_URI) {
+        return Vec::new();
+    }
+    let mut words = m.simulcast.split_whitespace();
+    let mut rids = Vec::new();
+    while let Some(w) = words.next() {
+        let list = words.next().unwrap_or("");
+        if w != "send" {
+            continue;
+        }
+        for layer in list.split(';') {
+            let first = layer.split(',').next().unwrap_or("");
+            if !first.is_empty() && !first.starts_with('~') && m.rids.iter().any(|r| r == first) {
+                rids.push(first.to_string());
+            }
+        }
+    }
+    rids.truncate(4);
+    rids
 }
 
 /// A publisher's negotiation: the answer's sections, its media as kept with it, the SSRCs it
@@ -224,10 +260,19 @@ pub fn publish(offer: &Offer) -> Result<Publish, SdpError> {
     let mut ssrcs = Vec::new();
     for i in taken {
         let m = &offer.media[i];
-        if m.ssrcs.is_empty() {
+        let rids = simulcast_rids(m);
+        if m.ssrcs.is_empty() && rids.is_empty() {
             return Err(SdpError::NoSsrc(i, m.mid.clone()));
         }
-        let codecs = kept_codecs(m);
+        let mut codecs = kept_codecs(m);
+        if !rids.is_empty() {
+            // The bridge reads VP8's payload descriptor to switch layers at keyframes: a
+            // simulcast publisher is answered VP8 only.
+            codecs.retain(|c| c.name.eq_ignore_ascii_case("VP8"));
+            if codecs.is_empty() {
+                return Err(SdpError::NoCodec);
+            }
+        }
         let extensions: Vec<Extension> = m
             .extensions
             .iter()
@@ -263,12 +308,18 @@ pub fn publish(offer: &Offer) -> Result<Publish, SdpError> {
             ssrcs: primary,
             msid,
             cname: first.map(|s| s.cname.clone()).unwrap_or_default(),
+            rid_ext: extensions
+                .iter()
+                .find(|e| e.uri == RID_URI && !rids.is_empty())
+                .map_or(0, |e| e.id),
+            rids: rids.clone(),
         });
         sections[i] = Section {
             accepted: true,
             direction: "recvonly",
             codecs,
             extensions,
+            rids,
             ..Section::rejected()
         };
     }
@@ -331,6 +382,17 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
         // viewer's NACKs from its cache on an RTX stream per media SSRC.
         let mut codecs = codecs;
         let mut rtx_ssrcs = Vec::new();
+        // A simulcast publisher's video reaches the viewer as one stream on the bridge's SSRC.
+        let ssrcs = if p.rids.is_empty() {
+            p.ssrcs.clone()
+        } else {
+            rewrite.simulcast = Some(SimulcastView {
+                publisher: String::new(),
+                ssrc: SIMULCAST_SSRC,
+                max_height: 0,
+            });
+            vec![SIMULCAST_SSRC]
+        };
         if m.kind == Kind::Video {
             let rtx: Vec<(u8, Codec)> = m
                 .codecs
@@ -356,8 +418,8 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
                 .iter()
                 .any(|x| codecs.iter().any(|c| c.pt == x.from))
             {
-                for &media in &p.ssrcs {
-                    let rtx = rtx_ssrc(media, &p.ssrcs);
+                for &media in &ssrcs {
+                    let rtx = rtx_ssrc(media, &ssrcs);
                     rtx_ssrcs.push(RtxStream { media, rtx });
                     rewrite.rtx_ssrcs.push(RtxStream { media, rtx });
                 }
@@ -368,10 +430,11 @@ pub fn play(offer: &Offer, publisher: &MediaDescription) -> Result<Play, SdpErro
             direction: "sendonly",
             codecs,
             extensions,
-            ssrcs: p.ssrcs.clone(),
+            ssrcs,
             msid: p.msid.clone(),
             cname: p.cname.clone(),
             rtx_ssrcs,
+            rids: Vec::new(),
         };
     }
     if sections.iter().all(|s| !s.accepted) {
@@ -484,6 +547,12 @@ pub fn write(offer: &Offer, sections: &[Section], local: &Local) -> String {
             if !c.fmtp.is_empty() {
                 line(&format!("a=fmtp:{} {}", c.pt, c.fmtp));
             }
+        }
+        if !a.rids.is_empty() {
+            for r in &a.rids {
+                line(&format!("a=rid:{r} recv"));
+            }
+            line(&format!("a=simulcast:recv {}", a.rids.join(";")));
         }
         if !a.msid.is_empty() {
             line(&format!("a=msid:{}", a.msid));

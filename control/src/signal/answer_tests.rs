@@ -293,6 +293,8 @@ fn a_viewer_with_no_codec_of_the_publisher_is_told_what_it_sends() {
                 rtcp_fb: vec![],
             }],
             extensions: vec![],
+            rids: vec![],
+            rid_ext: 0,
             ssrcs: vec![5],
             msid: String::new(),
             cname: String::new(),
@@ -462,4 +464,46 @@ fn registration_fingerprints_are_checked_and_normalized() {
     assert!(check_fingerprint(&format!("sha-1 {}", ["ab"; 20].join(":"))).is_err());
     assert!(check_fingerprint("sha-256 AB:CD").is_err());
     assert!(check_fingerprint("nonsense").is_err());
+}
+
+#[test]
+fn a_chrome_simulcast_publisher_is_answered_per_rid_and_its_viewers_get_one_stream() {
+    let o = offer("chrome_whip_simulcast_offer.sdp");
+    let p = publish(&o).unwrap();
+    let sdp = write(&o, &p.sections, &local());
+    golden("chrome_whip_simulcast_answer.sdp", &sdp);
+    // Video (m-line 1) sends three encodings named by RID, no SSRCs: received per RID.
+    let video = section(&sdp, 1);
+    for l in [
+        "a=rid:q recv",
+        "a=rid:h recv",
+        "a=rid:f recv",
+        "a=simulcast:recv q;h;f",
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    ] {
+        assert!(video.contains(&l), "{l}: {video:?}");
+    }
+    let v = &p.media.sections[1];
+    assert_eq!((v.kind.as_str(), v.rid_ext), ("video", 10));
+    assert_eq!(v.rids, ["q", "h", "f"]);
+    assert!(v.ssrcs.is_empty());
+    assert_eq!(p.ssrcs, [3262311395], "only the audio SSRC is declared");
+    // A viewer: one video SSRC of the bridge's (and its RTX), whatever the layer.
+    let o = offer("chrome_whep_offer.sdp");
+    let v = play(&o, &p.media).unwrap();
+    let sdp = write(&o, &v.sections, &local());
+    let video = section(&sdp, 0);
+    let ssrc = format!("a=ssrc:{SIMULCAST_SSRC} cname:ringbridge");
+    assert!(video.contains(&ssrc.as_str()), "{video:?}");
+    assert_eq!(v.rewrite.simulcast.as_ref().unwrap().ssrc, SIMULCAST_SSRC);
+    assert_eq!(v.rewrite.rtx_ssrcs[0].media, SIMULCAST_SSRC);
+    assert!(
+        !video
+            .iter()
+            .any(|l| l.starts_with("a=rid") || l.starts_with("a=simulcast"))
+    );
+    // Without the RID extension the layers cannot be told apart: refused, naming the m-line.
+    let text = without("a=extmap:10 ")(offer_text("chrome_whip_simulcast_offer.sdp"));
+    let e = publish(&parse_offer(text.as_bytes()).unwrap()).map(|_| ());
+    assert_eq!(e, Err(SdpError::NoSsrc(1, "1".into())));
 }

@@ -312,7 +312,7 @@ pub(super) fn quoted(s: &str) -> String {
 }
 
 /// The media a viewer of `stream` is answered from: its WebRTC publisher's.
-fn publisher_media(f: &Focus, stream: &str) -> Result<MediaDescription, HttpError> {
+fn publisher_media(f: &Focus, stream: &str) -> Result<(String, MediaDescription), HttpError> {
     let none = || {
         HttpError::new(
             StatusCode::NOT_FOUND,
@@ -331,7 +331,7 @@ fn publisher_media(f: &Focus, stream: &str) -> Result<MediaDescription, HttpErro
     })?;
     let publisher = b.publisher.as_ref().ok_or_else(none)?;
     let x = p.participants.get(publisher).ok_or_else(none)?;
-    x.media.as_deref().cloned().ok_or_else(|| {
+    let media = x.media.as_deref().cloned().ok_or_else(|| {
         HttpError::new(
             StatusCode::CONFLICT,
             format!(
@@ -339,7 +339,8 @@ fn publisher_media(f: &Focus, stream: &str) -> Result<MediaDescription, HttpErro
                 quoted(stream)
             ),
         )
-    })
+    })?;
+    Ok((publisher.clone(), media))
 }
 
 /// The bridge's ICE credentials for a new session, and the participant's from its offer.
@@ -437,6 +438,7 @@ async fn whep(
     c.check_active().await.map_err(from_status)?;
     let offer = sdp::parse_offer(&body).map_err(bad_offer)?;
     answer::check_play(&offer).map_err(bad_offer)?;
+    let max_height = max_height(query.as_deref())?;
     let session = format!("whep-{}", random_chars(SESSION_CHARS));
     let w = webrtc(&offer);
     let join = JoinRequest {
@@ -456,8 +458,12 @@ async fn whep(
     };
     let mut play = None;
     let placed = place(&c, join, |f, j| {
-        let media = publisher_media(f, &stream)?;
-        let p = answer::play(&offer, &media).map_err(bad_offer)?;
+        let (publisher, media) = publisher_media(f, &stream)?;
+        let mut p = answer::play(&offer, &media).map_err(bad_offer)?;
+        if let Some(v) = p.rewrite.simulcast.as_mut() {
+            v.publisher = publisher;
+            v.max_height = max_height.unwrap_or(0);
+        }
         j.rewrite = Some(p.rewrite.clone()).filter(|r| !r.is_empty());
         play = Some(p);
         Ok(())
@@ -560,11 +566,43 @@ async fn patch_whip(
     trickle(c, Kind::Whip, stream, session).await
 }
 
+/// PATCH of a WHEP session: with `?max_height=N`, the largest frame height the viewer now
+/// wants of a simulcast publisher (0: none; it moves layer at the next keyframe); otherwise a
+/// trickle (ignored: ICE-lite).
 async fn patch_whep(
     State(c): State<Arc<Control>>,
     Path((stream, session)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    trickle(c, Kind::Whep, stream, session).await
+    let Some(h) = max_height(query.as_deref())? else {
+        return trickle(c, Kind::Whep, stream, session).await;
+    };
+    c.check_active().await.map_err(from_status)?;
+    find_session(&c, Kind::Whep, &stream, &session)?;
+    let plan = c
+        .submit(&stream, |f, _| f.set_max_height(&stream, &session, h))
+        .await
+        .map_err(from_status)?;
+    c.run(plan).await.result.map_err(from_focus)?;
+    tracing::info!(%stream, %session, max_height = h, "WHEP session: simulcast limit");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The `max_height` query parameter (frame height in pixels, 0-8192), if given.
+fn max_height(query: Option<&str>) -> Result<Option<u32>, HttpError> {
+    let Some(v) = query_param(query, "max_height") else {
+        return Ok(None);
+    };
+    v.parse::<u32>()
+        .ok()
+        .filter(|h| *h <= 8192)
+        .map(Some)
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("max_height: {} is not a frame height (0-8192)", quoted(&v)),
+            )
+        })
 }
 
 async fn page() -> Response {

@@ -176,6 +176,14 @@ async fn publish(
     c.check_active().await.map_err(from_status)?;
     let offer = sdp::parse_offer(&body).map_err(bad_offer)?;
     let publish = answer::publish(&offer).map_err(bad_offer)?;
+    if publish.media.sections.iter().any(|s| !s.rids.is_empty()) {
+        // A room's watch sessions subscribe to a publisher's SSRCs, which simulcast learns
+        // only from the packets: not supported in rooms yet (WHIP streams take simulcast).
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "simulcast (a=simulcast) is not supported in rooms yet: publish one encoding",
+        ));
+    }
     let session = format!("pub-{}", random_chars(SESSION_CHARS));
     let w = webrtc(&offer);
     let join = JoinRequest {

@@ -52,6 +52,21 @@ pub struct Rewrite {
     /// `a=ssrc-group:FID`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rtx_ssrcs: Vec<RtxStream>,
+    /// A viewer of a simulcast publisher: it gets one layer at a time as one stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<SimulcastView>,
+}
+
+/// How a viewer receives a simulcast publisher's video.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimulcastView {
+    /// The publisher (participant id).
+    pub publisher: String,
+    /// The one SSRC the viewer gets the video on.
+    pub ssrc: u32,
+    /// Largest frame height it wants (0: no limit).
+    #[serde(default)]
+    pub max_height: u32,
 }
 
 /// A media SSRC and the RTX SSRC its repairs go out on.
@@ -66,7 +81,7 @@ pub struct RtxStream {
 impl Rewrite {
     /// Nothing to rewrite and no RTX.
     pub fn is_empty(&self) -> bool {
-        !self.rewrites() && !self.has_rtx()
+        !self.rewrites() && !self.has_rtx() && self.simulcast.is_none()
     }
 
     /// Some payload type or extension id changes.
@@ -128,6 +143,17 @@ pub struct MediaSection {
     /// The CNAME of its SSRCs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cname: String,
+    /// Simulcast: its layers' RIDs, lowest first (the offer's `a=simulcast:send` order), whose
+    /// SSRCs the bridge learns from the packets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rids: Vec<String>,
+    /// The id of the RID header extension (`sdes:rtp-stream-id`) in its packets (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rid_ext: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// A publisher's media as negotiated, one section per m-line it sends on.

@@ -406,6 +406,48 @@ impl Focus {
         ))
     }
 
+    /// Plans telling the bridge of viewer `participant_id` of `conference` (a viewer of a
+    /// simulcast publisher) the largest frame height it now wants (0: none). Its record keeps
+    /// the height it joined with: after a move it starts from that again.
+    pub fn set_max_height(
+        &mut self,
+        conference: &str,
+        participant_id: &str,
+        max_height: u32,
+    ) -> Result<Plan, FocusError> {
+        let p = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| FocusError::NotFound("conference: not found".into()))?;
+        let x = p.participants.get(participant_id).ok_or_else(|| {
+            FocusError::NotFound(format!("participant_id: not in conference {conference:?}"))
+        })?;
+        if x.rewrite
+            .as_ref()
+            .and_then(|r| r.simulcast.as_ref())
+            .is_none()
+        {
+            return Err(FocusError::Invalid {
+                field: "max_height",
+                why: "the session does not play a simulcast publisher".into(),
+            });
+        }
+        let bridge = x.bridge.clone();
+        let b = self.fleet.get(&bridge).ok_or_else(|| {
+            FocusError::NotFound(format!("bridge {bridge:?} of the session is gone"))
+        })?;
+        let call = BridgeCall {
+            bridge: bridge.clone(),
+            api_addr: b.api_addr.clone(),
+            call: Call::SimulcastLimit {
+                conference: conference.into(),
+                endpoint: participant_id.into(),
+                max_height,
+            },
+        };
+        Ok(self.start(None, Op::Cleanup, vec![call]))
+    }
+
     /// Plans a Leave; the conference ends with its last participant.
     pub fn leave(&mut self, conference: &str, participant_id: &str) -> Result<Plan, FocusError> {
         check_id("conference", conference)?;

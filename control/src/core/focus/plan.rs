@@ -68,6 +68,15 @@ pub enum Call {
         /// The remote bridge's id.
         relay_id: String,
     },
+    /// SetSimulcastLimit of a viewer of a simulcast publisher.
+    SimulcastLimit {
+        /// Conference.
+        conference: String,
+        /// The viewer (participant id).
+        endpoint: String,
+        /// Largest frame height (0: none).
+        max_height: u32,
+    },
     /// SetSubscription of an endpoint or a relay.
     Subscribe {
         /// Conference.

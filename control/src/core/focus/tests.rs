@@ -405,6 +405,11 @@ pub(super) fn shape(p: &Plan) -> Vec<String> {
                 Call::AddRelay { relay_id, .. } => format!("relay to {relay_id}"),
                 Call::RemoveRelay { relay_id, .. } => format!("unrelay {relay_id}"),
                 Call::Subscribe { target, ssrcs, .. } => format!("subscribe {target:?} {ssrcs:?}"),
+                Call::SimulcastLimit {
+                    endpoint,
+                    max_height,
+                    ..
+                } => format!("limit {endpoint} {max_height}"),
             };
             format!("{what}@{}", c.bridge)
         })

@@ -26,6 +26,8 @@ fn section(kind: &str, ssrc: u32) -> MediaSection {
         ssrcs: vec![ssrc],
         msid: String::new(),
         cname: String::new(),
+        rids: Vec::new(),
+        rid_ext: 0,
     }
 }
 
