@@ -8,7 +8,8 @@ CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 
 
-def browser() -> webdriver.Chrome:
+def browser(fake_fps: int | None = None) -> webdriver.Chrome:
+    """A headless Chromium; `fake_fps` sets the fake camera's frame rate (Chromium's default: 20)."""
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in [
@@ -24,7 +25,7 @@ def browser() -> webdriver.Chrome:
         "--disable-background-timer-throttling",
         "--disable-renderer-backgrounding",
         "--disable-backgrounding-occluded-windows",
-        "--use-fake-device-for-media-stream",
+        "--use-fake-device-for-media-stream" + (f"=fps={fake_fps}" if fake_fps else ""),
         "--use-fake-ui-for-media-stream",
         "--autoplay-policy=no-user-gesture-required",
         "--disable-features=WebRtcHideLocalIpsWithMdns",

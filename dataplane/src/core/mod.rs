@@ -288,6 +288,10 @@ pub struct Core {
     repair: Option<Arc<RepairCache>>,
     /// Where a repair is read back and written (a slot, and the 2 bytes RTX adds).
     scratch: Box<[u8]>,
+    /// The sender SSRC of this core's own RTCP to endpoints (keyframe requests for simulcast
+    /// switches): random per core, so two workers' SRTCP streams to one endpoint never share
+    /// a nonce whatever their indices.
+    own_ssrc: u32,
     /// What this core has counted.
     pub counters: Counters,
 }
@@ -306,6 +310,11 @@ impl Core {
             handoff: None,
             repair: None,
             scratch: vec![0; repair::SLOT_BYTES + 2].into_boxed_slice(),
+            own_ssrc: {
+                let mut b = [0u8; 4];
+                let _ = aws_lc_rs::rand::fill(&mut b);
+                u32::from_be_bytes(b) | 1
+            },
             counters: Counters::default(),
         }
     }
@@ -523,7 +532,7 @@ impl Core {
             else {
                 continue;
             };
-            let pli = keyframe::pli(self.keyframes.ssrc(), ssrc);
+            let pli = keyframe::pli(self.own_ssrc, ssrc);
             let n = match &peer.srtp {
                 None => {
                     out.get_mut(..pli.len())?.copy_from_slice(&pli);
