@@ -286,10 +286,11 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
         assert_eq!(listed, [999, 1001, 1002, 1003]);
     }
 
-    // The big one's link collapses: its REMB says 300 kbit/s. It drops to the layer that fits
+    // The big one's link collapses: its REMB says 140 kbit/s (what a receive-side estimator
+    // reports receiving the low layer). It drops to the layer that fits
     // (360 lines at ~480 kbit/s does not; 180 lines does) at that layer's next keyframe.
-    big.send(to, &remb(big.ssrc, 300_000, 6000));
-    // The small one lifts its limit: it climbs (after the hold).
+    big.send(to, &remb(big.ssrc, 140_000, 6000));
+    // The small one lifts its limit: it climbs, a layer at a time (each after the hold).
     b.client
         .set_simulcast_limit(pb::SetSimulcastLimitRequest {
             conference_id: "c".into(),
@@ -299,7 +300,7 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
         .await
         .unwrap();
     let mut more = vec![Vec::new(), Vec::new()];
-    run(&mut publisher, to, &[&small, &big], &mut more, 3.0);
+    run(&mut publisher, to, &[&small, &big], &mut more, 5.0);
     let small_all: Vec<Got> = got[0].iter().chain(&more[0]).copied().collect();
     let big_all: Vec<Got> = got[1].iter().chain(&more[1]).copied().collect();
     let small_layers = one_continuous_stream(&small_all, 5000);

@@ -525,17 +525,30 @@ impl Core {
         self.streams.repairs.clear();
         self.streams.repairs_at = 0;
         // Keyframes simulcast receivers wait for, asked of their publisher.
-        while let Some((slot, ssrc, conf)) = self.streams.sim.keyframes.pop() {
+        while let Some((slot, conf, what)) = self.streams.sim.keyframes.pop() {
             let c = self.table.conf(conf);
             let (Some(peer), Some(&owner)) =
                 (c.peers.get(slot as usize), c.peer_owner.get(slot as usize))
             else {
                 continue;
             };
-            let pli = keyframe::pli(self.own_ssrc, ssrc);
+            let mut buf = [0u8; 40];
+            let len = match what {
+                simulcast::select::ToPublisher::Pli(ssrc) => {
+                    buf[..keyframe::PLI_LEN].copy_from_slice(&keyframe::pli(self.own_ssrc, ssrc));
+                    keyframe::PLI_LEN
+                }
+                simulcast::select::ToPublisher::Remb(ssrcs, n) => simulcast::select::remb(
+                    self.own_ssrc,
+                    simulcast::select::PUBLISHER_REMB,
+                    &ssrcs[..usize::from(n)],
+                    &mut buf,
+                ),
+            };
+            let pli = &buf[..len];
             let n = match &peer.srtp {
                 None => {
-                    out.get_mut(..pli.len())?.copy_from_slice(&pli);
+                    out.get_mut(..pli.len())?.copy_from_slice(pli);
                     pli.len()
                 }
                 Some(s) => {
@@ -546,7 +559,7 @@ impl Core {
                         .entry(uid)
                         .or_insert_with(srtp::first_srtcp_index);
                     *i = (*i + 1) & 0x7fff_ffff;
-                    match s.protect_rtcp(&pli, *i, out) {
+                    match s.protect_rtcp(pli, *i, out) {
                         Ok(n) => n,
                         Err(_) => continue,
                     }
@@ -935,6 +948,13 @@ fn decide<'t>(
     // sends the media it is about (that bridge delivers it to that sender only).
     // RTP goes only to the receivers subscribed to its sender (everyone, by default).
     let filter = hdr.map(|h| conf.filter(h.ssrc)).unwrap_or_default();
+    // A simulcast receiver's reports without feedback: their loss is its estimate's.
+    if summary.is_some_and(|s| !s.feedback)
+        && let Some(sim) = &ep.sim
+        && let Some(g) = conf.groups.iter().find(|g| g.owner == sim.group)
+    {
+        simulcast::select::take_feedback(plain, sim, g, shared.now_ms);
+    }
     let (select, relays, len) = match summary {
         Some(s) if s.feedback => {
             // A simulcast receiver's feedback about its stream: the bridge's to act on.
@@ -943,7 +963,7 @@ fn decide<'t>(
                 Some((sim, g))
             }) {
                 Some((sim, g)) => {
-                    let n = simulcast::select::take_feedback(plain, sim, g);
+                    let n = simulcast::select::take_feedback(plain, sim, g, shared.now_ms);
                     let s = rtcp::summarize(&plain[..n]).ok().filter(|s| s.feedback);
                     match s {
                         Some(s) => (&mut plain[..n], s),

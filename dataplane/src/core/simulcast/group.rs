@@ -83,6 +83,8 @@ pub struct Group {
     pub rids: Box<[Box<[u8]>]>,
     /// The id of the RID header extension in the publisher's packets (0: none).
     pub rid_ext: u8,
+    /// When the publisher was last sent its REMB (ms; 0: never).
+    remb_at: AtomicU32,
 }
 
 impl Group {
@@ -94,7 +96,20 @@ impl Group {
             stats: ssrcs.iter().map(|_| LayerStats::default()).collect(),
             rids: Box::default(),
             rid_ext: 0,
+            remb_at: AtomicU32::new(0),
         }
+    }
+
+    /// Whether the publisher is due its REMB at `now_ms` (every `every_ms`); if so, it counts as
+    /// sent.
+    #[inline]
+    pub fn remb_due(&self, now_ms: u32, every_ms: u32) -> bool {
+        let at = self.remb_at.load(Relaxed);
+        if at != 0 && now_ms.wrapping_sub(at) < every_ms {
+            return false;
+        }
+        self.remb_at.store(now_ms.max(1), Relaxed);
+        true
     }
 
     /// A group whose layers are named by `rids` (lowest first), carried in header extension
@@ -177,6 +192,14 @@ impl SimReceive {
     /// Its REMB said `bps`.
     pub fn on_remb(&self, bps: u32) {
         self.remb.store(bps.max(1), Relaxed);
+    }
+
+    /// Its receiver report said `fraction_lost` (of 256) of its stream, sent at `sent_bps`, was
+    /// lost (see [`Estimate::on_loss`]).
+    pub fn on_loss(&self, fraction_lost: u8, sent_bps: u32) {
+        let mut e = self.estimate();
+        e.on_loss(fraction_lost, sent_bps);
+        self.loss_cap.store(e.loss_cap, Relaxed);
     }
 }
 

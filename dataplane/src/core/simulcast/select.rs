@@ -6,7 +6,7 @@
 use rustc_hash::FxHashMap;
 
 use super::forward::{Forwarder, Out, Packet};
-use super::group::{Group, NO_LAYER, SimReceive};
+use super::group::{Group, MAX_LAYERS, NO_LAYER, SimReceive};
 use super::policy::Policy;
 use super::vp8;
 use crate::core::rtcp::{PSFB, RTPFB};
@@ -32,8 +32,52 @@ pub struct Receivers {
     state: FxHashMap<(EndpointUid, u32), (Forwarder, Policy)>,
     /// What each peer of the conference gets of the packet being decided.
     pub copies: Vec<SimCopy>,
-    /// Keyframe requests to send: (publisher's peer slot in `conf`, layer SSRC, conf).
-    pub keyframes: Vec<(u32, u32, u32)>,
+    /// RTCP for publishers: (publisher's peer slot in `conf`, conf, what).
+    pub keyframes: Vec<(u32, u32, ToPublisher)>,
+}
+
+/// The bridge's own RTCP to a simulcast publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToPublisher {
+    /// A keyframe request (PLI) for the layer of this SSRC.
+    Pli(u32),
+    /// A REMB of [`PUBLISHER_REMB`] about these layer SSRCs (the first `n`).
+    Remb([u32; MAX_LAYERS], u8),
+}
+
+/// What the bridge tells a simulcast publisher its uplink may carry (REMB, every second): the
+/// receivers' estimates choose their layers and never slow the publisher down, but a browser
+/// that hears no estimate at all (the bridge terminates neither transport-cc nor forwards its
+/// receivers' REMBs) ramps up on losses alone, 8 % a second, and sends its top layer only after
+/// half a minute; a REMB early on lets it start at that rate. Its own loss-based controller still
+/// holds it back on a poor uplink.
+pub const PUBLISHER_REMB: u32 = 5_000_000;
+
+/// How often the publisher gets its REMB.
+const REMB_EVERY_MS: u32 = 1_000;
+
+/// Writes the REMB (RFC draft-alvestrand-rmcat-remb) from `sender` saying `bps` about `ssrcs`
+/// into `out`; returns its length.
+pub fn remb(sender: u32, bps: u32, ssrcs: &[u32], out: &mut [u8]) -> usize {
+    let (mut exp, mut mantissa) = (0u8, bps);
+    while mantissa >= 1 << 18 {
+        mantissa >>= 1;
+        exp += 1;
+    }
+    let len = 20 + 4 * ssrcs.len();
+    out[0] = 0x8f;
+    out[1] = PSFB;
+    out[2..4].copy_from_slice(&((len / 4 - 1) as u16).to_be_bytes());
+    out[4..8].copy_from_slice(&sender.to_be_bytes());
+    out[8..12].copy_from_slice(&[0; 4]);
+    out[12..16].copy_from_slice(b"REMB");
+    out[16] = ssrcs.len() as u8;
+    out[17] = (exp << 2) | (mantissa >> 16) as u8;
+    out[18..20].copy_from_slice(&(mantissa as u16).to_be_bytes());
+    for (i, s) in ssrcs.iter().enumerate() {
+        out[20 + 4 * i..24 + 4 * i].copy_from_slice(&s.to_be_bytes());
+    }
+    len
 }
 
 impl Receivers {
@@ -89,7 +133,7 @@ impl Receivers {
                 .entry((uid, sim.ssrc))
                 .or_insert_with(|| (Forwarder::new(sim.first_seq), Policy::default()));
             let limit = sim.max_height.load(std::sync::atomic::Ordering::Relaxed) as u16;
-            let target = policy.choose(&layers[..n], sim.estimate().bps(), limit, now_ms);
+            let target = policy.choose_with(&layers[..n], sim.estimate(), limit, now_ms);
             report(sim, target, f.layer());
             self.copies[i] = match f.on_packet(&p, target, now_ms) {
                 Some(out) => SimCopy::Send(out, sim.ssrc),
@@ -100,8 +144,18 @@ impl Receivers {
                 && let (Some(slot), Some(&ssrc)) = (publisher, group.ssrcs.get(usize::from(t)))
                 && gate.allow(keyframe::stream_key(conf_idx, ssrc), now_ms)
             {
-                self.keyframes.push((slot, ssrc, conf_idx));
+                self.keyframes
+                    .push((slot, conf_idx, ToPublisher::Pli(ssrc)));
             }
+        }
+        if let Some(slot) = publisher
+            && group.remb_due(now_ms, REMB_EVERY_MS)
+        {
+            let mut ssrcs = [0; MAX_LAYERS];
+            let n = group.ssrcs.len().min(MAX_LAYERS);
+            ssrcs[..n].copy_from_slice(&group.ssrcs[..n]);
+            self.keyframes
+                .push((slot, conf_idx, ToPublisher::Remb(ssrcs, n as u8)));
         }
         d
     }
@@ -111,9 +165,17 @@ fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>) {
     use std::sync::atomic::Ordering::Relaxed;
     let v = |l: Option<u8>| l.map_or(NO_LAYER, u32::from);
     if sim.target.load(Relaxed) != v(target) {
+        tracing::debug!(
+            ssrc = sim.ssrc,
+            ?target,
+            ?layer,
+            estimate = sim.estimate().bps(),
+            "simulcast target"
+        );
         sim.target.store(v(target), Relaxed);
     }
     if sim.layer.load(Relaxed) != v(layer) {
+        tracing::debug!(ssrc = sim.ssrc, ?target, ?layer, "simulcast switch");
         sim.layer.store(v(layer), Relaxed);
     }
 }
@@ -127,7 +189,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// REMB is its estimate (kept, and taken out), a PLI or FIR about its stream goes to the layer
 /// it is on (its SSRC written in), a NACK about it is taken out (its numbers are the receiver's
 /// own). Returns the compound's new length.
-pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group) -> usize {
+pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group, now_ms: u32) -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     let layer = match sim.layer.load(Relaxed) {
         NO_LAYER => sim.target.load(Relaxed),
@@ -142,6 +204,17 @@ pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group) -> usize {
         };
         let (pt, fmt) = (pkt[r + 1], pkt[r] & 0x1f);
         let mut keep = true;
+        // Receiver reports (in an SR or RR) about its stream: the loss of what it was sent.
+        if pt == 200 || pt == 201 {
+            let first = r + if pt == 200 { 28 } else { 8 };
+            for at in (first..end).step_by(24).take(usize::from(fmt)) {
+                if at + 24 <= end && be32(pkt, at) == sim.ssrc {
+                    let sent = layer as usize;
+                    let bps = group.stats.get(sent).map_or(0, |s| s.layer(now_ms).bitrate);
+                    sim.on_loss(pkt[at + 4], bps);
+                }
+            }
+        }
         if (pt == RTPFB || pt == PSFB) && len >= 12 {
             let media = be32(pkt, r + 8);
             match (pt, fmt) {
@@ -156,7 +229,9 @@ pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group) -> usize {
                         let mantissa = (u32::from(pkt[r + 17] & 3) << 16)
                             | (u32::from(pkt[r + 18]) << 8)
                             | u32::from(pkt[r + 19]);
-                        sim.on_remb(mantissa.checked_shl(u32::from(exp)).unwrap_or(u32::MAX));
+                        let bps = mantissa.checked_shl(u32::from(exp)).unwrap_or(u32::MAX);
+                        tracing::trace!(ssrc = sim.ssrc, bps, "REMB");
+                        sim.on_remb(bps);
                         keep = false;
                     }
                 }
