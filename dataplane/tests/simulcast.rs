@@ -262,9 +262,9 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
     }
     let mut got = vec![Vec::new(), Vec::new()];
     let to = b.media;
-    // 4 s: the small one stays on 180 lines; the big one starts low and climbs to the top
+    // 6 s: the small one stays on 180 lines; the big one starts low and climbs to the top
     // once the top layer has fitted for the hold time (at a keyframe the bridge asks for).
-    run(&mut publisher, to, &[&small, &big], &mut got, 4.0);
+    run(&mut publisher, to, &[&small, &big], &mut got, 6.0);
     assert_eq!(one_continuous_stream(&got[0], 5000), [0]);
     let big_layers = one_continuous_stream(&got[1], 6000);
     assert_eq!(big_layers.first(), Some(&0));
@@ -300,7 +300,7 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
         .await
         .unwrap();
     let mut more = vec![Vec::new(), Vec::new()];
-    run(&mut publisher, to, &[&small, &big], &mut more, 5.0);
+    run(&mut publisher, to, &[&small, &big], &mut more, 7.0);
     let small_all: Vec<Got> = got[0].iter().chain(&more[0]).copied().collect();
     let big_all: Vec<Got> = got[1].iter().chain(&more[1]).copied().collect();
     let small_layers = one_continuous_stream(&small_all, 5000);
