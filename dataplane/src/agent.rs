@@ -205,7 +205,11 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let levels = publisher.read(|s| s.take_audio_levels());
+            // Never wait for the state lock on a runtime thread (a change in flight holds it
+            // while the workers apply it): the meters keep counting until the next tick.
+            let Some(levels) = publisher.try_read(|s| s.take_audio_levels()) else {
+                continue;
+            };
             if levels.is_empty() {
                 continue;
             }

@@ -411,9 +411,14 @@ impl Bridge for BridgeService {
         req: Request<pb::SetSimulcastLimitRequest>,
     ) -> Result<Response<pb::SetSimulcastLimitResponse>, Status> {
         let r = req.into_inner();
-        self.publisher
-            .read(|s| s.set_simulcast_limit(&r.conference_id, &r.endpoint_id, r.max_height))
-            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let p = self.publisher.clone();
+        // Off the runtime: the state lock may be held by a change waiting for the workers.
+        tokio::task::spawn_blocking(move || {
+            p.read(|s| s.set_simulcast_limit(&r.conference_id, &r.endpoint_id, r.max_height))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("limit task failed: {e}")))?
+        .map_err(|e| Status::from(ApiError::from(e)))?;
         Ok(Response::new(pb::SetSimulcastLimitResponse {}))
     }
 
@@ -421,41 +426,47 @@ impl Bridge for BridgeService {
         &self,
         _req: Request<pb::ListConferencesRequest>,
     ) -> Result<Response<pb::ListConferencesResponse>, Status> {
-        let conferences = self.publisher.read(|s| {
-            s.list()
-                .map(|(c, eps)| pb::ConferenceInfo {
-                    relays: s
-                        .relays(c)
-                        .map(|(id, r)| pb::RelayInfo {
-                            relay_id: id.into(),
-                            remote_addr: r.addr.to_string(),
-                            link_conference: r.link,
-                            subscription: subscription(r.subscription.as_ref()),
-                        })
-                        .collect(),
-                    conference_id: c.into(),
-                    endpoints: eps
-                        .map(|(e, st)| pb::EndpointInfo {
-                            endpoint_id: e.into(),
-                            ssrcs: st.ssrcs.clone(),
-                            remote_addr: st.addr.map(|a| a.to_string()).unwrap_or_default(),
-                            latched: st.latched,
-                            srtp_profile: st
-                                .srtp
-                                .as_ref()
-                                .map(|s| s.profile.name().to_string())
-                                .unwrap_or_default(),
-                            webrtc_state: st
-                                .webrtc
-                                .as_ref()
-                                .map(|w| w.state.name().to_string())
-                                .unwrap_or_default(),
-                            subscription: subscription(st.subscription.as_ref()),
-                        })
-                        .collect(),
-                })
-                .collect()
-        });
+        let p = self.publisher.clone();
+        // Off the runtime: the state lock may be held by a change waiting for the workers.
+        let conferences = tokio::task::spawn_blocking(move || {
+            p.read(|s| {
+                s.list()
+                    .map(|(c, eps)| pb::ConferenceInfo {
+                        relays: s
+                            .relays(c)
+                            .map(|(id, r)| pb::RelayInfo {
+                                relay_id: id.into(),
+                                remote_addr: r.addr.to_string(),
+                                link_conference: r.link,
+                                subscription: subscription(r.subscription.as_ref()),
+                            })
+                            .collect(),
+                        conference_id: c.into(),
+                        endpoints: eps
+                            .map(|(e, st)| pb::EndpointInfo {
+                                endpoint_id: e.into(),
+                                ssrcs: st.ssrcs.clone(),
+                                remote_addr: st.addr.map(|a| a.to_string()).unwrap_or_default(),
+                                latched: st.latched,
+                                srtp_profile: st
+                                    .srtp
+                                    .as_ref()
+                                    .map(|s| s.profile.name().to_string())
+                                    .unwrap_or_default(),
+                                webrtc_state: st
+                                    .webrtc
+                                    .as_ref()
+                                    .map(|w| w.state.name().to_string())
+                                    .unwrap_or_default(),
+                                subscription: subscription(st.subscription.as_ref()),
+                            })
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("list task failed: {e}")))?;
         Ok(Response::new(pb::ListConferencesResponse { conferences }))
     }
 

@@ -281,6 +281,16 @@ impl Publisher {
         f(&self.lock())
     }
 
+    /// Reads the state if no change holds it now (`None` then): for async tasks, which must not
+    /// block a runtime thread while a change waits for the workers.
+    pub fn try_read<R>(&self, f: impl FnOnce(&BridgeState) -> R) -> Option<R> {
+        match self.state.try_lock() {
+            Ok(st) => Some(f(&st)),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(f(&e.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Conferences and endpoints as of the last change, without taking the state lock.
     pub fn counts(&self) -> (usize, usize) {
         (self.counts.0.load(Relaxed), self.counts.1.load(Relaxed))
