@@ -29,7 +29,6 @@ import fractions
 import json
 import sys
 import time
-import urllib.request
 
 import aioice.ice
 import numpy as np
@@ -39,7 +38,6 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.codecs import vpx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -50,6 +48,9 @@ from aiortc.rtp import (
     RtcpRtpfbPacket,
 )
 from av import VideoFrame
+
+# WHIP/WHEP signalling as the aiortc stream test does it (same directory).
+from aiortc_stream import http, negotiate
 
 WIDTH, HEIGHT, BLOCK = 320, 240, 20
 FPS = 30
@@ -68,7 +69,6 @@ RECEIVING_SECS = 20.0
 # Numbering starts when the viewer decodes a readable frame, or this long after media reached it.
 PLAYING_SECS = 8.0
 VIEWER_EXIT_SECS = 10.0
-HTTP_SECS = 10
 # The test's one bridge's region.
 REGION = "eu"
 
@@ -100,31 +100,6 @@ def read(frame: VideoFrame) -> int | None:
             bits = (bits << 1) | int(gray[y0:y1, x0:x1].mean() > 128)
         rows.append(bits)
     return rows[0] if rows[0] ^ rows[1] == 0xFFFF else None
-
-
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        req.add_header("Content-Type", "application/sdp")
-    try:
-        with urllib.request.urlopen(req, timeout=HTTP_SECS) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
-async def negotiate(pc: RTCPeerConnection, url: str) -> str:
-    """POSTs the offer to a WHIP/WHEP URL, applies the answer; returns the session URL."""
-    await pc.setLocalDescription(await pc.createOffer())
-    status, headers, body = await asyncio.to_thread(
-        http, "POST", url, pc.localDescription.sdp.encode()
-    )
-    if status != 201:
-        raise RuntimeError(f"POST {url}: {status} {body[:300]!r}")
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=body.decode(), type="answer"))
-    location = headers.get("Location") or headers.get("location")
-    base = url.split("/wh")[0]
-    return location if location.startswith("http") else base + location
 
 
 def only_host_address(addr: str) -> None:

@@ -44,49 +44,7 @@ impl AudioMeter {
 /// the packet has no such element or the block is malformed.
 #[inline]
 pub fn level(hdr: &[u8], id: u8) -> Option<u8> {
-    if hdr.len() < 12 || hdr[0] & 0x10 == 0 || id == 0 {
-        return None;
-    }
-    let at = 12 + 4 * usize::from(hdr[0] & 0x0f);
-    let profile = u16::from_be_bytes([*hdr.get(at)?, *hdr.get(at + 1)?]);
-    let words = usize::from(u16::from_be_bytes([*hdr.get(at + 2)?, *hdr.get(at + 3)?]));
-    let block = hdr.get(at + 4..at + 4 + 4 * words)?;
-    let mut i = 0;
-    match profile {
-        0xbede => {
-            while i < block.len() {
-                let b = block[i];
-                if b == 0 {
-                    i += 1; // padding
-                    continue;
-                }
-                let (eid, len) = (b >> 4, usize::from(b & 0x0f) + 1);
-                if eid == 15 {
-                    return None;
-                }
-                if eid == id {
-                    return block.get(i + 1).map(|v| v & 0x7f);
-                }
-                i += 1 + len;
-            }
-            None
-        }
-        p if p & 0xfff0 == 0x1000 => {
-            while i + 1 < block.len() {
-                let (eid, len) = (block[i], usize::from(block[i + 1]));
-                if eid == 0 {
-                    i += 1;
-                    continue;
-                }
-                if eid == id {
-                    return (len >= 1).then(|| block.get(i + 2).map(|v| v & 0x7f))?;
-                }
-                i += 2 + len;
-            }
-            None
-        }
-        _ => None,
-    }
+    super::rtp::extension(hdr, id)?.first().map(|v| v & 0x7f)
 }
 
 #[cfg(test)]

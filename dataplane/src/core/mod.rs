@@ -508,8 +508,10 @@ impl Core {
     /// send them with the batch's other copies. A packet overwritten since its NACK was
     /// answered is skipped.
     pub fn next_repair(&mut self, out: &mut [u8]) -> Option<(usize, socket2::SockAddr)> {
-        let cache = self.repair.as_deref()?;
-        while let Some(r) = self.streams.repairs.get(self.streams.repairs_at).copied() {
+        // Repairs need the cache; the keyframe requests below do not.
+        while let Some(cache) = self.repair.as_deref()
+            && let Some(r) = self.streams.repairs.get(self.streams.repairs_at).copied()
+        {
             self.streams.repairs_at += 1;
             let Some(c) = cache.fetch(r.ring, r.seq, self.now_ms, &mut self.scratch) else {
                 continue;

@@ -286,3 +286,44 @@ fn a_plain_senders_duplicate_never_reaches_srtp_receivers_twice() {
     assert_eq!(send(&mut c, 7), [2, 3]);
     assert_eq!(send(&mut c, 7), [2, 3]);
 }
+
+#[test]
+fn a_simulcast_receiver_gets_its_keyframe_asked_for_with_the_cache_disabled() {
+    use super::simulcast::group::{Group, SimReceive};
+    // No retransmission cache: the extras the engine drains still carry the keyframe request.
+    let mut b = TableBuilder::new();
+    let conf = b.conference();
+    b.endpoint(conf, 1, &[10, 11], Some(a(1)), None);
+    b.endpoint(conf, 2, &[20], Some(a(2)), None);
+    let mut c = Core::new(b.build(1));
+    c.apply(&Delta {
+        generation: 2,
+        ops: vec![
+            Op::SetSimulcast {
+                conf,
+                owner: 1,
+                group: Some(Arc::new(Group::new(1, &[10, 11]))),
+            },
+            Op::SetSimReceive {
+                uid: 2,
+                sim: Some(Arc::new(SimReceive::new(1, 5000, 7, 0))),
+            },
+        ],
+    });
+    c.set_now(1);
+    // An inter frame of layer 0: the receiver waits for a keyframe, which the bridge asks for.
+    let mut p = rtp(10, 1, 0, &[0x90, 0x80, 0x05, 0x31, 0, 0, 0, 0]);
+    let _ = c.handle(&mut p, a(1));
+    assert!(c.has_repairs());
+    // Both to the publisher: its REMB (it hears no other estimate) and the PLI.
+    let got = repairs(&mut c);
+    assert!(got.iter().all(|(port, _)| *port == 1), "{got:?}");
+    let fmts: Vec<(u8, u8)> = got.iter().map(|(_, p)| (p[1], p[0] & 0x1f)).collect();
+    assert_eq!(fmts, [(206, 15), (206, 1)], "a REMB, then a PLI");
+    assert_eq!(&got[0].1[12..16], b"REMB");
+    assert_eq!(
+        &got[1].1[8..12],
+        &10u32.to_be_bytes(),
+        "for the layer it waits for"
+    );
+}

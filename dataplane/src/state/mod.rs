@@ -597,14 +597,7 @@ impl BridgeState {
                 field: "audio_level_ext_id",
                 why: "an RTP header extension id is 1-255 (0: none)",
             })?;
-        let e = self
-            .conferences
-            .get(conference)
-            .and_then(|c| c.endpoints.get(endpoint))
-            .ok_or_else(|| StateError::EndpointNotFound {
-                conference: conference.into(),
-                endpoint: endpoint.into(),
-            })?;
+        let (_, e) = self.endpoint_of(conference, endpoint)?;
         let (uid, meter) = (e.uid, Arc::new(AudioMeter::default()));
         self.record(Op::SetAudioLevel {
             uid,
@@ -628,15 +621,7 @@ impl BridgeState {
         endpoint: &str,
         rtx: Option<Arc<Rtx>>,
     ) -> Result<(), StateError> {
-        let e = self
-            .conferences
-            .get(conference)
-            .and_then(|c| c.endpoints.get(endpoint))
-            .ok_or_else(|| StateError::EndpointNotFound {
-                conference: conference.into(),
-                endpoint: endpoint.into(),
-            })?;
-        let uid = e.uid;
+        let uid = self.endpoint_of(conference, endpoint)?.1.uid;
         self.record(Op::SetRtx { uid, rtx });
         Ok(())
     }
