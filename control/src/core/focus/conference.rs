@@ -445,7 +445,7 @@ impl Focus {
                 max_height,
             },
         };
-        Ok(self.start(None, Op::Cleanup, vec![call]))
+        Ok(self.start(None, Op::Cleanup(None), vec![call]))
     }
 
     /// Plans a Leave; the conference ends with its last participant.
@@ -544,14 +544,14 @@ impl Focus {
                 undo.push(self.call(
                     &bridge,
                     Call::Remove {
-                        conference,
+                        conference: conference.clone(),
                         endpoint: participant_id,
                     },
                 ));
             }
             return Completion {
                 result: Err(e),
-                cleanup: self.cleanup(undo),
+                cleanup: self.cleanup(Some(&conference), undo),
             };
         }
         if created {

@@ -177,8 +177,9 @@ impl Focus {
     /// placed elsewhere or nowhere, and endpoints no participant owns (left behind by a control
     /// crash between a bridge call and the store, or by a bridge that was declared down while it
     /// was only hung). `listing` is the bridge's `ListConferences`: conference -> endpoint ids.
-    /// Conferences with an operation in flight are left alone. One plan per call, so one failure
-    /// does not stop the others.
+    /// Conferences with an operation in flight are left alone. One plan per conference, which
+    /// stays busy until it is done (so a failure stops only that conference's calls; the next
+    /// reconciliation finishes them).
     pub fn reconcile(&mut self, bridge: &str, listing: Vec<(String, Vec<String>)>) -> Vec<Plan> {
         self.reconcile_skipping(bridge, listing).0
     }
@@ -213,12 +214,20 @@ impl Focus {
         if !calls.is_empty() {
             tracing::info!(%bridge, calls = calls.len(), "reconciling: removing what the bridge holds but no placement owns");
         }
-        let plans = calls
+        // One plan per conference, holding it busy: a join creating it again must not
+        // interleave with its Delete.
+        let mut by_conference: BTreeMap<String, Vec<BridgeCall>> = BTreeMap::new();
+        for c in calls {
+            let conference = match &c {
+                Call::Remove { conference, .. } | Call::Delete { conference } => conference.clone(),
+                _ => unreachable!("reconcile only removes"),
+            };
+            let call = self.call(bridge, c);
+            by_conference.entry(conference).or_default().push(call);
+        }
+        let plans = by_conference
             .into_iter()
-            .map(|c| {
-                let call = self.call(bridge, c);
-                self.start(None, Op::Cleanup, vec![call])
-            })
+            .filter_map(|(c, calls)| self.cleanup(Some(&c), calls))
             .collect();
         (plans, skipped)
     }
@@ -472,7 +481,7 @@ impl Focus {
             };
             return Completion {
                 result: Err(e),
-                cleanup: self.cleanup(undo),
+                cleanup: self.cleanup(Some(&conference), undo),
             };
         }
         let p = self
@@ -570,7 +579,8 @@ impl Focus {
                 from: from.join(","),
                 to,
             }),
-            cleanup: self.cleanup(tidy),
+            // The old bridges are no longer placed on: nothing interleaves with the tidy-up.
+            cleanup: self.cleanup(None, tidy),
         }
     }
 }

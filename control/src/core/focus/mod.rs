@@ -38,7 +38,10 @@ enum Op {
     Join(Box<JoinOp>),
     Leave(LeaveOp),
     Move(MoveOp),
-    Cleanup,
+    /// Best-effort calls (an undo, a tidy-up); `Some(conference)` keeps that conference busy
+    /// until they finish, so no join or leave interleaves with them (an undo's Delete landing
+    /// after a retried join created the conference again would lose that join).
+    Cleanup(Option<String>),
     /// An operation on a broadcast.
     Stream(Box<broadcast::StreamOp>),
     /// Subscriptions brought up to date.
@@ -408,8 +411,12 @@ impl Focus {
         Plan { op: id, calls }
     }
 
-    fn cleanup(&mut self, calls: Vec<BridgeCall>) -> Option<Plan> {
-        (!calls.is_empty()).then(|| self.start(None, Op::Cleanup, calls))
+    /// Starts best-effort `calls`; with `conference`, it stays busy until they finish.
+    fn cleanup(&mut self, conference: Option<&str>, calls: Vec<BridgeCall>) -> Option<Plan> {
+        (!calls.is_empty()).then(|| {
+            let op = Op::Cleanup(conference.map(String::from));
+            self.start(conference, op, calls)
+        })
     }
 
     /// Marks the bridges of failed calls suspect; returns the first failure.
@@ -455,18 +462,23 @@ impl Focus {
             Op::Join(op) => Some(op.conference.clone()),
             Op::Leave(op) => Some(op.conference.clone()),
             Op::Move(op) => Some(op.conference.clone()),
-            Op::Stream(_) | Op::Cleanup | Op::Sync(_) => None,
+            Op::Stream(_) | Op::Cleanup(_) | Op::Sync(_) => None,
         };
         let done = match state {
             Op::Sync(op) => return self.complete_sync(op, failure),
             Op::Stream(op) => self.complete_stream(*op, failure),
-            Op::Cleanup => Completion {
-                result: match failure {
-                    None => Ok(Done::CleanedUp),
-                    Some(e) => Err(e),
-                },
-                cleanup: None,
-            },
+            Op::Cleanup(conference) => {
+                if let Some(c) = conference {
+                    self.busy.remove(&c);
+                }
+                Completion {
+                    result: match failure {
+                        None => Ok(Done::CleanedUp),
+                        Some(e) => Err(e),
+                    },
+                    cleanup: None,
+                }
+            }
             Op::Join(op) => self.complete_join(*op, failure, calls, results),
             Op::Leave(op) => self.complete_leave(op, failure),
             Op::Move(op) => self.complete_move(op, failure, results),

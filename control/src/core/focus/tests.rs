@@ -259,6 +259,50 @@ fn a_bridge_timing_out_mid_join_rolls_back_and_is_avoided() {
     assert!(plan.calls[0].bridge.starts_with("eu-"));
 }
 
+/// Regression (CI, `cluster_etcd`): a join whose Create timed out was undone by a Delete run
+/// in the background; a retried join meanwhile created the conference again (Create answered
+/// "exists": done) and was acknowledged, then the Delete landed and the next join got
+/// NOT_FOUND from the bridge. The undo now keeps the conference busy until it is done.
+#[test]
+fn a_joins_undo_keeps_its_conference_busy_until_it_is_done() {
+    let mut f = focus();
+    let plan = f.join(join("c1", "a", "eu"), 0).unwrap();
+    let bridge = plan.calls[0].bridge.clone();
+    let c = f.complete(
+        plan.op,
+        &plan.calls,
+        &[Err(CallError::Timeout { deadline_ms: 5 })],
+    );
+    assert!(c.result.is_err());
+    let undo = c.cleanup.unwrap();
+    assert_eq!(
+        undo.calls[0].call,
+        Call::Delete {
+            conference: "c1".into()
+        }
+    );
+    assert!(matches!(
+        f.join(join("c1", "b", "eu"), 0),
+        Err(FocusError::Busy(_))
+    ));
+    assert!(matches!(f.leave("c1", "a"), Err(FocusError::Busy(_))));
+    // Done (even failed): the conference is free, and a join creates it anew.
+    let c = f.complete(
+        undo.op,
+        &undo.calls,
+        &[Err(CallError::Timeout { deadline_ms: 5 })],
+    );
+    assert!(c.result.is_err());
+    let plan = f.join(join("c1", "b", "eu"), 0).unwrap();
+    assert_ne!(
+        plan.calls[0].bridge, bridge,
+        "the suspect bridge is avoided"
+    );
+    assert!(matches!(plan.calls[0].call, Call::Create { .. }));
+    run_ok(&mut f, plan);
+    assert_eq!(f.conferences()["c1"].participants.len(), 1);
+}
+
 #[test]
 fn a_failed_add_to_an_existing_conference_removes_only_that_endpoint() {
     let mut f = focus();
@@ -283,12 +327,19 @@ fn a_failed_add_to_an_existing_conference_removes_only_that_endpoint() {
         &[Err(CallError::Timeout { deadline_ms: 5 })],
     );
     assert_eq!(
-        c.cleanup.unwrap().calls[0].call,
+        c.cleanup.as_ref().unwrap().calls[0].call,
         Call::Remove {
             conference: "c1".into(),
             endpoint: "b".into()
         }
     );
+    // The conference stays busy until that removal is done.
+    let cleanup = c.cleanup.unwrap();
+    assert!(matches!(
+        f.join(join("c1", "b", "eu"), 0),
+        Err(FocusError::Busy(_))
+    ));
+    run_ok(&mut f, cleanup);
     // A join to a conference on a suspect bridge is refused with the reason.
     let e = f.join(join("c1", "b", "eu"), 0).unwrap_err();
     assert!(
@@ -610,13 +661,17 @@ fn a_failed_move_rolls_back_and_is_retried() {
         ],
     );
     assert!(c.result.is_err());
+    let undo = c.cleanup.unwrap();
     assert_eq!(
-        c.cleanup.unwrap().calls[0].call,
+        undo.calls[0].call,
         Call::Delete {
             conference: "c1".into()
         }
     );
     assert_eq!(f.conferences()["c1"].bridge, "us-1", "still where it was");
+    // Not retried while the undo runs (the conference is busy).
+    assert!(f.tick(3150).is_empty());
+    run_ok(&mut f, undo);
     // Retried on the next tick, on the other bridge (the first is suspect now).
     let plans = f.tick(3200);
     assert_eq!(plans.len(), 1);
@@ -650,6 +705,14 @@ fn reconcile_removes_only_what_no_placement_owns() {
         ]
     );
     assert!(plans.iter().all(|p| p.calls[0].bridge == b));
+    // Each conference's removal keeps it busy until done.
+    assert!(matches!(
+        f.join(join("orphan", "y", "eu"), 0),
+        Err(FocusError::Busy(_))
+    ));
+    for p in plans {
+        run_ok(&mut f, p);
+    }
     run_ok(&mut f, busy);
     // A conference placed on another bridge is not this bridge's to keep.
     let other = if b == "eu-1" { "eu-2" } else { "eu-1" };

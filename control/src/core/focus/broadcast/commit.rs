@@ -19,7 +19,7 @@ impl Focus {
                 tracing::warn!(%conference, "broadcast operation failed: {e}");
                 return Completion {
                     result: Err(e),
-                    cleanup: self.cleanup(op.undo),
+                    cleanup: self.cleanup(Some(&conference), op.undo),
                 };
             }
             tracing::warn!(%conference, "leave committed without the bridge: {e}");
@@ -198,7 +198,7 @@ impl Focus {
         };
         Completion {
             result,
-            cleanup: self.cleanup(tidy),
+            cleanup: self.cleanup(None, tidy),
         }
     }
 }
