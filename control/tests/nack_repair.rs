@@ -23,10 +23,10 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
+use common::netns::Link;
 use common::*;
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
@@ -41,113 +41,6 @@ const REPAIRED_SHARE: f64 = 0.98;
 const MARGIN: f64 = 0.25;
 /// Bound on one run of the Python side (18 to 25 s).
 const RUN_LIMIT: Duration = Duration::from_secs(45);
-
-/// A network namespace joined to the host's by a veth pair: the host side has `host`, the
-/// namespace's side `inner` (a /30 of 10.77.0.0/16 picked by process id, names too). An
-/// nftables rule in the namespace drops `LOSS_PERCENT` % of the UDP packets from `host` at
-/// random. Dropping it removes the pair and the namespace (with the rule).
-struct LossyLink {
-    ns: String,
-    host_if: String,
-    host: Ipv4Addr,
-    inner: Ipv4Addr,
-}
-
-impl LossyLink {
-    fn new() -> Self {
-        let idx = std::process::id() % 16_384;
-        let (hi, lo) = ((idx / 64) as u8, (idx % 64 * 4) as u8);
-        let link = LossyLink {
-            ns: format!("rbn{idx}"),
-            host_if: format!("rbn{idx}h"),
-            host: Ipv4Addr::new(10, 77, hi, lo + 1),
-            inner: Ipv4Addr::new(10, 77, hi, lo + 2),
-        };
-        link.remove(); // left by an earlier process with this id, if any
-        let (ns, host_if, ns_if) = (&link.ns, &link.host_if, &format!("rbn{idx}n"));
-        run("ip", &["netns", "add", ns]);
-        run(
-            "ip",
-            &[
-                "link", "add", host_if, "type", "veth", "peer", "name", ns_if,
-            ],
-        );
-        run("ip", &["link", "set", ns_if, "netns", ns]);
-        run(
-            "ip",
-            &["addr", "add", &format!("{}/30", link.host), "dev", host_if],
-        );
-        run("ip", &["link", "set", host_if, "up"]);
-        run(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/30", link.inner),
-                "dev",
-                ns_if,
-            ],
-        );
-        run("ip", &["-n", ns, "link", "set", ns_if, "up"]);
-        let rules = format!(
-            "add table ip loss; \
-             add chain ip loss input {{ type filter hook input priority 0; policy accept; }}; \
-             add rule ip loss input ip saddr {} meta l4proto udp \
-             numgen random mod 100 < {LOSS_PERCENT} counter drop",
-            link.host
-        );
-        run("ip", &["netns", "exec", ns, "nft", &rules]);
-        link
-    }
-
-    /// Packets the rule dropped so far.
-    fn dropped(&self) -> u64 {
-        let out = run(
-            "ip",
-            &[
-                "netns", "exec", &self.ns, "nft", "list", "chain", "ip", "loss", "input",
-            ],
-        );
-        let n = out
-            .split_once("counter packets ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
-        n.unwrap_or_else(|| panic!("no counter in {out}"))
-    }
-
-    fn remove(&self) {
-        for args in [
-            ["link", "del", self.host_if.as_str()],
-            ["netns", "del", self.ns.as_str()],
-        ] {
-            let _ = Command::new("ip").args(args).output();
-        }
-    }
-}
-
-impl Drop for LossyLink {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-/// Runs `program` with `args`: its stdout, or a panic with its stderr.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program}: {e} (the test needs iproute2 and nft: Debian's nftables)")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {} (the test needs root)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// What one run measured.
 struct Measured {
@@ -176,22 +69,9 @@ impl Measured {
 
 /// A control plane (WHIP and WHEP on the host side of `link`) and a bridge with `bridge_flags`
 /// (media on the host side too), and the script's publisher and viewer on stream `name`.
-async fn measure(link: &LossyLink, name: &str, bridge_flags: &[&str]) -> Measured {
+async fn measure(link: &Link, name: &str, bridge_flags: &[&str]) -> Measured {
     let data = data_dir(name);
-    let ctl = control_with(
-        &data,
-        "127.0.0.1:0",
-        &[
-            "--report-interval-ms",
-            "200",
-            "--http",
-            &format!("{}:0", link.host),
-        ],
-    );
-    let url = format!("http://{}", ctl.field("listen"));
-    let media = format!("{}:0", link.host);
-    let bridge = bridge_args(&url, "eu-1", "eu", &media, "127.0.0.1:0", bridge_flags);
-    wait_bridges(&url, 1).await;
+    let (ctl, bridge) = control_and_bridge_on(link.host, &data, bridge_flags).await;
 
     let dropped = link.dropped();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webrtc/nack_repair.py");
@@ -228,7 +108,8 @@ async fn measure(link: &LossyLink, name: &str, bridge_flags: &[&str]) -> Measure
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_repairs_losses_towards_a_viewer_from_its_cache() {
-    let link = LossyLink::new();
+    let link = Link::new(0);
+    link.lose(LOSS_PERCENT);
     let off = measure(&link, "nack-cache-off", &["--nack-cache-packets", "0"]).await;
     let on = measure(&link, "nack-cache-on", &[]).await;
     for (label, m) in [("cache off", &off), ("cache on", &on)] {

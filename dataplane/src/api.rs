@@ -315,6 +315,7 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
         nack_repaired: c.nack_repaired,
         nack_forwarded: c.nack_forwarded,
         nack_unsent: c.nack_unsent,
+        nack_unanswered: c.nack_unanswered,
     }
 }
 

@@ -56,6 +56,13 @@ pub fn bridge(r: &mut Registry, c: &Counters, w: &Stats, conferences: usize, end
         "NACKed sequence numbers the cache did not hold (their NACK went upstream).",
         c.nack_forwarded,
     );
+    counter(
+        r,
+        "ringbridge_nack_unanswered",
+        "NACKed sequence numbers left unanswered on purpose (resent to that receiver under 250 ms \
+         before, or of a simulcast layer the receiver has left).",
+        c.nack_unanswered,
+    );
     gauge(
         r,
         "ringbridge_conferences",

@@ -22,6 +22,7 @@ pub struct SharedCounters {
     nack_repaired: AtomicU64,
     nack_forwarded: AtomicU64,
     nack_unsent: AtomicU64,
+    nack_unanswered: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -42,6 +43,7 @@ impl SharedCounters {
         self.nack_repaired.store(c.nack_repaired, Relaxed);
         self.nack_forwarded.store(c.nack_forwarded, Relaxed);
         self.nack_unsent.store(c.nack_unsent, Relaxed);
+        self.nack_unanswered.store(c.nack_unanswered, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -64,6 +66,7 @@ impl SharedCounters {
             nack_repaired: self.nack_repaired.load(Relaxed),
             nack_forwarded: self.nack_forwarded.load(Relaxed),
             nack_unsent: self.nack_unsent.load(Relaxed),
+            nack_unanswered: self.nack_unanswered.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -85,6 +88,7 @@ impl std::ops::AddAssign for Counters {
         self.nack_repaired += o.nack_repaired;
         self.nack_forwarded += o.nack_forwarded;
         self.nack_unsent += o.nack_unsent;
+        self.nack_unanswered += o.nack_unanswered;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -150,6 +152,30 @@ pub fn bridge_with(url: &str, id: &str, region: &str, media: &str, api: &str) ->
 }
 
 /// [`bridge_with`] with `extra` flags after the usual ones.
+/// A control plane (gRPC on loopback, WHIP/WHEP on `host`) and one bridge `eu-1` with
+/// `bridge_flags`, its media on `host` too (a test's veth link), registered.
+pub async fn control_and_bridge_on(
+    host: std::net::Ipv4Addr,
+    data: &str,
+    bridge_flags: &[&str],
+) -> (Proc, Proc) {
+    let ctl = control_with(
+        data,
+        "127.0.0.1:0",
+        &[
+            "--report-interval-ms",
+            "200",
+            "--http",
+            &format!("{host}:0"),
+        ],
+    );
+    let url = format!("http://{}", ctl.field("listen"));
+    let media = format!("{host}:0");
+    let bridge = bridge_args(&url, "eu-1", "eu", &media, "127.0.0.1:0", bridge_flags);
+    wait_bridges(&url, 1).await;
+    (ctl, bridge)
+}
+
 pub fn bridge_args(
     url: &str,
     id: &str,

@@ -8,8 +8,10 @@ CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 
 
-def browser(fake_fps: int | None = None) -> webdriver.Chrome:
-    """A headless Chromium; `fake_fps` sets the fake camera's frame rate (Chromium's default: 20)."""
+def browser(fake_fps: int | None = None, secure_origin: str | None = None) -> webdriver.Chrome:
+    """A headless Chromium; `fake_fps` sets the fake camera's frame rate (Chromium's default: 20);
+    `secure_origin` (an http origin off loopback) is treated as secure, so a page from it may
+    open the fake camera."""
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in [
@@ -30,6 +32,6 @@ def browser(fake_fps: int | None = None) -> webdriver.Chrome:
         "--autoplay-policy=no-user-gesture-required",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--force-webrtc-ip-handling-policy=default",
-    ]:
+    ] + ([f"--unsafely-treat-insecure-origin-as-secure={secure_origin}"] if secure_origin else []):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER), options=opts)

@@ -184,6 +184,16 @@ class Window:
         return self.call("stats")
 
 
+def close(drv, windows: list) -> None:
+    """Stops every window's session (best effort) and quits the browser."""
+    for w in reversed(windows):
+        try:
+            w.call("stop")
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    drv.quit()
+
+
 def video(s: dict) -> dict:
     """A viewer's one inbound video stream (the most advanced one, should there be several)."""
     v = s.get("video") or [{}]
@@ -376,12 +386,7 @@ def main() -> int:
             pass
         return 1
     finally:
-        for w in reversed(windows):
-            try:
-                w.call("stop")
-            except Exception:  # noqa: BLE001 - best effort
-                pass
-        drv.quit()
+        close(drv, windows)
         print(json.dumps(report), flush=True)
 
 

@@ -39,6 +39,7 @@ pub use table::{ConfIdx, Delta, EndpointUid, LatchClaim, Op, Peer, Table, TableB
 pub use verdict::{CopyKind, Dests, Sent, Verdict};
 
 use feedback::feedback_targets;
+use simulcast::group::{Group, SimReceive};
 use verdict::Select;
 
 /// Largest datagram an endpoint may send (RTP or RTCP, SRTP included). Larger ones are dropped
@@ -169,6 +170,10 @@ pub struct Counters {
     /// Sequence numbers asked for that were never sent to the receiver (they arrived before
     /// its subscription changed, e.g. a video paused by last-N): not repaired, not forwarded.
     pub nack_unsent: u64,
+    /// Sequence numbers asked for and deliberately not answered: resent to that receiver within
+    /// [`repair::recent::RESEND_MS`], or a simulcast receiver's from a layer it has left (or
+    /// from before the switches remembered). Not forwarded either.
+    pub nack_unanswered: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -240,6 +245,8 @@ struct StreamState {
     /// packets that arrived before (a video paused by last-N leaves a gap the receiver NACKs;
     /// those packets were never its to get).
     subscribed_at: FxHashMap<EndpointUid, u32>,
+    /// What was lately resent to each receiver that NACKed.
+    resent: FxHashMap<EndpointUid, Box<repair::recent::Recent>>,
 }
 
 /// Most repairs one batch answers: later NACKed numbers go on upstream.
@@ -254,6 +261,19 @@ struct Repair {
     conf: u32,
     /// The receiver's peer slot in `conf`.
     slot: u32,
+    /// For a simulcast receiver: how its copy was rewritten.
+    sim: Option<SimRepair>,
+}
+
+/// A simulcast receiver's copy of a layer's packet, to be made again.
+#[derive(Debug, Clone, Copy)]
+struct SimRepair {
+    /// The segment it was sent in.
+    segment: simulcast::forward::Segment,
+    /// Its output sequence number, index and stream.
+    seq: u16,
+    index: u64,
+    ssrc: u32,
 }
 
 fn srtp_drop(e: srtp::Error) -> DropReason {
@@ -448,6 +468,7 @@ impl Core {
         self.streams.sim.forget(uid);
         self.streams.own_rtcp.remove(&uid);
         self.streams.subscribed_at.remove(&uid);
+        self.streams.resent.remove(&uid);
         if !self.streams.learned.is_empty() {
             self.streams.learned.retain(|(u, _)| *u != uid);
         }
@@ -519,7 +540,7 @@ impl Core {
             let Some(peer) = self.table.conf(r.conf).peers.get(r.slot as usize) else {
                 continue;
             };
-            if let Some(n) = resend(&mut self.scratch, c, r.ssrc, peer, out) {
+            if let Some(n) = resend(&mut self.scratch, c, r.ssrc, r.sim, peer, out) {
                 self.counters.nack_repaired += 1;
                 return Some((n, peer.raw.clone()));
             }
@@ -669,6 +690,7 @@ impl Shared<'_> {
         streams: &mut StreamState,
         counters: &mut Counters,
         receiver: &table::Endpoint,
+        sim: Option<(&SimReceive, &Group)>,
         slot: u32,
         pkt: &mut [u8],
     ) -> usize {
@@ -677,9 +699,50 @@ impl Shared<'_> {
         };
         let (now, conf) = (self.now_ms, receiver.conf);
         let since = streams.subscribed_at.get(&receiver.uid).copied();
-        let mut unsent = 0;
+        let (mut unsent, mut unanswered) = (0, 0);
         let repairs = &mut streams.repairs;
+        let recent = streams.resent.entry(receiver.uid).or_default();
         let a = repair::nack::answer(pkt, |ssrc, seq| {
+            // A simulcast receiver's own numbers: the packet of the layer it is on that it was
+            // made from is resent rewritten as it was (a packet of a layer it left is no use
+            // after the keyframe it switched at). Never upstream: its numbers mean nothing there.
+            if let Some((sim, group)) = sim
+                && ssrc == sim.ssrc
+            {
+                let found = sim.segments.find(seq).filter(|f| f.latest);
+                let layer = found.and_then(|f| group.ssrcs.get(usize::from(f.segment.layer)));
+                let (Some(f), Some(&layer)) = (found, layer) else {
+                    unanswered += 1;
+                    return true;
+                };
+                let Some(ring) = cache.ring_of(conf, layer) else {
+                    cache.claim(conf, layer, now);
+                    unanswered += 1;
+                    return true;
+                };
+                cache.touch(ring, now);
+                if repairs.len() < MAX_REPAIRS
+                    && cache.holds(ring, f.from, now)
+                    && recent.allow(ssrc, seq, now)
+                {
+                    repairs.push(Repair {
+                        ring,
+                        seq: f.from,
+                        ssrc: layer,
+                        conf,
+                        slot,
+                        sim: Some(SimRepair {
+                            segment: f.segment,
+                            seq,
+                            index: f.index,
+                            ssrc: sim.ssrc,
+                        }),
+                    });
+                } else {
+                    unanswered += 1;
+                }
+                return true;
+            }
             let Some(ring) = cache.ring_of(conf, ssrc) else {
                 cache.claim(conf, ssrc, now);
                 return false;
@@ -698,18 +761,25 @@ impl Shared<'_> {
             if repairs.len() >= MAX_REPAIRS || !cache.holds(ring, seq, now) {
                 return false;
             }
+            if !recent.allow(ssrc, seq, now) {
+                // Resent a moment ago (and the sender would resend it too).
+                unanswered += 1;
+                return true;
+            }
             repairs.push(Repair {
                 ring,
                 seq,
                 ssrc,
                 conf,
                 slot,
+                sim: None,
             });
             true
         });
         counters.nack_rx += u64::from(a.asked);
         counters.nack_forwarded += u64::from(a.asked - a.taken);
         counters.nack_unsent += unsent;
+        counters.nack_unanswered += unanswered;
         a.len
     }
 
@@ -791,11 +861,22 @@ fn resend(
     scratch: &mut [u8],
     c: repair::Cached,
     ssrc: u32,
+    sim: Option<SimRepair>,
     peer: &Peer,
     out: &mut [u8],
 ) -> Option<usize> {
     let len = c.len;
     let h = rtp::Header::parse(&scratch[..len]).ok()?;
+    // A simulcast receiver's copy: its stream's numbering, as in the first sending.
+    let (ssrc, index) = match sim {
+        Some(r) => {
+            let d = simulcast::vp8::parse(&scratch[h.len..len]).unwrap_or_default();
+            r.segment
+                .rewrite(&mut scratch[..len], h.len, &d, r.seq, r.ssrc);
+            (r.ssrc, r.index)
+        }
+        None => (ssrc, c.index),
+    };
     let Some(s) = &peer.srtp else {
         out.get_mut(..len)?.copy_from_slice(&scratch[..len]);
         return Some(len);
@@ -809,7 +890,7 @@ fn resend(
         let (n, hl) = repair::rtx::wrap(scratch, h.len, len, next)?;
         return s.protect_rtp_hl(&scratch[..n], hl, next.index, out).ok();
     }
-    s.protect_rtp_hl(&scratch[..len], h.len, c.index, out).ok()
+    s.protect_rtp_hl(&scratch[..len], h.len, index, out).ok()
 }
 
 /// The decision itself, over split borrows of [`Core`].
@@ -950,22 +1031,25 @@ fn decide<'t>(
     // sends the media it is about (that bridge delivers it to that sender only).
     // RTP goes only to the receivers subscribed to its sender (everyone, by default).
     let filter = hdr.map(|h| conf.filter(h.ssrc)).unwrap_or_default();
+    // The simulcast group `ep` receives as one stream, if any.
+    let sim = ep.sim.as_deref().and_then(|sim| {
+        let g: &Group = conf.groups.iter().find(|g| g.owner == sim.group)?;
+        Some((sim, g))
+    });
     // A simulcast receiver's reports without feedback: their loss is its estimate's.
     if summary.is_some_and(|s| !s.feedback)
-        && let Some(sim) = &ep.sim
-        && let Some(g) = conf.groups.iter().find(|g| g.owner == sim.group)
+        && let Some((sim, g)) = sim
     {
-        simulcast::select::take_feedback(plain, sim, g, shared.now_ms);
+        simulcast::select::take_feedback(plain, sim, g, false, shared.now_ms);
     }
     let (select, relays, len) = match summary {
         Some(s) if s.feedback => {
-            // A simulcast receiver's feedback about its stream: the bridge's to act on.
-            let (plain, s) = match ep.sim.as_ref().and_then(|sim| {
-                let g = conf.groups.iter().find(|g| g.owner == sim.group)?;
-                Some((sim, g))
-            }) {
+            // A simulcast receiver's feedback about its stream: the bridge's to act on (its
+            // NACKs the cache's, when there is one).
+            let answers = shared.repair.is_some() && ep.slot.is_some();
+            let (plain, s) = match sim {
                 Some((sim, g)) => {
-                    let n = simulcast::select::take_feedback(plain, sim, g, shared.now_ms);
+                    let n = simulcast::select::take_feedback(plain, sim, g, answers, shared.now_ms);
                     let s = rtcp::summarize(&plain[..n]).ok().filter(|s| s.feedback);
                     match s {
                         Some(s) => (&mut plain[..n], s),
@@ -981,7 +1065,7 @@ fn decide<'t>(
                 && shared.repair.is_some()
                 && let Some(slot) = ep.slot
             {
-                len = shared.answer_nacks(streams, counters, ep, slot, &mut plain[..len]);
+                len = shared.answer_nacks(streams, counters, ep, sim, slot, &mut plain[..len]);
                 if len == 0 {
                     return Err(DropReason::NackAnswered);
                 }

@@ -173,9 +173,18 @@ fn an_srtp_receiver_gets_the_very_copy_it_was_sent_an_rtx_receiver_a_repair_of_i
     c.set_now(6);
     assert!(c.handle(&mut srtcp(&s2, nack(2, 10, 42), 2), a(2)).is_err());
     assert!(c.handle(&mut srtcp(&s3, nack(3, 10, 42), 1), a(3)).is_err());
+    // Asked again at once (a browser re-asks every 100 ms): not resent again so soon, nor
+    // passed on.
     let twice = c.handle(&mut srtcp(&s3, nack(3, 10, 42), 2), a(3));
     assert_eq!(twice.err(), Some(DropReason::NackAnswered), "asked twice");
-    let got = repairs(&mut c);
+    let mut got = repairs(&mut c);
+    assert_eq!(got.len(), 2);
+    assert_eq!(c.counters.nack_unanswered, 1);
+    // Asked again later: resent again.
+    c.set_now(6 + repair::recent::RESEND_MS);
+    let again = c.handle(&mut srtcp(&s3, nack(3, 10, 42), 3), a(3));
+    assert_eq!(again.err(), Some(DropReason::NackAnswered));
+    got.extend(repairs(&mut c));
     assert_eq!(got.len(), 3);
     // Endpoint 2: byte for byte what it was sent (same index, same key: nothing new).
     assert_eq!(got[0], (2, sent[&2].clone()));
@@ -287,15 +296,18 @@ fn a_plain_senders_duplicate_never_reaches_srtp_receivers_twice() {
     assert_eq!(send(&mut c, 7), [2, 3]);
 }
 
-#[test]
-fn a_simulcast_receiver_gets_its_keyframe_asked_for_with_the_cache_disabled() {
+/// Endpoint 1 (port 1) publishes a simulcast group of SSRCs 10 and 11 (cached, with a
+/// `cache`); endpoint 2 (port 2) receives it as one stream on SSRC 5000, from sequence number 7.
+fn simulcast_core(cache: bool) -> Core {
     use super::simulcast::group::{Group, SimReceive};
-    // No retransmission cache: the extras the engine drains still carry the keyframe request.
     let mut b = TableBuilder::new();
     let conf = b.conference();
     b.endpoint(conf, 1, &[10, 11], Some(a(1)), None);
     b.endpoint(conf, 2, &[20], Some(a(2)), None);
     let mut c = Core::new(b.build(1));
+    if cache {
+        c = c.with_repair_cache(Some(Arc::new(RepairCache::new(4, 64))));
+    }
     c.apply(&Delta {
         generation: 2,
         ops: vec![
@@ -308,9 +320,20 @@ fn a_simulcast_receiver_gets_its_keyframe_asked_for_with_the_cache_disabled() {
                 uid: 2,
                 sim: Some(Arc::new(SimReceive::new(1, 5000, 7, 0))),
             },
+            Op::CacheStreams {
+                conf,
+                ssrcs: [10, 11].into(),
+            },
         ],
     });
     c.set_now(1);
+    c
+}
+
+#[test]
+fn a_simulcast_receiver_gets_its_keyframe_asked_for_with_the_cache_disabled() {
+    // No retransmission cache: the extras the engine drains still carry the keyframe request.
+    let mut c = simulcast_core(false);
     // An inter frame of layer 0: the receiver waits for a keyframe, which the bridge asks for.
     let mut p = rtp(10, 1, 0, &[0x90, 0x80, 0x05, 0x31, 0, 0, 0, 0]);
     let _ = c.handle(&mut p, a(1));
@@ -326,4 +349,53 @@ fn a_simulcast_receiver_gets_its_keyframe_asked_for_with_the_cache_disabled() {
         &10u32.to_be_bytes(),
         "for the layer it waits for"
     );
+}
+
+#[test]
+fn a_simulcast_receivers_nack_is_answered_with_the_very_copy_it_was_sent() {
+    let mut c = simulcast_core(true);
+    // VP8 with a 15-bit picture id; the first packet starts a keyframe.
+    let vp8 = |pid: u16, key: bool| {
+        let tag = if key { 0x30 } else { 0x31 };
+        vec![0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8, tag, 1, 2, 3]
+    };
+    // Layer 0 (the only one sending) from its keyframe on: the receiver's copies, as the
+    // engine writes them, run from its first sequence number (7) on its SSRC.
+    let mut sent = Vec::new();
+    for (i, seq) in (40_000u16..40_004).enumerate() {
+        let mut p = rtp(10, seq, 9_000, &vp8(300 + i as u16, i == 0));
+        let v = c.handle(&mut p, a(1)).unwrap();
+        let plain = v.plain(&p).to_vec();
+        for (slot, peer) in v.dests.iter_slots() {
+            assert_eq!(v.copy_kind(slot, peer), CopyKind::Written);
+            let mut out = [0u8; 2048];
+            let n = v.write(slot, peer, &plain, &mut out).unwrap();
+            sent.push(out[..n].to_vec());
+        }
+    }
+    assert_eq!(sent.len(), 4);
+    assert_eq!(&sent[1][2..4], &8u16.to_be_bytes());
+    assert_eq!(&sent[1][8..12], &5000u32.to_be_bytes());
+    repairs(&mut c); // the publisher's REMB
+    // The receiver NACKs its own number 8: it gets the same bytes again, nothing goes on.
+    assert_eq!(
+        c.handle(&mut nack(20, 5000, 8), a(2)).err(),
+        Some(DropReason::NackAnswered)
+    );
+    assert_eq!(repairs(&mut c), [(2, sent[1].clone())]);
+    // A number from before its first segment: nobody can answer it, and it goes nowhere.
+    assert_eq!(
+        c.handle(&mut nack(20, 5000, 3), a(2)).err(),
+        Some(DropReason::NackAnswered)
+    );
+    assert!(repairs(&mut c).is_empty());
+    assert_eq!(
+        (
+            c.counters.nack_rx,
+            c.counters.nack_repaired,
+            c.counters.nack_forwarded
+        ),
+        (2, 1, 0)
+    );
+    assert_eq!(c.counters.nack_unanswered, 1);
 }

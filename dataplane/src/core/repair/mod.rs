@@ -23,6 +23,7 @@
 //! allocator, so pages of rings never claimed are never touched; see [`RepairCache::memory`].
 
 pub mod nack;
+pub mod recent;
 pub mod rtx;
 
 use std::sync::atomic::{

@@ -46,23 +46,66 @@ impl Out {
     }
 }
 
-/// Where the current layer's numbering maps to the output's.
+/// Where a layer's numbering maps to the output's, from one switch on (a receiver's NACK names
+/// output numbers: the segment it falls in says which packet of which layer it was).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Mapping {
-    layer: u8,
+pub struct Segment {
+    /// The layer sent from the switch on.
+    pub layer: u8,
     /// The first input sequence number of the layer sent after the switch.
-    from_seq: u16,
-    /// Output index of that packet.
-    from_index: u64,
-    ts_off: u32,
-    pic_off: u16,
-    tl0_off: u8,
+    pub from_seq: u16,
+    /// Output index of that packet (48 bits).
+    pub from_index: u64,
+    /// Added to the layer's timestamps.
+    pub ts_off: u32,
+    /// Added to the layer's VP8 picture ids (15 bits).
+    pub pic_off: u16,
+    /// Added to the layer's TL0PICIDX.
+    pub tl0_off: u8,
+}
+
+impl Segment {
+    /// The output packet with sequence number `seq` if it is of this segment (before
+    /// `next_from`, the next segment's first output sequence number, if any): the layer's input
+    /// sequence number it was made from, and its output index.
+    pub fn source_of(&self, seq: u16, next_from: Option<u16>) -> Option<(u16, u64)> {
+        let delta = seq.wrapping_sub(self.from_index as u16) as i16;
+        if delta < 0 || next_from.is_some_and(|n| n.wrapping_sub(seq) as i16 <= 0) {
+            return None;
+        }
+        let index = (self.from_index + delta as u64) & 0xffff_ffff_ffff;
+        Some((self.from_seq.wrapping_add(delta as u16), index))
+    }
+
+    /// Rewrites `pkt`, a plain RTP packet of this segment's layer (header `hl` bytes, VP8
+    /// descriptor `d`), as the output packet `seq` on stream `ssrc`: the bytes the receiver was
+    /// sent (less the per-receiver header rewriting and SRTP).
+    pub fn rewrite(
+        &self,
+        pkt: &mut [u8],
+        hl: usize,
+        d: &super::vp8::Descriptor,
+        seq: u16,
+        ssrc: u32,
+    ) {
+        let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]).wrapping_add(self.ts_off);
+        pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+        pkt[4..8].copy_from_slice(&ts.to_be_bytes());
+        pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        let pic = d
+            .picture_id
+            .map_or(0, |(id, _)| id)
+            .wrapping_add(self.pic_off)
+            & 0x7fff;
+        let tl0 = d.tl0.unwrap_or(0).wrapping_add(self.tl0_off);
+        super::vp8::rewrite(&mut pkt[hl..], d, pic, tl0);
+    }
 }
 
 /// One receiver's forwarding state for one group; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Forwarder {
-    map: Option<Mapping>,
+    map: Option<Segment>,
     /// Highest output index sent, its timestamp, picture id, TL0PICIDX and when (ms).
     last_index: u64,
     last_ts: u32,
@@ -120,7 +163,7 @@ impl Forwarder {
             } else {
                 p.tl0.unwrap_or(0)
             };
-            self.map = Some(Mapping {
+            self.map = Some(Segment {
                 layer: target,
                 from_seq: p.seq,
                 from_index: index,
@@ -157,12 +200,16 @@ impl Forwarder {
         Some(out)
     }
 
+    /// The segment the receiver is in (since the last switch), if any.
+    pub fn segment(&self) -> Option<Segment> {
+        self.map
+    }
+
     /// The input (layer, sequence number) that output sequence number `seq` was made from, if
     /// it is of the current layer's run (a NACK from the receiver names output numbers).
     pub fn source_of(&self, seq: u16) -> Option<(u8, u16)> {
         let m = self.map?;
-        let delta = seq.wrapping_sub(m.from_index as u16) as i16;
-        (delta >= 0).then(|| (m.layer, m.from_seq.wrapping_add(delta as u16)))
+        m.source_of(seq, None).map(|(s, _)| (m.layer, s))
     }
 }
 

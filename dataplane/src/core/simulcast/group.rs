@@ -3,8 +3,11 @@
 //! one stream. Shared by every copy of the table; measured and chosen with relaxed atomics (one
 //! writer each: the publisher's worker measures, the receiver's feedback sets the estimate).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, fence,
+};
 
+use super::forward::Segment;
 use super::policy::{Estimate, Layer};
 use crate::core::EndpointUid;
 
@@ -155,15 +158,37 @@ pub struct SimReceive {
     pub first_seq: u16,
     /// Largest frame height it wants (0: no limit).
     pub max_height: AtomicU32,
-    /// Its bandwidth estimate (REMB, capped by loss).
+    /// Its bandwidth estimate (REMB, capped by loss), and when the cap was last set (ms).
     remb: AtomicU32,
     loss_cap: AtomicU32,
+    loss_at: AtomicU32,
     /// The layer chosen for it, and the one it is on ([`NO_LAYER`]: none), for stats and for
     /// mapping its keyframe requests to the layer it is on.
     pub target: AtomicU32,
     /// The layer it is on.
     pub layer: AtomicU32,
+    /// Its last segments (one per switch), for mapping its NACKs back to layers' packets.
+    pub segments: SegmentLog,
+    /// When it last switched layers (ms; 0: never).
+    switched_at: AtomicU32,
+    /// The receiver report that started the current loss window: its extended highest
+    /// sequence number (high 32 bits) and cumulative loss (low 32), and when (ms; 0: none).
+    report_base: AtomicU64,
+    report_at: AtomicU32,
 }
+
+/// Losses are read over windows of at least this long, from receiver reports' cumulative
+/// counts: a browser sends a report with nearly every feedback packet (tens a second), each
+/// `fraction lost` over a handful of packets.
+pub const LOSS_WINDOW_MS: u32 = 1_000;
+
+/// A loss cap no report renewed for this long is forgotten: a receiver that gets nothing (no
+/// layer fits) reports nothing about its stream, and a cap from before must not keep it there.
+pub const LOSS_CAP_MS: u32 = 3_000;
+
+/// Receiver reports within this long of a switch are not read for losses: what they count was
+/// lost mostly before it (the layer it left overflowing the link), not by the layer it is on.
+pub const LOSS_SETTLE_MS: u32 = 2_000;
 
 impl SimReceive {
     /// A receiver of `group`'s video on `ssrc`, limited to `max_height` (0: none).
@@ -175,17 +200,27 @@ impl SimReceive {
             max_height: AtomicU32::new(max_height),
             remb: AtomicU32::new(0),
             loss_cap: AtomicU32::new(0),
+            loss_at: AtomicU32::new(0),
             target: AtomicU32::new(NO_LAYER),
             layer: AtomicU32::new(NO_LAYER),
+            segments: SegmentLog::default(),
+            switched_at: AtomicU32::new(0),
+            report_base: AtomicU64::new(0),
+            report_at: AtomicU32::new(0),
         }
     }
 
-    /// Its estimate now.
+    /// Its estimate at `now_ms` (a loss cap lasts [`LOSS_CAP_MS`] unless a report renews it).
     #[inline]
-    pub fn estimate(&self) -> Estimate {
+    pub fn estimate(&self, now_ms: u32) -> Estimate {
+        let fresh = now_ms.wrapping_sub(self.loss_at.load(Relaxed)) < LOSS_CAP_MS;
         Estimate {
             remb: self.remb.load(Relaxed),
-            loss_cap: self.loss_cap.load(Relaxed),
+            loss_cap: if fresh {
+                self.loss_cap.load(Relaxed)
+            } else {
+                0
+            },
         }
     }
 
@@ -194,12 +229,148 @@ impl SimReceive {
         self.remb.store(bps.max(1), Relaxed);
     }
 
-    /// Its receiver report said `fraction_lost` (of 256) of its stream, sent at `sent_bps`, was
-    /// lost (see [`Estimate::on_loss`]).
-    pub fn on_loss(&self, fraction_lost: u8, sent_bps: u32) {
-        let mut e = self.estimate();
+    /// Its receiver report at `now_ms` about its stream said `highest` (extended highest
+    /// sequence number received) and `lost` (cumulative); `sent_bps` is the rate it is sent.
+    /// Every [`LOSS_WINDOW_MS`] the loss over the window goes to [`SimReceive::on_loss`].
+    pub fn on_report(&self, highest: u32, lost: i32, sent_bps: u32, now_ms: u32) {
+        let at = self.report_at.load(Relaxed);
+        let now = now_ms.max(1);
+        if at != 0 && now.wrapping_sub(at) < LOSS_WINDOW_MS {
+            return;
+        }
+        let base = self.report_base.load(Relaxed);
+        self.report_base
+            .store(u64::from(highest) << 32 | u64::from(lost as u32), Relaxed);
+        self.report_at.store(now, Relaxed);
+        if at == 0 {
+            return;
+        }
+        let expected = highest.wrapping_sub((base >> 32) as u32);
+        let lost = lost.wrapping_sub(base as u32 as i32).max(0) as u32;
+        if expected == 0 || expected > 1 << 20 {
+            return;
+        }
+        let fraction = (u64::from(lost.min(expected)) * 256 / u64::from(expected)).min(255);
+        self.on_loss(fraction as u8, sent_bps, now_ms);
+    }
+
+    /// It switched layers at `now_ms` (losses are read afresh).
+    pub fn switched(&self, now_ms: u32) {
+        self.switched_at.store(now_ms.max(1), Relaxed);
+        // A new loss window starts with the next report.
+        self.report_at.store(0, Relaxed);
+    }
+
+    /// Its receiver report at `now_ms` said `fraction_lost` (of 256) of its stream, sent at
+    /// `sent_bps`, was lost (see [`Estimate::on_loss`]); not read within [`LOSS_SETTLE_MS`] of
+    /// a switch.
+    pub fn on_loss(&self, fraction_lost: u8, sent_bps: u32, now_ms: u32) {
+        let at = self.switched_at.load(Relaxed);
+        if at != 0 && now_ms.wrapping_sub(at) < LOSS_SETTLE_MS {
+            return;
+        }
+        let mut e = self.estimate(now_ms);
         e.on_loss(fraction_lost, sent_bps);
         self.loss_cap.store(e.loss_cap, Relaxed);
+        self.loss_at.store(now_ms, Relaxed);
+    }
+}
+
+/// Segments a [`SegmentLog`] keeps: switches within the repair cache's span are rare (a
+/// policy step takes seconds), so a NACK older than the fourth last switch is not answered.
+pub const SEGMENTS: usize = 4;
+
+/// Where a receiver's output packet came from ([`SegmentLog::find`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// The segment it was sent in.
+    pub segment: Segment,
+    /// The layer's sequence number it was made from.
+    pub from: u16,
+    /// Its output index.
+    pub index: u64,
+    /// The segment is the latest (the layer the receiver is on now).
+    pub latest: bool,
+}
+
+/// A receiver's last [`SEGMENTS`] segments, newest last, shared between the worker that
+/// forwards its layers (the one writer: a publisher's packets arrive on one worker) and any
+/// worker its NACKs arrive on. A seqlock: written once per switch, read once per NACKed number.
+#[derive(Debug, Default)]
+pub struct SegmentLog {
+    /// Odd while a write is under way; the number of segments written is `version / 2`.
+    version: AtomicU64,
+    /// Per segment: `from_index` (48 bits) and `pic_off` (16), then `ts_off` (32), `from_seq`
+    /// (16), `tl0_off` (8) and `layer` (8).
+    words: [[AtomicU64; 2]; SEGMENTS],
+}
+
+impl SegmentLog {
+    /// Appends `s` (the receiver switched).
+    pub fn push(&self, s: Segment) {
+        let v = self.version.load(Relaxed);
+        let at = (v / 2) as usize % SEGMENTS;
+        self.version.store(v + 1, Relaxed);
+        fence(Release);
+        self.words[at][0].store(
+            (s.from_index & 0xffff_ffff_ffff) << 16 | u64::from(s.pic_off),
+            Relaxed,
+        );
+        self.words[at][1].store(
+            u64::from(s.ts_off) << 32
+                | u64::from(s.from_seq) << 16
+                | u64::from(s.tl0_off) << 8
+                | u64::from(s.layer),
+            Relaxed,
+        );
+        self.version.store(v + 2, Release);
+    }
+
+    /// The segment output sequence number `seq` belongs to, with the input sequence number and
+    /// output index it was made from, and whether it is the latest segment (the layer the
+    /// receiver is on). `None`: before the oldest segment kept, or a torn read that kept racing
+    /// a writer.
+    pub fn find(&self, seq: u16) -> Option<Found> {
+        for _ in 0..4 {
+            let v = self.version.load(Acquire);
+            if v % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let n = ((v / 2) as usize).min(SEGMENTS);
+            let mut segs = [Segment::default(); SEGMENTS];
+            for (k, seg) in segs.iter_mut().enumerate().take(n) {
+                // Oldest first.
+                let at = ((v / 2) as usize - n + k) % SEGMENTS;
+                let (a, b) = (
+                    self.words[at][0].load(Relaxed),
+                    self.words[at][1].load(Relaxed),
+                );
+                *seg = Segment {
+                    layer: b as u8,
+                    from_seq: (b >> 16) as u16,
+                    from_index: a >> 16,
+                    ts_off: (b >> 32) as u32,
+                    pic_off: a as u16,
+                    tl0_off: (b >> 8) as u8,
+                };
+            }
+            fence(Acquire);
+            if self.version.load(Relaxed) != v {
+                continue;
+            }
+            return (0..n).rev().find_map(|k| {
+                let next = segs.get(k + 1).filter(|_| k + 1 < n);
+                let (from, index) = segs[k].source_of(seq, next.map(|x| x.from_index as u16))?;
+                Some(Found {
+                    segment: segs[k],
+                    from,
+                    index,
+                    latest: k + 1 == n,
+                })
+            });
+        }
+        None
     }
 }
 
@@ -220,5 +391,74 @@ mod tests {
         assert!((790_000..=810_000).contains(&l.bitrate), "{}", l.bitrate);
         assert!(!s.layer(1_000 + ACTIVE_MS).active);
         assert!(!LayerStats::default().layer(5).active, "never sent");
+    }
+
+    #[test]
+    fn a_nack_maps_to_the_segment_it_was_sent_in() {
+        let log = SegmentLog::default();
+        assert_eq!(log.find(5), None);
+        let seg = |layer, from_seq, from_index| Segment {
+            layer,
+            from_seq,
+            from_index,
+            ts_off: 7,
+            pic_off: 3,
+            tl0_off: 1,
+        };
+        // Layer 0 from output 65 400 (its input 1 000), layer 2 from output 65 450 (input
+        // 60 000), layer 1 from 65 530 (the output's sequence number wraps in its segment).
+        log.push(seg(0, 1_000, 65_400));
+        log.push(seg(2, 60_000, 65_450));
+        assert_eq!(log.find(65_399), None, "before the first segment");
+        let at = |seq| log.find(seq).map(|f| (f.segment.layer, f.from, f.index));
+        assert_eq!(at(65_420), Some((0, 1_020, 65_420)));
+        assert_eq!(at(65_449).unwrap().0, 0);
+        assert_eq!(at(65_460), Some((2, 60_010, 65_460)));
+        log.push(seg(1, 7, 65_530));
+        assert_eq!(at(65_529).unwrap().0, 2);
+        assert_eq!(at(3), Some((1, 16, 65_539)), "across the wrap");
+        // Only the last SEGMENTS are kept.
+        for k in 0..SEGMENTS as u64 {
+            log.push(seg(0, 0, 70_000 + 10 * k));
+        }
+        assert_eq!(log.find(65_420), None, "forgotten");
+        let f = log.find((70_000u64 + 35) as u16).unwrap();
+        assert_eq!((f.from, f.latest), (5, true));
+        assert!(!log.find((70_000u64 + 15) as u16).unwrap().latest);
+    }
+
+    #[test]
+    fn losses_reported_just_after_a_switch_are_not_the_new_layers() {
+        let r = SimReceive::new(1, 5, 0, 0);
+        r.on_loss(128, 1_000_000, 500);
+        assert_eq!(r.estimate(500).loss_cap, 1_000_000 * (512 - 128) / 512);
+        r.on_loss(0, 1_000_000, 600);
+        r.switched(1_000);
+        let t = 1_000 + LOSS_SETTLE_MS;
+        r.on_loss(128, 150_000, t - 1);
+        assert_eq!(r.estimate(t - 1).loss_cap, 0, "lost before the switch");
+        r.on_loss(128, 150_000, t);
+        assert_eq!(r.estimate(t).loss_cap, 150_000 * (512 - 128) / 512);
+        // Not renewed (no report about the stream): forgotten.
+        assert_ne!(r.estimate(t + LOSS_CAP_MS - 1).loss_cap, 0);
+        assert_eq!(r.estimate(t + LOSS_CAP_MS).loss_cap, 0);
+    }
+
+    #[test]
+    fn losses_are_read_over_windows_of_reports() {
+        let r = SimReceive::new(1, 5, 0, 0);
+        r.on_report(1_000, 10, 1_000_000, 100);
+        // Within the window: not read, however lossy the report.
+        r.on_report(1_010, 20, 1_000_000, 300);
+        assert_eq!(r.estimate(300).loss_cap, 0);
+        // A window: 200 expected, 50 lost (25 %).
+        r.on_report(1_200, 60, 1_000_000, 100 + LOSS_WINDOW_MS);
+        assert_eq!(
+            r.estimate(100 + LOSS_WINDOW_MS).loss_cap,
+            1_000_000 * (512 - 64) / 512
+        );
+        // The next: nothing lost, the cap goes.
+        r.on_report(1_400, 60, 1_000_000, 100 + 2 * LOSS_WINDOW_MS);
+        assert_eq!(r.estimate(100 + 2 * LOSS_WINDOW_MS).loss_cap, 0);
     }
 }

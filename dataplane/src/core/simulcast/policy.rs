@@ -8,8 +8,9 @@
 //! do not run a sender-side estimator (TWCC): the browser's receive side already measures the
 //! path delay gradient per packet, and REMB reaches us every ~1 s or at once on a drop (Chrome
 //! sends one immediately when its estimate falls by 3 % or more), which is what "step down
-//! within 2 s" needs. Up-switches wait for the estimate to exceed the next layer's rate by 10 %
-//! for [`UP_HOLD_MS`], so a noisy estimate does not flap between layers.
+//! within 2 s" needs. Up-switches wait for the estimate to exceed the current layer's rate by
+//! 10 % for [`UP_HOLD_MS`], so a noisy estimate does not flap between layers, and are probes
+//! until the estimate has caught up with the new layer ([`PROBE_MAX_MS`]).
 
 /// What the policy knows of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,18 +31,24 @@ pub const UP_HEADROOM: u32 = 1_100;
 /// (permille): layers' measured rates swing with keyframes, and a receive-side estimate sits
 /// close to what it receives, so a strict bound would flap.
 pub const KEEP_SHARE: u32 = 850;
-/// When no layer fits, the lowest one is still sent while the estimate is at least this share
-/// of its rate (permille): below that, no video.
-pub const FLOOR_SHARE: u32 = 500;
 /// How long the room must last before a step up.
 pub const UP_HOLD_MS: u32 = 1_500;
-/// After a step up the receiver's estimate needs time to follow what it now receives (a
-/// receive-side estimator reports little more than that): for this long only a drop below the
-/// layer it came from takes it down.
-pub const PROBE_GRACE_MS: u32 = 5_000;
-/// A step up that has to step down again within this long failed: the next waits twice as long.
+/// A step up is a probe until the estimate has caught up with the new layer (a receive-side
+/// estimate grows about 8 % a second towards 1.5 times what arrives: from the room that
+/// started it to the next layer's rate takes some 10 s). Meanwhile the layer is kept unless
+/// the receiver says it does not fit: losses, or its estimate falling below where it was at
+/// the step. A probe not confirmed within this long failed.
+pub const PROBE_MAX_MS: u32 = 20_000;
+/// A step up is confirmed when the estimate reaches the new layer's whole rate (kept from then
+/// on down to [`KEEP_SHARE`] of it: hysteresis).
+pub const CONFIRM_SHARE: u32 = 1_000;
+/// A step down within this long of the step up it undoes means the step failed: the next waits
+/// twice as long. A step up that lasts this long resets the wait.
 pub const PROBE_FAIL_MS: u32 = 8_000;
-/// The longest wait between steps up after failures.
+/// After a step down, no step up for this long: the receiver's estimate lags, and the queue
+/// that built up on its link is still draining.
+pub const DOWN_QUIET_MS: u32 = 8_000;
+/// The longest wait between steps up after failures (each failure doubles the wait).
 pub const MAX_HOLD_MS: u32 = 30_000;
 
 /// A receiver's bandwidth estimate from its feedback.
@@ -77,17 +84,24 @@ impl Estimate {
 }
 
 /// A receiver's layer choice: down at once when its layer does not fit its estimate, up one
-/// layer at a time when the estimate has shown room above the current layer for a while (with
-/// a wait that doubles after each step up that failed).
+/// layer at a time when the estimate has shown room above the current layer for a while, as a
+/// probe (see [`PROBE_MAX_MS`]); a failed probe doubles the wait before the next. When no
+/// layer fits, the lowest one is still sent: a receive-side estimate measures only what
+/// arrives (and dips below the lowest layer's mean rate when a keyframe's burst queues up), so
+/// a receiver sent nothing could never show that its link recovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Policy {
-    /// The layer chosen (`None`: none fits; no video).
+    /// The layer chosen (`None`: none allowed).
     pub target: Option<u8>,
     /// Since when the estimate has shown room for a step up (ms).
     up_since: Option<u32>,
-    /// When the last step up was taken (ms), and from which layer.
+    /// The probe under way (not yet confirmed): when the step up was taken (ms) and the
+    /// estimate then.
+    probe: Option<(u32, u32)>,
+    /// When the last step up was taken (ms), until it lasted [`PROBE_FAIL_MS`].
     up_at: Option<u32>,
-    up_from: u8,
+    /// When the last step down was taken (ms).
+    down_at: Option<u32>,
     /// The wait before a step up, after failures (0: [`UP_HOLD_MS`]).
     hold_ms: u32,
 }
@@ -109,6 +123,12 @@ impl Policy {
         self.choose_with(layers, e, max_height, now_ms)
     }
 
+    /// Whether a step up is being probed at `now_ms`.
+    pub fn probing(&self, now_ms: u32) -> bool {
+        self.probe
+            .is_some_and(|(at, _)| now_ms.wrapping_sub(at) < PROBE_MAX_MS)
+    }
+
     /// Chooses among `layers` (lowest first) for estimate `est` and a receiver limit of
     /// `max_height` pixels (0: none) at `now_ms`. Returns the new target.
     pub fn choose_with(
@@ -120,54 +140,26 @@ impl Policy {
     ) -> Option<u8> {
         let estimate = est.bps();
         let allowed = |l: &Layer| l.active && (max_height == 0 || l.height <= max_height);
-        let share = |l: &Layer, permille: u32| {
-            u64::from(l.bitrate) * u64::from(permille) / 1000 <= u64::from(estimate)
+        let share = |bps: u32, permille: u32| {
+            u64::from(bps) * u64::from(permille) / 1000 <= u64::from(estimate)
         };
-        let fits = |l: &Layer| l.bitrate <= estimate;
-        // The highest allowed layer at or below `top` that fits, else the lowest allowed one
-        // while the estimate is not far below it.
+        // The highest allowed layer at or below `top` that fits, else the lowest allowed one.
         let best_below = |top: usize| {
             let below = &layers[..=top.min(layers.len().saturating_sub(1))];
             below
                 .iter()
                 .enumerate()
                 .rev()
-                .find(|(_, l)| allowed(l) && fits(l))
-                .or_else(|| {
-                    below
-                        .iter()
-                        .enumerate()
-                        .find(|(_, l)| allowed(l) && share(l, FLOOR_SHARE))
-                })
+                .find(|(_, l)| allowed(l) && l.bitrate <= estimate)
+                .or_else(|| below.iter().enumerate().find(|(_, l)| allowed(l)))
                 .map(|(i, _)| i as u8)
         };
         if layers.is_empty() {
             self.target = None;
             return None;
         }
-        let current = self
-            .target
-            .filter(|&t| layers.get(usize::from(t)).is_some_and(allowed));
-        let probing = self
-            .up_at
-            .is_some_and(|at| now_ms.wrapping_sub(at) < PROBE_GRACE_MS);
-        let keeps = |c: u8| {
-            if probing {
-                // The estimate has not caught up yet; losses tell at once.
-                let cur = &layers[usize::from(c)];
-                let lossy = est.loss_cap != 0
-                    && u64::from(cur.bitrate) * u64::from(KEEP_SHARE) / 1000
-                        > u64::from(est.loss_cap);
-                !lossy
-                    && layers
-                        .get(usize::from(self.up_from))
-                        .is_none_or(|l| share(l, KEEP_SHARE))
-            } else {
-                share(&layers[usize::from(c)], KEEP_SHARE)
-            }
-        };
-        // A step up that held: the next one waits the usual time again.
-        if current.is_some()
+        // A step up that lasted (and was confirmed): the next waits the usual time again.
+        if self.probe.is_none()
             && self
                 .up_at
                 .is_some_and(|at| now_ms.wrapping_sub(at) >= PROBE_FAIL_MS)
@@ -175,48 +167,68 @@ impl Policy {
             self.up_at = None;
             self.hold_ms = 0;
         }
+        let current = self
+            .target
+            .filter(|&t| layers.get(usize::from(t)).is_some_and(allowed));
         let next = match current {
             None => {
                 self.up_since = None;
+                self.probe = None;
                 best_below(layers.len() - 1)
             }
-            Some(c) if !keeps(c) => {
-                // Down, at once; a step up that ends so soon failed.
-                self.up_since = None;
-                if self
-                    .up_at
-                    .is_some_and(|at| now_ms.wrapping_sub(at) < PROBE_FAIL_MS)
-                {
-                    self.hold_ms = (self.hold().saturating_mul(2)).min(MAX_HOLD_MS);
-                }
-                self.up_at = None;
-                best_below(usize::from(c))
-            }
             Some(c) => {
-                let up = layers
-                    .iter()
-                    .enumerate()
-                    .skip(usize::from(c) + 1)
-                    .find(|(_, l)| allowed(l))
-                    .map(|(i, _)| i as u8);
                 let cur = &layers[usize::from(c)];
-                let room =
-                    u64::from(cur.bitrate) * u64::from(UP_HEADROOM) / 1000 <= u64::from(estimate);
-                match up {
-                    Some(u) if room => {
-                        let since = *self.up_since.get_or_insert(now_ms);
-                        if now_ms.wrapping_sub(since) >= self.hold() {
+                if share(cur.bitrate, CONFIRM_SHARE) {
+                    // The estimate caught up with the layer: no longer a probe.
+                    self.probe = None;
+                }
+                let keeps = match self.probe.filter(|_| self.probing(now_ms)) {
+                    // Under way: kept unless the receiver says it does not fit.
+                    Some((_, from)) => {
+                        let lossy = est.loss_cap != 0
+                            && u64::from(cur.bitrate) * u64::from(KEEP_SHARE) / 1000
+                                > u64::from(est.loss_cap);
+                        !lossy && share(from, KEEP_SHARE)
+                    }
+                    None => share(cur.bitrate, KEEP_SHARE),
+                };
+                if !keeps {
+                    // Down, at once; soon after a step up, that step failed.
+                    self.up_since = None;
+                    self.probe = None;
+                    self.down_at = Some(now_ms);
+                    if self.up_at.take().is_some() {
+                        self.hold_ms = self.hold().saturating_mul(2).min(MAX_HOLD_MS);
+                    }
+                    best_below(usize::from(c))
+                } else {
+                    let up = layers
+                        .iter()
+                        .enumerate()
+                        .skip(usize::from(c) + 1)
+                        .find(|(_, l)| allowed(l))
+                        .map(|(i, _)| i as u8);
+                    // Not while a probe is under way, nor soon after a step down.
+                    let quiet = self
+                        .down_at
+                        .is_none_or(|d| now_ms.wrapping_sub(d) >= DOWN_QUIET_MS);
+                    let room = share(cur.bitrate, UP_HEADROOM) && self.probe.is_none() && quiet;
+                    match up {
+                        Some(u) if room => {
+                            let since = *self.up_since.get_or_insert(now_ms);
+                            if now_ms.wrapping_sub(since) >= self.hold() {
+                                self.up_since = None;
+                                self.probe = Some((now_ms, estimate));
+                                self.up_at = Some(now_ms);
+                                Some(u)
+                            } else {
+                                Some(c)
+                            }
+                        }
+                        _ => {
                             self.up_since = None;
-                            self.up_at = Some(now_ms);
-                            self.up_from = c;
-                            Some(u)
-                        } else {
                             Some(c)
                         }
-                    }
-                    _ => {
-                        self.up_since = None;
-                        Some(c)
                     }
                 }
             }
@@ -276,12 +288,10 @@ mod tests {
         );
         let mut p = Policy::default();
         assert_eq!(
-            p.choose(&layers(), 100_000, 0, 0),
+            p.choose(&layers(), 40_000, 0, 0),
             Some(0),
-            "the lowest, not far off"
+            "nothing fits: still the lowest"
         );
-        let mut p = Policy::default();
-        assert_eq!(p.choose(&layers(), 70_000, 0, 0), None, "nothing fits");
         // The current layer is kept within the band below its rate (keyframes swing it).
         let mut p = Policy::default();
         assert_eq!(p.choose(&layers(), 1_600_000, 0, 0), Some(2));
@@ -292,10 +302,12 @@ mod tests {
         l[2].active = false;
         let mut p = Policy::default();
         assert_eq!(p.choose(&l, 3_000_000, 0, 0), Some(1));
+        // No layer allowed at all: none.
+        assert_eq!(p.choose(&l, 3_000_000, 100, 10), None);
     }
 
     #[test]
-    fn down_at_once_up_one_step_after_room_held_and_failed_steps_back_off() {
+    fn down_at_once_up_as_a_probe_that_holds_until_the_estimate_catches_up() {
         let mut p = Policy::default();
         assert_eq!(p.choose(&layers(), 3_000_000, 0, 0), Some(2));
         assert_eq!(
@@ -304,32 +316,69 @@ mod tests {
             "down at once"
         );
         // A receive-side estimate: a little above what it gets (the low layer, 150 kbit/s).
+        // Quiet after the step down, then the room must last the hold.
         assert_eq!(p.choose(&layers(), 200_000, 0, 2_000), Some(0));
-        let up = 2_000 + UP_HOLD_MS;
+        let quiet = 1_000 + DOWN_QUIET_MS;
+        assert_eq!(p.choose(&layers(), 200_000, 0, quiet - 1), Some(0));
+        assert_eq!(p.choose(&layers(), 200_000, 0, quiet), Some(0));
+        let up = quiet + UP_HOLD_MS;
+        assert_eq!(p.choose(&layers(), 200_000, 0, up - 1), Some(0));
         assert_eq!(p.choose(&layers(), 200_000, 0, up), Some(1), "probe up");
-        // The middle layer does not fit (the link is 300 kbit/s): the estimate stays near what
-        // the receiver gets. After the grace, down, and the next probe waits twice as long.
+        assert!(p.probing(up));
+        // The estimate grows with what arrives, slowly: the probe holds meanwhile.
+        assert_eq!(p.choose(&layers(), 250_000, 0, up + 1_000), Some(1));
+        assert_eq!(p.choose(&layers(), 330_000, 0, up + 4_000), Some(1));
+        assert_eq!(p.choose(&layers(), 430_000, 0, up + 8_000), Some(1));
+        assert!(p.probing(up + 8_000), "not yet at the layer's rate");
+        // Caught up with the middle layer's rate: no longer a probe.
+        assert_eq!(p.choose(&layers(), 510_000, 0, up + 9_000), Some(1));
+        assert!(!p.probing(up + 9_000));
+        // Kept down to 85 % of it (hysteresis), then a drop takes it down at once, and the
+        // step up, which had lasted, does not lengthen the next wait.
+        assert_eq!(p.choose(&layers(), 430_000, 0, up + 9_500), Some(1));
+        assert_eq!(p.choose(&layers(), 300_000, 0, up + 10_000), Some(0));
+        assert_eq!(p.hold(), UP_HOLD_MS);
+    }
+
+    #[test]
+    fn a_probe_fails_on_losses_a_falling_estimate_or_time_and_the_next_waits_longer() {
+        // Up from the low layer at 200 kbit/s (the probe's reference), at `t` or later.
+        let probe_from_low = |p: &mut Policy, t: u32| {
+            assert_eq!(p.choose(&layers(), 200_000, 0, t), Some(0));
+            let up = t + p.hold();
+            assert_eq!(p.choose(&layers(), 200_000, 0, up), Some(1), "probe up");
+            up
+        };
+        let mut p = Policy::default();
+        assert_eq!(p.choose(&layers(), 160_000, 0, 0), Some(0));
+        // The estimate falls below 85 % of where it was: down, and the wait doubles.
+        let up = probe_from_low(&mut p, 1_000);
+        assert_eq!(p.choose(&layers(), 160_000, 0, up + 500), Some(0));
+        assert_eq!(p.hold(), 2 * UP_HOLD_MS);
+        // Losses (the receiver's reports cap the estimate below the layer): down.
+        let up = probe_from_low(&mut p, up + 500 + DOWN_QUIET_MS);
+        let lossy = Estimate {
+            remb: 210_000,
+            loss_cap: 300_000,
+        };
+        assert_eq!(p.choose_with(&layers(), lossy, 0, up + 2_500), Some(0));
+        assert_eq!(p.hold(), 4 * UP_HOLD_MS);
+        // An estimate that never catches up: down when the probe's time is over.
+        let up = probe_from_low(&mut p, up + 2_500 + DOWN_QUIET_MS);
         assert_eq!(
-            p.choose(&layers(), 280_000, 0, up + 500),
-            Some(1),
-            "given time to show"
-        );
-        let down = up + PROBE_GRACE_MS;
-        assert_eq!(p.choose(&layers(), 280_000, 0, down), Some(0));
-        assert_eq!(p.choose(&layers(), 200_000, 0, down + 1), Some(0));
-        assert_eq!(
-            p.choose(&layers(), 200_000, 0, down + 1 + UP_HOLD_MS),
-            Some(0)
-        );
-        assert_eq!(
-            p.choose(&layers(), 200_000, 0, down + 1 + 2 * UP_HOLD_MS),
+            p.choose(&layers(), 220_000, 0, up + PROBE_MAX_MS - 1),
             Some(1)
         );
-        // But a real drop below where it came from takes it down during the grace too.
-        assert_eq!(
-            p.choose(&layers(), 60_000, 0, down + 10 + 2 * UP_HOLD_MS),
-            None
-        );
+        assert_eq!(p.choose(&layers(), 220_000, 0, up + PROBE_MAX_MS), Some(0));
+        assert_eq!(p.hold(), 8 * UP_HOLD_MS);
+        // At most MAX_HOLD_MS.
+        let mut t = up + PROBE_MAX_MS;
+        for _ in 0..4 {
+            let up = probe_from_low(&mut p, t + DOWN_QUIET_MS);
+            assert_eq!(p.choose(&layers(), 100_000, 0, up + 1), Some(0));
+            t = up + 1;
+        }
+        assert_eq!(p.hold(), MAX_HOLD_MS);
         // The receiver's limit is lifted while on the top it may have: up a step at a time.
         let mut p = Policy::default();
         assert_eq!(p.choose(&layers(), 250_000, 180, 0), Some(0));
@@ -340,33 +389,37 @@ mod tests {
     }
 
     /// A trace of a receiver's REMBs around a bandwidth drop (libwebrtc's receive-side
-    /// estimator: at most 1.5 times what it receives, a REMB every second and at once on a
-    /// drop): the target follows within the 2 s the issue allows, settles on what fits, and
-    /// climbs back a layer at a time when the limit is lifted.
+    /// estimator: at most 1.5 times what it receives, growing some 8 % a second): the target
+    /// follows within the 2 s the issue allows, settles on what fits, tries a step up once
+    /// the link has drained and backs off when it fails, and climbs back a layer at a time
+    /// when the limit is lifted.
     #[test]
     fn an_estimate_trace_steps_down_within_two_seconds_and_back_up() {
         // (ms, REMB, loss cap from the receiver reports).
-        let trace: [(u32, u32, u32); 17] = [
+        let trace: [(u32, u32, u32); 20] = [
             (0, 2_200_000, 0),
             (1_000, 2_250_000, 0),
             // Link limited to 300 kbit/s at t = 2 000.
             (2_500, 900_000, 0),
             (3_000, 280_000, 0),
             (4_000, 210_000, 0),
-            (5_000, 215_000, 0),
-            (6_000, 215_000, 0),
+            (11_000, 215_000, 0),
+            (12_500, 215_000, 0),
             // The step up to the middle layer overflows the link: its reports say 40 % lost.
-            (7_000, 290_000, 380_000),
-            (8_000, 215_000, 0),
-            // Lifted at t = 10 000: the estimate grows with what it receives.
-            (10_000, 220_000, 0),
-            (11_000, 230_000, 0),
-            (12_000, 700_000, 0),
-            (13_000, 740_000, 0),
-            (14_000, 2_200_000, 0),
-            (16_000, 2_300_000, 0),
-            (17_000, 2_300_000, 0),
-            (18_000, 2_300_000, 0),
+            (13_500, 290_000, 380_000),
+            (14_500, 215_000, 0),
+            // Lifted at t = 15 000: the estimate grows with what it receives.
+            (16_000, 220_000, 0),
+            (21_500, 230_000, 0),
+            (23_000, 235_000, 0),
+            (24_500, 240_000, 0),
+            (25_500, 400_000, 0),
+            (27_000, 700_000, 0),
+            (28_500, 740_000, 0),
+            (30_000, 1_200_000, 0),
+            (32_000, 2_300_000, 0),
+            (36_000, 2_300_000, 0),
+            (40_000, 2_300_000, 0),
         ];
         let mut p = Policy::default();
         let mut got = Vec::new();
@@ -380,15 +433,20 @@ mod tests {
         assert_eq!(at(1_000), Some(2));
         assert_eq!(at(2_500), Some(1), "down within 0.5 s of the drop");
         assert_eq!(at(3_000), Some(0), "on the layer that fits within 1 s");
-        // While limited it tries the middle layer once (room above the low one), fails, and
-        // waits twice as long before the next try.
-        assert_eq!(at(6_000), Some(1), "a step up");
-        assert_eq!(at(7_000), Some(0), "losses say it does not fit");
-        assert_eq!(at(8_000), Some(0), "settled");
-        assert_eq!(at(10_000), Some(0), "the next try waits longer");
-        assert_eq!(at(11_000), Some(1), "climbing back");
-        assert_eq!(at(14_000), Some(1), "one step at a time");
-        assert_eq!(at(16_000), Some(2));
+        assert_eq!(at(11_000), Some(0), "quiet after the step down");
+        assert_eq!(at(12_500), Some(1), "a step up");
+        assert_eq!(at(13_500), Some(0), "losses say it does not fit");
+        assert_eq!(
+            at(21_500),
+            Some(0),
+            "quiet again, and the next try waits longer"
+        );
+        assert_eq!(at(23_000), Some(0));
+        assert_eq!(at(24_500), Some(1), "climbing back");
+        assert_eq!(at(27_000), Some(1), "one step at a time");
+        assert_eq!(at(28_500), Some(1), "the wait is still doubled");
+        assert_eq!(at(30_000), Some(2));
+        assert_eq!(at(40_000), Some(2));
     }
 
     #[test]

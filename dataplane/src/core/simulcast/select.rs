@@ -133,12 +133,18 @@ impl Receivers {
                 .entry((uid, sim.ssrc))
                 .or_insert_with(|| (Forwarder::new(sim.first_seq), Policy::default()));
             let limit = sim.max_height.load(std::sync::atomic::Ordering::Relaxed) as u16;
-            let target = policy.choose_with(&layers[..n], sim.estimate(), limit, now_ms);
-            report(sim, target, f.layer());
+            let target = policy.choose_with(&layers[..n], sim.estimate(now_ms), limit, now_ms);
+            report(sim, target, f.layer(), now_ms);
+            let switches = f.switches;
             self.copies[i] = match f.on_packet(&p, target, now_ms) {
                 Some(out) => SimCopy::Send(out, sim.ssrc),
                 None => SimCopy::Skip,
             };
+            if f.switches != switches
+                && let Some(segment) = f.segment()
+            {
+                sim.segments.push(segment);
+            }
             if f.needs_keyframe(target)
                 && let Some(t) = target
                 && let (Some(slot), Some(&ssrc)) = (publisher, group.ssrcs.get(usize::from(t)))
@@ -161,7 +167,7 @@ impl Receivers {
     }
 }
 
-fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>) {
+fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>, now_ms: u32) {
     use std::sync::atomic::Ordering::Relaxed;
     let v = |l: Option<u8>| l.map_or(NO_LAYER, u32::from);
     if sim.target.load(Relaxed) != v(target) {
@@ -169,7 +175,7 @@ fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>) {
             ssrc = sim.ssrc,
             ?target,
             ?layer,
-            estimate = sim.estimate().bps(),
+            estimate = sim.estimate(now_ms).bps(),
             "simulcast target"
         );
         sim.target.store(v(target), Relaxed);
@@ -177,6 +183,7 @@ fn report(sim: &SimReceive, target: Option<u8>, layer: Option<u8>) {
     if sim.layer.load(Relaxed) != v(layer) {
         tracing::debug!(ssrc = sim.ssrc, ?target, ?layer, "simulcast switch");
         sim.layer.store(v(layer), Relaxed);
+        sim.switched(now_ms);
     }
 }
 
@@ -187,9 +194,17 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 /// Takes the feedback of `sim`'s receiver about its stream, in compound `pkt`, in place: a
 /// REMB is its estimate (kept, and taken out), a PLI or FIR about its stream goes to the layer
-/// it is on (its SSRC written in), a NACK about it is taken out (its numbers are the receiver's
-/// own). Returns the compound's new length.
-pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group, now_ms: u32) -> usize {
+/// it is on (its SSRC written in), a NACK about it stays for the repair cache to answer when
+/// `nacks_answered` (its numbers are the receiver's own: they map back to layers' packets
+/// through its [`SimReceive::segments`]) and is taken out otherwise. Returns the compound's new
+/// length.
+pub fn take_feedback(
+    pkt: &mut [u8],
+    sim: &SimReceive,
+    group: &Group,
+    nacks_answered: bool,
+    now_ms: u32,
+) -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     let layer = match sim.layer.load(Relaxed) {
         NO_LAYER => sim.target.load(Relaxed),
@@ -211,7 +226,11 @@ pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group, now_ms: u3
                 if at + 24 <= end && be32(pkt, at) == sim.ssrc {
                     let sent = layer as usize;
                     let bps = group.stats.get(sent).map_or(0, |s| s.layer(now_ms).bitrate);
-                    sim.on_loss(pkt[at + 4], bps);
+                    // Cumulative loss: 24 bits, signed.
+                    let lost = (be32(pkt, at + 4) << 8) as i32 >> 8;
+                    let highest = be32(pkt, at + 8);
+                    tracing::trace!(ssrc = sim.ssrc, highest, lost, bps, "RR");
+                    sim.on_report(highest, lost, bps, now_ms);
                 }
             }
         }
@@ -245,7 +264,7 @@ pub fn take_feedback(pkt: &mut [u8], sim: &SimReceive, group: &Group, now_ms: u3
                         }
                     }
                 }
-                (RTPFB, 1) if media == sim.ssrc => keep = false,
+                (RTPFB, 1) if media == sim.ssrc => keep = nacks_answered,
                 _ if media == sim.ssrc => match to {
                     Some(t) => pkt[r + 8..r + 12].copy_from_slice(&t.to_be_bytes()),
                     None => keep = false,
