@@ -27,12 +27,16 @@ chromium:
 	  echo "installing chromium + chromium-driver (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-## nft for the NACK repair test's lossy link (an nftables rule in a network namespace: the
-## kernels we run on may lack netem), Debian's nftables, via apt-get when missing.
+## nft and tc for the tests' network-namespace links (the NACK repair test's lossy link is an
+## nftables rule: the kernels we run on may lack netem; the shaped simulcast test's is a tbf
+## qdisc), Debian's nftables and iproute2, via apt-get when missing.
 nft:
 	@command -v nft >/dev/null 2>&1 || { \
 	  echo "installing nftables (apt-get)"; \
 	  apt-get update -qq && apt-get install -y -qq nftables >/dev/null; }
+	@command -v tc >/dev/null 2>&1 || { \
+	  echo "installing iproute2 (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
 
 build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control

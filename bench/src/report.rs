@@ -105,6 +105,8 @@ pub struct Report {
     pub reordered_packets: u64,
     /// Copies delivered to the wrong participant.
     pub misrouted_packets: u64,
+    /// Copies that arrived rewritten onto another SSRC (simulcast receivers).
+    pub rewritten_packets: u64,
     /// Lost over expected.
     pub loss_ratio: f64,
     /// Packets per second the rig sent in the window.
@@ -157,6 +159,7 @@ impl Report {
             duplicate_packets: r.duplicate_packets,
             reordered_packets: r.reordered_packets,
             misrouted_packets: r.misrouted_packets,
+            rewritten_packets: r.rewritten_packets,
             loss_ratio: r.loss_ratio(),
             sent_pps: r.achieved_pps,
             forwarded_pps: r.forwarded_pps(),

@@ -28,7 +28,7 @@ use ringbridge_dataplane::srtp::{Profile, Session, replay};
 use ringbridge_proto::v1 as pb;
 use socket2::SockAddr;
 
-use crate::target::Member;
+use crate::target::{Member, Simulcast};
 use crate::traffic::{self, Load, MAX_PACKET, Stamp};
 
 /// CPU time of all of `pids` (None when there are none, or one cannot be read).
@@ -144,6 +144,9 @@ pub struct RunResult {
     /// with [`Rig::subscribe`] a receiver that did not subscribe to the sender), or (with SRTP)
     /// that did not unprotect with the receiver's keys.
     pub misrouted_packets: u64,
+    /// Distinct copies received on another SSRC than their sender's stream (rewritten by the
+    /// bridge: simulcast receivers, see [`Rig::simulcast`]).
+    pub rewritten_packets: u64,
     /// Bytes of distinct copies received.
     pub received_bytes: u64,
     /// Length of the measured window.
@@ -199,6 +202,9 @@ pub struct Rig {
     /// Per (receiver, sender's index in its conference, stream): rollover tracking for
     /// unprotecting SRTP, kept from run to run like the indices.
     rocs: Vec<replay::Stream>,
+    /// [`Rig::simulcast`]: each conference's sender publishes its last stream as a one-layer
+    /// simulcast group, and everyone else receives it as one rewritten stream.
+    simulcast: bool,
 }
 
 /// The SSRC of stream `k` of participant `g`.
@@ -258,6 +264,7 @@ impl Rig {
             runs: 0,
             far_from: None,
             subscription: None,
+            simulcast: false,
             next_index: vec![0; parts.len() * streams],
             carry: false,
             rocs: Vec::new(),
@@ -306,6 +313,24 @@ impl Rig {
         self.carry = true;
     }
 
+    /// With `on`, [`Rig::members`] makes each conference's one sender publish its last stream
+    /// as a simulcast group of one layer and every other participant receive that group as one
+    /// stream on an SSRC of its own: the bridge rewrites each copy (SSRC, sequence number,
+    /// timestamp) instead of sending the packet as it is. Needs one sender per conference and
+    /// plain RTP (the rig checks copies by their payload's stamp, whatever their header).
+    pub fn simulcast(&mut self, on: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !on || self.topo.senders == 1,
+            "simulcast windows need one sender per conference (--senders 1 or --viewers N)"
+        );
+        anyhow::ensure!(
+            !on || self.parts.iter().all(|p| p.srtp.is_none()),
+            "simulcast windows need plain RTP (no --srtp)"
+        );
+        self.simulcast = on;
+        Ok(())
+    }
+
     /// Back to no subscriptions (everyone receives every other sender of its conference), as
     /// before [`Rig::subscribe`]; [`Rig::members`] then names none.
     pub fn unsubscribe(&mut self) {
@@ -344,6 +369,16 @@ impl Rig {
                         .filter(|&s| self.wants(g, s))
                         .map(|s| format!("p{}", first + s))
                         .collect()
+                }),
+                simulcast: self.simulcast.then(|| {
+                    if g == first {
+                        Simulcast::Publish(vec![ssrc(g, self.streams - 1)])
+                    } else {
+                        Simulcast::Receive {
+                            publisher: format!("p{first}"),
+                            ssrc: 0x5300_0000 + g as u32,
+                        }
+                    }
                 }),
             });
         }
@@ -518,6 +553,7 @@ impl Rig {
         let mut far = self.far_from.map(|_| latency.clone());
         let far_from = self.far_from.unwrap_or(usize::MAX);
         let mut misrouted = 0u64;
+        let mut rewritten = 0u64;
         let mut srtp_failed = 0u64;
         let mut bytes = 0u64;
         let mut received = 0u64;
@@ -567,6 +603,10 @@ impl Rig {
                         if t.record(st.seq) {
                             received += 1;
                             bytes += pkt.len() as u64;
+                            let own = ssrc(sender, st.stream as usize).to_be_bytes();
+                            if pkt.get(8..12) != Some(&own[..]) {
+                                rewritten += 1;
+                            }
                             let ns = now_ns.saturating_sub(st.sent_ns).max(1);
                             let _ = latency.record(ns);
                             if let Some(f) = far.as_mut().filter(|_| g >= far_from) {
@@ -587,6 +627,7 @@ impl Rig {
             latency,
             far,
             misrouted: misrouted + srtp_failed,
+            rewritten,
             bytes,
         })
     }
@@ -648,6 +689,7 @@ impl Rig {
             duplicate_packets: dup,
             reordered_packets: reordered,
             misrouted_packets: rx.misrouted,
+            rewritten_packets: rx.rewritten,
             received_bytes: rx.bytes,
             window: tx.window,
             latency_ns: rx.latency,
@@ -678,5 +720,6 @@ struct Received {
     latency: Histogram<u64>,
     far: Option<Histogram<u64>>,
     misrouted: u64,
+    rewritten: u64,
     bytes: u64,
 }

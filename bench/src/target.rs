@@ -78,6 +78,22 @@ pub struct Member {
     /// With `--subscribe`: the endpoint ids of the senders it subscribes to (programmed with
     /// `SetSubscription` once the whole conference is added); `None`: everyone (the default).
     pub subscribe: Option<Vec<String>>,
+    /// Its part in a simulcast group, if any.
+    pub simulcast: Option<Simulcast>,
+}
+
+/// A member's part in its conference's simulcast group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Simulcast {
+    /// Publishes these SSRCs as the group's layers, lowest first.
+    Publish(Vec<u32>),
+    /// Receives publisher `publisher`'s group as one stream on SSRC `ssrc`.
+    Receive {
+        /// The publisher's endpoint id.
+        publisher: String,
+        /// The SSRC the bridge sends it the group on.
+        ssrc: u32,
+    },
 }
 
 /// A programmed forwarder.
@@ -94,6 +110,57 @@ pub struct Target {
     client: Option<BridgeClient<Channel>>,
     conferences: Vec<String>,
     setup: Option<PathBuf>,
+}
+
+/// Creates conference `id` on the bridge of `client` with `members`; returns the bridge's media
+/// address (from its last AddEndpoint answer).
+async fn program(
+    client: &mut BridgeClient<Channel>,
+    id: &str,
+    members: &[Member],
+) -> anyhow::Result<Option<SocketAddr>> {
+    client
+        .create_conference(pb::CreateConferenceRequest {
+            conference_id: id.into(),
+        })
+        .await
+        .with_context(|| format!("CreateConference {id}"))?;
+    let mut media = None;
+    for m in members {
+        let (simulcast, simulcast_receive) = match &m.simulcast {
+            None => (None, None),
+            Some(Simulcast::Publish(layers)) => (
+                Some(pb::SimulcastSend {
+                    layers: layers.clone(),
+                    ..Default::default()
+                }),
+                None,
+            ),
+            Some(Simulcast::Receive { publisher, ssrc }) => (
+                None,
+                Some(pb::SimulcastReceive {
+                    publisher: publisher.clone(),
+                    ssrc: *ssrc,
+                    max_height: 0,
+                }),
+            ),
+        };
+        let r = client
+            .add_endpoint(pb::AddEndpointRequest {
+                conference_id: id.into(),
+                endpoint_id: m.name.clone(),
+                ssrcs: m.ssrcs.clone(),
+                remote_addr: m.addr.to_string(),
+                srtp: m.srtp.clone(),
+                simulcast,
+                simulcast_receive,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;
+        media = Some(r.into_inner().media_addr.parse()?);
+    }
+    Ok(media)
 }
 
 /// Finds a binary of this workspace: `$RINGBRIDGE_BIN_DIR`, next to this executable, or one
@@ -239,27 +306,8 @@ impl Target {
         let mut media = None;
         for (i, members) in conferences.iter().enumerate() {
             let id = format!("loadgen-{}-{i}", std::process::id());
-            client
-                .create_conference(pb::CreateConferenceRequest {
-                    conference_id: id.clone(),
-                })
-                .await
-                .with_context(|| format!("CreateConference {id}"))?;
-            ids.push(id.clone());
-            for m in members {
-                let r = client
-                    .add_endpoint(pb::AddEndpointRequest {
-                        conference_id: id.clone(),
-                        endpoint_id: m.name.clone(),
-                        ssrcs: m.ssrcs.clone(),
-                        remote_addr: m.addr.to_string(),
-                        srtp: m.srtp.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                    .with_context(|| format!("AddEndpoint {id}/{}", m.name))?;
-                media = Some(r.into_inner().media_addr.parse()?);
-            }
+            media = program(&mut client, &id, members).await?.or(media);
+            ids.push(id);
         }
         let mut t = Self {
             label: format!("ringbridge at {api}"),
@@ -275,6 +323,28 @@ impl Target {
             t.set_subscriptions(conferences).await?;
         }
         Ok(t)
+    }
+
+    /// Deletes every conference and programs it again as `conferences` says (the same members in
+    /// the same order; their simulcast parts may differ, which only AddEndpoint sets).
+    pub async fn reprogram(&mut self, conferences: &[Vec<Member>]) -> anyhow::Result<()> {
+        let client = self
+            .client
+            .as_mut()
+            .context("reprogramming needs a ringbridge target")?;
+        for (id, members) in self.conferences.iter().zip(conferences) {
+            client
+                .delete_conference(pb::DeleteConferenceRequest {
+                    conference_id: id.clone(),
+                })
+                .await
+                .with_context(|| format!("DeleteConference {id}"))?;
+            program(client, id, members).await?;
+        }
+        if conferences.iter().flatten().any(|m| m.subscribe.is_some()) {
+            self.set_subscriptions(conferences).await?;
+        }
+        Ok(())
     }
 
     /// Programs every member's subscription (`SetSubscription`): the senders it names, or

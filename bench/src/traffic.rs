@@ -3,7 +3,10 @@
 use ringbridge_dataplane::testkit::{RTP_HEADER_LEN, write_rtp_header};
 
 /// Marks payloads written by this rig.
-const MAGIC: u32 = 0x5242_4c47; // "RBLG"
+/// Every payload starts with these bytes, which a VP8 depacketizer reads as the start of a
+/// keyframe (descriptor `0x10`: start of partition 0; frame tag `0x00`: key frame), so a bridge
+/// forwarding the stream as a simulcast layer switches to it at once; then "LG".
+const MAGIC: u32 = 0x1000_4c47;
 /// Bytes of RTP header plus stamp: the smallest packet the rig sends.
 pub const MIN_PACKET: usize = RTP_HEADER_LEN + 28;
 /// Largest packet the rig sends.

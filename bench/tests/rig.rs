@@ -48,6 +48,35 @@ fn opts() -> RunOpts {
     }
 }
 
+/// An in-process bridge (2 workers) on loopback: its API address, the sender that stops it,
+/// and its server task.
+async fn start_bridge() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let running = bridge::start(Config {
+        media: "127.0.0.1:0".parse().unwrap(),
+        api: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        engine: Choice::Auto,
+        advertise: None,
+        tuning: Default::default(),
+        limits: Default::default(),
+        keyframe_interval_ms: 500,
+        nack_cache: (512, 64),
+        ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
+    })
+    .await
+    .unwrap();
+    let api = running.api;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(running.serve(async {
+        let _ = stop_rx.await;
+    }));
+    (api, stop_tx, server)
+}
+
 fn assert_exact(r: &RunResult) {
     // 6 participants x 250 pps x 1 s, give or take a timer tick at each end.
     assert!(
@@ -92,25 +121,7 @@ async fn exact_counts_through_ringbridge_with_srtp() {
 }
 
 async fn through_ringbridge(srtp: Option<Profile>) {
-    let running = bridge::start(Config {
-        media: "127.0.0.1:0".parse().unwrap(),
-        api: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        engine: Choice::Auto,
-        advertise: None,
-        tuning: Default::default(),
-        limits: Default::default(),
-        keyframe_interval_ms: 500,
-        nack_cache: (512, 64),
-        ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
-    })
-    .await
-    .unwrap();
-    let api = running.api;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(running.serve(async {
-        let _ = stop_rx.await;
-    }));
+    let (api, stop_tx, server) = start_bridge().await;
     let mut rig = Rig::new(topo_with(srtp), 2).unwrap();
     let members = rig.members().unwrap();
     assert_eq!(members[0][0].srtp.is_some(), srtp.is_some());
@@ -130,25 +141,7 @@ async fn through_ringbridge(srtp: Option<Profile>) {
 /// per packet is expected, and every one arrives from the right sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_through_ringbridge_with_subscriptions() {
-    let running = bridge::start(Config {
-        media: "127.0.0.1:0".parse().unwrap(),
-        api: "127.0.0.1:0".parse().unwrap(),
-        workers: 2,
-        engine: Choice::Auto,
-        advertise: None,
-        tuning: Default::default(),
-        limits: Default::default(),
-        keyframe_interval_ms: 500,
-        nack_cache: (512, 64),
-        ice_consent_ms: ringbridge_dataplane::webrtc::ice::CONSENT_TIMEOUT_MS,
-    })
-    .await
-    .unwrap();
-    let api = running.api;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(running.serve(async {
-        let _ = stop_rx.await;
-    }));
+    let (api, stop_tx, server) = start_bridge().await;
     let mut rig = Rig::new(topo(), 2).unwrap();
     assert!(
         rig.subscribe(3).is_err(),
@@ -172,6 +165,55 @@ async fn exact_counts_through_ringbridge_with_subscriptions() {
     assert_eq!(r.received_packets, r.expected_packets);
     assert_eq!(r.lost_packets, 0);
     assert_eq!(r.misrouted_packets, 0);
+    target.close().await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Simulcast windows: one sender per conference publishes a one-layer group, every receiver
+/// gets it as one stream rewritten onto an SSRC of its own; every copy arrives, rewritten. Then
+/// the conferences are programmed back to plain forwarding: the same copies, as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_through_ringbridge_with_simulcast_rewriting() {
+    let (api, stop_tx, server) = start_bridge().await;
+    assert!(
+        Rig::new(topo(), 1).unwrap().simulcast(true).is_err(),
+        "3 senders"
+    );
+    let topo = Topology {
+        senders: 1,
+        ..topo()
+    };
+    let mut rig = Rig::new(topo, 1).unwrap();
+    rig.simulcast(true).unwrap();
+    let members = rig.members().unwrap();
+    let mut target = Target::remote(&api.to_string(), &members, None)
+        .await
+        .unwrap();
+    let media = target.media;
+    let load = Load {
+        streams: vec![Stream {
+            pps: 200.0,
+            size: 300,
+        }],
+    };
+    for simulcast in [true, false] {
+        if !simulcast {
+            rig.simulcast(false).unwrap();
+            target.reprogram(&rig.members().unwrap()).await.unwrap();
+        }
+        let r =
+            tokio::task::block_in_place(|| rig.run(media, &[], &load, &opts(), &Live::default()))
+                .unwrap();
+        assert_eq!(r.expected_packets, 2 * r.sent_packets, "2 receivers each");
+        assert_eq!(
+            r.received_packets, r.expected_packets,
+            "simulcast {simulcast}"
+        );
+        assert_eq!(r.misrouted_packets, 0);
+        let rewritten = if simulcast { r.received_packets } else { 0 };
+        assert_eq!(r.rewritten_packets, rewritten, "simulcast {simulcast}");
+    }
     target.close().await;
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();

@@ -91,9 +91,12 @@ struct Cli {
     subscribe: Option<usize>,
     /// Instead of one run: `--rounds` rounds of windows on one bridge and one rig, a window per
     /// item of this list in turn, each `--warmup` (which lets the bridge apply the change) then
-    /// `--duration` measured: `plain` (no subscriptions) or K (as `--subscribe K`), e.g.
-    /// `plain,8,4`. Subscriptions are reprogrammed before each window. The JSON report lists
-    /// every window. ringbridge targets only.
+    /// `--duration` measured: `plain` (no subscriptions), K (as `--subscribe K`) or
+    /// `simulcast` (one sender per conference whose stream is a one-layer simulcast group,
+    /// every receiver getting it as one stream: each copy rewritten), e.g. `plain,8,4` or
+    /// `plain,simulcast`. Subscriptions are reprogrammed before each window (the conferences,
+    /// when a simulcast window starts or ends). The JSON report lists every window. ringbridge
+    /// targets only.
     #[arg(
         long,
         value_delimiter = ',',
@@ -126,6 +129,8 @@ enum Window {
     Plain,
     /// Every participant subscribed to K senders.
     Subscribe(usize),
+    /// The sender's stream as a one-layer simulcast group, received as one rewritten stream.
+    Simulcast,
 }
 
 impl Window {
@@ -133,6 +138,7 @@ impl Window {
         match self {
             Window::Plain => "plain".into(),
             Window::Subscribe(k) => format!("subscribe {k}"),
+            Window::Simulcast => "simulcast".into(),
         }
     }
 }
@@ -140,10 +146,11 @@ impl Window {
 fn parse_window(s: &str) -> Result<Window, String> {
     match s {
         "plain" => Ok(Window::Plain),
+        "simulcast" => Ok(Window::Simulcast),
         k => k
             .parse()
             .map(Window::Subscribe)
-            .map_err(|_| format!("expected plain or a number of senders, not {k:?}")),
+            .map_err(|_| format!("expected plain, simulcast or a number of senders, not {k:?}")),
     }
 }
 
@@ -185,13 +192,23 @@ fn cycle(
         bail!("--user-share needs the bridge's PID (--spawn, or --api with --bridge-pid)");
     }
     let mut windows = Vec::new();
+    let mut simulcast = false;
     for round in 1..=cli.rounds {
         for &w in &cli.subscribe_cycle {
             match w {
-                Window::Plain => rig.unsubscribe(),
+                Window::Plain | Window::Simulcast => rig.unsubscribe(),
                 Window::Subscribe(k) => rig.subscribe(k)?,
             }
-            rt.block_on(target.set_subscriptions(&rig.members()?))?;
+            // Simulcast parts are set when an endpoint is added: the conferences are programmed
+            // again when they change.
+            let sim = w == Window::Simulcast;
+            rig.simulcast(sim)?;
+            if sim != simulcast {
+                rt.block_on(target.reprogram(&rig.members()?))?;
+                simulcast = sim;
+            } else {
+                rt.block_on(target.set_subscriptions(&rig.members()?))?;
+            }
             let sampler = pid
                 .filter(|_| cli.user_share)
                 .and_then(ringbridge_bench::cpu::UserSampler::start);

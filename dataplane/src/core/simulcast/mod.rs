@@ -8,3 +8,6 @@ pub mod group;
 pub mod policy;
 pub mod select;
 pub mod vp8;
+
+#[cfg(test)]
+mod trace_tests;
