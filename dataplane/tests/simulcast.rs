@@ -267,7 +267,11 @@ async fn receivers_get_one_layer_as_one_stream(engine: &str, rids: bool) {
     run(&mut publisher, to, &[&small, &big], &mut got, 6.0);
     assert_eq!(one_continuous_stream(&got[0], 5000), [0]);
     let big_layers = one_continuous_stream(&got[1], 6000);
-    assert_eq!(big_layers.first(), Some(&0));
+    if !rids {
+        // With RIDs the layers become active in the order the bridge learns them (the first
+        // keyframes are dropped until then): the first may already be the top one.
+        assert_eq!(big_layers.first(), Some(&0));
+    }
     assert_eq!(
         big_layers.last(),
         Some(&2),
