@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium nft
+.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium nft xdp
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -27,9 +27,10 @@ chromium:
 	  echo "installing chromium + chromium-driver (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-## nft and tc for the tests' network-namespace links (the NACK repair test's lossy link is an
-## nftables rule: the kernels we run on may lack netem; the shaped simulcast test's is a tbf
-## qdisc), Debian's nftables and iproute2, via apt-get when missing.
+## nft, tc and ping for the tests' network-namespace links (the NACK repair test's lossy link is
+## an nftables rule: the kernels we run on may lack netem; the shaped simulcast test's is a tbf
+## qdisc; the XDP test pings through its veth), Debian's nftables, iproute2 and iputils-ping, via
+## apt-get when missing.
 nft:
 	@command -v nft >/dev/null 2>&1 || { \
 	  echo "installing nftables (apt-get)"; \
@@ -37,6 +38,9 @@ nft:
 	@command -v tc >/dev/null 2>&1 || { \
 	  echo "installing iproute2 (apt-get)"; \
 	  apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
+	@command -v ping >/dev/null 2>&1 || { \
+	  echo "installing iputils-ping (apt-get)"; \
+	  apt-get update -qq && apt-get install -y -qq iputils-ping >/dev/null; }
 
 build: toolchain
 	$(CARGO) build --release --bin ringbridge --bin ringbridge-control
@@ -102,6 +106,11 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Side-by-side run: ringbridge uring/mio vs floor and naive forwarders -> perf/results/<date>-<host>.{md,json,svg}
+## The AF_XDP engine's XDP program: dataplane/xdp/redirect.o from redirect.ll (LLVM's llc; the
+## object is committed, so building ringbridge needs neither llc nor clang).
+xdp:
+	llc -march=bpfel -mcpu=v2 -O2 -filetype=obj dataplane/xdp/redirect.ll -o dataplane/xdp/redirect.o
+
 perf: toolchain
 	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench
 	./target/release/ringbridge-perf --out perf/results

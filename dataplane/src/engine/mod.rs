@@ -4,6 +4,7 @@
 //! - [`uring`]: io_uring with multishot `recvmsg` into a provided buffer ring and one `sendmsg`
 //!   SQE per copy, all pointing at the received buffer.
 //! - [`mio`]: epoll with `recvmmsg`/`sendmmsg` batches; the fallback.
+//! - [`xdp`]: AF_XDP (kernel bypass), under construction: so far its XDP program and loader.
 
 pub mod mio;
 pub mod mmsg;
@@ -12,6 +13,7 @@ pub mod sockaddr;
 pub mod steer;
 pub mod uring;
 mod worker;
+pub mod xdp;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
