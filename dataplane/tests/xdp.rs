@@ -2,7 +2,9 @@
 //! to a veth (native and generic), ARP, ping and other ports keep working while it is
 //! attached, UDP to the media port reaches the kernel's socket while no AF_XDP socket is
 //! registered, and it is gone from the interface once dropped. And the committed object is what
-//! `llc` makes of the committed source, where `llc` is installed.
+//! `llc` makes of the committed source, where `llc` is installed. With an AF_XDP socket
+//! registered for the queue, the media port's datagrams reach it (and not the kernel's
+//! socket), and what it sends back reaches the peer.
 //!
 //! Needs root (a network namespace and a veth pair of its own, named per process, removed on
 //! drop) and iproute2; every wait is bounded.
@@ -12,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ringbridge_dataplane::engine::xdp::program::{self, Mode, Program};
+use ringbridge_dataplane::engine::xdp::xsk::{Config, Copy, Xsk};
 
 /// A namespace joined to ours by a veth pair: `host` on our side (`host_if`), `inner` in the
 /// namespace. Removed on drop.
@@ -22,8 +25,9 @@ struct Veth {
 }
 
 impl Veth {
-    fn new() -> Self {
-        let idx = std::process::id() % 16_384;
+    /// A fresh pair; `slot` (0..4) tells apart the tests of one process.
+    fn new(slot: u32) -> Self {
+        let idx = (std::process::id() * 4 + slot) % 16_384;
         let (hi, lo) = ((idx / 64) as u8, (idx % 64 * 4) as u8);
         let v = Veth {
             ns: format!("rbx{idx}"),
@@ -72,6 +76,14 @@ impl Veth {
             .is_ok_and(|s| s.success())
     }
 
+    fn ifindex(&self) -> u32 {
+        let name = std::ffi::CString::new(self.host_if.clone()).unwrap();
+        // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
+        let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(i, 0, "no interface {}", self.host_if);
+        i
+    }
+
     fn remove(&self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
@@ -101,7 +113,7 @@ fn run(program: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_program_passes_the_verifier_and_everything_but_the_media_port_goes_on() {
-    let v = Veth::new();
+    let v = Veth::new(0);
     // The media port's socket and another port's: with no AF_XDP socket registered, both get
     // their datagrams from the kernel.
     let media = UdpSocket::bind((v.host, 0)).unwrap();
@@ -171,4 +183,101 @@ fn the_committed_object_is_built_from_the_committed_source() {
             );
         }
     }
+}
+
+/// The UDP payload of Ethernet frame `f` (IPv4, no options) and its source address.
+fn udp_of(f: &[u8]) -> Option<(&[u8], [u8; 4])> {
+    if f.len() < 42 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
+        return None;
+    }
+    Some((&f[42..], f[26..30].try_into().unwrap()))
+}
+
+/// The reply to frame `f` carrying `payload`: addresses and ports swapped, the IPv4 header
+/// checksum recomputed, no UDP checksum (allowed over IPv4).
+fn reply(f: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut r = f[..42].to_vec();
+    r[0..6].copy_from_slice(&f[6..12]);
+    r[6..12].copy_from_slice(&f[0..6]);
+    r[26..30].copy_from_slice(&f[30..34]);
+    r[30..34].copy_from_slice(&f[26..30]);
+    r[34..36].copy_from_slice(&f[36..38]);
+    r[36..38].copy_from_slice(&f[34..36]);
+    r[16..18].copy_from_slice(&((20 + 8 + payload.len()) as u16).to_be_bytes());
+    r[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    r[40..42].copy_from_slice(&[0, 0]);
+    r[24..26].copy_from_slice(&[0, 0]);
+    let sum = r[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    r[24..26].copy_from_slice(&sum.to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+#[test]
+fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
+    let v = Veth::new(1);
+    let media = UdpSocket::bind((v.host, 0)).unwrap();
+    let other = UdpSocket::bind((v.host, 0)).unwrap();
+    media
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let port = media.local_addr().unwrap().port();
+    let mut p = Program::attach(&v.host_if, port, Mode::Native).unwrap();
+    let mut xsk = Xsk::bind(v.ifindex(), 0, Config::default(), Copy::Copy).unwrap();
+    p.set_socket(0, &xsk).unwrap();
+    // A peer in the namespace sends to the media port and waits for an answer.
+    let python = std::env::var("RINGBRIDGE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let peer = Command::new("timeout")
+        .args(["8", "ip", "netns", "exec", &v.ns, &python, "-c"])
+        .arg(format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.settimeout(5)\n\
+             s.sendto(b'media', ('{}', {port}))\n\
+             print(s.recv(100).decode())",
+            v.host
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 in the namespace");
+    // The AF_XDP socket gets the datagram, whole: Ethernet, IPv4, UDP.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut got = None;
+    while got.is_none() && std::time::Instant::now() < until {
+        xsk.recv(|f| {
+            if let Some((payload, ..)) = udp_of(f)
+                && payload == b"media"
+            {
+                got = Some(f.to_vec());
+            }
+        });
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let frame = got.expect("the media datagram never reached the AF_XDP socket");
+    let (_, from) = udp_of(&frame).unwrap();
+    assert_eq!(&from[..2], &[10, 78]);
+    // ...and the kernel's socket on the port does not.
+    let mut buf = [0u8; 64];
+    assert!(media.recv_from(&mut buf).is_err(), "the kernel got it too");
+    // Sent back through the AF_XDP socket, it reaches the peer.
+    assert!(xsk.send(&reply(&frame, b"echo")));
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while xsk.flush().unwrap() == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = peer.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo");
+    // Another port still goes to the kernel.
+    let to = other.local_addr().unwrap().port();
+    assert!(v.inside(&format!("echo other > /dev/udp/{}/{to}", v.host)));
+    let (n, _) = other.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"other\n");
 }

@@ -5,3 +5,4 @@
 //! from the kernel's neighbour table.
 
 pub mod program;
+pub mod xsk;

@@ -1,0 +1,465 @@
+//! An AF_XDP socket and its UMEM (model: the kernel's `Documentation/networking/af_xdp.rst`,
+//! xdp-tutorial, s2n-quic-xdp). The UMEM is one anonymous mapping of fixed-size frames; four
+//! single-producer single-consumer rings shared with the kernel move frame addresses around:
+//!
+//! - **fill** (we produce): free frames the kernel may receive into;
+//! - **rx** (the kernel produces): received frames (address, length);
+//! - **tx** (we produce): frames to send;
+//! - **completion** (the kernel produces): frames it has sent, free again.
+//!
+//! Frames not in a ring are on a free list, allocated once: nothing is allocated per packet.
+//! Completions are reaped per batch, and the kernel is woken (a `sendto` or `recvfrom` of
+//! nothing) only when the ring says it needs it (`XDP_USE_NEED_WAKEUP`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Bytes per UMEM frame (the kernel's default chunk size; a frame holds one Ethernet frame of
+/// up to 1 500 bytes of IP and the headroom).
+pub const FRAME_SIZE: u32 = 2048;
+
+/// Sizes of one socket's UMEM and rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// UMEM frames (a power of two). 2 048 frames = 4 MiB of locked memory, within the 8 MiB
+    /// `RLIMIT_MEMLOCK` of the sandbox; a production host with more queues or deeper rings
+    /// raises the limit (or runs the bridge with `CAP_IPC_LOCK`/`LimitMEMLOCK=infinity`).
+    pub frames: u32,
+    /// Entries of each ring (a power of two, at most `frames / 2` so fill and tx can both be
+    /// full).
+    pub ring: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            frames: 2048,
+            ring: 1024,
+        }
+    }
+}
+
+/// How the socket exchanges frames with the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    /// The kernel copies between its buffers and the UMEM (every driver; veth has nothing else).
+    Copy,
+    /// The driver DMAs into the UMEM itself (drivers with AF_XDP zero-copy support).
+    ZeroCopy,
+}
+
+/// An anonymous or file-backed mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize, fd: Option<(RawFd, libc::off_t)>) -> io::Result<Self> {
+        let (flags, fd, off) = match fd {
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0),
+            Some((fd, off)) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd, off),
+        };
+        // SAFETY: a fresh mapping of `len` bytes at an address the kernel picks; no existing
+        // memory is touched. The result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned, unmapped once; nothing borrows
+        // the mapping past its owner.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// One ring mapped from the socket: its producer and consumer indices (free-running u32s the
+/// kernel and we update), its flags word and its entries.
+struct Ring {
+    _map: Mapping,
+    producer: *const AtomicU32,
+    consumer: *const AtomicU32,
+    flags: *const AtomicU32,
+    entries: *mut u8,
+    mask: u32,
+    /// Our side's index (producer for fill/tx, consumer for rx/completion), ahead of what we
+    /// published until [`Ring::publish`].
+    local: u32,
+}
+
+impl Ring {
+    /// Maps ring `off` (its page offset) of `fd` with `size` entries of `entry` bytes.
+    fn map(
+        fd: RawFd,
+        off: &libc::xdp_ring_offset,
+        pgoff: u64,
+        size: u32,
+        entry: usize,
+    ) -> io::Result<Self> {
+        let len = off.desc as usize + size as usize * entry;
+        let map = Mapping::new(len, Some((fd, pgoff as libc::off_t)))?;
+        let at = |o: u64| map.ptr.wrapping_add(o as usize);
+        Ok(Self {
+            producer: at(off.producer).cast(),
+            consumer: at(off.consumer).cast(),
+            flags: at(off.flags).cast(),
+            entries: at(off.desc),
+            mask: size - 1,
+            local: 0,
+            _map: map,
+        })
+    }
+
+    fn producer(&self) -> &AtomicU32 {
+        // SAFETY: the kernel's offsets put a 4-byte aligned u32 here, inside the mapping that
+        // lives as long as `self`; it is only accessed atomically.
+        unsafe { &*self.producer }
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { &*self.consumer }
+    }
+
+    /// Whether the kernel asks to be woken to process this ring.
+    fn needs_wakeup(&self) -> bool {
+        // SAFETY: as for `producer`.
+        let flags = unsafe { &*self.flags };
+        flags.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+    }
+
+    /// Free slots for us as producer (the kernel consumes).
+    fn free(&self) -> u32 {
+        let consumed = self.consumer().load(Ordering::Acquire);
+        (self.mask + 1) - self.local.wrapping_sub(consumed)
+    }
+
+    /// Entries ready for us as consumer (the kernel produces).
+    fn ready(&self) -> u32 {
+        self.producer()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.local)
+    }
+
+    /// Pointer to entry `i` (any index: masked) of `size` bytes each.
+    fn entry(&self, i: u32, size: usize) -> *mut u8 {
+        self.entries.wrapping_add((i & self.mask) as usize * size)
+    }
+
+    /// Publishes our producer index (after writing the entries).
+    fn publish_produced(&self) {
+        self.producer().store(self.local, Ordering::Release);
+    }
+
+    /// Publishes our consumer index (after reading the entries).
+    fn publish_consumed(&self) {
+        self.consumer().store(self.local, Ordering::Release);
+    }
+}
+
+/// An AF_XDP socket bound to one RX queue of one interface, with its own UMEM.
+pub struct Xsk {
+    fd: OwnedFd,
+    umem: Mapping,
+    fill: Ring,
+    completion: Ring,
+    rx: Ring,
+    tx: Ring,
+    /// Frame addresses in no ring.
+    free: Vec<u64>,
+}
+
+// SAFETY: the raw pointers point into mappings the socket owns; a socket is used by one
+// thread at a time (its worker), which `&mut self` on every ring operation enforces.
+unsafe impl Send for Xsk {}
+
+const DESC: usize = std::mem::size_of::<libc::xdp_desc>();
+const ADDR: usize = std::mem::size_of::<u64>();
+
+impl Xsk {
+    /// A socket on RX queue `queue` of interface `ifindex`, exchanging frames as `copy` says.
+    pub fn bind(ifindex: u32, queue: u32, cfg: Config, copy: Copy) -> io::Result<Self> {
+        if !cfg.frames.is_power_of_two() || !cfg.ring.is_power_of_two() || cfg.ring > cfg.frames / 2
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "AF_XDP: frames and ring must be powers of two, ring at most frames / 2",
+            ));
+        }
+        // SAFETY: plain socket(2); the descriptor is owned right below.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let umem = Mapping::new(len, None)?;
+        let reg = libc::xdp_umem_reg {
+            addr: umem.ptr as u64,
+            len: len as u64,
+            chunk_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
+        for opt in [
+            libc::XDP_UMEM_FILL_RING,
+            libc::XDP_UMEM_COMPLETION_RING,
+            libc::XDP_RX_RING,
+            libc::XDP_TX_RING,
+        ] {
+            setsockopt(&fd, opt, &cfg.ring)?;
+        }
+        // SAFETY: xdp_mmap_offsets is plain old data; all zeroes is a valid value.
+        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+        let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `optlen` bytes into `off`, which has that size.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+                &mut optlen,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = fd.as_raw_fd();
+        let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, cfg.ring, ADDR)?;
+        let completion = Ring::map(
+            raw,
+            &off.cr,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            cfg.ring,
+            ADDR,
+        )?;
+        let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING as u64, cfg.ring, DESC)?;
+        let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING as u64, cfg.ring, DESC)?;
+        let mode = match copy {
+            Copy::Copy => libc::XDP_COPY,
+            Copy::ZeroCopy => libc::XDP_ZEROCOPY,
+        };
+        let sa = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: mode | libc::XDP_USE_NEED_WAKEUP,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: `sa` is a valid sockaddr_xdp of the size passed.
+        let r = unsafe {
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_xdp).cast(),
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut free = Vec::with_capacity(cfg.frames as usize);
+        free.extend((0..u64::from(cfg.frames)).map(|i| i * u64::from(FRAME_SIZE)));
+        let mut x = Self {
+            fd,
+            umem,
+            fill,
+            completion,
+            rx,
+            tx,
+            free,
+        };
+        x.refill();
+        Ok(x)
+    }
+
+    /// Hands free frames to the kernel's fill ring (keeping half the frames for sending).
+    pub fn refill(&mut self) {
+        let keep = self.umem.len / FRAME_SIZE as usize / 2;
+        let n = self
+            .fill
+            .free()
+            .min(self.free.len().saturating_sub(keep) as u32);
+        for _ in 0..n {
+            let addr = self.free.pop().expect("counted");
+            let slot = self.fill.entry(self.fill.local, ADDR).cast::<u64>();
+            // SAFETY: the slot is inside the fill ring's mapping and ours to write (between
+            // the kernel's consumer index and the ring size).
+            unsafe { slot.write(addr) };
+            self.fill.local = self.fill.local.wrapping_add(1);
+        }
+        if n > 0 {
+            self.fill.publish_produced();
+        }
+    }
+
+    /// Calls `f` with each received frame (an Ethernet frame), then gives the frames back to
+    /// the fill ring. Wakes the kernel when it waits for fill entries. Returns how many.
+    pub fn recv(&mut self, mut f: impl FnMut(&mut [u8])) -> usize {
+        let n = self.rx.ready();
+        for _ in 0..n {
+            let slot = self.rx.entry(self.rx.local, DESC).cast::<libc::xdp_desc>();
+            // SAFETY: the kernel produced this entry (below its producer index, read with
+            // Acquire), a plain xdp_desc inside the rx ring's mapping.
+            let d = unsafe { slot.read() };
+            self.rx.local = self.rx.local.wrapping_add(1);
+            if let Some(frame) = self.frame(d.addr, d.len) {
+                f(frame);
+            }
+            self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
+        }
+        if n > 0 {
+            self.rx.publish_consumed();
+        }
+        self.refill();
+        if self.fill.needs_wakeup() {
+            self.wake_rx();
+        }
+        n as usize
+    }
+
+    /// The UMEM bytes of frame `addr`, `len` long (`None` if the kernel's descriptor were out
+    /// of bounds).
+    fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
+        let end = addr.checked_add(u64::from(len))?;
+        if end > self.umem.len as u64 {
+            return None;
+        }
+        // SAFETY: `addr..end` is inside the UMEM mapping (checked above), and the frame is ours
+        // until it goes back to a ring: the kernel gave it up in the rx ring.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.umem.ptr.add(addr as usize), len as usize)
+        })
+    }
+
+    /// Queues `pkt` (a whole Ethernet frame) for sending, copied into a free frame. `false`
+    /// when no frame or tx slot is free (reap completions with [`Xsk::flush`]).
+    pub fn send(&mut self, pkt: &[u8]) -> bool {
+        if pkt.len() > FRAME_SIZE as usize || self.tx.free() == 0 {
+            return false;
+        }
+        let Some(addr) = self.free.pop() else {
+            return false;
+        };
+        let Some(frame) = self.frame(addr, pkt.len() as u32) else {
+            self.free.push(addr);
+            return false;
+        };
+        frame.copy_from_slice(pkt);
+        let slot = self.tx.entry(self.tx.local, DESC).cast::<libc::xdp_desc>();
+        let d = libc::xdp_desc {
+            addr,
+            len: pkt.len() as u32,
+            options: 0,
+        };
+        // SAFETY: the slot is inside the tx ring's mapping and ours to write (the ring has a
+        // free slot, checked above).
+        unsafe { slot.write(d) };
+        self.tx.local = self.tx.local.wrapping_add(1);
+        true
+    }
+
+    /// Publishes what [`Xsk::send`] queued, wakes the kernel if it needs it, and reaps the
+    /// completion ring (frames sent are free again). Returns the frames completed.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        self.tx.publish_produced();
+        if self.tx.needs_wakeup() {
+            // SAFETY: sendto with no data and no address is the AF_XDP "transmit now" kick.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                ) {
+                    return Err(e);
+                }
+            }
+        }
+        let n = self.completion.ready();
+        for _ in 0..n {
+            let slot = self
+                .completion
+                .entry(self.completion.local, ADDR)
+                .cast::<u64>();
+            // SAFETY: the kernel produced this entry (below its producer index), a u64 inside
+            // the completion ring's mapping.
+            let addr = unsafe { slot.read() };
+            self.completion.local = self.completion.local.wrapping_add(1);
+            self.free.push(addr);
+        }
+        if n > 0 {
+            self.completion.publish_consumed();
+        }
+        Ok(n as usize)
+    }
+
+    /// Wakes the kernel to fill the rx ring (a `recvfrom` of nothing).
+    fn wake_rx(&self) {
+        // SAFETY: recvfrom with no buffer and no address is the AF_XDP "receive now" kick.
+        unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
+impl AsRawFd for Xsk {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` is a valid `T` of the size passed, read by the kernel only.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
