@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use ringbridge_dataplane::engine::xdp::frame::{self, Template};
 use ringbridge_dataplane::engine::xdp::program::{self, Mode, Program};
 use ringbridge_dataplane::engine::xdp::xsk::{Config, Copy, Xsk};
 
@@ -185,39 +186,6 @@ fn the_committed_object_is_built_from_the_committed_source() {
     }
 }
 
-/// The UDP payload of Ethernet frame `f` (IPv4, no options) and its source address.
-fn udp_of(f: &[u8]) -> Option<(&[u8], [u8; 4])> {
-    if f.len() < 42 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
-        return None;
-    }
-    Some((&f[42..], f[26..30].try_into().unwrap()))
-}
-
-/// The reply to frame `f` carrying `payload`: addresses and ports swapped, the IPv4 header
-/// checksum recomputed, no UDP checksum (allowed over IPv4).
-fn reply(f: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut r = f[..42].to_vec();
-    r[0..6].copy_from_slice(&f[6..12]);
-    r[6..12].copy_from_slice(&f[0..6]);
-    r[26..30].copy_from_slice(&f[30..34]);
-    r[30..34].copy_from_slice(&f[26..30]);
-    r[34..36].copy_from_slice(&f[36..38]);
-    r[36..38].copy_from_slice(&f[34..36]);
-    r[16..18].copy_from_slice(&((20 + 8 + payload.len()) as u16).to_be_bytes());
-    r[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    r[40..42].copy_from_slice(&[0, 0]);
-    r[24..26].copy_from_slice(&[0, 0]);
-    let sum = r[14..34]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
-    r[24..26].copy_from_slice(&sum.to_be_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
 #[test]
 fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
     let v = Veth::new(1);
@@ -253,22 +221,28 @@ fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
     let mut got = None;
     while got.is_none() && std::time::Instant::now() < until {
         xsk.recv(|f| {
-            if let Some((payload, ..)) = udp_of(f)
-                && payload == b"media"
+            if let Some(d) = frame::parse(f)
+                && f[d.payload.clone()] == *b"media"
             {
-                got = Some(f.to_vec());
+                got = Some((f.to_vec(), d));
             }
         });
         std::thread::sleep(Duration::from_millis(5));
     }
-    let frame = got.expect("the media datagram never reached the AF_XDP socket");
-    let (_, from) = udp_of(&frame).unwrap();
-    assert_eq!(&from[..2], &[10, 78]);
+    let (f, d) = got.expect("the media datagram never reached the AF_XDP socket");
+    assert_eq!(d.dst, media.local_addr().unwrap());
+    assert_ne!(d.src.ip(), v.host);
     // ...and the kernel's socket on the port does not.
     let mut buf = [0u8; 64];
     assert!(media.recv_from(&mut buf).is_err(), "the kernel got it too");
-    // Sent back through the AF_XDP socket, it reaches the peer.
-    assert!(xsk.send(&reply(&frame, b"echo")));
+    // A reply from a header template (our MAC and address to the peer's) sent through the
+    // AF_XDP socket reaches the peer: the kernel there takes its headers and checksum.
+    let (ours, theirs) = (f[0..6].try_into().unwrap(), f[6..12].try_into().unwrap());
+    let t = Template::new(ours, theirs, d.dst, d.src).unwrap();
+    let mut out = vec![0u8; t.header_len() + 4];
+    out[t.header_len()..].copy_from_slice(b"echo");
+    let n = t.write(&mut out, 4, 1).unwrap();
+    assert!(xsk.send(&out[..n]));
     let until = std::time::Instant::now() + Duration::from_secs(3);
     while xsk.flush().unwrap() == 0 && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(5));

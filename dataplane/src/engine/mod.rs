@@ -4,7 +4,7 @@
 //! - [`uring`]: io_uring with multishot `recvmsg` into a provided buffer ring and one `sendmsg`
 //!   SQE per copy, all pointing at the received buffer.
 //! - [`mio`]: epoll with `recvmmsg`/`sendmmsg` batches; the fallback.
-//! - [`xdp`]: AF_XDP (kernel bypass), under construction: so far its XDP program and loader.
+//! - [`xdp`]: AF_XDP (kernel bypass), under construction: its XDP program, sockets and frames.
 
 pub mod mio;
 pub mod mmsg;

@@ -1,8 +1,11 @@
 //! The AF_XDP engine (kernel bypass), under construction. So far: its XDP program, which sends
 //! UDP to the media port to the AF_XDP socket of the packet's RX queue and everything else to
-//! the kernel, loaded and attached through a bpf_link ([`program`]). Next: the UMEM and rings,
-//! the workers driving the same sans-IO core as the other engines, and destinations resolved
-//! from the kernel's neighbour table.
+//! the kernel, loaded and attached through a bpf_link ([`program`]); an AF_XDP socket with its
+//! UMEM and rings ([`xsk`]); reading received frames and writing frames to a destination from a
+//! header template ([`frame`]). Next: destinations resolved from the kernel's route and
+//! neighbour tables (netlink), the workers driving the same sans-IO core as the other engines,
+//! `--engine xdp` and its fallback ladder.
 
+pub mod frame;
 pub mod program;
 pub mod xsk;
