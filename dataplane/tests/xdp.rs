@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ringbridge_dataplane::engine::xdp::frame::{self, Template};
+use ringbridge_dataplane::engine::xdp::netlink::{self, Message, Neighbours, Netlink};
 use ringbridge_dataplane::engine::xdp::program::{self, Mode, Program};
 use ringbridge_dataplane::engine::xdp::xsk::{Config, Copy, Xsk};
 
@@ -22,7 +23,9 @@ use ringbridge_dataplane::engine::xdp::xsk::{Config, Copy, Xsk};
 struct Veth {
     ns: String,
     host_if: String,
+    inner_if: String,
     host: Ipv4Addr,
+    inner: Ipv4Addr,
 }
 
 impl Veth {
@@ -33,11 +36,13 @@ impl Veth {
         let v = Veth {
             ns: format!("rbx{idx}"),
             host_if: format!("rbx{idx}h"),
+            inner_if: format!("rbx{idx}n"),
             host: Ipv4Addr::new(10, 78, hi, lo + 1),
+            inner: Ipv4Addr::new(10, 78, hi, lo + 2),
         };
         v.remove();
-        let inner_if = format!("rbx{idx}n");
-        let inner = format!("10.78.{hi}.{}/30", lo + 2);
+        let inner_if = v.inner_if.clone();
+        let inner = format!("{}/30", v.inner);
         run("ip", &["netns", "add", &v.ns]);
         run(
             "ip",
@@ -254,4 +259,82 @@ fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
     assert!(v.inside(&format!("echo other > /dev/udp/{}/{to}", v.host)));
     let (n, _) = other.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"other\n");
+}
+
+#[test]
+fn routes_and_neighbours_come_from_the_kernel_and_follow_its_changes() {
+    let v = Veth::new(2);
+    let ifindex = v.ifindex();
+    let mut nl = Netlink::open(0).unwrap();
+    // On-link: out of the veth, no gateway, from its address.
+    let r = nl.route(v.inner.into()).unwrap();
+    assert_eq!(
+        (r.oif, r.gateway, r.source),
+        (ifindex, None, Some(v.host.into()))
+    );
+    // Behind the peer: its address is the next hop.
+    let net = format!("10.79.{}.0/24", v.host.octets()[2]);
+    run("ip", &["route", "add", &net, "via", &v.inner.to_string()]);
+    let far = Ipv4Addr::new(10, 79, v.host.octets()[2], 5);
+    let r = nl.route(far.into()).unwrap();
+    assert_eq!(r.gateway, Some(v.inner.into()));
+    assert_eq!(r.next_hop(far.into()), v.inner);
+    run("ip", &["route", "del", &net]);
+    // The peer's link-layer address, once the kernel resolved it.
+    let mac_line = run("ip", &["-n", &v.ns, "link", "show", "dev", &v.inner_if]);
+    let mac: [u8; 6] = mac_line
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|m| {
+            let b: Vec<u8> = m
+                .split(':')
+                .map(|x| u8::from_str_radix(x, 16).unwrap())
+                .collect();
+            b.try_into().unwrap()
+        })
+        .unwrap_or_else(|| panic!("no MAC in {mac_line}"));
+    let dump = |nl: &mut Netlink| {
+        let mut t = Neighbours::default();
+        for n in nl.neighbours(libc::AF_INET as u8).unwrap() {
+            t.apply(&n);
+        }
+        t
+    };
+    assert_eq!(dump(&mut nl).get(ifindex, v.inner.into()), None);
+    let ping = format!("ping -q -c 1 -W 2 {} > /dev/null", v.inner);
+    let ping = || {
+        let ok = Command::new("bash").args(["-c", &ping]).status();
+        assert!(ok.unwrap().success(), "{ping}");
+    };
+    ping();
+    let mut t = dump(&mut nl);
+    assert_eq!(t.get(ifindex, v.inner.into()), Some(mac));
+    // Changes arrive as notifications: deleted, then resolved again.
+    let watch = Netlink::open(netlink::GROUP_NEIGH).unwrap();
+    let follow = |t: &mut Neighbours, want: Option<[u8; 6]>| {
+        let mut buf = vec![0u8; 16 * 1024];
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while t.get(ifindex, v.inner.into()) != want {
+            assert!(
+                std::time::Instant::now() < until,
+                "no notification for {want:?}"
+            );
+            let Ok(n) = watch.recv(&mut buf) else {
+                continue;
+            };
+            for m in netlink::messages(&buf[..n]) {
+                if let Message::Neighbour(x) = m {
+                    t.apply(&x);
+                }
+            }
+        }
+    };
+    run(
+        "ip",
+        &["neigh", "del", &v.inner.to_string(), "dev", &v.host_if],
+    );
+    follow(&mut t, None);
+    ping();
+    follow(&mut t, Some(mac));
 }

@@ -2,10 +2,12 @@
 //! UDP to the media port to the AF_XDP socket of the packet's RX queue and everything else to
 //! the kernel, loaded and attached through a bpf_link ([`program`]); an AF_XDP socket with its
 //! UMEM and rings ([`xsk`]); reading received frames and writing frames to a destination from a
-//! header template ([`frame`]). Next: destinations resolved from the kernel's route and
-//! neighbour tables (netlink), the workers driving the same sans-IO core as the other engines,
-//! `--engine xdp` and its fallback ladder.
+//! header template ([`frame`]); routes and neighbours from the kernel over rtnetlink, following
+//! its change notifications ([`netlink`]). Next: the workers driving the same sans-IO core as
+//! the other engines (a destination without a resolved neighbour going the socket way),
+//! `--engine xdp` with its fallback ladder, and the veth topology in `make perf`.
 
 pub mod frame;
+pub mod netlink;
 pub mod program;
 pub mod xsk;
