@@ -338,3 +338,44 @@ fn routes_and_neighbours_come_from_the_kernel_and_follow_its_changes() {
     ping();
     follow(&mut t, Some(mac));
 }
+
+/// Run by [`a_killed_process_leaves_nothing_attached`] in a child process (this test binary
+/// again): attaches the program to the interface named by `RB_XDP_IFACE`, says so, and waits to
+/// be killed. Does nothing in a normal run.
+#[test]
+fn child_attaches_and_waits() {
+    let Ok(iface) = std::env::var("RB_XDP_IFACE") else {
+        return;
+    };
+    let _p = Program::attach(&iface, 5004, Mode::Native).unwrap();
+    println!("attached");
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+/// The program is attached through a bpf_link, a descriptor of the process: SIGKILLed, the
+/// process leaves nothing on the interface.
+#[test]
+fn a_killed_process_leaves_nothing_attached() {
+    use std::io::{BufRead, BufReader};
+    let v = Veth::new(3);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_attaches_and_waits", "--nocapture"])
+        .env("RB_XDP_IFACE", &v.host_if)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let attached = lines.any(|l| l.is_ok_and(|l| l.contains("attached")));
+    assert!(attached, "the child never attached");
+    assert!(v.xdp().is_some(), "attached by the child");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while v.xdp().is_some() {
+        assert!(
+            std::time::Instant::now() < until,
+            "still attached after the process was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
