@@ -29,9 +29,9 @@ struct Veth {
 }
 
 impl Veth {
-    /// A fresh pair; `slot` (0..4) tells apart the tests of one process.
+    /// A fresh pair; `slot` (0..8) tells apart the tests of one process.
     fn new(slot: u32) -> Self {
-        let idx = (std::process::id() * 4 + slot) % 16_384;
+        let idx = (std::process::id() * 8 + slot) % 16_384;
         let (hi, lo) = ((idx / 64) as u8, (idx % 64 * 4) as u8);
         let v = Veth {
             ns: format!("rbx{idx}"),
@@ -378,4 +378,39 @@ fn a_killed_process_leaves_nothing_attached() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Taking over an interface, best way first: on a veth, native XDP and, since veth has no
+/// zero-copy, AF_XDP in copy mode, saying so; an interface without native XDP (a bridge) or
+/// without a name is refused with the reason (the socket engines then serve).
+#[test]
+fn the_ladder_takes_what_the_driver_offers_and_says_why_not_otherwise() {
+    use ringbridge_dataplane::engine::xdp::ladder;
+    let v = Veth::new(4);
+    let cfg = Config {
+        frames: 1024,
+        ring: 512,
+    };
+    let a = ladder::attach(&v.host_if, 5004, cfg).unwrap();
+    assert_eq!(a.copy, Copy::Copy, "{}", a.why);
+    assert_eq!(a.sockets.len(), ladder::rx_queues(&v.host_if) as usize);
+    assert!(
+        a.why.contains("copy: taken") && a.why.contains("ZeroCopy"),
+        "{}",
+        a.why
+    );
+    assert!(v.xdp().is_some());
+    drop(a);
+    assert_eq!(v.xdp(), None);
+    // No native XDP: refused, and nothing is left attached.
+    let bridge_if = format!("{}d", v.host_if);
+    run("ip", &["link", "add", &bridge_if, "type", "bridge"]);
+    let e = ladder::attach(&bridge_if, 5004, cfg).err();
+    let shown = run("ip", &["-d", "link", "show", "dev", &bridge_if]);
+    run("ip", &["link", "del", &bridge_if]);
+    let e = e.expect("a bridge interface has no native XDP");
+    assert!(e.contains("native XDP") && e.contains(&bridge_if), "{e}");
+    assert!(!shown.contains("prog/xdp"), "{shown}");
+    let e = ladder::attach("rb-no-such-if", 5004, cfg).err().unwrap();
+    assert!(e.contains("no interface"), "{e}");
 }
