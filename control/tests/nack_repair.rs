@@ -26,8 +26,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::netns::Link;
 use common::*;
+use ringbridge_dataplane::testkit::netns::Link;
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
 

@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -46,29 +45,8 @@ async fn chromium_simulcast_viewers_get_the_layer_that_fits_and_switch_up_when_a
     let http = format!("http://{}", ctl.field("http"));
     let _bridge = bridge(&url, "eu-1", "eu");
     wait_bridges(&url, 1).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/webrtc/simulcast_chromium.py"
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        output_within(
-            Command::new(python()).args([script, &http, "sim", "eu"]),
-            RUN_LIMIT,
-        )
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- simulcast_chromium.py ---\n{}", tail(&stderr, 6000));
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"));
-    eprintln!("chromium: {report}");
-    assert!(
-        out.status.success() && report["ok"] == true,
-        "the browser run failed: {}",
-        report["error"]
-    );
+    let args = [http, "sim".into(), "eu".into()];
+    let report = run_script("simulcast_chromium.py", &args, RUN_LIMIT).await;
 
     // The publisher kept its three encodings (Chromium keeps only the first when the answer has
     // no `a=simulcast:recv`) and sends the top one at full size.

@@ -16,12 +16,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::netns::Link;
 use common::*;
-use serde_json::Value;
+use ringbridge_dataplane::testkit::netns::Link;
 
 /// Shape-and-lift cycles in one run.
 const CYCLES: u32 = 2;
@@ -37,34 +35,15 @@ async fn a_viewer_behind_a_shaped_link_settles_on_a_layer_that_fits_and_climbs_b
     let data = data_dir("simulcast-shaped");
     let (ctl, _bridge) = control_and_bridge_on(link.host, &data, &[]).await;
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/webrtc/simulcast_shaped.py"
-    );
-    let mut cmd = Command::new(python());
-    cmd.args([
-        script,
-        "run",
-        &format!("http://{}", ctl.field("http")),
-        "shaped",
-        &link.ns,
-        &link.host_if,
-        &CYCLES.to_string(),
-    ]);
-    let out = tokio::task::spawn_blocking(move || output_within(&mut cmd, RUN_LIMIT))
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- simulcast_shaped.py ---\n{}", tail(&stderr, 6000));
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"));
-    eprintln!("shaped: {report}");
-    assert!(
-        out.status.success() && report["ok"] == true,
-        "the run failed: {}",
-        report["error"]
-    );
+    let args = [
+        "run".to_string(),
+        format!("http://{}", ctl.field("http")),
+        "shaped".into(),
+        link.ns.clone(),
+        link.host_if.clone(),
+        CYCLES.to_string(),
+    ];
+    let report = run_script("simulcast_shaped.py", &args, RUN_LIMIT).await;
     assert_eq!(report["rids"], serde_json::json!(["q", "h", "f"]));
 
     let cycles = report["cycles"].as_array().unwrap();

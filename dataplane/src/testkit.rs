@@ -1,6 +1,8 @@
 //! Packet builders for the demo, tests, benches and the load rig: the one place that writes RTP
 //! and RTCP, so every client of the bridge frames packets the same way.
 
+pub mod netns;
+
 /// Length of the RTP header [`write_rtp_header`] writes.
 pub const RTP_HEADER_LEN: usize = 12;
 

@@ -17,109 +17,11 @@ use ringbridge_dataplane::engine::xdp::frame::{self, Template};
 use ringbridge_dataplane::engine::xdp::netlink::{self, Message, Neighbours, Netlink};
 use ringbridge_dataplane::engine::xdp::program::{self, Mode, Program};
 use ringbridge_dataplane::engine::xdp::xsk::{Config, Copy, Xsk};
-
-/// A namespace joined to ours by a veth pair: `host` on our side (`host_if`), `inner` in the
-/// namespace. Removed on drop.
-struct Veth {
-    ns: String,
-    host_if: String,
-    inner_if: String,
-    host: Ipv4Addr,
-    inner: Ipv4Addr,
-}
-
-impl Veth {
-    /// A fresh pair; `slot` (0..8) tells apart the tests of one process.
-    fn new(slot: u32) -> Self {
-        let idx = (std::process::id() * 8 + slot) % 16_384;
-        let (hi, lo) = ((idx / 64) as u8, (idx % 64 * 4) as u8);
-        let v = Veth {
-            ns: format!("rbx{idx}"),
-            host_if: format!("rbx{idx}h"),
-            inner_if: format!("rbx{idx}n"),
-            host: Ipv4Addr::new(10, 78, hi, lo + 1),
-            inner: Ipv4Addr::new(10, 78, hi, lo + 2),
-        };
-        v.remove();
-        let inner_if = v.inner_if.clone();
-        let inner = format!("{}/30", v.inner);
-        run("ip", &["netns", "add", &v.ns]);
-        run(
-            "ip",
-            &[
-                "link", "add", &v.host_if, "type", "veth", "peer", "name", &inner_if,
-            ],
-        );
-        run("ip", &["link", "set", &inner_if, "netns", &v.ns]);
-        run(
-            "ip",
-            &["addr", "add", &format!("{}/30", v.host), "dev", &v.host_if],
-        );
-        run("ip", &["link", "set", &v.host_if, "up"]);
-        run(
-            "ip",
-            &["-n", &v.ns, "addr", "add", &inner, "dev", &inner_if],
-        );
-        run("ip", &["-n", &v.ns, "link", "set", &inner_if, "up"]);
-        run("ip", &["-n", &v.ns, "link", "set", "lo", "up"]);
-        v
-    }
-
-    /// The XDP program the interface has, as `ip` shows it (`None`: none).
-    fn xdp(&self) -> Option<String> {
-        let out = run("ip", &["-d", "link", "show", "dev", &self.host_if]);
-        out.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("prog/xdp"))
-            .map(String::from)
-    }
-
-    /// Runs `script` (bash) in the namespace; whether it succeeded.
-    fn inside(&self, script: &str) -> bool {
-        Command::new("timeout")
-            .args(["5", "ip", "netns", "exec", &self.ns, "bash", "-c", script])
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    fn ifindex(&self) -> u32 {
-        let name = std::ffi::CString::new(self.host_if.clone()).unwrap();
-        // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
-        let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(i, 0, "no interface {}", self.host_if);
-        i
-    }
-
-    fn remove(&self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (the test needs iproute2)"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {} (the test needs root)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use ringbridge_dataplane::testkit::netns::{Link, run};
 
 #[test]
 fn the_program_passes_the_verifier_and_everything_but_the_media_port_goes_on() {
-    let v = Veth::new(0);
+    let v = Link::new(0);
     // The media port's socket and another port's: with no AF_XDP socket registered, both get
     // their datagrams from the kernel.
     let media = UdpSocket::bind((v.host, 0)).unwrap();
@@ -193,7 +95,7 @@ fn the_committed_object_is_built_from_the_committed_source() {
 
 #[test]
 fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
-    let v = Veth::new(1);
+    let v = Link::new(1);
     let media = UdpSocket::bind((v.host, 0)).unwrap();
     let other = UdpSocket::bind((v.host, 0)).unwrap();
     media
@@ -263,7 +165,7 @@ fn an_af_xdp_socket_gets_the_media_port_and_what_it_sends_reaches_the_peer() {
 
 #[test]
 fn routes_and_neighbours_come_from_the_kernel_and_follow_its_changes() {
-    let v = Veth::new(2);
+    let v = Link::new(2);
     let ifindex = v.ifindex();
     let mut nl = Netlink::open(0).unwrap();
     // On-link: out of the veth, no gateway, from its address.
@@ -357,7 +259,7 @@ fn child_attaches_and_waits() {
 #[test]
 fn a_killed_process_leaves_nothing_attached() {
     use std::io::{BufRead, BufReader};
-    let v = Veth::new(3);
+    let v = Link::new(3);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_attaches_and_waits", "--nocapture"])
         .env("RB_XDP_IFACE", &v.host_if)
@@ -386,7 +288,7 @@ fn a_killed_process_leaves_nothing_attached() {
 #[test]
 fn the_ladder_takes_what_the_driver_offers_and_says_why_not_otherwise() {
     use ringbridge_dataplane::engine::xdp::ladder;
-    let v = Veth::new(4);
+    let v = Link::new(4);
     let cfg = Config {
         frames: 1024,
         ring: 512,

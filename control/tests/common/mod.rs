@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod netns;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -294,6 +292,31 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output
 }
 
 /// The last `max` bytes of `s` or a few more (whole characters).
+/// Runs the test script `script` (`tests/webrtc/`) with `args` under the test's Python, within
+/// `limit`, and returns its report: the JSON object on its last line of output, which must say
+/// `"ok": true` (else the test fails with the report's `error`). Its stderr (progress) is
+/// printed, the end of it.
+pub async fn run_script(script: &str, args: &[String], limit: Duration) -> serde_json::Value {
+    let path = format!("{}/tests/webrtc/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(python());
+    cmd.arg(&path).args(args);
+    let out = tokio::task::spawn_blocking(move || output_within(&mut cmd, limit))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- {script} ---\n{}", tail(&stderr, 6000));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script}: no JSON report ({e}): {stdout}"));
+    eprintln!("{script}: {report}");
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "{script} failed: {}",
+        report["error"]
+    );
+    report
+}
+
 pub fn tail(s: &str, max: usize) -> &str {
     let mut start = s.len().saturating_sub(max);
     while !s.is_char_boundary(start) {

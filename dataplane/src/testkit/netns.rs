@@ -1,19 +1,21 @@
 //! A network namespace joined to the host's by a veth pair, for tests that put a real link
-//! between a bridge and a client: losses (an nftables rule: the kernels we run on may lack
-//! netem) or a rate limit (a `tbf` qdisc). Needs root, iproute2 and, for losses, `nft`
-//! (Debian's nftables, which `make test` installs).
+//! between the bridge and its peers: losses (an nftables rule: the kernels we run on may lack
+//! netem), a rate limit (a `tc` qdisc on the host side), an XDP program on the host side. Needs
+//! root and iproute2 (and `nft` for losses: Debian's nftables, which `make test` installs).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-/// The namespace and its veth pair: the host side has `host`, the namespace's side `inner` (a
-/// /30 of 10.77.0.0/16 picked by process id and `slot`, names too). Dropping it removes the
-/// pair and the namespace (with any rule or qdisc on them).
+/// The namespace and its veth pair: `host` on the host side (`host_if`), `inner` in the
+/// namespace (`inner_if`), a /30 of 10.77.0.0/16 picked by process id and slot (names too).
+/// Dropping it removes the pair and the namespace, with any rule or qdisc on them.
 pub struct Link {
     /// The namespace's name (for `ip netns exec`).
     pub ns: String,
-    /// The host side's interface (where a qdisc shapes what goes towards the namespace).
+    /// The host side's interface.
     pub host_if: String,
+    /// The namespace side's interface.
+    pub inner_if: String,
     /// The host side's address.
     pub host: Ipv4Addr,
     /// The namespace side's address.
@@ -21,32 +23,36 @@ pub struct Link {
 }
 
 impl Link {
-    /// A fresh namespace and veth pair; `slot` (0..4) tells apart several links of one process.
+    /// A fresh namespace and pair; `slot` (0..8) tells apart the links of one process.
     pub fn new(slot: u32) -> Self {
-        let idx = (std::process::id() * 4 + slot) % 16_384;
+        let idx = (std::process::id() * 8 + slot) % 16_384;
         let (hi, lo) = ((idx / 64) as u8, (idx % 64 * 4) as u8);
         let link = Link {
             ns: format!("rbn{idx}"),
             host_if: format!("rbn{idx}h"),
+            inner_if: format!("rbn{idx}n"),
             host: Ipv4Addr::new(10, 77, hi, lo + 1),
             inner: Ipv4Addr::new(10, 77, hi, lo + 2),
         };
         link.remove(); // left by an earlier process with this id, if any
-        let (ns, host_if, ns_if) = (&link.ns, &link.host_if, &format!("rbn{idx}n"));
+        let (ns, host_if, inner_if) = (&link.ns, &link.host_if, &link.inner_if);
         run("ip", &["netns", "add", ns]);
         run(
             "ip",
             &[
-                "link", "add", host_if, "type", "veth", "peer", "name", ns_if,
+                "link", "add", host_if, "type", "veth", "peer", "name", inner_if,
             ],
         );
-        run("ip", &["link", "set", ns_if, "netns", ns]);
+        run("ip", &["link", "set", inner_if, "netns", ns]);
         let host_addr = format!("{}/30", link.host);
         run("ip", &["addr", "add", &host_addr, "dev", host_if]);
         run("ip", &["link", "set", host_if, "up"]);
         let inner_addr = format!("{}/30", link.inner);
-        run("ip", &["-n", ns, "addr", "add", &inner_addr, "dev", ns_if]);
-        run("ip", &["-n", ns, "link", "set", ns_if, "up"]);
+        run(
+            "ip",
+            &["-n", ns, "addr", "add", &inner_addr, "dev", inner_if],
+        );
+        run("ip", &["-n", ns, "link", "set", inner_if, "up"]);
         // Loopback too: a browser's driver listens there.
         run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         link
@@ -80,6 +86,30 @@ impl Link {
         n.unwrap_or_else(|| panic!("no counter in {out}"))
     }
 
+    /// The host side's interface index.
+    pub fn ifindex(&self) -> u32 {
+        let path = format!("/sys/class/net/{}/ifindex", self.host_if);
+        let s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        s.trim().parse().unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The XDP program the host side has, as `ip` shows it (`None`: none).
+    pub fn xdp(&self) -> Option<String> {
+        let out = run("ip", &["-d", "link", "show", "dev", &self.host_if]);
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("prog/xdp"))
+            .map(String::from)
+    }
+
+    /// Runs `script` (bash) in the namespace, within 5 s; whether it succeeded.
+    pub fn inside(&self, script: &str) -> bool {
+        Command::new("timeout")
+            .args(["5", "ip", "netns", "exec", &self.ns, "bash", "-c", script])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     fn remove(&self) {
         for args in [
             ["link", "del", self.host_if.as_str()],
@@ -102,7 +132,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("{program}: {e} (the test needs iproute2 and nft: Debian's nftables)")
+            panic!("{program}: {e} (the test needs iproute2, and nft: Debian's nftables)")
         });
     assert!(
         out.status.success(),
