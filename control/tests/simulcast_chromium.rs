@@ -9,7 +9,7 @@
 //! - viewer 1 POSTs `?max_height=180` and decodes the q layer (frame width at most 320);
 //! - viewer 2 has no limit and decodes the top layer (1280) once the publisher sends it, while
 //!   viewer 1 stays on q (and goes on decoding it);
-//! - `PATCH {viewer 1's session}?max_height=0` lifts the limit: within 40 s viewer 1 decodes the
+//! - `PATCH {viewer 1's session}?max_height=0` lifts the limit: within 60 s viewer 1 decodes the
 //!   top layer, on the same SSRC, frames still rising, with no packets lost to the switch (the
 //!   bridge switches at a keyframe of the new layer and keeps its sequence numbers continuous).
 //!
@@ -23,11 +23,13 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Bound on the Python side (its own waits add up to about 70 s; it takes about 40 s when all
-/// goes well, most of it Chromium's ramp-up to its top layer).
-const RUN_LIMIT: Duration = Duration::from_secs(125);
-/// Viewer 1 decodes the top layer within this long of the PATCH.
-const SWITCH_SECS: f64 = 40.0;
+/// Bound on the Python side (its own waits add up to about 90 s; it takes about 30 s when all
+/// goes well).
+const RUN_LIMIT: Duration = Duration::from_secs(150);
+/// Viewer 1 decodes the top layer within this long of the PATCH: two steps up, each a probe kept
+/// until the viewer's estimate has grown to the new layer's rate (~8 % a second); 17-32 s on the
+/// shaped-link runs, over 40 s once in CI under load.
+const SWITCH_SECS: f64 = 60.0;
 /// Packets viewer 1 may count lost from just before the PATCH to 60 frames after the switch.
 const LOST_OVER_SWITCH: i64 = 5;
 /// Frames viewer 1 may count dropped (not decoded) over the same span.
