@@ -60,6 +60,7 @@ async fn start_bridge() -> (
         api: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         engine: Choice::Auto,
+        xdp_iface: None,
         advertise: None,
         tuning: Default::default(),
         limits: Default::default(),

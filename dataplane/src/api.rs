@@ -316,6 +316,8 @@ fn counters(c: &Counters, t: Option<&Stats>) -> pb::Counters {
         nack_forwarded: c.nack_forwarded,
         nack_unsent: c.nack_unsent,
         nack_unanswered: c.nack_unanswered,
+        xdp_tx: c.xdp_tx,
+        xdp_kernel_tx: c.xdp_kernel_tx,
     }
 }
 

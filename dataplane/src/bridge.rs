@@ -27,6 +27,8 @@ pub struct Config {
     pub workers: usize,
     /// Engine choice.
     pub engine: Choice,
+    /// The interface the AF_XDP engine takes over (with [`Choice::Xdp`]).
+    pub xdp_iface: Option<String>,
     /// Address announced to endpoints; default the bound media address.
     pub advertise: Option<SocketAddr>,
     /// Engine tuning.
@@ -76,6 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.media,
         config.workers,
         config.tuning,
+        config.xdp_iface.as_deref(),
         &channels,
     )
     .with_context(|| format!("starting the media engine on {}", config.media))?;

@@ -30,9 +30,14 @@ struct BridgeArgs {
     /// Worker threads, each pinned with its own socket and ring. Default: one per core.
     #[arg(long, global = true)]
     workers: Option<usize>,
-    /// I/O engine: uring, mio (epoll) or auto (uring when usable).
+    /// I/O engine: uring, mio (epoll), auto (uring when usable) or xdp (AF_XDP on --xdp-iface
+    /// beside the auto engine; auto alone, with the reason logged, when the interface cannot be
+    /// taken over).
     #[arg(long, default_value = "auto", global = true)]
     engine: Choice,
+    /// The interface whose media traffic the xdp engine takes (its XDP hook must be free).
+    #[arg(long, global = true, required_if_eq("engine", "xdp"))]
+    xdp_iface: Option<String>,
     /// Address announced to endpoints as `media_addr` (default: the bound media address).
     #[arg(long, global = true)]
     advertise: Option<SocketAddr>,
@@ -196,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         engine: a.engine,
+        xdp_iface: a.xdp_iface.clone(),
         advertise: a.advertise,
         tuning: ringbridge_dataplane::engine::Tuning {
             uring_send_slots: a.uring_send_slots,

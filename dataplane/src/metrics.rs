@@ -63,6 +63,19 @@ pub fn bridge(r: &mut Registry, c: &Counters, w: &Stats, conferences: usize, end
          before, or of a simulcast layer the receiver has left).",
         c.nack_unanswered,
     );
+    counter(
+        r,
+        "ringbridge_xdp_tx",
+        "Copies the AF_XDP workers wrote straight to the interface.",
+        c.xdp_tx,
+    );
+    counter(
+        r,
+        "ringbridge_xdp_kernel_tx",
+        "Copies the AF_XDP workers sent through the kernel (destination not behind the \
+         interface, neighbour not resolved yet, or longer than the MTU).",
+        c.xdp_kernel_tx,
+    );
     gauge(
         r,
         "ringbridge_conferences",

@@ -23,6 +23,8 @@ pub struct SharedCounters {
     nack_forwarded: AtomicU64,
     nack_unsent: AtomicU64,
     nack_unanswered: AtomicU64,
+    xdp_tx: AtomicU64,
+    xdp_kernel_tx: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -44,6 +46,8 @@ impl SharedCounters {
         self.nack_forwarded.store(c.nack_forwarded, Relaxed);
         self.nack_unsent.store(c.nack_unsent, Relaxed);
         self.nack_unanswered.store(c.nack_unanswered, Relaxed);
+        self.xdp_tx.store(c.xdp_tx, Relaxed);
+        self.xdp_kernel_tx.store(c.xdp_kernel_tx, Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops) {
             a.store(v, Relaxed);
         }
@@ -67,6 +71,8 @@ impl SharedCounters {
             nack_forwarded: self.nack_forwarded.load(Relaxed),
             nack_unsent: self.nack_unsent.load(Relaxed),
             nack_unanswered: self.nack_unanswered.load(Relaxed),
+            xdp_tx: self.xdp_tx.load(Relaxed),
+            xdp_kernel_tx: self.xdp_kernel_tx.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
         }
     }
@@ -89,6 +95,8 @@ impl std::ops::AddAssign for Counters {
         self.nack_forwarded += o.nack_forwarded;
         self.nack_unsent += o.nack_unsent;
         self.nack_unanswered += o.nack_unanswered;
+        self.xdp_tx += o.xdp_tx;
+        self.xdp_kernel_tx += o.xdp_kernel_tx;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }

@@ -174,6 +174,12 @@ pub struct Counters {
     /// [`repair::recent::RESEND_MS`], or a simulcast receiver's from a layer it has left (or
     /// from before the switches remembered). Not forwarded either.
     pub nack_unanswered: u64,
+    /// Copies an AF_XDP worker wrote straight to its interface (a frame in the tx ring).
+    pub xdp_tx: u64,
+    /// Copies an AF_XDP worker sent through the kernel (the media socket): the destination is
+    /// not behind the interface, its neighbour is not resolved yet, or the frame would exceed
+    /// the MTU.
+    pub xdp_kernel_tx: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }

@@ -12,9 +12,9 @@ use socket2::Socket;
 
 use super::PROTECTED_SIZE;
 use super::mmsg::{RecvBatch, SendBatch};
-use super::worker::{drain_control, end_batch, pin};
+use super::worker::{drain_control, end_batch, new_core, pin};
 use crate::core::Sent;
-use crate::core::{CopyKind, Core, DropReason, Table};
+use crate::core::{CopyKind, DropReason};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
 /// Datagrams per `recvmmsg`.
@@ -25,7 +25,8 @@ pub const SEND_BATCH: usize = 1024;
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 
-struct MioWake(Waker);
+/// Wakes a worker waiting in `mio::Poll` (also the AF_XDP workers').
+pub(crate) struct MioWake(pub(crate) Waker);
 
 impl Wake for MioWake {
     fn wake(&self) {
@@ -66,11 +67,7 @@ pub fn spawn(
 
 fn run(port: &WorkerPort, mut poll: Poll, udp: &mio::net::UdpSocket) -> io::Result<()> {
     let fd = udp.as_raw_fd();
-    let mut core = Core::new(Table::default())
-        .with_keyframe_gate(port.keyframes.clone())
-        .with_remote_senders(port.senders.clone())
-        .with_handoff(port.handoff.clone())
-        .with_repair_cache(port.repair.clone());
+    let mut core = new_core(port);
     let mut events = Events::with_capacity(8);
     let mut rx = RecvBatch::new(BATCH);
     let mut tx = SendBatch::new(SEND_BATCH);

@@ -4,7 +4,8 @@
 //! - [`uring`]: io_uring with multishot `recvmsg` into a provided buffer ring and one `sendmsg`
 //!   SQE per copy, all pointing at the received buffer.
 //! - [`mio`]: epoll with `recvmmsg`/`sendmmsg` batches; the fallback.
-//! - [`xdp`]: AF_XDP (kernel bypass), under construction: its XDP program, sockets and frames.
+//! - [`xdp`]: AF_XDP (kernel bypass) on one interface, beside the socket engine that serves
+//!   whatever the kernel still receives on the media port.
 
 pub mod mio;
 pub mod mmsg;
@@ -42,6 +43,10 @@ pub enum Choice {
     Mio,
     /// io_uring when usable, otherwise mio.
     Auto,
+    /// AF_XDP on `--xdp-iface` beside the `auto` socket engine; the socket engine alone when
+    /// the interface cannot be taken over (with the reason). Never picked by `auto`: it takes
+    /// over the interface's XDP hook.
+    Xdp,
 }
 
 impl FromStr for Choice {
@@ -51,7 +56,8 @@ impl FromStr for Choice {
             "uring" => Ok(Self::Uring),
             "mio" => Ok(Self::Mio),
             "auto" => Ok(Self::Auto),
-            _ => Err(format!("engine must be uring, mio or auto, not {s:?}")),
+            "xdp" => Ok(Self::Xdp),
+            _ => Err(format!("engine must be uring, mio, auto or xdp, not {s:?}")),
         }
     }
 }
@@ -63,14 +69,17 @@ pub enum Kind {
     Uring,
     /// epoll (mio).
     Mio,
+    /// AF_XDP workers on an interface, and io_uring or epoll workers on the media socket.
+    Xdp,
 }
 
 impl Kind {
-    /// "uring" or "mio".
+    /// "uring", "mio" or "xdp".
     pub fn name(self) -> &'static str {
         match self {
             Self::Uring => "uring",
             Self::Mio => "mio",
+            Self::Xdp => "xdp",
         }
     }
 }
@@ -123,22 +132,24 @@ impl Default for Tuning {
     }
 }
 
-/// Resolves `choice`, binds `workers` reuseport sockets on `media` and starts one worker each.
+/// Resolves `choice`, binds `workers` reuseport sockets on `media` and starts one worker each;
+/// with [`Choice::Xdp`] also one AF_XDP worker per RX queue of `xdp_iface`.
 pub fn start(
     choice: Choice,
     media: SocketAddr,
     workers: usize,
     tuning: Tuning,
+    xdp_iface: Option<&str>,
     channels: &Channels,
 ) -> anyhow::Result<Started> {
-    let (kind, why) = match choice {
+    let (mut kind, mut why) = match choice {
         Choice::Mio => (Kind::Mio, "requested with --engine mio".to_string()),
         Choice::Uring => {
             uring::probe()
                 .map_err(|e| anyhow::anyhow!("--engine uring: io_uring unusable: {e}"))?;
             (Kind::Uring, "requested with --engine uring".to_string())
         }
-        Choice::Auto => match uring::probe() {
+        Choice::Auto | Choice::Xdp => match uring::probe() {
             Ok(()) => (
                 Kind::Uring,
                 "auto: io_uring with provided buffer rings is available".to_string(),
@@ -150,6 +161,7 @@ pub fn start(
         },
     };
     let workers = workers.max(1);
+    claim(media)?;
     let mut sockets = Vec::with_capacity(workers);
     let mut bound = media;
     for _ in 0..workers {
@@ -179,6 +191,7 @@ pub fn start(
     tracing::info!("{pin_why}");
     let cores = if pinned { allowed } else { Vec::new() };
     let mut links = Vec::with_capacity(workers);
+    let kernel = sockets[0].try_clone()?;
     for (id, sock) in sockets.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let link = match kind {
@@ -191,9 +204,27 @@ pub fn start(
                 core,
                 channels,
             )?,
-            Kind::Mio => mio::spawn(id, sock, core, channels)?,
+            Kind::Mio | Kind::Xdp => mio::spawn(id, sock, core, channels)?,
         };
         links.push(link);
+    }
+    if choice == Choice::Xdp {
+        let iface = xdp_iface.ok_or_else(|| anyhow::anyhow!("--engine xdp needs --xdp-iface"))?;
+        let socket_engine = kind.name();
+        match xdp::start(iface, bound, &kernel, links.len(), &cores, channels) {
+            Ok((more, taken)) => {
+                links.extend(more);
+                kind = Kind::Xdp;
+                why = format!(
+                    "--engine xdp: {taken}; what the kernel still receives on the media port: \
+                     {socket_engine} ({why})"
+                );
+            }
+            Err(reason) => {
+                why = format!("--engine xdp: {reason}; falling back to {socket_engine} ({why})");
+                tracing::warn!("{why}");
+            }
+        }
     }
     Ok(Started {
         kind,
@@ -205,6 +236,41 @@ pub fn start(
         slow,
         steering,
     })
+}
+
+/// How long a bridge waits for its media port to be free at start (a killed predecessor's
+/// io_uring sockets are released by the kernel shortly after the process is gone).
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Makes sure no other socket holds `media` (port 0: nothing to check) before the workers'
+/// `SO_REUSEPORT` sockets bind it: otherwise they would join another process's reuseport group
+/// (a second bridge started on the same port, or the sockets of a killed bridge's io_uring
+/// instance, which the kernel closes a moment after the process) and the kernel would hash some
+/// flows to sockets nobody reads. Waits up to [`CLAIM_WAIT`] for the port to be free.
+fn claim(media: SocketAddr) -> anyhow::Result<()> {
+    if media.port() == 0 {
+        return Ok(());
+    }
+    let until = std::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        let s = Socket::new(Domain::for_address(media), Type::DGRAM, Some(Protocol::UDP))?;
+        if media.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        match s.bind(&media.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= until {
+                    anyhow::bail!(
+                        "media address {media} is in use by another socket (another bridge?) \
+                         after waiting {CLAIM_WAIT:?}"
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A UDP socket with `SO_REUSEPORT` bound to `addr`, with large buffers. IPv6 sockets are

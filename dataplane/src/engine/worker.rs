@@ -1,8 +1,19 @@
 //! What every engine's worker does between batches: take in control messages, hand core events
 //! to the control path, publish counters, and pin itself.
 
-use crate::core::Core;
+use crate::core::{Core, Table};
 use crate::publish::{ToWorker, WorkerPort};
+
+/// A worker's core, sharing the bridge-wide parts `port` carries (keyframe gate, remote
+/// senders, the WebRTC hand-off, the retransmission cache), with an empty table until the
+/// control path's first delta.
+pub(crate) fn new_core(port: &WorkerPort) -> Core {
+    Core::new(Table::default())
+        .with_keyframe_gate(port.keyframes.clone())
+        .with_remote_senders(port.senders.clone())
+        .with_handoff(port.handoff.clone())
+        .with_repair_cache(port.repair.clone())
+}
 
 /// Applies pending table deltas (acknowledging each) and reports whether to keep running.
 pub(crate) fn drain_control(port: &WorkerPort, core: &mut Core) -> bool {

@@ -102,6 +102,25 @@ impl Link {
             .map(String::from)
     }
 
+    /// A UDP socket in the namespace bound to `addr` (port 0: any), made by a thread that
+    /// enters the namespace for the call: the socket stays there, usable from any thread of
+    /// this process.
+    pub fn udp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.ns))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsFd;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                std::net::UdpSocket::bind(addr)
+            })
+            .join()
+            .expect("the namespace thread")
+        })
+    }
+
     /// Runs `script` (bash) in the namespace, within 5 s; whether it succeeded.
     pub fn inside(&self, script: &str) -> bool {
         Command::new("timeout")

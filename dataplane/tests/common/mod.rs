@@ -63,16 +63,41 @@ impl Bridge {
     /// Starts a bridge on `ip` with extra command-line arguments.
     pub async fn start_with(engine: &str, ip: &str, extra: &[&str]) -> Self {
         let ip: IpAddr = ip.parse().unwrap();
-        let media = SocketAddr::new(ip, 0);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbridge"))
-            .args(["--engine", engine, "--workers", "2", "--api", "127.0.0.1:0"])
-            .args(extra)
+        Self::launch(Launch {
+            media: SocketAddr::new(ip, 0),
+            extra,
+            ..Launch::new(engine)
+        })
+        .await
+    }
+
+    /// Starts a bridge as `l` says.
+    pub async fn launch(l: Launch<'_>) -> Self {
+        let bin = env!("CARGO_BIN_EXE_ringbridge");
+        let mut cmd = match l.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let api = match l.netns {
+            Some(_) => SocketAddr::new(l.media.ip(), 0),
+            None => "127.0.0.1:0".parse().unwrap(),
+        };
+        cmd.args(["--engine", l.engine, "--workers", "2"])
+            .arg("--api")
+            .arg(api.to_string())
+            .args(l.extra)
             .arg("--media")
-            .arg(media.to_string())
+            .arg(l.media.to_string())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn ringbridge");
+            .stdout(Stdio::piped());
+        if let Some(f) = l.stderr {
+            cmd.stderr(f);
+        }
+        let mut child = cmd.spawn().expect("spawn ringbridge");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -87,7 +112,11 @@ impl Bridge {
         };
         let (media, api, got) = (field("media"), field("api"), field("engine"));
         let metrics = ready.get("metrics").map(|m| m.parse().unwrap());
-        assert_eq!(got, engine, "bridge runs the engine the test asked for");
+        assert_eq!(
+            got,
+            l.expect.unwrap_or(l.engine),
+            "bridge runs the engine the test expects"
+        );
         let api: SocketAddr = api.parse().unwrap();
         let client = BridgeClient::connect(format!("http://{api}"))
             .await
@@ -101,6 +130,12 @@ impl Bridge {
             metrics,
             ready,
         }
+    }
+
+    /// SIGKILLs the bridge and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Starts a bridge with `engine` on 127.0.0.1 serving Prometheus metrics, with extra
@@ -200,6 +235,36 @@ impl Drop for Bridge {
     }
 }
 
+/// How to start a bridge ([`Bridge::launch`]).
+pub struct Launch<'a> {
+    /// `--engine`.
+    pub engine: &'a str,
+    /// The engine the ready line must name (default: `engine`).
+    pub expect: Option<&'a str>,
+    /// `--media` (port 0: any).
+    pub media: SocketAddr,
+    /// More arguments.
+    pub extra: &'a [&'a str],
+    /// A network namespace to run it in (its API then listens on the media address's IP).
+    pub netns: Option<&'a str>,
+    /// Where its log goes (default: the test's stderr).
+    pub stderr: Option<std::fs::File>,
+}
+
+impl<'a> Launch<'a> {
+    /// `engine` on 127.0.0.1, nothing else.
+    pub fn new(engine: &'a str) -> Self {
+        Launch {
+            engine,
+            expect: None,
+            media: "127.0.0.1:0".parse().unwrap(),
+            extra: &[],
+            netns: None,
+            stderr: None,
+        }
+    }
+}
+
 /// A participant: a UDP socket and the SSRC it sends.
 pub struct Party {
     pub name: String,
@@ -273,15 +338,27 @@ pub fn exchange(
     count: u16,
     expected: &[usize],
 ) -> Vec<Vec<Vec<u8>>> {
+    let to: Vec<(&Party, SocketAddr)> = parties.iter().map(|p| (*p, media)).collect();
+    exchange_via(&to, count, expected, Duration::from_millis(200))
+}
+
+/// [`exchange`] with each party sending to a bridge of its own, listening `linger` after the
+/// expected count for strays.
+pub fn exchange_via(
+    parties: &[(&Party, SocketAddr)],
+    count: u16,
+    expected: &[usize],
+    linger: Duration,
+) -> Vec<Vec<Vec<u8>>> {
     std::thread::scope(|s| {
         let rx: Vec<_> = parties
             .iter()
             .zip(expected)
-            .map(|(p, &e)| s.spawn(move || collect(&p.sock, e, Duration::from_millis(200))))
+            .map(|((p, _), &e)| s.spawn(move || collect(&p.sock, e, linger)))
             .collect();
         for n in 0..count {
-            for p in parties {
-                p.send(media, &p.packet(n));
+            for (p, media) in parties {
+                p.send(*media, &p.packet(n));
             }
             if n % 8 == 7 {
                 std::thread::sleep(Duration::from_millis(1));

@@ -24,8 +24,8 @@ use buf_ring::BufRing;
 use send_slots::{SendSlots, SockRef, complete_send};
 
 use super::RECV_SIZE;
-use super::worker::{drain_control, end_batch, pin};
-use crate::core::{CopyKind, Core, DropReason, Sent, Table};
+use super::worker::{drain_control, end_batch, new_core, pin};
+use crate::core::{CopyKind, Core, DropReason, Sent};
 use crate::publish::{Channels, Wake, WorkerLink, WorkerPort};
 
 /// Space for the `io_uring_recvmsg_out` header (16 bytes) and a `sockaddr_in6` (28) in front of
@@ -266,11 +266,7 @@ impl Worker {
     }
 
     fn run(&mut self, port: &WorkerPort) -> io::Result<()> {
-        let mut core = Core::new(Table::default())
-            .with_keyframe_gate(port.keyframes.clone())
-            .with_remote_senders(port.senders.clone())
-            .with_handoff(port.handoff.clone())
-            .with_repair_cache(port.repair.clone());
+        let mut core = new_core(port);
         loop {
             if !drain_control(port, &mut core) {
                 return self.finish();

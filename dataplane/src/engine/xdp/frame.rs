@@ -136,6 +136,40 @@ impl Template {
         })
     }
 
+    /// The same headers to another port of the same destination address (what a new
+    /// destination behind an already resolved address gets without asking the kernel).
+    pub fn to_port(&self, port: u16) -> Self {
+        let mut t = self.clone();
+        let at = t.len - UDP + 2;
+        let old = [t.header[at], t.header[at + 1]];
+        t.header[at..at + 2].copy_from_slice(&port.to_be_bytes());
+        if t.v6 {
+            // Swap the old port's word for the new one in the UDP checksum's partial sum
+            // (one's complement: adding the complement subtracts).
+            let s = t.partial + u32::from(!u16::from_be_bytes(old)) + u32::from(port);
+            t.partial = u32::from(fold(s));
+        }
+        t
+    }
+
+    /// The destination's address, as the headers have it.
+    pub fn destination(&self) -> SocketAddr {
+        let port = u16::from_be_bytes([
+            self.header[self.len - UDP + 2],
+            self.header[self.len - UDP + 3],
+        ]);
+        let ip = if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&self.header[ETH + 24..ETH + 40]).expect("16 bytes"),
+            ))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(&self.header[ETH + 16..ETH + 20]).expect("4 bytes"),
+            ))
+        };
+        SocketAddr::new(ip, port)
+    }
+
     /// Header bytes before the payload.
     pub fn header_len(&self) -> usize {
         self.len
@@ -245,6 +279,31 @@ mod tests {
             let mut s = sum(0, &f[ETH + 8..ETH + 40]);
             s += u32::from(PROTO_UDP) + udp.len() as u32;
             assert_eq!(fold(sum(s, udp)), 0xffff, "UDP checksum of {payload:?}");
+        }
+    }
+
+    #[test]
+    fn a_template_moved_to_another_port_writes_what_a_new_one_would() {
+        for (src, dst) in [
+            ("10.0.0.1:5004", "10.0.0.2:40000"),
+            ("[fd00::1]:5004", "[fd00::2]:40000"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let t = Template::new(A, B, src, dst).unwrap();
+            for port in [1, 40001, 65535, 0x8000] {
+                let mut other = dst;
+                other.set_port(port);
+                let moved = t.to_port(port);
+                assert_eq!(moved.destination(), other);
+                let fresh = Template::new(A, B, src, other).unwrap();
+                for payload in [&b"hello rtp"[..], b"\xff\xff\xff", b""] {
+                    assert_eq!(
+                        frame(&moved, payload, 9),
+                        frame(&fresh, payload, 9),
+                        "{other}"
+                    );
+                }
+            }
         }
     }
 

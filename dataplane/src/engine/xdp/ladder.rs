@@ -31,16 +31,19 @@ pub fn rx_queues(iface: &str) -> u32 {
         .max(1)
 }
 
+/// The index of interface `iface`, if there is one.
+pub fn ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid NUL-terminated name, only read.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Attaches the program to `iface` (media port `port`) in native mode and binds a socket to
 /// each of its RX queues, zero-copy if the driver can, else copying. `Err` says why the
 /// interface cannot be taken over (the caller falls back to the socket engines).
 pub fn attach(iface: &str, port: u16, cfg: Config) -> Result<Attached, String> {
-    let name = std::ffi::CString::new(iface).map_err(|_| format!("{iface:?}: not a name"))?;
-    // SAFETY: a valid NUL-terminated name, only read.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(format!("no interface {iface:?}"));
-    }
+    let ifindex = ifindex(iface).ok_or_else(|| format!("no interface {iface:?}"))?;
     let mut program = Program::attach(iface, port, Mode::Native)
         .map_err(|e| format!("native XDP on {iface} unavailable: {e:#}"))?;
     let queues = rx_queues(iface);

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use rustc_hash::FxHashMap;
 
@@ -248,6 +248,12 @@ pub struct Netlink {
     seq: u32,
 }
 
+impl AsRawFd for Netlink {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Netlink {
     /// A socket for requests; with `groups` (e.g. [`GROUP_NEIGH`]) it also receives those
     /// change notifications.
@@ -297,6 +303,28 @@ impl Netlink {
         Ok(Self { fd, seq: 0 })
     }
 
+    /// How long [`Netlink::recv`] waits (1 s from [`Netlink::open`]).
+    pub fn set_timeout(&self, t: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid timeval of the size passed, only read.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn send(&mut self, m: &[u8]) -> io::Result<()> {
         // SAFETY: sends `m`'s bytes, read only, to the kernel (the socket's default peer).
         let r = unsafe { libc::send(self.fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
@@ -310,6 +338,23 @@ impl Netlink {
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
         let r = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    /// Receives one datagram into `buf` if one is waiting (`WouldBlock` otherwise).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -175,15 +175,29 @@ impl Ring {
     }
 }
 
-/// An AF_XDP socket bound to one RX queue of one interface, with its own UMEM.
+/// An AF_XDP socket bound to one RX queue of one interface, with its own UMEM: the first half
+/// of the frames receive (fill and rx rings), the second half send (tx and completion rings),
+/// so a received frame and the frames written from it are never the same memory.
 pub struct Xsk {
     fd: OwnedFd,
     umem: Mapping,
+    rx: RxSide,
+    tx: TxSide,
+}
+
+/// The receiving rings and the receive frames in neither.
+struct RxSide {
     fill: Ring,
-    completion: Ring,
     rx: Ring,
+    free: Vec<u64>,
+    /// Entries of the rx ring handed out by [`Rx::ready`] and not yet released.
+    held: u32,
+}
+
+/// The sending rings and the send frames in neither.
+struct TxSide {
     tx: Ring,
-    /// Frame addresses in no ring.
+    completion: Ring,
     free: Vec<u64>,
 }
 
@@ -193,6 +207,41 @@ unsafe impl Send for Xsk {}
 
 const DESC: usize = std::mem::size_of::<libc::xdp_desc>();
 const ADDR: usize = std::mem::size_of::<u64>();
+
+/// The UMEM as the two halves see it: its base and the byte range a half's frames live in.
+#[derive(Clone, Copy)]
+struct Frames {
+    base: *mut u8,
+    range: (u64, u64),
+}
+
+impl Frames {
+    /// The bytes `addr..addr + len`, if they lie within this half.
+    fn get(&mut self, addr: u64, len: u64) -> Option<&mut [u8]> {
+        let end = addr.checked_add(len)?;
+        if addr < self.range.0 || end > self.range.1 {
+            return None;
+        }
+        // SAFETY: `addr..end` is inside this half of the UMEM mapping (checked above), which
+        // outlives the half's borrow of the socket; the frame is ours until it goes back to a
+        // ring, and the other half never hands out bytes of this one.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(addr as usize), len as usize) })
+    }
+}
+
+/// The receiving half of a socket, from [`Xsk::split`].
+pub struct Rx<'a> {
+    side: &'a mut RxSide,
+    frames: Frames,
+    fd: RawFd,
+}
+
+/// The sending half of a socket, from [`Xsk::split`].
+pub struct Tx<'a> {
+    side: &'a mut TxSide,
+    frames: Frames,
+    fd: RawFd,
+}
 
 impl Xsk {
     /// A socket on RX queue `queue` of interface `ifindex`, exchanging frames as `copy` says.
@@ -279,116 +328,218 @@ impl Xsk {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut free = Vec::with_capacity(cfg.frames as usize);
-        free.extend((0..u64::from(cfg.frames)).map(|i| i * u64::from(FRAME_SIZE)));
+        let half = u64::from(cfg.frames / 2);
+        let addrs = |r: std::ops::Range<u64>| -> Vec<u64> {
+            r.map(|i| i * u64::from(FRAME_SIZE)).collect()
+        };
         let mut x = Self {
             fd,
             umem,
-            fill,
-            completion,
-            rx,
-            tx,
-            free,
+            rx: RxSide {
+                fill,
+                rx,
+                // Popped from the end: the lowest frames go out first.
+                free: addrs(0..half).into_iter().rev().collect(),
+                held: 0,
+            },
+            tx: TxSide {
+                tx,
+                completion,
+                free: addrs(half..2 * half).into_iter().rev().collect(),
+            },
         };
-        x.refill();
+        x.split().0.refill();
         Ok(x)
     }
 
-    /// Hands free frames to the kernel's fill ring (keeping half the frames for sending).
-    pub fn refill(&mut self) {
-        let keep = self.umem.len / FRAME_SIZE as usize / 2;
-        let n = self
-            .fill
-            .free()
-            .min(self.free.len().saturating_sub(keep) as u32);
-        for _ in 0..n {
-            let addr = self.free.pop().expect("counted");
-            let slot = self.fill.entry(self.fill.local, ADDR).cast::<u64>();
-            // SAFETY: the slot is inside the fill ring's mapping and ours to write (between
-            // the kernel's consumer index and the ring size).
-            unsafe { slot.write(addr) };
-            self.fill.local = self.fill.local.wrapping_add(1);
-        }
-        if n > 0 {
-            self.fill.publish_produced();
-        }
+    /// The receiving and the sending half, usable together: a received frame stays borrowed
+    /// from [`Rx`] while copies are written into frames of [`Tx`].
+    pub fn split(&mut self) -> (Rx<'_>, Tx<'_>) {
+        let base = self.umem.ptr;
+        let half = self.umem.len as u64 / 2;
+        let fd = self.fd.as_raw_fd();
+        (
+            Rx {
+                side: &mut self.rx,
+                frames: Frames {
+                    base,
+                    range: (0, half),
+                },
+                fd,
+            },
+            Tx {
+                side: &mut self.tx,
+                frames: Frames {
+                    base,
+                    range: (half, 2 * half),
+                },
+                fd,
+            },
+        )
     }
 
     /// Calls `f` with each received frame (an Ethernet frame), then gives the frames back to
-    /// the fill ring. Wakes the kernel when it waits for fill entries. Returns how many.
+    /// the fill ring. Returns how many.
     pub fn recv(&mut self, mut f: impl FnMut(&mut [u8])) -> usize {
-        let n = self.rx.ready();
-        for _ in 0..n {
-            let slot = self.rx.entry(self.rx.local, DESC).cast::<libc::xdp_desc>();
-            // SAFETY: the kernel produced this entry (below its producer index, read with
-            // Acquire), a plain xdp_desc inside the rx ring's mapping.
-            let d = unsafe { slot.read() };
-            self.rx.local = self.rx.local.wrapping_add(1);
-            if let Some(frame) = self.frame(d.addr, d.len) {
+        let mut rx = self.split().0;
+        let n = rx.ready(u32::MAX);
+        for i in 0..n {
+            if let Some(frame) = rx.frame(i) {
                 f(frame);
             }
-            self.free.push(d.addr & !(u64::from(FRAME_SIZE) - 1));
         }
-        if n > 0 {
-            self.rx.publish_consumed();
-        }
-        self.refill();
-        if self.fill.needs_wakeup() {
-            self.wake_rx();
-        }
+        rx.release();
         n as usize
-    }
-
-    /// The UMEM bytes of frame `addr`, `len` long (`None` if the kernel's descriptor were out
-    /// of bounds).
-    fn frame(&mut self, addr: u64, len: u32) -> Option<&mut [u8]> {
-        let end = addr.checked_add(u64::from(len))?;
-        if end > self.umem.len as u64 {
-            return None;
-        }
-        // SAFETY: `addr..end` is inside the UMEM mapping (checked above), and the frame is ours
-        // until it goes back to a ring: the kernel gave it up in the rx ring.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(self.umem.ptr.add(addr as usize), len as usize)
-        })
     }
 
     /// Queues `pkt` (a whole Ethernet frame) for sending, copied into a free frame. `false`
     /// when no frame or tx slot is free (reap completions with [`Xsk::flush`]).
     pub fn send(&mut self, pkt: &[u8]) -> bool {
-        if pkt.len() > FRAME_SIZE as usize || self.tx.free() == 0 {
-            return false;
-        }
-        let Some(addr) = self.free.pop() else {
+        let mut tx = self.split().1;
+        let Some(frame) = tx.frame() else {
             return false;
         };
-        let Some(frame) = self.frame(addr, pkt.len() as u32) else {
-            self.free.push(addr);
+        let Some(to) = frame.get_mut(..pkt.len()) else {
             return false;
         };
-        frame.copy_from_slice(pkt);
-        let slot = self.tx.entry(self.tx.local, DESC).cast::<libc::xdp_desc>();
-        let d = libc::xdp_desc {
-            addr,
-            len: pkt.len() as u32,
-            options: 0,
-        };
-        // SAFETY: the slot is inside the tx ring's mapping and ours to write (the ring has a
-        // free slot, checked above).
-        unsafe { slot.write(d) };
-        self.tx.local = self.tx.local.wrapping_add(1);
+        to.copy_from_slice(pkt);
+        tx.push(pkt.len());
         true
     }
 
-    /// Publishes what [`Xsk::send`] queued, wakes the kernel if it needs it, and reaps the
+    /// [`Tx::flush`].
+    pub fn flush(&mut self) -> io::Result<usize> {
+        self.split().1.flush()
+    }
+}
+
+impl Rx<'_> {
+    /// Received frames waiting, at most `max`; they are [`Rx::frame`] `0..n` until
+    /// [`Rx::release`].
+    pub fn ready(&mut self, max: u32) -> u32 {
+        self.side.held = self.side.rx.ready().min(max);
+        self.side.held
+    }
+
+    /// Received frame `i` of those [`Rx::ready`] counted (`None` if the kernel's descriptor
+    /// were outside the receive frames: the frame is skipped).
+    pub fn frame(&mut self, i: u32) -> Option<&mut [u8]> {
+        if i >= self.side.held {
+            return None;
+        }
+        let rx = &self.side.rx;
+        let slot = rx
+            .entry(rx.local.wrapping_add(i), DESC)
+            .cast::<libc::xdp_desc>();
+        // SAFETY: the kernel produced this entry (below its producer index, read with Acquire
+        // in `ready`), a plain xdp_desc inside the rx ring's mapping; we have not consumed it.
+        let d = unsafe { slot.read() };
+        self.frames.get(d.addr, u64::from(d.len))
+    }
+
+    /// Gives the frames [`Rx::ready`] counted back to the kernel's fill ring, waking it when
+    /// it waits for fill entries.
+    pub fn release(&mut self) {
+        let n = self.side.held;
+        for i in 0..n {
+            let rx = &self.side.rx;
+            let slot = rx
+                .entry(rx.local.wrapping_add(i), DESC)
+                .cast::<libc::xdp_desc>();
+            // SAFETY: as in `frame`: an entry the kernel produced and we have not consumed.
+            let d = unsafe { slot.read() };
+            let addr = d.addr & !(u64::from(FRAME_SIZE) - 1);
+            if addr >= self.frames.range.0 && addr < self.frames.range.1 {
+                self.side.free.push(addr);
+            }
+        }
+        self.side.held = 0;
+        if n > 0 {
+            self.side.rx.local = self.side.rx.local.wrapping_add(n);
+            self.side.rx.publish_consumed();
+        }
+        self.refill();
+        if self.side.fill.needs_wakeup() {
+            // SAFETY: recvfrom with no buffer and no address is the AF_XDP "receive now" kick.
+            unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
+
+    /// Hands free receive frames to the kernel's fill ring.
+    fn refill(&mut self) {
+        let side = &mut *self.side;
+        let n = side.fill.free().min(side.free.len() as u32);
+        for _ in 0..n {
+            let addr = side.free.pop().expect("counted");
+            let slot = side.fill.entry(side.fill.local, ADDR).cast::<u64>();
+            // SAFETY: the slot is inside the fill ring's mapping and ours to write (between
+            // the kernel's consumer index and the ring size).
+            unsafe { slot.write(addr) };
+            side.fill.local = side.fill.local.wrapping_add(1);
+        }
+        if n > 0 {
+            side.fill.publish_produced();
+        }
+    }
+}
+
+impl Tx<'_> {
+    /// The next free send frame ([`FRAME_SIZE`] bytes) to write a frame into, then
+    /// [`Tx::push`]; `None` when no frame or tx slot is free (until completions are reaped by
+    /// [`Tx::flush`]).
+    pub fn frame(&mut self) -> Option<&mut [u8]> {
+        if self.side.tx.free() == 0 {
+            return None;
+        }
+        let addr = *self.side.free.last()?;
+        self.frames.get(addr, u64::from(FRAME_SIZE))
+    }
+
+    /// Queues the first `len` bytes of the frame [`Tx::frame`] gave for sending.
+    pub fn push(&mut self, len: usize) {
+        let Some(addr) = self.side.free.pop() else {
+            return;
+        };
+        let tx = &mut self.side.tx;
+        let slot = tx.entry(tx.local, DESC).cast::<libc::xdp_desc>();
+        let d = libc::xdp_desc {
+            addr,
+            len: len.min(FRAME_SIZE as usize) as u32,
+            options: 0,
+        };
+        // SAFETY: the slot is inside the tx ring's mapping and ours to write (`frame` found a
+        // free slot, and nothing was queued since).
+        unsafe { slot.write(d) };
+        tx.local = tx.local.wrapping_add(1);
+    }
+
+    /// Frames queued and not yet published by [`Tx::flush`].
+    pub fn queued(&self) -> u32 {
+        self.side
+            .tx
+            .local
+            .wrapping_sub(self.side.tx.producer().load(Ordering::Relaxed))
+    }
+
+    /// Publishes what [`Tx::push`] queued, wakes the kernel if it needs it, and reaps the
     /// completion ring (frames sent are free again). Returns the frames completed.
     pub fn flush(&mut self) -> io::Result<usize> {
-        self.tx.publish_produced();
-        if self.tx.needs_wakeup() {
+        let side = &mut *self.side;
+        side.tx.publish_produced();
+        if side.tx.needs_wakeup() {
             // SAFETY: sendto with no data and no address is the AF_XDP "transmit now" kick.
             let r = unsafe {
                 libc::sendto(
-                    self.fd.as_raw_fd(),
+                    self.fd,
                     std::ptr::null(),
                     0,
                     libc::MSG_DONTWAIT,
@@ -406,37 +557,24 @@ impl Xsk {
                 }
             }
         }
-        let n = self.completion.ready();
+        let n = side.completion.ready();
         for _ in 0..n {
-            let slot = self
+            let slot = side
                 .completion
-                .entry(self.completion.local, ADDR)
+                .entry(side.completion.local, ADDR)
                 .cast::<u64>();
             // SAFETY: the kernel produced this entry (below its producer index), a u64 inside
             // the completion ring's mapping.
             let addr = unsafe { slot.read() };
-            self.completion.local = self.completion.local.wrapping_add(1);
-            self.free.push(addr);
+            side.completion.local = side.completion.local.wrapping_add(1);
+            if addr >= self.frames.range.0 && addr < self.frames.range.1 {
+                side.free.push(addr);
+            }
         }
         if n > 0 {
-            self.completion.publish_consumed();
+            side.completion.publish_consumed();
         }
         Ok(n as usize)
-    }
-
-    /// Wakes the kernel to fill the rx ring (a `recvfrom` of nothing).
-    fn wake_rx(&self) {
-        // SAFETY: recvfrom with no buffer and no address is the AF_XDP "receive now" kick.
-        unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
     }
 }
 
