@@ -245,10 +245,20 @@ impl Track {
 impl Rig {
     /// Binds one socket per participant; each sends `streams` streams.
     pub fn new(topo: Topology, streams: usize) -> std::io::Result<Self> {
+        Self::new_in(topo, streams, None)
+    }
+
+    /// [`Rig::new`] with the participants' sockets in network namespace `netns` (as `ip
+    /// netns` names it), the rig itself staying where it runs.
+    pub fn new_in(topo: Topology, streams: usize, netns: Option<&str>) -> std::io::Result<Self> {
         let mut parts = Vec::new();
         for conf in 0..topo.conferences {
             for _ in 0..topo.participants {
-                let sock = UdpSocket::bind((topo.bind_ip, 0))?;
+                let at = std::net::SocketAddr::new(topo.bind_ip, 0);
+                let sock = match netns {
+                    Some(ns) => ringbridge_dataplane::testkit::netns::udp_in(ns, at)?,
+                    None => UdpSocket::bind(at)?,
+                };
                 let s2 = socket2::SockRef::from(&sock);
                 let _ = s2.set_recv_buffer_size(4 << 20);
                 let _ = s2.set_send_buffer_size(4 << 20);

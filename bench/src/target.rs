@@ -27,11 +27,13 @@ pub enum Kind {
     Floor,
     /// `naive-forwarder`: recv_from, then send_to per destination.
     Naive,
+    /// ringbridge, AF_XDP engine (`--xdp-iface` among the extra arguments).
+    Xdp,
 }
 
 impl Kind {
     /// All kinds, in report order.
-    pub const ALL: [Kind; 4] = [Kind::Uring, Kind::Mio, Kind::Floor, Kind::Naive];
+    pub const ALL: [Kind; 5] = [Kind::Uring, Kind::Mio, Kind::Floor, Kind::Naive, Kind::Xdp];
 
     /// Short name, as on the command line.
     pub fn name(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Mio => "mio",
             Kind::Floor => "floor",
             Kind::Naive => "naive",
+            Kind::Xdp => "xdp",
         }
     }
 
@@ -50,6 +53,7 @@ impl Kind {
             Kind::Mio => "ringbridge mio",
             Kind::Floor => "floor-forwarder",
             Kind::Naive => "naive-forwarder",
+            Kind::Xdp => "ringbridge xdp",
         }
     }
 }
@@ -60,7 +64,7 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("expected uring, mio, floor or naive, not {s:?}"))
+            .ok_or_else(|| format!("expected uring, mio, floor, naive or xdp, not {s:?}"))
     }
 }
 
@@ -229,13 +233,28 @@ impl Target {
         pin: bool,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let ip = conferences
-            .first()
-            .and_then(|c| c.first())
-            .map_or("127.0.0.1".parse().unwrap(), |m| m.addr.ip());
+        Self::spawn_on(kind, conferences, workers, pin, extra, None).await
+    }
+
+    /// [`Target::spawn_with`] with the media socket on `media_ip` (default: the first
+    /// participant's address, i.e. the same host side of the network).
+    pub async fn spawn_on(
+        kind: Kind,
+        conferences: &[Vec<Member>],
+        workers: usize,
+        pin: bool,
+        extra: &[&str],
+        media_ip: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Self> {
+        let ip = media_ip.unwrap_or_else(|| {
+            conferences
+                .first()
+                .and_then(|c| c.first())
+                .map_or("127.0.0.1".parse().unwrap(), |m| m.addr.ip())
+        });
         let media = SocketAddr::new(ip, 0).to_string();
         match kind {
-            Kind::Uring | Kind::Mio => {
+            Kind::Uring | Kind::Mio | Kind::Xdp => {
                 let mut cmd = Command::new(binary("ringbridge")?);
                 cmd.args(["--engine", kind.name(), "--api", "127.0.0.1:0", "--media"])
                     .arg(&media)

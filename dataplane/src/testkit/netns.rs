@@ -106,19 +106,7 @@ impl Link {
     /// enters the namespace for the call: the socket stays there, usable from any thread of
     /// this process.
     pub fn udp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.ns))?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                use std::os::fd::AsFd;
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
-                std::net::UdpSocket::bind(addr)
-            })
-            .join()
-            .expect("the namespace thread")
-        })
+        udp_in(&self.ns, addr)
     }
 
     /// Runs `script` (bash) in the namespace, within 5 s; whether it succeeded.
@@ -143,6 +131,25 @@ impl Drop for Link {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// A UDP socket bound to `addr` in network namespace `ns` (as `ip netns` names it), made by a
+/// thread that enters the namespace for the call: the socket stays there, usable from any
+/// thread of this process.
+pub fn udp_in(ns: &str, addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let ns = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsFd;
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            std::net::UdpSocket::bind(addr)
+        })
+        .join()
+        .expect("the namespace thread")
+    })
 }
 
 /// Runs `program` with `args`: its stdout, or a panic with its stderr.

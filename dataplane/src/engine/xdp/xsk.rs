@@ -532,10 +532,17 @@ impl Tx<'_> {
 
     /// Publishes what [`Tx::push`] queued, wakes the kernel if it needs it, and reaps the
     /// completion ring (frames sent are free again). Returns the frames completed.
+    ///
+    /// In copy mode one kick sends at most 32 frames (the kernel's `TX_BATCH_SIZE`) and says
+    /// `EAGAIN` when more wait: the kick is repeated until the ring is drained (or the device
+    /// pushes back), so a batch's copies leave with the batch.
     pub fn flush(&mut self) -> io::Result<usize> {
         let side = &mut *self.side;
         side.tx.publish_produced();
-        if side.tx.needs_wakeup() {
+        // Enough kicks for a full ring at 32 frames each.
+        let mut kicks = side.tx.mask / 32 + 2;
+        while kicks > 0 && side.tx.needs_wakeup() {
+            kicks -= 1;
             // SAFETY: sendto with no data and no address is the AF_XDP "transmit now" kick.
             let r = unsafe {
                 libc::sendto(
@@ -547,14 +554,16 @@ impl Tx<'_> {
                     0,
                 )
             };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
-                ) {
-                    return Err(e);
-                }
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // More frames wait (copy mode's batch limit, or the driver's queue was busy).
+                Some(libc::EAGAIN) => {}
+                // The device's queue is full: what is left goes with the next kick.
+                Some(libc::EBUSY | libc::ENOBUFS) => break,
+                _ => return Err(e),
             }
         }
         let n = side.completion.ready();
