@@ -328,6 +328,14 @@ impl Xsk {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
+        // In copy mode every frame sent is an skb charged to the socket's send buffer until
+        // the receiving side frees it: the default (212 992 bytes, ~90 datagrams) would stall
+        // the tx ring long before its frames run out. Room for every send frame in flight
+        // (best effort: forced past `wmem_max` where the process may, capped by it otherwise).
+        let sndbuf = (cfg.frames / 2 * FRAME_SIZE * 2) as libc::c_int;
+        if sock_setsockopt(&fd, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
+            let _ = sock_setsockopt(&fd, libc::SO_SNDBUF, &sndbuf);
+        }
         let half = u64::from(cfg.frames / 2);
         let addrs = |r: std::ops::Range<u64>| -> Vec<u64> {
             r.map(|i| i * u64::from(FRAME_SIZE)).collect()
@@ -599,6 +607,24 @@ fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_XDP,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sock_setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` is a valid `T` of the size passed, read by the kernel only.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
             opt,
             (v as *const T).cast(),
             std::mem::size_of::<T>() as libc::socklen_t,
