@@ -90,9 +90,21 @@ pub fn spawn(
 /// Where each destination's copies go, as the resolver said.
 #[derive(Default)]
 struct Destinations {
-    by_addr: FxHashMap<SocketAddr, Way>,
+    by_addr: FxHashMap<Key, Way>,
     /// A direct template per address, for a new port of an address already resolved.
     by_ip: FxHashMap<IpAddr, frame::Template>,
+}
+
+/// A destination as a map key: its address as 128 bits (IPv4 mapped) and its port, hashed as
+/// two integers.
+type Key = (u128, u16);
+
+fn key(a: SocketAddr) -> Key {
+    let ip = match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    (u128::from(ip), a.port())
 }
 
 impl Destinations {
@@ -100,7 +112,7 @@ impl Destinations {
     /// seen for the first time is asked about; meanwhile it goes directly when another port of
     /// its address does, else the kernel way.
     fn direct(&mut self, to: SocketAddr, requests: &Requests) -> Option<&frame::Template> {
-        match self.by_addr.entry(to) {
+        match self.by_addr.entry(key(to)) {
             Entry::Occupied(e) => match e.into_mut() {
                 Way::Direct(t) => Some(t),
                 Way::Kernel => None,
@@ -129,7 +141,7 @@ impl Destinations {
                 self.by_ip.remove(&u.to.ip());
             }
         }
-        self.by_addr.insert(u.to, u.way);
+        self.by_addr.insert(key(u.to), u.way);
     }
 }
 
