@@ -827,6 +827,8 @@ mod veth {
     /// The namespace and link every forwarder of the run shares.
     pub struct Setup {
         pub link: Link,
+        /// Keeps the namespace side's receive path in a kernel thread of its own.
+        _threaded: ringbridge_dataplane::engine::xdp::program::Program,
     }
 
     impl Setup {
@@ -837,7 +839,16 @@ mod veth {
             }
             let link = std::panic::catch_unwind(|| Link::new(7))
                 .map_err(|_| anyhow::anyhow!("could not make the namespace (iproute2?)"))?;
-            Ok(Self { link })
+            // Without it, a forwarder sending through the UDP stack runs the namespace's
+            // receive path (IP, UDP, the rig's socket queues) for every copy in its own
+            // context, and one writing frames (AF_XDP) does not: unequal accounting.
+            let threaded = link
+                .thread_receive()
+                .context("threaded receive on the namespace side")?;
+            Ok(Self {
+                link,
+                _threaded: threaded,
+            })
         }
     }
 
@@ -914,6 +925,7 @@ mod veth {
             }],
         };
         let mut rig = Rig::new_in(topo.clone(), 1, Some(&setup.link.ns))?;
+        setup.link.threaded(true)?;
         let members = rig.members()?;
         // The namespace resolves the host side before any burst.
         setup.link.inside(&format!(
@@ -965,6 +977,9 @@ mod veth {
         }
         let split = (!cli.shared_cpus).then(SplitCpus::last_two).flatten();
         let step = drive::step_opts(Duration::from_secs_f64(cli.step_secs), opts);
+        // For the ceilings the namespace's receive runs in the forwarder's softirq context for
+        // every forwarder alike: a kernel thread of its own would be the ceiling of them all.
+        setup.link.threaded(false)?;
         std::thread::scope(|scope| {
             scope
                 .spawn(|| -> anyhow::Result<()> {
@@ -1030,9 +1045,14 @@ mod veth {
              uring` the io_uring engine, the floor `floor-forwarder` (plain libc recvmmsg/sendmmsg, \
              no ringbridge code), all with one worker thread, in the same namespace setup, \
              interleaved, {} repetitions of {} s. CPU is the forwarder process's CPU time per \
-             delivered copy; on veth the receive side's softirq work (and the XDP program) runs in \
-             the sending rig's context for every forwarder alike, so the figures compare what each \
-             forwarder's own threads and its sends cost. Goals: xdp <= 0.50x the floor's CPU per \
+             delivered copy. For the CPU figures the namespace side receives in a kernel thread of \
+             its own (threaded NAPI, enabled by an XDP program passing everything): otherwise a \
+             forwarder sending through the UDP stack runs the namespace's receive path for every \
+             copy in its own context and one writing AF_XDP frames does not; so they compare what \
+             each forwarder's own threads and sends cost. For the ceilings (find-max, the rig and \
+             the forwarder on a CPU each) that receive path runs in the forwarder's softirq \
+             context for every forwarder alike (one kernel thread would cap them all). The host \
+             side's receive runs in the sending rig's context for every forwarder alike. Goals: xdp <= 0.50x the floor's CPU per \
              copy, >= 2.0x its max clean copies/s.\n",
             cli.reps, cli.duration
         );

@@ -109,6 +109,46 @@ impl Link {
         udp_in(&self.ns, addr)
     }
 
+    /// Makes the namespace side receive in a kernel thread of its own (threaded NAPI, enabled
+    /// on a veth by an XDP program: ours, passing everything), so what a sender on the host
+    /// side delivers into the namespace (IP, UDP, the sockets' queues) is not done in that
+    /// sender's context. The program stays attached as long as the returned value lives.
+    pub fn thread_receive(&self) -> anyhow::Result<crate::engine::xdp::program::Program> {
+        use crate::engine::xdp::program::{Mode, Program};
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.ns))?;
+        let program = std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsFd;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                // Port 0: no datagram is taken, all pass.
+                Program::attach(&self.inner_if, 0, Mode::Native)
+            })
+            .join()
+            .expect("the namespace thread")
+        })?;
+        self.threaded(true)?;
+        Ok(program)
+    }
+
+    /// Whether the namespace side's NAPI (see [`Link::thread_receive`]) runs in a kernel
+    /// thread of its own (`true`) or in the softirq context of whoever sends to it.
+    pub fn threaded(&self, on: bool) -> anyhow::Result<()> {
+        let script = format!(
+            "echo {} > /sys/class/net/{}/threaded",
+            u8::from(on),
+            self.inner_if
+        );
+        anyhow::ensure!(
+            self.inside(&script),
+            "{}: threaded NAPI refused",
+            self.inner_if
+        );
+        Ok(())
+    }
+
     /// Runs `script` (bash) in the namespace, within 5 s; whether it succeeded.
     pub fn inside(&self, script: &str) -> bool {
         Command::new("timeout")
