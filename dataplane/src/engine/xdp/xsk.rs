@@ -146,6 +146,12 @@ impl Ring {
         flags.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 
+    /// Entries we produced that the kernel has not consumed yet.
+    fn pending(&self) -> u32 {
+        self.local
+            .wrapping_sub(self.consumer().load(Ordering::Acquire))
+    }
+
     /// Free slots for us as producer (the kernel consumes).
     fn free(&self) -> u32 {
         let consumed = self.consumer().load(Ordering::Acquire);
@@ -547,9 +553,10 @@ impl Tx<'_> {
     pub fn flush(&mut self) -> io::Result<usize> {
         let side = &mut *self.side;
         side.tx.publish_produced();
-        // Enough kicks for a full ring at 32 frames each.
+        // Enough kicks for a full ring at 32 frames each; none when the kernel has taken every
+        // frame queued (a kick is a syscall, and copy mode always asks for one).
         let mut kicks = side.tx.mask / 32 + 2;
-        while kicks > 0 && side.tx.needs_wakeup() {
+        while kicks > 0 && side.tx.pending() > 0 && side.tx.needs_wakeup() {
             kicks -= 1;
             // SAFETY: sendto with no data and no address is the AF_XDP "transmit now" kick.
             let r = unsafe {
