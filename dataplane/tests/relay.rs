@@ -12,7 +12,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::{Bridge, Party, collect};
+use common::{Bridge, Party, collect, relay_req};
 use ringbridge_dataplane::core::relay::{HEADER_LEN, Header, Relay};
 use ringbridge_dataplane::srtp::{Profile, Session};
 use ringbridge_dataplane::testkit;
@@ -21,25 +21,6 @@ use tonic::Code;
 
 const KA: [u8; 16] = [0xa1; 16];
 const KB: [u8; 16] = [0xb2; 16];
-
-fn relay_req(
-    conf: &str,
-    id: &str,
-    remote: SocketAddr,
-    link: u32,
-    tx: &[u8],
-    rx: &[u8],
-) -> pb::AddRelayRequest {
-    pb::AddRelayRequest {
-        conference_id: conf.into(),
-        relay_id: id.into(),
-        remote_addr: remote.to_string(),
-        link_conference: link,
-        tx_key: tx.to_vec(),
-        rx_key: rx.to_vec(),
-        downstream: false,
-    }
-}
 
 const PROFILE: Profile = Profile::AeadAes128Gcm;
 

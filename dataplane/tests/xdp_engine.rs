@@ -14,7 +14,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Launch, Party, assert_exact, collect, exchange, exchange_via};
+use common::{Bridge, Launch, Party, assert_exact, collect, exchange, exchange_via, relay_req};
 use ringbridge_dataplane::srtp::replay::Stream;
 use ringbridge_dataplane::srtp::{Profile, Session};
 use ringbridge_dataplane::testkit::{self, netns::Link};
@@ -27,14 +27,7 @@ fn party(link: &Link, name: &str, ssrc: u32) -> Party {
     let sock = link
         .udp(SocketAddr::new(IpAddr::V4(link.inner), 0))
         .expect("a socket in the namespace");
-    socket2::SockRef::from(&sock)
-        .set_recv_buffer_size(4 << 20)
-        .unwrap();
-    Party {
-        name: name.into(),
-        ssrc,
-        sock,
-    }
+    Party::with_socket(name, ssrc, sock)
 }
 
 /// An xdp bridge on `link`'s host side.
@@ -238,24 +231,6 @@ async fn srtp_receivers_get_every_packet_protected_with_their_keys() {
     assert!(t.xdp_tx > 0, "protected copies written to the interface");
 }
 
-fn relay_req(
-    conf: &str,
-    id: &str,
-    remote: SocketAddr,
-    tx: &[u8],
-    rx: &[u8],
-) -> pb::AddRelayRequest {
-    pb::AddRelayRequest {
-        conference_id: conf.into(),
-        relay_id: id.into(),
-        remote_addr: remote.to_string(),
-        link_conference: 7,
-        tx_key: tx.to_vec(),
-        rx_key: rx.to_vec(),
-        downstream: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_to_a_socket_engine_bridge_across_the_link_delivers_every_packet_once() {
     let link = Link::new(2);
@@ -272,11 +247,11 @@ async fn a_relay_to_a_socket_engine_bridge_across_the_link_delivers_every_packet
     a.conference("c").await;
     b.conference("c").await;
     a.client
-        .add_relay(relay_req("c", "b", b.media, &ka, &kb))
+        .add_relay(relay_req("c", "b", b.media, 7, &ka, &kb))
         .await
         .unwrap();
     b.client
-        .add_relay(relay_req("c", "a", a.media, &kb, &ka))
+        .add_relay(relay_req("c", "a", a.media, 7, &kb, &ka))
         .await
         .unwrap();
     let (a1, a2, b1) = (

@@ -235,6 +235,27 @@ impl Drop for Bridge {
     }
 }
 
+/// An AddRelay request: `conf`'s relay `id` to `remote` over link conference `link`, sealing
+/// with `tx` and opening with `rx`.
+pub fn relay_req(
+    conf: &str,
+    id: &str,
+    remote: SocketAddr,
+    link: u32,
+    tx: &[u8],
+    rx: &[u8],
+) -> pb::AddRelayRequest {
+    pb::AddRelayRequest {
+        conference_id: conf.into(),
+        relay_id: id.into(),
+        remote_addr: remote.to_string(),
+        link_conference: link,
+        tx_key: tx.to_vec(),
+        rx_key: rx.to_vec(),
+        downstream: false,
+    }
+}
+
 /// How to start a bridge ([`Bridge::launch`]).
 pub struct Launch<'a> {
     /// `--engine`.
@@ -279,7 +300,11 @@ impl Party {
 
     pub fn on(name: &str, ssrc: u32, ip: &str) -> Self {
         let ip: IpAddr = ip.parse().unwrap();
-        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        Self::with_socket(name, ssrc, UdpSocket::bind((ip, 0)).unwrap())
+    }
+
+    /// A party on a socket made elsewhere (e.g. in a network namespace).
+    pub fn with_socket(name: &str, ssrc: u32, sock: UdpSocket) -> Self {
         socket2::SockRef::from(&sock)
             .set_recv_buffer_size(4 << 20)
             .unwrap();

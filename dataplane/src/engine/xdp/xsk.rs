@@ -276,14 +276,14 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
+        setsockopt(&fd, libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)?;
         for opt in [
             libc::XDP_UMEM_FILL_RING,
             libc::XDP_UMEM_COMPLETION_RING,
             libc::XDP_RX_RING,
             libc::XDP_TX_RING,
         ] {
-            setsockopt(&fd, opt, &cfg.ring)?;
+            setsockopt(&fd, libc::SOL_XDP, opt, &cfg.ring)?;
         }
         // SAFETY: xdp_mmap_offsets is plain old data; all zeroes is a valid value.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
@@ -339,8 +339,8 @@ impl Xsk {
         // the tx ring long before its frames run out. Room for every send frame in flight
         // (best effort: forced past `wmem_max` where the process may, capped by it otherwise).
         let sndbuf = (cfg.frames / 2 * FRAME_SIZE * 2) as libc::c_int;
-        if sock_setsockopt(&fd, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
-            let _ = sock_setsockopt(&fd, libc::SO_SNDBUF, &sndbuf);
+        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
+            let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf);
         }
         let half = u64::from(cfg.frames / 2);
         let addrs = |r: std::ops::Range<u64>| -> Vec<u64> {
@@ -608,30 +608,13 @@ impl AsRawFd for Xsk {
     }
 }
 
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+/// `setsockopt(fd, level, opt, v)`.
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` is a valid `T` of the size passed, read by the kernel only.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_XDP,
-            opt,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn sock_setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a valid `T` of the size passed, read by the kernel only.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (v as *const T).cast(),
             std::mem::size_of::<T>() as libc::socklen_t,
