@@ -232,6 +232,8 @@ fn run(port: &WorkerPort, mut poll: Poll, mut parts: Parts) -> io::Result<()> {
     let mut kernel = SendBatch::new(KERNEL_BATCH);
     let mut bufs = vec![[0u8; PROTECTED_SIZE]; KERNEL_BATCH].into_boxed_slice();
     let mut dests = Destinations::default();
+    // A repair is written here before its destination is known (made once, not per batch).
+    let mut scratch = vec![0u8; PROTECTED_SIZE].into_boxed_slice();
     let mut relay_seq: u64 = 0;
     let mut ip_id: u16 = 0;
     let max_frame = parts.mtu + ETH;
@@ -318,10 +320,9 @@ fn run(port: &WorkerPort, mut poll: Poll, mut parts: Parts) -> io::Result<()> {
                     relay.seal(port.id as u16, seq, &pli, b)
                 });
             }
-            // Repairs the batch's NACKs asked the retransmission cache for: written into a
-            // kernel-way buffer first (the core picks the destination while writing), then
+            // Repairs the batch's NACKs asked the retransmission cache for: written into
+            // `scratch` first (the core picks the destination while writing), then
             // sent whichever way that destination goes.
-            let mut scratch = [0u8; PROTECTED_SIZE];
             while core.has_repairs() {
                 let Some((len, to)) = core.next_repair(&mut scratch) else {
                     break;

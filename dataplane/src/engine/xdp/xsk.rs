@@ -536,14 +536,6 @@ impl Tx<'_> {
         tx.local = tx.local.wrapping_add(1);
     }
 
-    /// Frames queued and not yet published by [`Tx::flush`].
-    pub fn queued(&self) -> u32 {
-        self.side
-            .tx
-            .local
-            .wrapping_sub(self.side.tx.producer().load(Ordering::Relaxed))
-    }
-
     /// Publishes what [`Tx::push`] queued, wakes the kernel if it needs it, and reaps the
     /// completion ring (frames sent are free again). Returns the frames completed.
     ///
