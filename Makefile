@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run serve test bench bench-webrtc bench-subscriptions perf fuzz loadgen lint fmt build toolchain sim etcd chromium nft xdp
+.PHONY: run serve test bench bench-webrtc bench-subscriptions perf chaos fuzz loadgen lint fmt build toolchain sim etcd chromium nft xdp
 
 ## Ensure a Rust toolchain (CI machines may have none installed by hand) and protoc (the etcd
 ## client crate compiles etcd's protos with it at build time), via rustup and apt-get.
@@ -110,6 +110,14 @@ fmt:
 ## object is committed, so building ringbridge needs neither llc nor clang).
 xdp:
 	llc -march=bpfel -mcpu=v2 -O2 -filetype=obj dataplane/xdp/redirect.ll -o dataplane/xdp/redirect.o
+
+## The chaos soak of the whole fleet (docs/chaos.md): 30 min at the defaults; MINUTES and SEED
+## change it. Needs root (nftables for the lossy link) and etcd. Writes perf/results/<date>-chaos-seed<S>.*
+MINUTES ?= 30
+SEED ?= 1
+chaos: toolchain etcd nft
+	$(CARGO) build --release --bin ringbridge --bin ringbridge-control --bin ringbridge-perf
+	./target/release/ringbridge-perf chaos --minutes $(MINUTES) --seed $(SEED) --out perf/results
 
 perf: toolchain
 	$(CARGO) build --release -p ringbridge-dataplane -p ringbridge-bench

@@ -7,9 +7,11 @@
 //! - [`groups`]: the conference setup file the baseline forwarders read.
 //! - [`cpu`]: a process's CPU time from `/proc`; [`drive`]: `--find-max`.
 //! - [`report`]: the JSON report and the human table.
+//! - [`chaos`]: the soak of the whole fleet under seeded faults (`ringbridge-perf chaos`).
 //! - [`webrtc`]: the client side of a WebRTC endpoint (ICE check, dimpl's DTLS client, SRTP
 //!   keys), for `ringbridge-dtlsbench` and `ringbridge-webrtcload`.
 
+pub mod chaos;
 pub mod cpu;
 pub mod drive;
 pub mod groups;

@@ -96,6 +96,9 @@ impl Variant {
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// `chaos`: the soak of the whole fleet under seeded faults instead of the side-by-side run.
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Forwarded copies per second to offer at the fixed rate (input pps x fan-out).
     #[arg(long, default_value_t = 40_000.0)]
     copies_per_sec: f64,
@@ -142,6 +145,15 @@ struct Cli {
     /// Directory for the report.
     #[arg(long, default_value = "perf/results")]
     out: PathBuf,
+}
+
+/// Other runs than the side-by-side one.
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// A real fleet (etcd, two control instances, bridges in two regions, the autoscaler) under
+    /// load and seeded faults; reports what must never happen, media gaps per fault and memory
+    /// over time; exits 1 when something that must never happen did.
+    Chaos(ringbridge_bench::chaos::Options),
 }
 
 /// One traffic shape measured side by side.
@@ -214,6 +226,10 @@ fn mean(v: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::Chaos(o)) = cli.cmd {
+        let clean = ringbridge_bench::chaos::run(o)?;
+        std::process::exit(if clean { 0 } else { 1 });
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -607,6 +607,7 @@ mod tests {
                 max_viewers_per_edge: 1000,
                 stress_threshold: 0.8,
                 drain_grace_ms: 2000,
+                drain_linger_ms: 0,
             };
             let mut f = Focus::new(
                 &cfg,

@@ -110,6 +110,11 @@ pub struct ServeArgs {
     /// How long a draining bridge keeps its participants before they are moved, ms.
     #[arg(long, default_value_t = 300_000)]
     pub drain_grace_ms: u64,
+    /// After a drain moved a conference's participants, the drained bridge keeps its old copy
+    /// this long, ms: clients that have not switched to the new bridge yet still send and
+    /// receive there (make before break, end to end), then it is deleted. 0: at once.
+    #[arg(long, default_value_t = 2_000)]
+    pub drain_linger_ms: u64,
     /// Size the bridge fleet on measured traffic: off, process (local ringbridge processes)
     /// or kubernetes (the replicas of a bridge StatefulSet).
     #[arg(long, default_value = "off")]
@@ -175,6 +180,7 @@ impl ServeArgs {
             ("--probe-timeout-ms", self.probe_timeout_ms),
             ("--flush-interval-ms", self.flush_interval_ms),
             ("--drain-grace-ms", self.drain_grace_ms),
+            ("--drain-linger-ms", self.drain_linger_ms),
             ("--autoscale-interval-ms", self.autoscale_interval_ms),
             ("--scale-up-window-ms", self.hpa.scale_up_window_ms),
             ("--scale-down-window-ms", self.hpa.scale_down_window_ms),
@@ -370,6 +376,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             max_viewers_per_edge: a.max_viewers_per_edge.max(1),
             stress_threshold: a.stress_threshold,
             drain_grace_ms: a.drain_grace_ms,
+            drain_linger_ms: a.drain_linger_ms,
             autoscale: (a.autoscale != Autoscale::Off).then_some(hpa),
             autoscale_interval_ms: a.autoscale_interval_ms.max(10),
             max_watches_per_client: a.max_watches_per_client.max(1),

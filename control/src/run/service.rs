@@ -59,6 +59,8 @@ pub struct Config {
     pub stress_threshold: f64,
     /// How long a draining bridge keeps its participants before they are moved, ms.
     pub drain_grace_ms: u64,
+    /// How long a drained bridge keeps a moved conference's old copy, ms.
+    pub drain_linger_ms: u64,
     /// The autoscaler's settings; `None`: the fleet is whatever registers.
     pub autoscale: Option<HpaConfig>,
     /// Interval between autoscaler evaluations, ms.
@@ -199,6 +201,7 @@ pub(super) fn focus_from(cfg: &Config, snap: crate::store::Snapshot) -> Focus {
             max_viewers_per_edge: cfg.max_viewers_per_edge,
             stress_threshold: cfg.stress_threshold,
             drain_grace_ms: cfg.drain_grace_ms,
+            drain_linger_ms: cfg.drain_linger_ms,
         },
         snap,
         Box::new(|buf: &mut [u8]| {

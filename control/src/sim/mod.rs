@@ -323,6 +323,8 @@ pub fn run(cfg: &SimConfig, participants: Option<u64>, progress: &mut dyn FnMut(
             max_viewers_per_edge: 1000,
             stress_threshold: cfg.stress_threshold,
             drain_grace_ms: cfg.drain_grace_s * 1000,
+            // The simulation has no clients that switch late.
+            drain_linger_ms: 0,
         },
         Snapshot::default(),
         keys,

@@ -80,6 +80,7 @@ pub fn run(cfg: &StreamSimConfig, progress: &mut dyn FnMut(u64)) -> StreamReport
             max_per_bridge: 80,
             stress_threshold: cfg.stress_threshold,
             drain_grace_ms: 300_000,
+            drain_linger_ms: 0,
             stream_fanout: cfg.fanout,
             max_viewers_per_edge: usize::MAX,
         },

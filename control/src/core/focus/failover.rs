@@ -57,6 +57,8 @@ impl Focus {
             .filter(|b| !self.index.contains_key(&b.id) && !busy.contains(b.id.as_str()))
             .filter(|b| !relaying.contains(b.id.as_str()))
             .filter(|b| !self.awaiting.contains(&b.id))
+            // Its old copies still serve clients that have not switched: not empty yet.
+            .filter(|b| !self.lingering.iter().any(|(_, _, l)| *l == b.id))
             .map(|b| b.id.clone())
             .collect()
     }
@@ -256,9 +258,38 @@ impl Focus {
     /// conference on a down bridge (or, after the restart grace, on an unknown one) is moved;
     /// subscriptions whose speakers or placement changed are brought up to date.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Plan> {
+        self.last_tick_ms = now_ms;
         let mut plans = self.move_plans(now_ms);
+        plans.extend(self.lingered(now_ms));
         plans.extend(self.sync_subscriptions());
         plans
+    }
+
+    /// Deletes the old copies of drained conferences whose linger is over (see
+    /// [`super::FocusConfig::drain_linger_ms`]): one cleanup plan for all of them, or none. A
+    /// copy whose conference is busy waits; one whose conference is on that bridge again (a
+    /// new process of it took the conference back) or whose bridge is gone is dropped.
+    fn lingered(&mut self, now_ms: u64) -> Option<Plan> {
+        if self.lingering.is_empty() {
+            return None;
+        }
+        let mut calls = Vec::new();
+        let mut keep = Vec::new();
+        for (due, conference, bridge) in std::mem::take(&mut self.lingering) {
+            if due > now_ms || self.busy.contains(&conference) {
+                keep.push((due, conference, bridge));
+                continue;
+            }
+            let back = self
+                .conferences
+                .get(&conference)
+                .is_some_and(|p| p.bridges().contains(bridge.as_str()));
+            if !back && self.fleet.get(&bridge).is_some() {
+                calls.push(self.call(&bridge, Call::Delete { conference }));
+            }
+        }
+        self.lingering = keep;
+        self.cleanup(None, calls)
     }
 
     /// The moves [`Focus::tick`] plans: off down bridges, bridges that never came back, and
@@ -561,9 +592,16 @@ impl Focus {
                 self.failovers += 1;
             }
             tracing::info!(%conference, ?from, %to, reason, "participants moved");
+            // A drained bridge keeps its copy a while for the clients that have not switched
+            // yet (deleted by a later tick).
+            let linger = reason == "drained" && self.drain_linger_ms > 0;
+            for d in from.iter().filter(|_| linger) {
+                let due = self.last_tick_ms + self.drain_linger_ms;
+                self.lingering.push((due, conference.clone(), d.clone()));
+            }
             // An old bridge may come back (a stopped process continued): remove what it
             // still holds. Best effort; it fails fast or times out if it is gone.
-            for d in &from {
+            for d in from.iter().filter(|_| !linger) {
                 if self.fleet.get(d).is_some() {
                     tidy.push(self.call(
                         d,

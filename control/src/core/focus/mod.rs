@@ -102,6 +102,10 @@ pub struct FocusConfig {
     pub stress_threshold: f64,
     /// How long a draining bridge keeps its participants before they are moved, ms.
     pub drain_grace_ms: u64,
+    /// How long the drained bridge keeps a moved conference's old copy after the move, ms:
+    /// clients that have not switched to the new bridge yet still send and receive there
+    /// (make before break, end to end). 0 deletes it at once.
+    pub drain_linger_ms: u64,
     /// Edges one bridge (the origin, or an edge for the next tier) feeds per broadcast.
     pub stream_fanout: usize,
     /// Viewers of one broadcast an edge takes before the next viewer goes to another edge.
@@ -128,6 +132,12 @@ pub struct Focus {
     /// Participants moved off draining bridges so far.
     drain_moves: u64,
     drain_grace_ms: u64,
+    drain_linger_ms: u64,
+    /// Old copies of conferences moved off draining bridges, deleted at their time (ms):
+    /// (due, conference, bridge). See [`FocusConfig::drain_linger_ms`].
+    lingering: Vec<(u64, String, BridgeId)>,
+    /// The time of the last [`Focus::tick`], ms.
+    last_tick_ms: u64,
     /// Drains are retried from this time on (see [`Focus::tick`]).
     next_drain_scan_ms: u64,
     max_per_bridge: usize,
@@ -257,6 +267,9 @@ impl Focus {
             failovers: 0,
             drain_moves: 0,
             drain_grace_ms: cfg.drain_grace_ms,
+            drain_linger_ms: cfg.drain_linger_ms,
+            lingering: Vec::new(),
+            last_tick_ms: now_ms,
             next_drain_scan_ms: 0,
             max_per_bridge: cfg.max_per_bridge.max(1),
             stress_threshold: cfg.stress_threshold,

@@ -17,6 +17,7 @@ pub(super) fn cfg() -> FocusConfig {
         max_viewers_per_edge: 1000,
         stress_threshold: 0.8,
         drain_grace_ms: 2 * T,
+        drain_linger_ms: 0,
     }
 }
 
@@ -638,6 +639,87 @@ fn a_draining_bridge_takes_nothing_new_then_its_participants_move_after_the_grac
     assert_eq!(f.drained(), vec![eu.clone()]);
     assert!(f.forget(&eu));
     assert!(f.fleet().get(&eu).is_none());
+}
+
+#[test]
+fn a_drained_bridge_keeps_the_old_copy_for_the_linger_then_deletes_it() {
+    // Found by the chaos soak: the old copy was deleted as the move committed, so packets a
+    // client sent before it learnt of the move were dropped (a gap on every drain).
+    let mut f = Focus::new(
+        &FocusConfig {
+            drain_linger_ms: 1_000,
+            ..cfg()
+        },
+        Snapshot::default(),
+        keys(),
+        0,
+    );
+    for (id, region) in [("eu-1", "eu"), ("eu-2", "eu")] {
+        register(&mut f, id, region);
+    }
+    join_ok(&mut f, join("c", "e1", "eu"));
+    join_ok(&mut f, join("c", "e2", "eu"));
+    let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+    f.drain(&eu, 100).unwrap();
+    let plans = f.tick(100 + 2 * T);
+    assert_eq!(plans.len(), 1);
+    for p in plans {
+        let r = ok(&p);
+        let c = f.complete(p.op, &p.calls, &r);
+        assert!(c.result.is_ok(), "{:?}", c.result);
+        assert_eq!(c.cleanup, None, "the old copy stays for the linger");
+    }
+    // Moved (announced, placed elsewhere), but the bridge is not empty yet: not stopped.
+    assert!(!f.participants_per_bridge().contains_key(eu.as_str()));
+    assert!(f.drained().is_empty(), "its old copy still serves");
+    assert!(f.tick(100 + 2 * T + 999).is_empty());
+    let plans = f.tick(100 + 2 * T + 1_000);
+    assert_eq!(plans.len(), 1);
+    assert_eq!(shape(&plans[0]), [format!("delete@{eu}")]);
+    run_ok(&mut f, plans.into_iter().next().unwrap());
+    assert_eq!(f.drained(), vec![eu.clone()]);
+    assert!(f.tick(100 + 2 * T + 5_000).is_empty(), "deleted once");
+}
+
+#[test]
+fn a_lingering_copy_is_not_deleted_when_its_conference_is_back_on_that_bridge() {
+    let mut f = Focus::new(
+        &FocusConfig {
+            drain_linger_ms: 1_000,
+            ..cfg()
+        },
+        Snapshot::default(),
+        keys(),
+        0,
+    );
+    for (id, region) in [("eu-1", "eu"), ("eu-2", "eu")] {
+        let b = Bridge::new(id, "a", "m", region, 1000.0).with_instance("p1");
+        f.register(b, 0).unwrap();
+    }
+    join_ok(&mut f, join("c", "e1", "eu"));
+    let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+    let other = if eu == "eu-1" { "eu-2" } else { "eu-1" };
+    f.drain(&eu, 100).unwrap();
+    for p in f.tick(100 + 2 * T) {
+        run_ok(&mut f, p);
+    }
+    // A new process of the drained bridge registers (up again), the other one goes down: the
+    // conference moves back onto it before the linger is over.
+    let again = Bridge::new(&eu, "a", "m", "eu", 1000.0).with_instance("p2");
+    for p in f.register(again, 100 + 2 * T + 5).unwrap() {
+        run_ok(&mut f, p);
+    }
+    f.probe(other, Err("gone".into()));
+    assert_eq!(f.probe(other, Err("gone".into())), Some(Health::Down));
+    for p in f.tick(100 + 2 * T + 10) {
+        run_ok(&mut f, p);
+    }
+    assert_eq!(f.conferences()["c"].participants["e1"].bridge, eu);
+    let plans = f.tick(100 + 2 * T + 2_000);
+    assert!(
+        plans.iter().all(|p| !shape(p).contains(&format!("delete@{eu}"))),
+        "the conference's copy there is live again"
+    );
 }
 
 #[test]
