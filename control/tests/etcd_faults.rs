@@ -409,3 +409,41 @@ async fn a_watch_on_a_standby_starts_from_the_placement_now_and_follows_it() {
     let m = next_with_reason(&mut w, "left", 5).await;
     assert_eq!(m.participants, ["q", "y", "z"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_takeover_a_join_is_acknowledged_only_once_it_is_durable() {
+    // Found by the chaos soak (a placement acknowledged and then lost): a takeover replaced
+    // the focus, but the count of changes already in the store was the previous focus's, so
+    // the new focus's first joins were acknowledged before they were written.
+    let etcd = Etcd::start("durable-epoch");
+    let a = control_on_etcd(&etcd, "s1", "de-a");
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let _b1 = bridge(&ua, "de-b1", "eu");
+    wait_bridges(&ua, 1).await;
+    let mut f = FocusClient::new(channel(&ua).await);
+    for i in 0..20 {
+        f.join(latching("c", &format!("p{i}"), i + 1)).await.unwrap();
+    }
+    // etcd hung past the lease: the instance stands by, then takes over again by itself.
+    etcd.pause();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    etcd.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = f.join(latching("c", "back", 100)).await {
+        assert!(Instant::now() < deadline, "never took over again: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The store cannot be written now: a join is done on the bridge but not acknowledged.
+    etcd.pause();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.join(latching("c", "late", 101)),
+    )
+    .await
+    .expect("an answer within the deadline");
+    etcd.resume();
+    let e = r.expect_err("acknowledged while the store could not be written");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(e.message().contains("durable"), "{e}");
+}

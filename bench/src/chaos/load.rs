@@ -211,18 +211,12 @@ impl Load {
     /// Closes the sockets of participants that left more than `linger` ago.
     pub fn close_left(&mut self, linger: Duration) {
         let now = self.now_ms();
-        let old: Vec<u32> = self
-            .members
-            .values()
-            .filter(|m| {
-                m.left_ms
-                    .is_some_and(|t| now > t + linger.as_millis() as u64)
-            })
-            .map(|m| m.id)
-            .collect();
-        for id in old {
-            self.members.remove(&id);
-            self.checker.forget(id);
+        let linger = linger.as_millis() as u64;
+        for m in self.members.values_mut() {
+            if m.sock.is_some() && m.left_ms.is_some_and(|t| now > t + linger) {
+                m.sock = None;
+                self.checker.forget(m.id);
+            }
         }
     }
 

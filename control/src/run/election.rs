@@ -180,7 +180,10 @@ impl Control {
     }
 
     /// Becomes the active focus: starts from every placement in the store.
+    /// No flush runs meanwhile, and what the previous focus had not made durable is dropped
+    /// with it: callers waiting for it are told (see [`Control::durable`]).
     pub async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
+        let _no_flush = self.flush_lock.lock().await;
         let store = self.store.clone();
         let snap = tokio::task::spawn_blocking(move || store.load()).await??;
         let n = snap.placements.len();
@@ -195,7 +198,12 @@ impl Control {
         for b in &bridges {
             let _ = focus.register(b.bridge(), now);
         }
-        self.lock().focus = focus;
+        {
+            let mut core = self.lock();
+            core.focus = focus;
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.durable.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(
             placements = n,
             bridges = bridges.len(),

@@ -115,8 +115,12 @@ pub struct Control {
     pub scale_downs: AtomicU64,
     /// One store write at a time (the flusher's and those of callers waiting for durability).
     pub(super) flush_lock: tokio::sync::Mutex<()>,
-    /// The first this-many recorded changes are in the store (see [`Focus::recorded`]).
+    /// The first this-many recorded changes are in the store (see [`Focus::recorded`]), of
+    /// the focus of this [`Control::epoch`].
     pub(super) durable: AtomicU64,
+    /// Takeovers so far: each replaces the focus with the store's placements, dropping what
+    /// the previous one had not made durable.
+    pub(super) epoch: AtomicU64,
     /// Open WatchConference streams.
     pub watches: Arc<Watches>,
 }
@@ -249,6 +253,7 @@ impl Control {
             scale_downs: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             durable: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             watches: Arc::default(),
         }))
     }
@@ -437,10 +442,24 @@ impl Control {
     /// carries every change committed before it started, so concurrent callers share writes
     /// and nobody waits for a timer. `UNAVAILABLE` if the store cannot be written within the
     /// bridge deadline (the change stays committed and is written by a later flush).
+    /// A takeover in between (the instance stood by and was elected again) dropped the change
+    /// with the focus it was made in: `UNAVAILABLE`, the caller retries.
     pub async fn durable(&self) -> Result<(), Status> {
-        let upto = self.lock().focus.recorded();
+        let (upto, epoch) = {
+            let core = self.lock();
+            (core.focus.recorded(), self.epoch.load(Relaxed))
+        };
         let until = Instant::now() + self.executor.deadline().max(Duration::from_secs(2));
+        let lost = || {
+            Status::unavailable(
+                "not durable: this instance lost the election before the store had the change \
+                 (the active focus may not have it); retry",
+            )
+        };
         loop {
+            if self.epoch.load(Relaxed) != epoch {
+                return Err(lost());
+            }
             if self.durable.load(Relaxed) >= upto {
                 return Ok(());
             }
@@ -448,6 +467,9 @@ impl Control {
                 Ok(g) => g,
                 Err(_) => break,
             };
+            if self.epoch.load(Relaxed) != epoch {
+                return Err(lost());
+            }
             if self.durable.load(Relaxed) >= upto {
                 return Ok(());
             }
