@@ -423,7 +423,9 @@ async fn after_a_takeover_a_join_is_acknowledged_only_once_it_is_durable() {
     wait_bridges(&ua, 1).await;
     let mut f = FocusClient::new(channel(&ua).await);
     for i in 0..20 {
-        f.join(latching("c", &format!("p{i}"), i + 1)).await.unwrap();
+        f.join(latching("c", &format!("p{i}"), i + 1))
+            .await
+            .unwrap();
     }
     // etcd hung past the lease: the instance stands by, then takes over again by itself.
     etcd.pause();
@@ -436,12 +438,9 @@ async fn after_a_takeover_a_join_is_acknowledged_only_once_it_is_durable() {
     }
     // The store cannot be written now: a join is done on the bridge but not acknowledged.
     etcd.pause();
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        f.join(latching("c", "late", 101)),
-    )
-    .await
-    .expect("an answer within the deadline");
+    let r = tokio::time::timeout(Duration::from_secs(10), f.join(latching("c", "late", 101)))
+        .await
+        .expect("an answer within the deadline");
     etcd.resume();
     let e = r.expect_err("acknowledged while the store could not be written");
     assert_eq!(e.code(), Code::Unavailable, "{e}");

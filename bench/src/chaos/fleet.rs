@@ -93,7 +93,16 @@ impl Proc {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| {
+                    // The control plane's decisions (takeovers, moves) and the bridges'
+                    // programming are what a reader of a violation needs.
+                    if name.starts_with("control") || name.starts_with("bridge") {
+                        "info"
+                    } else {
+                        "warn"
+                    }
+                    .into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(if ready { Stdio::piped() } else { Stdio::null() })

@@ -254,6 +254,7 @@ impl Shared {
         let at_ms = self.now_ms();
         let r = self.control.join(req).await;
         let record = |ok: bool, error: Option<String>| JoinRecord {
+            participant: format!("p{id}"),
             at_ms,
             ms: t.elapsed().as_millis() as u64,
             ok,
@@ -836,6 +837,42 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
             if let Ok(b) = control.bridges().await {
                 let up = b.iter().filter(|b| b.state == "up").count();
                 fleet_size.push((now_ms, up, b.len()));
+                // The autoscaler's own moves, recorded as events: a bridge it started (until
+                // it is up), one it drains (until it is gone).
+                for x in b.iter().filter(|x| x.bridge_id.starts_with("auto-")) {
+                    let kind = match x.state.as_str() {
+                        "draining" => Kind::ScaleDown,
+                        "down" => continue,
+                        _ => Kind::ScaleUp,
+                    };
+                    let seen = faults
+                        .iter()
+                        .any(|f| f.kind == kind && f.target.as_deref() == Some(&x.bridge_id));
+                    if !seen {
+                        eprintln!(
+                            "chaos: [{:>5.1} min] autoscaler: {} {}",
+                            now_ms as f64 / 60_000.0,
+                            kind.name(),
+                            x.bridge_id
+                        );
+                        faults.push(FaultRecord {
+                            kind,
+                            target: Some(x.bridge_id.clone()),
+                            collateral: Vec::new(),
+                            at_ms: now_ms.saturating_sub(2_000),
+                            end_ms: now_ms,
+                            note: "observed (the autoscaler's own decision)".into(),
+                        });
+                    }
+                }
+                // A drain lasts until the bridge is gone.
+                for f in faults.iter_mut().filter(|f| f.kind == Kind::ScaleDown) {
+                    if b.iter()
+                        .any(|x| Some(&x.bridge_id) == f.target.as_ref() && x.state == "draining")
+                    {
+                        f.end_ms = now_ms;
+                    }
+                }
             }
             let mut procs: Vec<&Proc> = vec![&etcd.proc];
             procs.extend(controls.iter().flatten());

@@ -31,6 +31,8 @@ pub struct FaultRecord {
 /// One join as a client saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JoinRecord {
+    /// The participant.
+    pub participant: String,
     /// When it was sent, ms.
     pub at_ms: u64,
     /// How long until the answer, ms.
@@ -236,6 +238,7 @@ fn goal(kind: Kind) -> Option<u64> {
         Kind::DrainBridge => Some(0),
         Kind::KillControl | Kind::HangEtcd | Kind::RestartEtcd | Kind::Surge => Some(0),
         Kind::LossyLink => None,
+        Kind::ScaleUp | Kind::ScaleDown => Some(0),
     }
 }
 
@@ -249,11 +252,11 @@ pub fn build(i: Inputs<'_>) -> Report {
         i.faults
             .iter()
             .enumerate()
-            .rev()
-            .find(|(_, f)| {
+            .filter(|(_, f)| {
                 let (a, b) = window(f);
                 (a..=b).contains(&g.from_ms)
             })
+            .max_by_key(|(_, f)| f.at_ms)
             .map(|(k, _)| k)
     };
     let bridges_at = |conf: u32, ms: u64| -> BTreeSet<String> {
@@ -473,6 +476,8 @@ fn color(k: Kind) -> &'static str {
         Kind::RestartEtcd => "#7f7f7f",
         Kind::Surge => "#bcbd22",
         Kind::LossyLink => "#17becf",
+        Kind::ScaleUp => "#1f77b4",
+        Kind::ScaleDown => "#aec7e8",
     }
 }
 
@@ -489,7 +494,8 @@ pub fn svg(r: &Report) -> String {
         r.seed, r.never_total
     );
     // Faults band: y 30..130, one lane per kind.
-    for (lane, k) in Kind::ALL.iter().enumerate() {
+    let lanes = Kind::ALL.iter().chain(&[Kind::ScaleUp, Kind::ScaleDown]);
+    for (lane, k) in lanes.enumerate() {
         let y = 30.0 + lane as f64 * 11.0;
         let _ = writeln!(
             s,
@@ -513,8 +519,8 @@ pub fn svg(r: &Report) -> String {
             );
         }
     }
-    // Fleet band: y 150..250.
-    let (fy0, fy1) = (250.0, 150.0);
+    // Fleet band: y 160..250.
+    let (fy0, fy1) = (250.0, 160.0);
     let max_b = r.fleet_size.iter().map(|f| f.2).max().unwrap_or(1).max(1) as f64;
     let _ = writeln!(s, "<text x='4' y='{}'>bridges up</text>", fy1 + 10.0);
     let pts: Vec<String> = r

@@ -59,6 +59,10 @@ pub enum Kind {
     Surge,
     /// Packet loss on one bridge's traffic for `hold`.
     LossyLink,
+    /// Observed, not injected: the autoscaler started a bridge (until it registered).
+    ScaleUp,
+    /// Observed, not injected: the autoscaler drained one of its bridges (until it is gone).
+    ScaleDown,
 }
 
 impl Kind {
@@ -87,6 +91,8 @@ impl Kind {
             Kind::RestartEtcd => "restart-etcd",
             Kind::Surge => "surge",
             Kind::LossyLink => "lossy-link",
+            Kind::ScaleUp => "scale-up",
+            Kind::ScaleDown => "scale-down",
         }
     }
 
@@ -99,6 +105,8 @@ impl Kind {
                 | Kind::DrainBridge
                 | Kind::RestartBridge
                 | Kind::LossyLink
+                | Kind::ScaleUp
+                | Kind::ScaleDown
         )
     }
 
@@ -113,6 +121,7 @@ impl Kind {
             Kind::RestartEtcd => rng.range(1_000, 4_000),
             Kind::Surge => rng.range(50_000, 70_000),
             Kind::LossyLink => rng.range(10_000, 20_000),
+            Kind::ScaleUp | Kind::ScaleDown => 0,
         };
         Duration::from_millis(ms)
     }

@@ -201,7 +201,8 @@ impl Control {
         {
             let mut core = self.lock();
             core.focus = focus;
-            self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.durable.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::info!(

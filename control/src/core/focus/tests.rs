@@ -717,7 +717,9 @@ fn a_lingering_copy_is_not_deleted_when_its_conference_is_back_on_that_bridge() 
     assert_eq!(f.conferences()["c"].participants["e1"].bridge, eu);
     let plans = f.tick(100 + 2 * T + 2_000);
     assert!(
-        plans.iter().all(|p| !shape(p).contains(&format!("delete@{eu}"))),
+        plans
+            .iter()
+            .all(|p| !shape(p).contains(&format!("delete@{eu}"))),
         "the conference's copy there is live again"
     );
 }
