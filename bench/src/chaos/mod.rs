@@ -970,11 +970,8 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
                     let _ = control.placements().await;
                     let a2 = control.active.load(Ordering::Relaxed);
                     let i = if controls[a2].is_some() { a2 } else { a };
-                    if let Some(mut c) = controls[i].take() {
-                        c.kill();
-                    }
-                    rec.target = Some(format!("control-{}", names[i]));
-                    // Its process actuator's bridges go with it (--exit-with-parent).
+                    // Its process actuator's bridges go with it (--exit-with-parent): asked
+                    // of it before it goes (a standby does not answer).
                     rec.collateral = control
                         .bridges()
                         .await
@@ -985,6 +982,10 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
                                 .collect()
                         })
                         .unwrap_or_default();
+                    if let Some(mut c) = controls[i].take() {
+                        c.kill();
+                    }
+                    rec.target = Some(format!("control-{}", names[i]));
                     later.push((hold_until, Later::StartControl(i, fi)));
                 }
                 Kind::HangEtcd => {

@@ -248,17 +248,6 @@ pub fn build(i: Inputs<'_>) -> Report {
     let gaps = &load.checker.gaps;
     // The fault whose window holds a gap's start (the latest that started before it).
     let window = |f: &FaultRecord| (f.at_ms.saturating_sub(500), f.end_ms + i.settle_ms);
-    let fault_of = |g: &Gap| {
-        i.faults
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| {
-                let (a, b) = window(f);
-                (a..=b).contains(&g.from_ms)
-            })
-            .max_by_key(|(_, f)| f.at_ms)
-            .map(|(k, _)| k)
-    };
     let bridges_at = |conf: u32, ms: u64| -> BTreeSet<String> {
         let h = i.conf_bridges.get(&conf);
         h.and_then(|h| h.iter().rev().find(|(t, _)| *t <= ms).or(h.first()))
@@ -292,11 +281,34 @@ pub fn build(i: Inputs<'_>) -> Report {
             .filter_map(|m| m.bridge_at(g.from_ms))
             .any(|b| involved.contains(b))
     };
+    // The fault of a gap: among those whose window holds its start, the latest that touched
+    // its path, else the latest.
+    let fault_of = |g: &Gap| {
+        let open: Vec<(usize, &FaultRecord)> = i
+            .faults
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                let (a, b) = window(f);
+                (a..=b).contains(&g.from_ms)
+            })
+            .collect();
+        let latest =
+            |v: &[(usize, &FaultRecord)]| v.iter().max_by_key(|(_, f)| f.at_ms).map(|(k, _)| *k);
+        let touching: Vec<_> = open
+            .iter()
+            .copied()
+            .filter(|(_, f)| touched(g, f))
+            .collect();
+        latest(&touching)
+            .map(|k| (k, true))
+            .or_else(|| latest(&open).map(|k| (k, false)))
+    };
     let mut per: Vec<(Vec<&Gap>, Vec<&Gap>)> = vec![(Vec::new(), Vec::new()); i.faults.len()];
     let mut unattributed = Vec::new();
     let mut views = Vec::new();
     for g in gaps {
-        let f = fault_of(g).map(|k| (k, touched(g, &i.faults[k])));
+        let f = fault_of(g);
         match f {
             Some((k, true)) => per[k].0.push(g),
             Some((k, false)) => per[k].1.push(g),

@@ -938,6 +938,19 @@ mod tests {
         assert!(f.tick(10 + 2 * T - 1).is_empty(), "within the grace");
         let plans = f.tick(10 + 2 * T);
         assert_eq!(plans.len(), 1);
+        // Break before make (found by the chaos soak: viewers got packets twice during a
+        // drain): the draining edge's pull goes, and v1 leaves it, before v1 is added to its
+        // new edge; nothing is added while the old path still streams.
+        let s = shape(&plans[0]);
+        let pos = |c: &str| {
+            s.iter()
+                .position(|x| x == c)
+                .unwrap_or_else(|| panic!("{c} in {s:?}"))
+        };
+        assert!(pos("remove v1@eu-2") < pos("add v1@us-1"), "{s:?}");
+        let first_add = s.iter().position(|x| x.starts_with("add ")).unwrap();
+        let last_unrelay = s.iter().rposition(|x| x.starts_with("unrelay")).unwrap();
+        assert!(last_unrelay < first_add, "old pulls first: {s:?}");
         run_ok(&mut f, plans.into_iter().next().unwrap());
         assert_eq!(f.conferences()["s"].participants["v1"].bridge, "us-1");
         assert_eq!(f.take_announcements().last().unwrap().reason, "drained");

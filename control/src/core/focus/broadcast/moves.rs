@@ -108,6 +108,34 @@ impl Focus {
         let mut calls = self.creates(conference, old.as_ref(), nodes);
         let created_on: Vec<BridgeId> = calls.iter().map(|c| c.bridge.clone()).collect();
         let pc = self.pull_calls(conference, link, &pulls, dead);
+        let mut undo = pc.undo;
+        let mut removes = pc.removes;
+        if must_fit {
+            // A drain: the old bridges are alive and streaming. An edge fed by its old and its
+            // new parent at once, or a viewer on its old and its new edge at once, would get
+            // packets twice (found by the chaos soak): break before make, each path for the
+            // time of a call. Old pulls go first, and each viewer leaves its old edge before
+            // it is added to the new one (put back there if the move fails).
+            calls.append(&mut removes);
+            for (id, v) in &moving {
+                calls.push(self.call(
+                    &v.bridge,
+                    Call::Remove {
+                        conference: conference.into(),
+                        endpoint: id.clone(),
+                    },
+                ));
+                undo.push(self.call(
+                    &v.bridge,
+                    Call::Add {
+                        conference: conference.into(),
+                        endpoint: id.clone(),
+                        participant: v.clone(),
+                        if_absent: true,
+                    },
+                ));
+            }
+        }
         calls.extend(pc.adds);
         for (id, x) in people.iter().filter_map(|(id, x)| Some((id, x.as_ref()?))) {
             calls.push(self.call(
@@ -120,9 +148,8 @@ impl Focus {
                 },
             ));
         }
-        // Make before break: the old pulls go last.
-        calls.extend(pc.removes);
-        let mut undo = pc.undo;
+        // A failover: make before break, the old pulls (on the bridges still alive) go last.
+        calls.extend(removes);
         for b in &created_on {
             undo.push(self.call(
                 b,
