@@ -212,9 +212,18 @@ pub struct Report {
     pub flat: Vec<Flat>,
     /// (ms, bridges up, bridges known).
     pub fleet_size: Vec<(u64, usize, usize)>,
-    /// Every gap (for the timeline), with where its media went.
+    /// Gaps in all.
+    pub gaps_total: usize,
+    /// The longest [`MAX_LISTED_GAPS`] gaps, longest first, with where their media went (a
+    /// lossy link makes tens of thousands of short ones).
     pub gaps: Vec<GapView>,
+    /// The timeline's dots: (ms, gap ms), one per pixel it draws.
+    #[serde(skip)]
+    pub dots: Vec<(u64, u64)>,
 }
+
+/// Gaps the JSON report lists one by one.
+pub const MAX_LISTED_GAPS: usize = 2_000;
 
 /// A gap with the bridges of its receiver and sender when it started.
 #[derive(Debug, Clone, Serialize)]
@@ -392,7 +401,25 @@ pub fn build(i: Inputs<'_>) -> Report {
         unattributed: GapStats::of(&unattributed),
         flat,
         fleet_size: i.fleet_size.to_vec(),
-        gaps: views,
+        gaps_total: views.len(),
+        dots: {
+            // One dot per second and per tenth of a decade of gap length: what a plot shows.
+            let mut seen = BTreeSet::new();
+            views
+                .iter()
+                .filter(|v| {
+                    let bin = ((v.gap.ms().max(1) as f64).log10() * 10.0) as u64;
+                    seen.insert((v.gap.from_ms / 1000, bin))
+                })
+                .map(|v| (v.gap.from_ms, v.gap.ms()))
+                .collect()
+        },
+        gaps: {
+            let mut v = views;
+            v.sort_by_key(|g| std::cmp::Reverse(g.gap.ms()));
+            v.truncate(MAX_LISTED_GAPS);
+            v
+        },
     }
 }
 
@@ -572,12 +599,12 @@ pub fn svg(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "<text x='4' y='{}'>media gaps</text>", gy1 - 6.0);
-    for g in &r.gaps {
+    for &(at, ms) in &r.dots {
         let _ = writeln!(
             s,
             "<circle cx='{:.1}' cy='{:.1}' r='2' fill='#d62728' fill-opacity='0.5'/>",
-            x(g.gap.from_ms),
-            gy(g.gap.ms())
+            x(at),
+            gy(ms)
         );
     }
     // Time axis.
