@@ -586,7 +586,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
 
     // The load.
     let t0 = Instant::now();
-    let mut rng = Rng::new(o.seed ^ 0x5eed);
     let mut confs = Vec::new();
     for i in 0..o.conferences {
         let regions = match i % 3 {
@@ -594,7 +593,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
             1 => vec!["eu"],
             _ => vec!["us"],
         };
-        let size = rng.range(3, 11) as usize;
         confs.push(Conf {
             name: format!("conf-{i}"),
             index: i as u32,
@@ -606,7 +604,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
             pps: o.pps,
             surge: false,
         });
-        let _ = size;
     }
     let bcast = o.conferences as u32;
     let viewers = Conf {
@@ -649,15 +646,15 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
         ..viewers.clone()
     };
     let mut rng_sizes = Rng::new(o.seed ^ 0x517e);
-    join_until(&shared, &publisher, "eu", 1).await?;
+    join_until(&shared, &publisher, "eu").await?;
     for c in &confs {
         let n = rng_sizes.range(3, 11) as usize;
         for k in 0..n {
-            join_until(&shared, c, c.regions[k % c.regions.len()], 1).await?;
+            join_until(&shared, c, c.regions[k % c.regions.len()]).await?;
         }
     }
     for k in 0..o.viewers {
-        join_until(&shared, &viewers, viewers.regions[k % 2], 1).await?;
+        join_until(&shared, &viewers, viewers.regions[k % 2]).await?;
     }
     let members = shared.rig.lock().members.len();
     eprintln!(
@@ -1196,17 +1193,15 @@ fn ended(faults: &mut [FaultRecord], f: usize, ms: u64) {
 }
 
 /// Joins one participant of `c` in `region`, retrying for up to 20 s.
-async fn join_until(s: &Shared, c: &Conf, region: &str, n: usize) -> anyhow::Result<()> {
-    for _ in 0..n {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !s.join_one(c, region).await {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "joins to {} refused for 20 s",
-                c.name
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+async fn join_until(s: &Shared, c: &Conf, region: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.join_one(c, region).await {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "joins to {} refused for 20 s",
+            c.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }
