@@ -156,9 +156,18 @@ impl Focus {
                     + streams(on(&b.id), group) as f64 * per / b.capacity.max(1.0)
                     < self.stress_threshold
         };
+        // Participants the focus places on a bridge: between equally stressed bridges (idle
+        // participants add no measured load, and a report resets the correction) the one
+        // with fewer goes first, so idle conferences still spread.
+        let placed = |b: &Bridge| {
+            self.index
+                .get(&b.id)
+                .map_or(0, |m| m.values().sum::<usize>())
+        };
         let least = |a: &&Bridge, b: &&Bridge| {
             crate::core::fleet::corrected_stress(a, per)
                 .total_cmp(&crate::core::fleet::corrected_stress(b, per))
+                .then_with(|| placed(a).cmp(&placed(b)))
                 .then_with(|| a.id.cmp(&b.id))
         };
         // The conference's own bridges are few: look them up instead of scanning the fleet.

@@ -135,6 +135,23 @@ fn join_places_by_region_then_load_and_commits_on_success() {
     );
 }
 
+/// Idle participants add no measured load, and a load report resets the correction for what
+/// was placed since the last one: equally stressed bridges then go to the one with fewer
+/// participants (found by the cluster test: two idle conferences ended on one bridge).
+#[test]
+fn equally_stressed_bridges_go_to_the_one_with_fewer_participants() {
+    let mut f = focus();
+    join_ok(&mut f, join("alpha", "a1", "eu"));
+    join_ok(&mut f, join("alpha", "a2", "eu"));
+    let first = f.conferences()["alpha"].participants["a1"].bridge.clone();
+    // Both eu bridges report no load (the participants send nothing yet).
+    for b in ["eu-1", "eu-2"] {
+        f.report(b, 0.0, false, 10);
+    }
+    let p = f.join(join("beta", "b1", "eu"), 20).unwrap();
+    assert_ne!(p.calls[0].bridge, first, "load spreads in the region");
+}
+
 #[test]
 fn one_operation_per_conference_others_in_parallel() {
     let mut f = focus();
