@@ -448,6 +448,15 @@ fn classify(call: &Call, s: Status, deadline_ms: u64) -> CallResult {
         (Code::NotFound, Call::Remove { .. } | Call::Delete { .. } | Call::RemoveRelay { .. }) => {
             Ok(Applied::AlreadyThere)
         }
+        // Muting a relay that is not there (a drain's linger): nothing crosses it already.
+        (
+            Code::NotFound,
+            Call::Subscribe {
+                target: SubTarget::Relay(_),
+                ssrcs: Some(s),
+                ..
+            },
+        ) if s.is_empty() => Ok(Applied::AlreadyThere),
         (Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition, _) => {
             Err(CallError::Invalid(msg))
         }

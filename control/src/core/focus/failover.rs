@@ -58,7 +58,7 @@ impl Focus {
             .filter(|b| !relaying.contains(b.id.as_str()))
             .filter(|b| !self.awaiting.contains(&b.id))
             // Its old copies still serve clients that have not switched: not empty yet.
-            .filter(|b| !self.lingering.iter().any(|(_, _, l)| *l == b.id))
+            .filter(|b| !self.lingering.iter().any(|l| l.bridge == b.id))
             .map(|b| b.id.clone())
             .collect()
     }
@@ -266,26 +266,45 @@ impl Focus {
     }
 
     /// Deletes the old copies of drained conferences whose linger is over (see
-    /// [`super::FocusConfig::drain_linger_ms`]): one cleanup plan for all of them, or none. A
-    /// copy whose conference is busy waits; one whose conference is on that bridge again (a
-    /// new process of it took the conference back) or whose bridge is gone is dropped.
+    /// [`super::FocusConfig::drain_linger_ms`]), and the muted relays to them: one cleanup
+    /// plan for all of them, or none. A copy whose conference is busy waits; one whose
+    /// conference is on that bridge again (a new process of it took the conference back, with
+    /// relays of its own) or whose bridge is gone is dropped.
     fn lingered(&mut self, now_ms: u64) -> Option<Plan> {
         if self.lingering.is_empty() {
             return None;
         }
         let mut calls = Vec::new();
         let mut keep = Vec::new();
-        for (due, conference, bridge) in std::mem::take(&mut self.lingering) {
-            if due > now_ms || self.busy.contains(&conference) {
-                keep.push((due, conference, bridge));
+        for l in std::mem::take(&mut self.lingering) {
+            if l.due > now_ms || self.busy.contains(&l.conference) {
+                keep.push(l);
                 continue;
             }
-            let back = self
+            let hosts = self
                 .conferences
-                .get(&conference)
-                .is_some_and(|p| p.bridges().contains(bridge.as_str()));
-            if !back && self.fleet.get(&bridge).is_some() {
-                calls.push(self.call(&bridge, Call::Delete { conference }));
+                .get(&l.conference)
+                .map(|p| p.bridges())
+                .unwrap_or_default();
+            if hosts.contains(l.bridge.as_str()) {
+                continue;
+            }
+            if self.fleet.get(&l.bridge).is_some() {
+                calls.push(self.call(
+                    &l.bridge,
+                    Call::Delete {
+                        conference: l.conference.clone(),
+                    },
+                ));
+            }
+            for s in l.relays_on.iter().filter(|s| hosts.contains(s.as_str())) {
+                calls.push(self.call(
+                    s,
+                    Call::RemoveRelay {
+                        conference: l.conference.clone(),
+                        relay_id: l.bridge.clone(),
+                    },
+                ));
             }
         }
         self.lingering = keep;
@@ -434,24 +453,50 @@ impl Focus {
             },
         )];
         let mut links = Vec::new();
+        // A drain with a linger keeps the relays to the drained bridges, muted (see
+        // `Lingering`); a failover drops them.
+        let linger = reason == "drained" && self.drain_linger_ms > 0;
+        // `to` still holding an old copy of the conference from its own drain.
+        let to_lingers = self
+            .lingering
+            .iter()
+            .any(|l| l.conference == conference && l.bridge == to);
         for s in &keep {
             for d in from {
                 calls.push(self.call(
                     s,
-                    Call::RemoveRelay {
-                        conference: conference.into(),
-                        relay_id: d.clone(),
+                    if linger {
+                        Call::Subscribe {
+                            conference: conference.into(),
+                            target: SubTarget::Relay(d.clone()),
+                            ssrcs: Some(Vec::new()),
+                        }
+                    } else {
+                        Call::RemoveRelay {
+                            conference: conference.into(),
+                            relay_id: d.clone(),
+                        }
                     },
                 ));
             }
             if !to_hosts && s != to {
-                if from.iter().any(|d| d == to) {
+                if from.iter().any(|d| d == to) || to_lingers {
                     // The same bridge again (it may still hold its relay with the old keys).
                     calls.push(self.call(
                         to,
                         Call::RemoveRelay {
                             conference: conference.into(),
                             relay_id: s.clone(),
+                        },
+                    ));
+                }
+                if to_lingers {
+                    // And the muted relay to its old copy.
+                    calls.push(self.call(
+                        s,
+                        Call::RemoveRelay {
+                            conference: conference.into(),
+                            relay_id: to.into(),
                         },
                     ));
                 }
@@ -519,6 +564,8 @@ impl Focus {
             .conferences
             .get_mut(&conference)
             .expect("a busy conference stays placed");
+        // The bridges that kept the conference (their relays to `from` are muted on a drain).
+        let kept = p.bridges_except(&from);
         let mut moved = Vec::new();
         let mut left = Vec::new();
         for (id, part) in p.participants.iter_mut() {
@@ -596,8 +643,12 @@ impl Focus {
             // yet (deleted by a later tick).
             let linger = reason == "drained" && self.drain_linger_ms > 0;
             for d in from.iter().filter(|_| linger) {
-                let due = self.last_tick_ms + self.drain_linger_ms;
-                self.lingering.push((due, conference.clone(), d.clone()));
+                self.lingering.push(Lingering {
+                    due: self.last_tick_ms + self.drain_linger_ms,
+                    conference: conference.clone(),
+                    bridge: d.clone(),
+                    relays_on: kept.clone(),
+                });
             }
             // An old bridge may come back (a stopped process continued): remove what it
             // still holds. Best effort; it fails fast or times out if it is gone.

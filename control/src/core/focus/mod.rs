@@ -115,6 +115,21 @@ pub struct FocusConfig {
 /// Fills a buffer with secret random bytes (SRTP keys).
 pub type KeySource = Box<dyn FnMut(&mut [u8]) + Send>;
 
+/// The old copy of a conference that a drained bridge keeps for its linger (see
+/// [`FocusConfig::drain_linger_ms`]).
+#[derive(Debug)]
+struct Lingering {
+    /// When it is deleted, ms.
+    due: u64,
+    conference: String,
+    /// The drained bridge that holds it.
+    bridge: BridgeId,
+    /// The conference's other bridges, which keep their relay to it for the linger, muted
+    /// (they send nothing over it): what clients that have not switched yet send to the old
+    /// copy still reaches the receivers on those bridges.
+    relays_on: Vec<BridgeId>,
+}
+
 /// The focus: placements, fleet, operations in flight.
 pub struct Focus {
     fleet: Fleet,
@@ -133,9 +148,9 @@ pub struct Focus {
     drain_moves: u64,
     drain_grace_ms: u64,
     drain_linger_ms: u64,
-    /// Old copies of conferences moved off draining bridges, deleted at their time (ms):
-    /// (due, conference, bridge). See [`FocusConfig::drain_linger_ms`].
-    lingering: Vec<(u64, String, BridgeId)>,
+    /// Old copies of conferences moved off draining bridges, deleted at their time. See
+    /// [`FocusConfig::drain_linger_ms`].
+    lingering: Vec<Lingering>,
     /// The time of the last [`Focus::tick`], ms.
     last_tick_ms: u64,
     /// Drains are retried from this time on (see [`Focus::tick`]).

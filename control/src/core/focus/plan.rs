@@ -77,7 +77,8 @@ pub enum Call {
         /// Largest frame height (0: none).
         max_height: u32,
     },
-    /// SetSubscription of an endpoint or a relay.
+    /// SetSubscription of an endpoint or a relay. Muting a relay (no SSRCs) tolerates
+    /// NOT_FOUND: a relay that is not there carries nothing already.
     Subscribe {
         /// Conference.
         conference: String,

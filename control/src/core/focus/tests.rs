@@ -737,6 +737,43 @@ fn a_lingering_copy_is_not_deleted_when_its_conference_is_back_on_that_bridge() 
 }
 
 #[test]
+fn a_drain_mutes_the_other_bridges_relays_to_the_old_copy_and_removes_them_after_the_linger() {
+    // Found by the chaos soak: in a conference over two regions, what a client sent to the
+    // drained bridge before it switched did not reach the other region any more (the relays
+    // went with the move): a 100-150 ms gap there on every drain.
+    let mut f = lingering_focus();
+    f.register(
+        Bridge::new("us-1", "a", "m", "us", 1000.0).with_instance("p1"),
+        0,
+    )
+    .unwrap();
+    join_ok(&mut f, join("c", "e1", "eu"));
+    join_ok(&mut f, join("c", "u1", "us"));
+    let eu = f.conferences()["c"].participants["e1"].bridge.clone();
+    let other = if eu == "eu-1" { "eu-2" } else { "eu-1" };
+    f.drain(&eu, 100).unwrap();
+    let plans = f.tick(100 + 2 * T);
+    assert_eq!(plans.len(), 1);
+    let s = shape(&plans[0]);
+    // us-1 stops sending to the old copy but keeps the relay (it still receives over it).
+    assert!(
+        s.contains(&format!("subscribe Relay({eu:?}) Some([])@us-1")),
+        "{s:?}"
+    );
+    assert!(!s.contains(&format!("unrelay {eu}@us-1")), "{s:?}");
+    assert!(s.contains(&format!("relay to us-1@{other}")), "{s:?}");
+    run_ok(&mut f, plans.into_iter().next().unwrap());
+    assert_eq!(f.conferences()["c"].participants["e1"].bridge, other);
+    // After the linger: the old copy and the muted relay to it go.
+    let plans = f.tick(100 + 2 * T + 1_000);
+    assert_eq!(plans.len(), 1);
+    assert_eq!(
+        shape(&plans[0]),
+        [format!("delete@{eu}"), format!("unrelay {eu}@us-1")]
+    );
+}
+
+#[test]
 fn a_failed_move_rolls_back_and_is_retried() {
     let mut f = focus();
     join_ok(&mut f, join("c1", "a", "us"));
