@@ -17,6 +17,7 @@ use ringbridge_control::store::{Change, Store, StoreError};
 use ringbridge_proto::v1 as pb;
 use ringbridge_proto::v1::bridge_client::BridgeClient;
 use ringbridge_proto::v1::focus_client::FocusClient;
+use ringbridge_proto::v1::registry_client::RegistryClient;
 use tonic::Code;
 
 fn url(p: &Proc) -> String {
@@ -445,4 +446,176 @@ async fn after_a_takeover_a_join_is_acknowledged_only_once_it_is_durable() {
     let e = r.expect_err("acknowledged while the store could not be written");
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     assert!(e.message().contains("durable"), "{e}");
+}
+
+/// Kills every process whose command line holds `needle` (the detached bridges a test's
+/// control instances started: not children of the test).
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e
+                .file_name()
+                .to_string_lossy()
+                .parse::<i32>()
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&self.0) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_killed_its_autoscaled_bridges_go_on_and_the_new_active_adopts_them() {
+    // Found by the chaos soak: the process actuator's bridges died with the instance that
+    // started them (--exit-with-parent), so killing the active cost their participants a
+    // failover (3.4-3.9 s), though media does not depend on the control plane.
+    let etcd = Etcd::start("adopt");
+    let prefix = format!("auto-{}", std::process::id());
+    let _cleanup = KillOnDrop(format!("{prefix}-"));
+    let ports = [free_port(), free_port()];
+    let list = ports.map(|p| format!("http://127.0.0.1:{p}")).join(",");
+    let start = |i: usize| {
+        let name = ["a", "b"][i];
+        control_with(
+            &data_dir(&format!("adopt-{name}")),
+            &format!("127.0.0.1:{}", ports[i]),
+            &[
+                "--report-interval-ms",
+                "200",
+                "--store",
+                &etcd.store(),
+                "--etcd-timeout-ms",
+                "1000",
+                "--shard-id",
+                "adopt",
+                "--drain-grace-ms",
+                "300",
+                "--drain-linger-ms",
+                "200",
+                "--autoscale",
+                "process",
+                "--autoscale-interval-ms",
+                "300",
+                "--min-bridges",
+                "1",
+                "--max-bridges",
+                "2",
+                "--bridge-region",
+                "eu",
+                "--bridge-id-prefix",
+                &format!("{prefix}-{name}"),
+                "--bridge-control",
+                &list,
+                "--bridge-binary",
+                bin("ringbridge").to_str().unwrap(),
+                "--bridge-arg=--engine",
+                "--bridge-arg=mio",
+                "--bridge-arg=--workers",
+                "--bridge-arg=1",
+                "--bridge-arg=--no-pin",
+            ],
+        )
+    };
+    let mut a = start(0);
+    let ua = url(&a);
+    wait_active(&ua).await;
+    let b = start(1);
+    let ub = url(&b);
+    // a's autoscaler starts the minimum: one bridge of a's.
+    let mine = format!("{prefix}-a-1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bridges_of(&ua)
+        .await
+        .iter()
+        .any(|x| x.bridge_id == mine && x.state == "up")
+    {
+        assert!(Instant::now() < deadline, "{mine} never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A bridge started by hand, registered with both: never adopted (found by the soak: the
+    // new active drained the fleet's own bridges as its own).
+    let hand = format!("{prefix}-hand");
+    let _hand = bridge(&list, &hand, "us");
+    let (p1, p2) = (Party::new(1), Party::new(2));
+    let mut f = FocusClient::new(channel(&ua).await);
+    let j = f
+        .join(p1.join("talk", "p1", "eu"))
+        .await
+        .unwrap()
+        .into_inner();
+    f.join(p2.join("talk", "p2", "eu")).await.unwrap();
+    assert_eq!(j.bridge_id, mine);
+    assert!(flows(&p1, &p2, &j.media_addr, 1));
+
+    // The active instance dies: its bridge goes on forwarding, before any takeover.
+    a.kill();
+    assert!(
+        flows(&p1, &p2, &j.media_addr, 2),
+        "media stopped with the control plane"
+    );
+    assert!(
+        ringbridge_control::actuator::local_bridge(&bin("ringbridge"), &mine, Some(&list))
+            .is_some(),
+        "the bridge went with the instance that started it"
+    );
+    // b takes over; the bridge reports to it (up, not failed over).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_active(&ub).await
+        || !bridges_of(&ub)
+            .await
+            .iter()
+            .any(|x| x.bridge_id == mine && x.state == "up")
+    {
+        assert!(Instant::now() < deadline, "b never took {mine} over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fb = FocusClient::new(channel(&ub).await);
+    let placed = get(&mut fb, "talk").await.unwrap();
+    assert!(
+        placed.bridges.len() == 1 && placed.bridge_id == mine,
+        "nobody moved: {placed:?}"
+    );
+    assert!(flows(&p1, &p2, &j.media_addr, 3));
+
+    // b adopts it: drained, its participants move to a bridge of b's, and b stops it.
+    RegistryClient::new(channel(&ub).await)
+        .drain_bridge(pb::DrainBridgeRequest {
+            bridge_id: mine.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone =
+            ringbridge_control::actuator::local_bridge(&bin("ringbridge"), &mine, Some(&list))
+                .is_none();
+        let forgotten = !bridges_of(&ub).await.iter().any(|x| x.bridge_id == mine);
+        if gone && forgotten {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mine} not stopped by b (gone {gone}, forgotten {forgotten}): {:?}",
+            bridges_of(&ub).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let placed = get(&mut fb, "talk").await.unwrap();
+    assert!(
+        placed.bridges.len() == 1 && placed.bridge_id != mine,
+        "moved off: {placed:?}"
+    );
+    let fleet = bridges_of(&ub).await;
+    assert!(
+        fleet.iter().any(|x| x.bridge_id == hand && x.state == "up"),
+        "the bridge started by hand was taken for b's: {fleet:?}"
+    );
 }

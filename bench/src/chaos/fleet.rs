@@ -195,6 +195,39 @@ impl Drop for Proc {
     }
 }
 
+/// Stops, when dropped, the bridges the control instances started detached (children of
+/// nobody the run holds): every process with `--control LIST` on its command line.
+pub struct Detached {
+    needle: Vec<u8>,
+}
+
+impl Detached {
+    /// For bridges started with `--control list`.
+    pub fn new(list: &str) -> Self {
+        let mut needle = b"--control\0".to_vec();
+        needle.extend_from_slice(list.as_bytes());
+        needle.push(0);
+        Self { needle }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if cmd.windows(self.needle.len()).any(|w| w == self.needle) {
+                signal(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 /// A real etcd server on loopback with its data in the run's directory.
 pub struct Etcd {
     /// The process.

@@ -530,8 +530,13 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
     let mut etcd = Etcd::start(&dir)?;
     let ports = [(free_port(), free_port()), (free_port(), free_port())];
     let names = ["a", "b"];
+    let urls = ports.map(|(p, _)| format!("http://127.0.0.1:{p}"));
+    let control_list = urls.join(",");
+    // The autoscaled bridges outlive the instance that started them: stopped at the end.
+    let _detached = fleet::Detached::new(&control_list);
     let start_control = |i: usize, etcd: &str| -> anyhow::Result<Proc> {
-        let args = control_args(names[i], ports[i].0, ports[i].1, etcd, &dir, &o);
+        let mut args = control_args(names[i], ports[i].0, ports[i].1, etcd, &dir, &o);
+        args.extend(["--bridge-control".to_string(), control_list.clone()]);
         let log = dir.join(format!("control-{}.log", names[i]));
         Proc::start(
             &format!("control {}", names[i]),
@@ -544,8 +549,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
     let mut controls = [Some(start_control(0, &etcd.endpoint)?), None];
     tokio::time::sleep(Duration::from_millis(500)).await; // a campaigns first
     controls[1] = Some(start_control(1, &etcd.endpoint)?);
-    let urls = ports.map(|(p, _)| format!("http://127.0.0.1:{p}"));
-    let control_list = urls.join(",");
     let control = Control {
         ch: [channel(&urls[0])?, channel(&urls[1])?],
         active: Arc::new(AtomicUsize::new(0)),
@@ -855,7 +858,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
                         faults.push(FaultRecord {
                             kind,
                             target: Some(x.bridge_id.clone()),
-                            collateral: Vec::new(),
                             at_ms: now_ms.saturating_sub(2_000),
                             end_ms: now_ms,
                             note: "observed (the autoscaler's own decision)".into(),
@@ -911,7 +913,6 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
         let mut rec = FaultRecord {
             kind: p.kind,
             target: None,
-            collateral: Vec::new(),
             at_ms: now_ms,
             end_ms: now_ms,
             note: String::new(),
@@ -967,18 +968,8 @@ async fn soak(o: Options) -> anyhow::Result<bool> {
                     let _ = control.placements().await;
                     let a2 = control.active.load(Ordering::Relaxed);
                     let i = if controls[a2].is_some() { a2 } else { a };
-                    // Its process actuator's bridges go with it (--exit-with-parent): asked
-                    // of it before it goes (a standby does not answer).
-                    rec.collateral = control
-                        .bridges()
-                        .await
-                        .map(|b| {
-                            b.into_iter()
-                                .map(|b| b.bridge_id)
-                                .filter(|id| id.starts_with(&format!("auto-{}-", names[i])))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    // Its process actuator's bridges stay (detached: --bridge-control names
+                    // both instances) and report to the one that takes over.
                     if let Some(mut c) = controls[i].take() {
                         c.kill();
                     }

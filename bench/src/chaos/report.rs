@@ -18,8 +18,6 @@ pub struct FaultRecord {
     pub kind: Kind,
     /// The bridge, control instance or nothing it acted on.
     pub target: Option<String>,
-    /// Bridges that went with it (a control instance's own bridges).
-    pub collateral: Vec<String>,
     /// When it started, ms.
     pub at_ms: u64,
     /// When it ended (the process back, the hang over, the surge gone), ms.
@@ -264,7 +262,7 @@ pub fn build(i: Inputs<'_>) -> Report {
             .unwrap_or_default()
     };
     let touched = |g: &Gap, f: &FaultRecord| {
-        let mut involved: BTreeSet<&str> = f.collateral.iter().map(String::as_str).collect();
+        let mut involved: BTreeSet<&str> = BTreeSet::new();
         if f.kind.on_bridge()
             && let Some(t) = &f.target
         {

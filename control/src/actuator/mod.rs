@@ -3,7 +3,10 @@
 //!
 //! - [`ProcessActuator`] (the embedded default): local `ringbridge` processes on free loopback
 //!   ports that register with this control plane. They are its children and stop with it
-//!   (`--exit-with-parent`); their logs go to the data directory. A bridge that exits soon after
+//!   (`--exit-with-parent`); their logs go to the data directory. With a standby instance
+//!   (`--bridge-control` naming every instance of the shard) they are detached instead: they
+//!   outlive the instance that started them, report to the one that takes over, and that
+//!   one's actuator adopts them (finds them by id in `/proc`, drains and stops them). A bridge that exits soon after
 //!   it starts (or never registers) earns a backoff ([`Restarts`]): exponential, capped, reset
 //!   once a bridge stays up, and shown in [`Actuator::status`].
 //! - [`crate::actuator::kubernetes::KubernetesActuator`]: the replica count of a bridge StatefulSet.
@@ -13,7 +16,7 @@
 pub mod kubernetes;
 pub mod process;
 
-pub use process::{ProcessActuator, ProcessConfig, Restarts, executable};
+pub use process::{ProcessActuator, ProcessConfig, Restarts, executable, local_bridge};
 
 use std::collections::HashSet;
 use std::future::Future;

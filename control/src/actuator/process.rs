@@ -2,6 +2,7 @@
 //! backoff for bridges that exit at once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -91,8 +92,12 @@ impl Restarts {
 pub struct ProcessConfig {
     /// The `ringbridge` binary.
     pub binary: PathBuf,
-    /// Control plane URL the bridges register with.
+    /// Control plane URLs the bridges register with (comma-separated: the bridge reports to
+    /// the first that takes it).
     pub control_url: String,
+    /// The bridges outlive this process (no `--exit-with-parent`, not killed when it exits):
+    /// another control instance of the shard takes them over (see [`local_bridge`]).
+    pub detached: bool,
     /// Region of the bridges it starts.
     pub region: String,
     /// Capacity they report stress against, packets/s.
@@ -237,11 +242,23 @@ impl ProcessActuator {
         n
     }
 
+    /// A detached bridge of this shard's (started by any of its instances) running here.
+    fn adoptable(&self, bridge: &str) -> Option<rustix::process::Pid> {
+        local_bridge(&self.cfg.binary, bridge, Some(&self.cfg.control_url))
+    }
+
     fn spawn_one(&self) -> anyhow::Result<String> {
+        // Detached: the next id no bridge process here holds (an earlier instance's bridge
+        // may still run under it).
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            format!("{}-{}", self.cfg.id_prefix, *n)
+            loop {
+                *n += 1;
+                let id = format!("{}-{}", self.cfg.id_prefix, *n);
+                if !self.cfg.detached || local_bridge(&self.cfg.binary, &id, None).is_none() {
+                    break id;
+                }
+            }
         };
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.args([
@@ -257,8 +274,13 @@ impl ProcessActuator {
             "127.0.0.1:0",
             "--api",
             "127.0.0.1:0",
-            "--exit-with-parent",
         ])
+        .args((!self.cfg.detached).then_some("--exit-with-parent"))
+        .envs(
+            self.cfg
+                .detached
+                .then(|| (ADOPTABLE_ENV, self.cfg.control_url.as_str())),
+        )
         .args(&self.cfg.extra_args)
         .env(
             "RUST_LOG",
@@ -272,7 +294,7 @@ impl ProcessActuator {
                 .unwrap_or_else(|_| Stdio::null()),
             None => Stdio::null(),
         })
-        .kill_on_drop(true);
+        .kill_on_drop(!self.cfg.detached);
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.cfg.binary.display()))?;
@@ -301,6 +323,7 @@ impl Actuator for ProcessActuator {
 
     fn removable(&self, bridge: &str) -> bool {
         self.children().contains_key(bridge)
+            || (self.cfg.detached && self.adoptable(bridge).is_some())
     }
 
     fn start(&self, n: u32) -> BoxFuture<'_, anyhow::Result<()>> {
@@ -324,7 +347,14 @@ impl Actuator for ProcessActuator {
     fn remove<'a>(&'a self, bridge: &'a str) -> BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
             let Some(mut r) = self.children().remove(bridge) else {
-                return Ok(false);
+                // Adopted: a bridge another instance of the shard started (detached).
+                let adopted = self.cfg.detached.then(|| self.adoptable(bridge)).flatten();
+                let Some(pid) = adopted else {
+                    return Ok(false);
+                };
+                stop_adopted(pid, self.cfg.stop_timeout).await;
+                tracing::info!(%bridge, pid = pid.as_raw_nonzero(), "adopted bridge process stopped");
+                return Ok(true);
             };
             // SIGTERM: the bridge drains (it is already empty) and exits.
             if let Some(pid) = r
@@ -347,6 +377,84 @@ impl Actuator for ProcessActuator {
 
     fn status(&self) -> String {
         self.restarts().status(Instant::now())
+    }
+}
+
+/// The environment variable that marks a detached bridge as the process actuator's, with the
+/// instances' URL list as its value: only bridges with the same list are adopted (never a
+/// bridge somebody started by hand, nor another shard's).
+pub const ADOPTABLE_ENV: &str = "RINGBRIDGE_ADOPTABLE_BY";
+
+/// The process running `binary` as bridge `id` on this machine (from `/proc`), if any and
+/// alive: how an instance finds the detached bridges another instance of its shard started.
+/// With `marked_for`, only a process whose environment has [`ADOPTABLE_ENV`] set to it.
+pub fn local_bridge(
+    binary: &std::path::Path,
+    id: &str,
+    marked_for: Option<&str>,
+) -> Option<rustix::process::Pid> {
+    let name = binary.file_name()?;
+    let marker = marked_for.map(|m| format!("{ADOPTABLE_ENV}={m}\0").into_bytes());
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let ours = args.next().is_some_and(|a0| {
+            std::path::Path::new(std::ffi::OsStr::from_bytes(a0)).file_name() == Some(name)
+        });
+        if ours
+            && args
+                .skip_while(|a| *a != b"--bridge-id")
+                .nth(1)
+                .is_some_and(|a| a == id.as_bytes())
+            && alive(pid)
+            && marker.as_ref().is_none_or(|m| {
+                std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.windows(m.len()).any(|w| w == m.as_slice()))
+            })
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Whether `pid` runs (not gone, not a zombie nobody reaped yet).
+fn alive(pid: rustix::process::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+        .ok()
+        .and_then(|s| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Stops an adopted bridge (not our child: no wait): SIGTERM, then SIGKILL after `timeout`.
+async fn stop_adopted(pid: rustix::process::Pid, timeout: Duration) {
+    use rustix::process::{Signal, kill_process};
+    let _ = kill_process(pid, Signal::TERM);
+    let until = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= until {
+            tracing::warn!(
+                pid = pid.as_raw_nonzero(),
+                "adopted bridge did not exit on SIGTERM: killing it"
+            );
+            let _ = kill_process(pid, Signal::KILL);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -442,6 +550,7 @@ mod tests {
         let a = ProcessActuator::new(ProcessConfig {
             binary,
             control_url: "http://127.0.0.1:1".into(),
+            detached: false,
             region: "eu".into(),
             capacity_pps: 1000.0,
             id_prefix: "auto".into(),
@@ -480,5 +589,45 @@ mod tests {
         assert!(said.contains("exited (exit status: 1)"), "{said}");
         assert!(a.status().contains("quick exit"), "{}", a.status());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_detached_bridge_of_another_instance_is_found_by_id_and_stopped() {
+        // A process that looks like `ringbridge --bridge-id auto-a-7` (argv[0] and arguments).
+        let mut child = std::process::Command::new("bash")
+            .env(ADOPTABLE_ENV, "http://a,http://b")
+            .args([
+                "-c",
+                "exec -a /opt/other/ringbridge bash -c 'sleep 5; true' x --bridge-id auto-a-7",
+            ])
+            .spawn()
+            .unwrap();
+        let bin = std::path::Path::new("/usr/local/bin/ringbridge");
+        let mut found = None;
+        for _ in 0..100 {
+            found = local_bridge(bin, "auto-a-7", Some("http://a,http://b"));
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = found.expect("found by its binary's name, --bridge-id and its marker");
+        assert_eq!(pid.as_raw_nonzero().get() as u32, child.id());
+        assert!(
+            local_bridge(bin, "auto-a-70", None).is_none(),
+            "ids match whole"
+        );
+        assert!(local_bridge(std::path::Path::new("/x/other"), "auto-a-7", None).is_none());
+        assert!(
+            local_bridge(bin, "auto-a-7", Some("http://a")).is_none(),
+            "another shard's (or one started by hand) is not adopted"
+        );
+        assert!(local_bridge(bin, "auto-a-7", None).is_some());
+        stop_adopted(pid, Duration::from_secs(5)).await;
+        assert!(
+            local_bridge(bin, "auto-a-7", None).is_none(),
+            "stopped (a zombie is not alive)"
+        );
+        assert!(!child.wait().unwrap().success());
     }
 }

@@ -141,6 +141,14 @@ pub struct ServeArgs {
     /// process actuator: ids of its bridges are this prefix, a dash and a counter.
     #[arg(long, default_value = "auto")]
     pub bridge_id_prefix: String,
+    /// process actuator: the control instances its bridges register and report with,
+    /// comma-separated (default: this instance). Naming others (every instance of the shard,
+    /// with the etcd store) makes its bridges outlive this instance: they are started without
+    /// --exit-with-parent, go on forwarding when it is killed or stopped, and report to the
+    /// instance that takes over, whose process actuator adopts them (drains and stops them
+    /// like its own).
+    #[arg(long)]
+    pub bridge_control: Option<String>,
     /// process actuator: one more argument for each bridge (repeat it), e.g.
     /// --bridge-arg=--engine --bridge-arg=mio.
     #[arg(long, allow_hyphen_values = true)]
@@ -411,7 +419,14 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Autoscale::Off => None,
         Autoscale::Process => Some(Arc::new(ProcessActuator::new(ProcessConfig {
             binary: a.bridge_binary().map_err(anyhow::Error::msg)?,
-            control_url: format!("http://{listen}"),
+            control_url: a
+                .bridge_control
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            detached: a
+                .bridge_control
+                .as_deref()
+                .is_some_and(|l| l.split(',').any(|u| u.trim() != format!("http://{listen}"))),
             region: a.bridge_region.clone(),
             capacity_pps: a.bridge_capacity_pps,
             id_prefix: a.bridge_id_prefix.clone(),
