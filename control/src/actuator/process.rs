@@ -279,7 +279,7 @@ impl ProcessActuator {
         .envs(
             self.cfg
                 .detached
-                .then(|| (ADOPTABLE_ENV, self.cfg.control_url.as_str())),
+                .then_some((ADOPTABLE_ENV, self.cfg.control_url.as_str())),
         )
         .args(&self.cfg.extra_args)
         .env(

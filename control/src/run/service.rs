@@ -327,6 +327,19 @@ impl Control {
     /// cleanup in the background.
     pub async fn run(self: &Arc<Self>, plan: Plan) -> Completion {
         let results = self.executor.run(&plan).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let calls: Vec<String> = plan
+                .calls
+                .iter()
+                .zip(results.iter().map(Some).chain(std::iter::repeat(None)))
+                .map(|(c, r)| match r {
+                    Some(Ok(_)) => format!("{c}"),
+                    Some(Err(e)) => format!("{c} FAILED: {e}"),
+                    None => format!("{c} (not made)"),
+                })
+                .collect();
+            tracing::debug!(op = plan.op, ?calls, "plan done");
+        }
         let (c, stranded) = {
             let mut core = self.lock();
             let c = core.focus.complete(plan.op, &plan.calls, &results);

@@ -110,6 +110,10 @@ pub struct RelayState {
     pub link: u32,
     /// The SSRCs whose media crosses it, sorted (`None`: every sender's).
     pub subscription: Option<Arc<[u32]>>,
+    /// Its keys (tx then rx) and direction, to tell a repeated add (the same relay: refused
+    /// as existing) from a new link under the same id (replaces it).
+    keys: Box<[u8]>,
+    downstream: bool,
 }
 
 /// A conference: its endpoints and its place in the working table.
@@ -1118,16 +1122,32 @@ impl BridgeState {
         let addr = self
             .parse_addr("remote_addr", remote_addr)?
             .expect("non-empty");
+        let keys: Box<[u8]> = [tx_key, rx_key].concat().into();
         let conf = self
             .conferences
             .get(conference)
             .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
-        if conf.relays.contains_key(relay_id) {
-            return Err(StateError::RelayExists {
-                field: "relay_id",
-                value: relay_id.into(),
-            });
+        if let Some(old) = conf.relays.get(relay_id) {
+            if old.addr == addr
+                && old.link == link
+                && old.keys == keys
+                && old.downstream == downstream
+            {
+                return Err(StateError::RelayExists {
+                    field: "relay_id",
+                    value: relay_id.into(),
+                });
+            }
+            // The same id with other keys or another address: a new link to that bridge (a
+            // control instance that took over may not know the one left from before), so the
+            // old one goes (found by the chaos soak: an edge kept a relay sealed with keys its
+            // parent no longer used, and dropped the live stream for 40 s).
+            self.remove_relay(conference, relay_id)?;
         }
+        let conf = self
+            .conferences
+            .get(conference)
+            .ok_or_else(|| StateError::ConferenceNotFound(conference.into()))?;
         if self.relay_count >= self.limits.relays {
             return Err(StateError::Full {
                 what: "relays on this bridge",
@@ -1172,6 +1192,8 @@ impl BridgeState {
                     addr,
                     link,
                     subscription: None,
+                    keys,
+                    downstream,
                 },
             );
         self.relay_count += 1;
@@ -1305,6 +1327,31 @@ mod tests {
             rx_key: &[2; 16],
             downstream: false,
         }
+    }
+
+    #[test]
+    fn a_relay_added_again_is_refused_and_one_with_new_keys_replaces_it() {
+        let mut s = BridgeState::with_limits("127.0.0.1:10000".parse().unwrap(), Limits::default());
+        s.create_conference("c").unwrap();
+        s.add_relay("c", "eu-1", relay("127.0.0.1:1", 1)).unwrap();
+        let uid = s.relays("c").next().unwrap().1.uid;
+        let e = s
+            .add_relay("c", "eu-1", relay("127.0.0.1:1", 1))
+            .unwrap_err();
+        assert!(matches!(e, StateError::RelayExists { .. }), "{e}");
+        // A new link under the same id (fresh keys): the old relay goes, the new one is there.
+        let fresh = NewRelay {
+            tx_key: &[3; 16],
+            rx_key: &[4; 16],
+            ..relay("127.0.0.1:1", 1)
+        };
+        s.add_relay("c", "eu-1", fresh).unwrap();
+        let r: Vec<_> = s.relays("c").collect();
+        assert_eq!(r.len(), 1);
+        assert_ne!(r[0].1.uid, uid, "a new relay (fresh replay state)");
+        assert_eq!(s.relay_count, 1);
+        let e = s.add_relay("c", "eu-1", fresh).unwrap_err();
+        assert!(matches!(e, StateError::RelayExists { .. }), "{e}");
     }
 
     #[test]

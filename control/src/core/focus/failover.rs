@@ -465,7 +465,9 @@ impl Focus {
             for d in from {
                 calls.push(self.call(
                     s,
-                    if linger {
+                    // Not `to` itself: the moved receivers are there now, and what the old
+                    // copy relayed to it would reach them twice (and its sender, back).
+                    if linger && s != to {
                         Call::Subscribe {
                             conference: conference.into(),
                             target: SubTarget::Relay(d.clone()),
@@ -564,8 +566,13 @@ impl Focus {
             .conferences
             .get_mut(&conference)
             .expect("a busy conference stays placed");
-        // The bridges that kept the conference (their relays to `from` are muted on a drain).
-        let kept = p.bridges_except(&from);
+        // The bridges that kept the conference, but `to` (their relays to `from` are muted on
+        // a drain).
+        let kept: Vec<BridgeId> = p
+            .bridges_except(&from)
+            .into_iter()
+            .filter(|b| *b != to)
+            .collect();
         let mut moved = Vec::new();
         let mut left = Vec::new();
         for (id, part) in p.participants.iter_mut() {

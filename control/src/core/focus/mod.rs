@@ -25,7 +25,7 @@ pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::core::fleet::{BridgeId, Fleet, NoBridge, RegionThenLeastStress, Strategy};
+use crate::core::fleet::{BridgeId, Fleet, Health, NoBridge, RegionThenLeastStress, Strategy};
 use crate::store::{Change, DrainRecord, LinkKeys, Participant, Placement, Snapshot};
 
 pub use announce::{Announcement, LISTED};
@@ -118,15 +118,17 @@ pub type KeySource = Box<dyn FnMut(&mut [u8]) + Send>;
 /// The old copy of a conference that a drained bridge keeps for its linger (see
 /// [`FocusConfig::drain_linger_ms`]).
 #[derive(Debug)]
-struct Lingering {
+pub(super) struct Lingering {
     /// When it is deleted, ms.
     due: u64,
     conference: String,
     /// The drained bridge that holds it.
     bridge: BridgeId,
-    /// The conference's other bridges, which keep their relay to it for the linger, muted
-    /// (they send nothing over it): what clients that have not switched yet send to the old
-    /// copy still reaches the receivers on those bridges.
+    /// Bridges that keep their relay to it for the linger, so what clients that have not
+    /// switched yet send to the old copy still reaches the receivers there: a conference's
+    /// other bridges (but the one its participants moved to), their relays muted (they send
+    /// nothing over them); a broadcast's edges that pull from the new origin now (a drained
+    /// origin). The relays go with the copy.
     relays_on: Vec<BridgeId>,
 }
 
@@ -439,8 +441,19 @@ impl Focus {
         Plan { op: id, calls }
     }
 
-    /// Starts best-effort `calls`; with `conference`, it stays busy until they finish.
-    fn cleanup(&mut self, conference: Option<&str>, calls: Vec<BridgeCall>) -> Option<Plan> {
+    /// Starts best-effort `calls`; with `conference`, it stays busy until they finish, so
+    /// then the calls to a bridge that is down are left out: its state is gone, or reconciled
+    /// when it registers again, and a call to a hung one would hold the conference until its
+    /// deadline (found by the chaos soak: a join's undo on a hung bridge held its conference's
+    /// failover 2 s).
+    fn cleanup(&mut self, conference: Option<&str>, mut calls: Vec<BridgeCall>) -> Option<Plan> {
+        if conference.is_some() {
+            calls.retain(|c| {
+                self.fleet
+                    .get(&c.bridge)
+                    .is_none_or(|b| b.health != Health::Down)
+            });
+        }
         (!calls.is_empty()).then(|| {
             let op = Op::Cleanup(conference.map(String::from));
             self.start(conference, op, calls)

@@ -109,6 +109,49 @@ pub struct BridgeCall {
     pub call: Call,
 }
 
+impl std::fmt::Display for BridgeCall {
+    /// One short line for logs: what, on which bridge (no keys).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.bridge;
+        match &self.call {
+            Call::Create { conference } => write!(f, "create {conference}@{b}"),
+            Call::Add {
+                conference,
+                endpoint,
+                ..
+            } => write!(f, "add {conference}/{endpoint}@{b}"),
+            Call::Remove {
+                conference,
+                endpoint,
+            } => write!(f, "remove {conference}/{endpoint}@{b}"),
+            Call::Delete { conference } => write!(f, "delete {conference}@{b}"),
+            Call::AddRelay {
+                conference,
+                relay_id,
+                downstream,
+                ..
+            } => {
+                let kind = if *downstream { "feed" } else { "relay" };
+                write!(f, "{kind} {conference}->{relay_id}@{b}")
+            }
+            Call::RemoveRelay {
+                conference,
+                relay_id,
+            } => write!(f, "unrelay {conference}->{relay_id}@{b}"),
+            Call::Subscribe {
+                conference,
+                target,
+                ssrcs,
+            } => write!(f, "subscribe {conference}/{target:?} {ssrcs:?}@{b}"),
+            Call::SimulcastLimit {
+                conference,
+                endpoint,
+                max_height,
+            } => write!(f, "limit {conference}/{endpoint} {max_height}@{b}"),
+        }
+    }
+}
+
 /// Calls to make for one operation, in order; the executor stops at the first failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {

@@ -321,6 +321,31 @@ fn a_joins_undo_keeps_its_conference_busy_until_it_is_done() {
     assert_eq!(f.conferences()["c1"].participants.len(), 1);
 }
 
+/// Found by the chaos soak: a join in flight on a bridge that hung failed when the bridge was
+/// declared down, and its undo (a call to that bridge) held the conference until the call's
+/// deadline, so its failover came 2 s after the others'.
+#[test]
+fn a_join_failed_by_a_bridge_going_down_leaves_no_undo_there_and_its_conference_moves_at_once() {
+    let mut f = focus();
+    join_ok(&mut f, join("c1", "a", "eu"));
+    let bridge = f.conferences()["c1"].bridge.clone();
+    let p = f.join(join("c1", "b", "eu"), 0).unwrap();
+    f.probe(&bridge, Err("hung".into()));
+    assert_eq!(f.probe(&bridge, Err("hung".into())), Some(Health::Down));
+    let c = f.complete(
+        p.op,
+        &p.calls,
+        &[Err(CallError::Unavailable(
+            "the bridge was declared down while the call was in flight".into(),
+        ))],
+    );
+    assert!(c.result.is_err());
+    assert_eq!(c.cleanup, None, "no call to a bridge that is down");
+    let plans = f.tick(10);
+    assert_eq!(plans.len(), 1, "the conference moves at once");
+    assert!(plans[0].calls.iter().all(|c| c.bridge != bridge));
+}
+
 #[test]
 fn a_failed_add_to_an_existing_conference_removes_only_that_endpoint() {
     let mut f = focus();
@@ -771,6 +796,39 @@ fn a_drain_mutes_the_other_bridges_relays_to_the_old_copy_and_removes_them_after
         shape(&plans[0]),
         [format!("delete@{eu}"), format!("unrelay {eu}@us-1")]
     );
+}
+
+#[test]
+fn a_drain_onto_a_bridge_of_the_conference_drops_its_relay_to_the_old_copy() {
+    // Found by the chaos soak (echo, duplicates): the bridge the participants moved to kept
+    // its relay from the old copy, so what a straggler sent there came back to it and twice
+    // to the others (from the old copy and over the relay).
+    let mut f = Focus::new(
+        &FocusConfig {
+            drain_linger_ms: 1_000,
+            ..cfg()
+        },
+        Snapshot::default(),
+        keys(),
+        0,
+    );
+    for (id, region) in [("eu-1", "eu"), ("us-1", "us")] {
+        f.register(Bridge::new(id, "a", "m", region, 1000.0), 0)
+            .unwrap();
+    }
+    join_ok(&mut f, join("c", "e1", "eu"));
+    join_ok(&mut f, join("c", "u1", "us"));
+    f.drain("eu-1", 100).unwrap();
+    let plans = f.tick(100 + 2 * T);
+    assert_eq!(plans.len(), 1);
+    let s = shape(&plans[0]);
+    assert!(s.contains(&"unrelay eu-1@us-1".to_string()), "{s:?}");
+    assert!(!s.iter().any(|c| c.starts_with("subscribe")), "{s:?}");
+    run_ok(&mut f, plans.into_iter().next().unwrap());
+    assert_eq!(f.conferences()["c"].participants["e1"].bridge, "us-1");
+    let plans = f.tick(100 + 2 * T + 1_000);
+    assert_eq!(plans.len(), 1);
+    assert_eq!(shape(&plans[0]), ["delete@eu-1"]);
 }
 
 #[test]

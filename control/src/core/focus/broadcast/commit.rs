@@ -158,6 +158,14 @@ impl Focus {
                 self.failovers += 1;
             }
         }
+        for (bridge, relays_on) in op.linger {
+            self.lingering.push(crate::core::focus::Lingering {
+                due: self.last_tick_ms + self.drain_linger_ms,
+                conference: conference.clone(),
+                bridge,
+                relays_on,
+            });
+        }
         let tidy: Vec<BridgeCall> = op
             .tidy
             .iter()

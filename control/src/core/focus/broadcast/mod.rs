@@ -79,6 +79,9 @@ pub(super) struct StreamOp {
     publisher: Option<String>,
     /// Bridges to clear after the commit (best effort: they may be gone).
     tidy: Vec<BridgeId>,
+    /// Drained bridges whose copy lingers after the commit instead, with the edges that keep
+    /// their relay from it meanwhile (see `Lingering`).
+    linger: Vec<(BridgeId, Vec<BridgeId>)>,
 }
 
 /// The calls and link changes of a set of [`Pull`]s.
@@ -443,6 +446,7 @@ impl Focus {
             lenient: false,
             moved: 0,
             tidy: Vec::new(),
+            linger: Vec::new(),
             publisher: (req.role == Role::Publisher).then(|| req.participant_id.clone()),
         };
         Ok(self.start(Some(&conf), Op::Stream(Box::new(op)), calls))
@@ -538,6 +542,7 @@ impl Focus {
             lenient: true,
             moved: 0,
             tidy: Vec::new(),
+            linger: Vec::new(),
             publisher: None,
         };
         self.start(Some(conference), Op::Stream(Box::new(op)), calls)
@@ -956,6 +961,55 @@ mod tests {
         assert_eq!(f.take_announcements().last().unwrap().reason, "drained");
         assert_eq!(tree(&f, "s"), [pull("us-1", "eu-1", 1)]);
         assert_eq!(f.drained(), ["eu-2"]);
+    }
+
+    #[test]
+    fn a_drained_origin_lingers_and_its_edges_keep_pulling_from_it_until_then() {
+        // Found by the chaos soak: the old origin's pulls went first, so what the publisher
+        // sent before it switched to the new origin was lost (a 100-150 ms gap at every
+        // viewer on each origin drain).
+        let mut f = Focus::new(
+            &crate::core::focus::FocusConfig {
+                drain_linger_ms: 1_000,
+                ..super::super::tests::cfg()
+            },
+            crate::store::Snapshot::default(),
+            super::super::tests::keys(),
+            0,
+        );
+        for (id, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")] {
+            register(&mut f, id, region);
+        }
+        for r in [publisher("s", "pub", "eu"), viewer("s", "v1", "us")] {
+            let p = f.join(r, 0).unwrap();
+            run_ok(&mut f, p);
+        }
+        let origin = f.conferences()["s"].participants["pub"].bridge.clone();
+        let other = if origin == "eu-1" { "eu-2" } else { "eu-1" };
+        assert_eq!(tree(&f, "s"), [pull("us-1", &origin, 1)]);
+        f.drain(&origin, 10).unwrap();
+        let plans = f.tick(10 + 2 * T);
+        assert_eq!(plans.len(), 1);
+        let s = shape(&plans[0]);
+        assert!(!s.contains(&format!("unrelay {origin}@us-1")), "{s:?}");
+        assert!(s.contains(&format!("relay to {other}@us-1")), "{s:?}");
+        let p = plans.into_iter().next().unwrap();
+        let c = f.complete(p.op, &p.calls, &ok(&p));
+        assert!(c.result.is_ok(), "{:?}", c.result);
+        assert_eq!(
+            c.cleanup, None,
+            "the old origin's copy stays for the linger"
+        );
+        assert_eq!(tree(&f, "s"), [pull("us-1", other, 1)]);
+        assert!(f.drained().is_empty(), "its copy still serves");
+        let plans = f.tick(10 + 2 * T + 1_000);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(
+            shape(&plans[0]),
+            [format!("delete@{origin}"), format!("unrelay {origin}@us-1")]
+        );
+        run_ok(&mut f, plans.into_iter().next().unwrap());
+        assert_eq!(f.drained(), [origin]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ impl Focus {
         }
         let mut people = Vec::new();
         let mut targets: Vec<BridgeId> = Vec::new();
+        // A drained origin and the one taking its publisher over.
+        let mut origin_move: Option<(BridgeId, BridgeId)> = None;
         if let (Some(t), Some((pub_id, publisher))) = (tree.as_mut(), &publisher)
             && dead.iter().any(|d| d == t.origin())
         {
@@ -54,6 +56,7 @@ impl Focus {
                     return None;
                 }
             };
+            origin_move = Some((t.origin().to_string(), origin.clone()));
             pulls.extend(t.origin_moved(&origin));
             people.push((
                 pub_id.clone(),
@@ -110,6 +113,36 @@ impl Focus {
         let pc = self.pull_calls(conference, link, &pulls, dead);
         let mut undo = pc.undo;
         let mut removes = pc.removes;
+        // A drained origin lingers (see `Lingering`): the edges that now pull from the new
+        // origin keep their relay from the old one for the linger, so what the publisher sends
+        // there before it switches still reaches every viewer, once: the old origin gets
+        // only what was sent before the switch, the new one only what was sent after, and no
+        // other path carries what the old one sends (not the new origin: it would pass it
+        // on to the same edges).
+        let mut linger = Vec::new();
+        if let Some((old_origin, new_origin)) = origin_move.filter(|_| must_fit)
+            && self.drain_linger_ms > 0
+        {
+            let kept: Vec<BridgeId> = pulls
+                .iter()
+                .filter_map(|x| match x {
+                    Pull::Remove { edge, from } if *from == old_origin && *edge != new_origin => {
+                        Some(edge.clone())
+                    }
+                    _ => None,
+                })
+                .filter(|e| {
+                    pulls.iter().any(|x| {
+                        matches!(x, Pull::Add { edge, from } if edge == e && *from == new_origin)
+                    })
+                })
+                .collect();
+            removes.retain(|c| {
+                !(kept.contains(&c.bridge)
+                    && matches!(&c.call, Call::RemoveRelay { relay_id, .. } if *relay_id == old_origin))
+            });
+            linger.push((old_origin, kept));
+        }
         if must_fit {
             // A drain: the old bridges are alive and streaming. An edge fed by its old and its
             // new parent at once, or a viewer on its old and its new edge at once, would get
@@ -174,7 +207,12 @@ impl Focus {
             reason: Some(reason),
             lenient: false,
             moved,
-            tidy: dead.to_vec(),
+            tidy: dead
+                .iter()
+                .filter(|d| !linger.iter().any(|(l, _)| l == *d))
+                .cloned()
+                .collect(),
+            linger,
             publisher: None,
         };
         Some(self.start(Some(conference), Op::Stream(Box::new(op)), calls))
@@ -261,6 +299,7 @@ impl Focus {
             lenient: false,
             moved: 0,
             tidy: Vec::new(),
+            linger: Vec::new(),
             publisher: None,
         };
         self.start(Some(conference), Op::Stream(Box::new(op)), calls)
