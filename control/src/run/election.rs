@@ -34,6 +34,14 @@ impl Control {
             while c.etcd_unreachable() {
                 tokio::time::sleep(crate::store::cluster::RENEW_EVERY).await;
             }
+            // Listening for a step-down from before the campaign: one between the win and the
+            // takeover must not be missed (found by the chaos soak: an instance whose lease was
+            // replaced just after it won took over anyway and stayed marked active, taking the
+            // bridges' reports while the other instance, really elected, declared them all
+            // down).
+            let lost = c.lost();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
             let fence = match c.campaign().await {
                 Ok(f) => f,
                 Err(crate::store::cluster::ClusterError::LeaseLost) => continue,
@@ -43,9 +51,6 @@ impl Control {
                     continue;
                 }
             };
-            let lost = c.lost();
-            tokio::pin!(lost);
-            lost.as_mut().enable();
             self.store.set_fence(Some(fence));
             self.executor.set_enabled(true);
             if let Err(e) = self.take_over().await {
@@ -62,8 +67,12 @@ impl Control {
         }
     }
 
-    /// Stops acting as the active focus: no bridge calls, no store writes.
+    /// Stops acting as the active focus: no bridge calls, no store writes, no answers as the
+    /// active focus.
     fn stand_by(&self) {
+        if let Some(c) = self.cluster.get() {
+            c.set_standby();
+        }
         self.executor.set_enabled(false);
         self.store.set_fence(None);
     }

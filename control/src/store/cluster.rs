@@ -337,6 +337,12 @@ impl Cluster {
         self.active.store(true, Relaxed);
     }
 
+    /// Marks this instance standing by (it stepped down, or a takeover was abandoned): set
+    /// whatever the order of a step-down and a takeover that crossed it.
+    pub fn set_standby(&self) {
+        self.active.store(false, Relaxed);
+    }
+
     /// Waits until this instance is elected its shard's active focus with its current lease;
     /// returns the election key it holds (the caller fences the store with it, takes over,
     /// then [`Cluster::set_active`]). [`ClusterError::LeaseLost`] if the lease was replaced
