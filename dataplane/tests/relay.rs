@@ -308,8 +308,9 @@ async fn bad_relay_packets_are_dropped_and_relays_never_loop() {
             Code::NotFound,
             "conference_id",
         ),
+        // The same relay again (another address or keys under that id would replace it).
         (
-            relay_req("c", "a", fc_addr, 12, &KB, &KA),
+            relay_req("c", "a", fa_addr, 9, &KB, &KA),
             Code::AlreadyExists,
             "relay_id",
         ),
