@@ -484,18 +484,12 @@ async fn the_active_killed_its_autoscaled_bridges_go_on_and_the_new_active_adopt
     let list = ports.map(|p| format!("http://127.0.0.1:{p}")).join(",");
     let start = |i: usize| {
         let name = ["a", "b"][i];
-        control_with(
-            &data_dir(&format!("adopt-{name}")),
+        control_on_etcd_with(
+            &etcd,
+            "adopt",
+            &format!("adopt-{name}"),
             &format!("127.0.0.1:{}", ports[i]),
             &[
-                "--report-interval-ms",
-                "200",
-                "--store",
-                &etcd.store(),
-                "--etcd-timeout-ms",
-                "1000",
-                "--shard-id",
-                "adopt",
                 "--drain-grace-ms",
                 "300",
                 "--drain-linger-ms",

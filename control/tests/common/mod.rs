@@ -500,21 +500,31 @@ pub async fn next_with_reason(
 
 /// A control plane on `etcd` for shard `shard`, its own data directory named after `tag`.
 pub fn control_on_etcd(etcd: &Etcd, shard: &str, tag: &str) -> Proc {
-    control_with(
-        &data_dir(tag),
-        "127.0.0.1:0",
-        &[
-            "--report-interval-ms",
-            "200",
-            "--store",
-            &etcd.store(),
-            // 1 000 concurrent first routes need more than 500 ms of etcd on this VM.
-            "--etcd-timeout-ms",
-            "1000",
-            "--shard-id",
-            shard,
-        ],
-    )
+    control_on_etcd_with(etcd, shard, tag, "127.0.0.1:0", &[])
+}
+
+/// [`control_on_etcd`] listening on `listen`, with `extra` arguments.
+pub fn control_on_etcd_with(
+    etcd: &Etcd,
+    shard: &str,
+    tag: &str,
+    listen: &str,
+    extra: &[&str],
+) -> Proc {
+    let store = etcd.store();
+    let mut args = vec![
+        "--report-interval-ms",
+        "200",
+        "--store",
+        &store,
+        // 1 000 concurrent first routes need more than 500 ms of etcd on this VM.
+        "--etcd-timeout-ms",
+        "1000",
+        "--shard-id",
+        shard,
+    ];
+    args.extend_from_slice(extra);
+    control_with(&data_dir(tag), listen, &args)
 }
 
 /// Opens a WatchConference stream on `conference`.

@@ -685,6 +685,11 @@ fn a_draining_bridge_takes_nothing_new_then_its_participants_move_after_the_grac
 
 /// A focus with a 1 s drain linger and bridges eu-1 and eu-2 (process "p1" each).
 fn lingering_focus() -> Focus {
+    lingering_focus_with(&[("eu-1", "eu"), ("eu-2", "eu")])
+}
+
+/// A focus with a 1 s drain linger and `bridges` (id, region; process "p1" each).
+pub(super) fn lingering_focus_with(bridges: &[(&str, &str)]) -> Focus {
     let mut f = Focus::new(
         &FocusConfig {
             drain_linger_ms: 1_000,
@@ -694,8 +699,8 @@ fn lingering_focus() -> Focus {
         keys(),
         0,
     );
-    for id in ["eu-1", "eu-2"] {
-        let b = Bridge::new(id, "a", "m", "eu", 1000.0).with_instance("p1");
+    for (id, region) in bridges {
+        let b = Bridge::new(id, "a", "m", region, 1000.0).with_instance("p1");
         f.register(b, 0).unwrap();
     }
     f
@@ -766,12 +771,7 @@ fn a_drain_mutes_the_other_bridges_relays_to_the_old_copy_and_removes_them_after
     // Found by the chaos soak: in a conference over two regions, what a client sent to the
     // drained bridge before it switched did not reach the other region any more (the relays
     // went with the move): a 100-150 ms gap there on every drain.
-    let mut f = lingering_focus();
-    f.register(
-        Bridge::new("us-1", "a", "m", "us", 1000.0).with_instance("p1"),
-        0,
-    )
-    .unwrap();
+    let mut f = lingering_focus_with(&[("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")]);
     join_ok(&mut f, join("c", "e1", "eu"));
     join_ok(&mut f, join("c", "u1", "us"));
     let eu = f.conferences()["c"].participants["e1"].bridge.clone();
@@ -803,19 +803,7 @@ fn a_drain_onto_a_bridge_of_the_conference_drops_its_relay_to_the_old_copy() {
     // Found by the chaos soak (echo, duplicates): the bridge the participants moved to kept
     // its relay from the old copy, so what a straggler sent there came back to it and twice
     // to the others (from the old copy and over the relay).
-    let mut f = Focus::new(
-        &FocusConfig {
-            drain_linger_ms: 1_000,
-            ..cfg()
-        },
-        Snapshot::default(),
-        keys(),
-        0,
-    );
-    for (id, region) in [("eu-1", "eu"), ("us-1", "us")] {
-        f.register(Bridge::new(id, "a", "m", region, 1000.0), 0)
-            .unwrap();
-    }
+    let mut f = lingering_focus_with(&[("eu-1", "eu"), ("us-1", "us")]);
     join_ok(&mut f, join("c", "e1", "eu"));
     join_ok(&mut f, join("c", "u1", "us"));
     f.drain("eu-1", 100).unwrap();

@@ -968,18 +968,11 @@ mod tests {
         // Found by the chaos soak: the old origin's pulls went first, so what the publisher
         // sent before it switched to the new origin was lost (a 100-150 ms gap at every
         // viewer on each origin drain).
-        let mut f = Focus::new(
-            &crate::core::focus::FocusConfig {
-                drain_linger_ms: 1_000,
-                ..super::super::tests::cfg()
-            },
-            crate::store::Snapshot::default(),
-            super::super::tests::keys(),
-            0,
-        );
-        for (id, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")] {
-            register(&mut f, id, region);
-        }
+        let mut f = super::super::tests::lingering_focus_with(&[
+            ("eu-1", "eu"),
+            ("eu-2", "eu"),
+            ("us-1", "us"),
+        ]);
         for r in [publisher("s", "pub", "eu"), viewer("s", "v1", "us")] {
             let p = f.join(r, 0).unwrap();
             run_ok(&mut f, p);
